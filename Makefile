@@ -1,0 +1,41 @@
+# dho-gateway: the two commands a newcomer needs are `make demo` and `make test`.
+# Both run `setup` first, which creates .venv and (when root) installs the Debian packages.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup system-packages test lint typecheck pytest demo bench clean
+
+setup: system-packages $(STAMP)
+
+system-packages:
+	@scripts/ensure-system-packages.sh
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check agent provisioning receiver bench tests hw-mocks
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+pytest: setup
+	$(VENV)/bin/pytest -q
+
+test: lint typecheck pytest
+
+demo: setup
+	$(PY) -m agent.demo
+
+bench: setup
+	$(PY) -m bench.run
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis build dist

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Install the Debian packages that the tests and the demo need, when they are missing.
+# As root this runs apt-get; otherwise it only says what is missing (tests that need a
+# missing program skip with a reason).
+set -euo pipefail
+
+# program-to-check:debian-package
+needs=(
+  "dbus-daemon:dbus-daemon"
+  "mosquitto:mosquitto"
+  "openssl:openssl"
+)
+missing=()
+for pair in "${needs[@]}"; do
+  prog=${pair%%:*}; pkg=${pair#*:}
+  command -v "$prog" >/dev/null 2>&1 || [ -x "/usr/sbin/$prog" ] || missing+=("$pkg")
+done
+# A fresh Debian 12 python3 cannot make a venv without python3-venv.
+if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+  missing+=("python3-venv")
+fi
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -eq 0 ]; then
+  echo "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # --no-install-recommends keeps the set small; policy-rc.d stops services being
+  # started by the package scripts (the tests start their own instances).
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d.dho && chmod +x /usr/sbin/policy-rc.d.dho
+  if [ ! -e /usr/sbin/policy-rc.d ]; then cp /usr/sbin/policy-rc.d.dho /usr/sbin/policy-rc.d; trap 'rm -f /usr/sbin/policy-rc.d' EXIT; fi
+  rm -f /usr/sbin/policy-rc.d.dho
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  echo "note: not root, so these Debian packages were not installed: ${missing[*]}" >&2
+  echo "      tests that need them will be skipped." >&2
+fi
