@@ -8,10 +8,22 @@
     │   ├── BufferFullError        the cap is reached for this lane after compaction
     │   ├── StorageFullError       the filesystem itself is full (ENOSPC / SQLITE_FULL)
     │   ├── RowAuthenticationError a stored row failed AEAD authentication (quarantined)
-    │   ├── KeyUnavailableError    the key-encryption key or a data key is missing/destroyed
+    │   ├── KeyUnavailableError    the key source cannot deliver the key-encryption key now
+    │   │   └── KeyLostError       the key is gone or is not this store's: data unrecoverable
     │   └── StoreCorruptError      integrity_check failed; the file was set aside
     ├── ConfigError                configuration that cannot be used
-    └── UplinkError                the link to the service (issue 4 adds leaves)
+    └── UplinkError                the link to the service
+        ├── BrokerUnreachableError     TCP/DNS failure reaching the broker
+        ├── CertificateRejectedError   the broker refused this box's certificate or identity
+        ├── BrokerCertificateError     the broker's certificate failed verification
+        ├── ClockImplausibleError      the wall clock is outside any certificate's validity
+        └── ProtocolError              a message of the uplink protocol that cannot be used
+            ├── MalformedMessageError  does not parse (or decompresses past the limits)
+            ├── UnsupportedVersionError
+            ├── MessageTooLargeError
+            ├── SignatureError         signature missing, wrong key, or forged
+            ├── ReplayError            outside the replay window or already used
+            └── UnknownBoxError        no enrolled key for the box id
 
 Every message says what happened and, where a technician can act, what to do. No message
 contains a measured value or a patient reference.
@@ -44,6 +56,79 @@ class ConfigError(AgentError):
 
 class UplinkError(AgentError):
     """A problem on the link to the central service."""
+
+
+class BrokerUnreachableError(UplinkError):
+    """The broker could not be reached (DNS, TCP refused or timed out, link down)."""
+
+
+class CertificateRejectedError(UplinkError):
+    """The broker refused this box: its client certificate or identity was not accepted."""
+
+
+class BrokerCertificateError(UplinkError):
+    """The broker's certificate did not verify against the pinned CA (wrong broker or CA)."""
+
+
+class ClockImplausibleError(UplinkError):
+    """The wall clock is implausible, so TLS certificates cannot be checked.
+
+    Attributes:
+        wall_ns: the clock reading that was judged implausible.
+    """
+
+    def __init__(self, message: str, wall_ns: int) -> None:
+        super().__init__(message)
+        self.wall_ns = wall_ns
+
+
+class ProtocolError(UplinkError):
+    """A message of the uplink protocol (batch, acknowledgement, command) that cannot be used.
+
+    Attributes:
+        reason: a short stable token for logs and metrics (e.g. ``"forged"``).
+    """
+
+    reason = "protocol"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+
+
+class MalformedMessageError(ProtocolError):
+    """The bytes do not parse as the message they claim to be."""
+
+    reason = "malformed"
+
+
+class UnsupportedVersionError(ProtocolError):
+    """The message type or protocol version is not one this code speaks."""
+
+    reason = "version"
+
+
+class MessageTooLargeError(ProtocolError):
+    """The message, or what it decompresses to, exceeds the configured limit."""
+
+    reason = "oversized"
+
+
+class SignatureError(ProtocolError):
+    """The signature does not verify under the expected key: forged, altered or misdirected."""
+
+    reason = "forged"
+
+
+class ReplayError(ProtocolError):
+    """The message was already used, or falls outside the replay window or its expiry."""
+
+    reason = "replayed"
+
+
+class UnknownBoxError(ProtocolError):
+    """No enrolled key exists for the box id the message names."""
+
+    reason = "unknown-box"
 
 
 class StoreError(AgentError):
@@ -82,6 +167,10 @@ class RowAuthenticationError(StoreError):
 
 class KeyUnavailableError(StoreError):
     """The key-encryption key or a wrapped data key cannot be loaded."""
+
+
+class KeyLostError(KeyUnavailableError):
+    """The key is gone for good (file deleted, shredded) or does not belong to this store."""
 
 
 class StoreCorruptError(StoreError):
