@@ -38,10 +38,10 @@ import sqlite3
 import struct
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
@@ -61,6 +61,7 @@ from agent.errors import (
 from agent.model import Lane, Reading
 
 _LOGGER = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 PENDING: Final = 0
 CLAIMED: Final = 1
@@ -175,6 +176,9 @@ class BufferConfig:
     compact_to: float = 0.8  # ... and where it stops
     compact_period_ms: int = 60_000
     reserve_bytes: int = 4 * 2**20  # given back to the filesystem on SQLITE_FULL
+    # Pages the WAL may hold before SQLite checkpoints them into the database. Must stay well
+    # under half the reserve: on a full disk, the checkpoint needs that much room to run.
+    wal_autocheckpoint_pages: int = 256
     seen_generations: int = 32  # de-duplication memory: 32 * 65,536 readings
     check_integrity: bool = True
 
@@ -266,7 +270,7 @@ class Buffer:
         try:
             for _attempt in range(2):
                 try:
-                    conn = _connect(path, check=cfg.check_integrity)
+                    conn = _connect(path, cfg)
                 except (StoreError, sqlite3.DatabaseError) as exc:
                     if _attempt:
                         raise
@@ -471,10 +475,19 @@ class Buffer:
         try:
             return self._append(readings)
         except StorageFullError:
-            # Give the reserve back to the filesystem, make room, and try once more.
-            self._release_reserve()
+            # Give half the reserve back to the filesystem, make room, and try once more. The
+            # other half stays for acknowledging and purging, which is what frees space.
+            self._release_reserve(keep=self.config.reserve_bytes // 2)
             self._relieve_pressure(readings, force=True)
             return self._append(readings)
+
+    def _maintenance(self, fn: Callable[[], _T]) -> _T:
+        """Run a state change that frees or keeps space; on a full disk, use the reserve."""
+        try:
+            return fn()
+        except StorageFullError:
+            self._release_reserve(keep=0)
+            return fn()
 
     def _append(self, readings: Sequence[Reading]) -> AppendResult:
         new_refs: list[bytes] = []
@@ -528,6 +541,9 @@ class Buffer:
 
         Rows that fail authentication are quarantined and reported, not returned.
         """
+        return self._maintenance(lambda: self._claim(max_readings, max_bytes))
+
+    def _claim(self, max_readings: int, max_bytes: int | None) -> Claim | None:
         with self._tx():
             batch_id = int(
                 self._conn.execute("SELECT v FROM meta WHERE k = 'next_batch'").fetchone()[0]
@@ -605,6 +621,9 @@ class Buffer:
 
     def ack(self, batch_id: int) -> int:
         """Mark a batch delivered (the service's signed acknowledgement arrived)."""
+        return self._maintenance(lambda: self._ack(batch_id))
+
+    def _ack(self, batch_id: int) -> int:
         with self._tx():
             rows = self._conn.execute(
                 "SELECT seq, state FROM readings WHERE batch = ? AND state != 2", (batch_id,)
@@ -653,6 +672,9 @@ class Buffer:
 
     def release(self, batch_id: int) -> int:
         """Give a batch back to pending (its acknowledgement did not come in time)."""
+        return self._maintenance(lambda: self._release(batch_id))
+
+    def _release(self, batch_id: int) -> int:
         with self._tx():
             rows = self._conn.execute(
                 "SELECT lane, count(*) FROM readings WHERE batch = ? AND state = 1 GROUP BY lane",
@@ -672,6 +694,9 @@ class Buffer:
         """Delete delivered rows, forget old de-duplication keys and unused retired keys,
         give free pages back to the filesystem and truncate the WAL (so deleted ciphertext
         does not linger in it)."""
+        return self._maintenance(lambda: self._purge())
+
+    def _purge(self) -> int:
         with self._tx():
             n = self._conn.execute("DELETE FROM readings WHERE state = 2").rowcount
             keep_from = (self._next_seq >> _SEEN_GENERATION_SHIFT) - self.config.seen_generations
@@ -691,10 +716,28 @@ class Buffer:
                     self._conn.execute("DELETE FROM keys WHERE key_id = ?", (key_id,))
                     self._data_keys.pop(key_id, None)
         self._counts.acked -= n
-        self._conn.execute("PRAGMA incremental_vacuum")
-        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        self._ensure_reserve()
+        self._housekeeping()
         return n
+
+    def _housekeeping(self) -> None:
+        """Give free pages back and truncate the WAL, so deleted ciphertext does not linger.
+
+        Both need a little disk space themselves; on a full disk they are left for the next
+        purge (the WAL is always consistent, just longer).
+        """
+        try:
+            self._conn.execute("PRAGMA incremental_vacuum")
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", None) != _SQLITE_FULL:
+                raise
+            self._release_reserve(keep=0)
+            try:
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.OperationalError:
+                _LOGGER.warning("disk full: WAL checkpoint deferred")
+                return
+        self._ensure_reserve()
 
     # -- keys ---------------------------------------------------------------------------
 
@@ -761,8 +804,7 @@ class Buffer:
         with self._tx():
             for table in ("keys", "refs", "readings", "seen", "quarantine"):
                 self._conn.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
-        self._conn.execute("PRAGMA incremental_vacuum")
-        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._housekeeping()
         self._data_keys.clear()
         self._index_key = b""
         self._refs.clear()
@@ -796,7 +838,7 @@ class Buffer:
         self._alarms.add(ALARM_PRESSURE)
         target = cap * self.config.compact_to if cap is not None else 0
         if self._counts.acked:
-            self.purge()
+            self._purge()
             used = self.used_bytes()
         for lane in _COMPACTABLE:
             if used <= target:
@@ -854,25 +896,41 @@ class Buffer:
         return self.path.with_name(self.path.name + ".reserve")
 
     def _ensure_reserve(self) -> None:
+        """(Re-)create the reserve when it would take at most half of the free space."""
         size = self.config.reserve_bytes
         path = self._reserve_path()
-        if size <= 0 or (path.exists() and path.stat().st_size >= size):
+        have = path.stat().st_size if path.exists() else 0
+        if size <= 0 or have >= size:
+            return
+        st = os.statvfs(self.path.parent)
+        if st.f_bavail * st.f_frsize < 2 * (size - have):
             return
         try:
-            with open(path, "wb") as f:
-                f.write(b"\0" * size)  # real blocks, not a sparse file
-                f.flush()
-                os.fsync(f.fileno())
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, b"\0" * size)  # real blocks, not a sparse file
+                self._alarms.discard(ALARM_STORAGE_FULL)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         except OSError as exc:
             if exc.errno != errno.ENOSPC:
                 raise
             path.unlink(missing_ok=True)
 
-    def _release_reserve(self) -> None:
+    def _release_reserve(self, keep: int) -> None:
         path = self._reserve_path()
-        if path.exists():
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return
+        if size <= keep:
+            return  # what is left is not this caller's to use
+        if keep:
+            os.truncate(path, keep)
+        else:
             path.unlink()
-            _LOGGER.error("disk full: released the %d-byte reserve", self.config.reserve_bytes)
+        _LOGGER.error("disk full: released %d bytes of the reserve", size - keep)
 
     # -- status -------------------------------------------------------------------------
 
@@ -923,7 +981,7 @@ def _is_new(conn: sqlite3.Connection) -> bool:
     return bool(conn.execute("SELECT count(*) FROM keys").fetchone()[0] == 0)
 
 
-def _connect(path: Path, *, check: bool) -> sqlite3.Connection:
+def _connect(path: Path, cfg: BufferConfig) -> sqlite3.Connection:
     """Open with the durability settings, check integrity, and migrate the schema."""
     if not path.exists():
         os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))  # -wal/-shm inherit 0600
@@ -936,7 +994,8 @@ def _connect(path: Path, *, check: bool) -> sqlite3.Connection:
         conn.execute("PRAGMA secure_delete = ON")
         conn.execute("PRAGMA temp_store = MEMORY")
         conn.execute("PRAGMA journal_size_limit = 4194304")
-        if check:
+        conn.execute(f"PRAGMA wal_autocheckpoint = {int(cfg.wal_autocheckpoint_pages)}")
+        if cfg.check_integrity:
             result = [r[0] for r in conn.execute("PRAGMA integrity_check(20)")]
             if result != ["ok"]:
                 raise StoreError("integrity_check failed: " + "; ".join(result[:3]))

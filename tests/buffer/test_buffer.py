@@ -1,0 +1,170 @@
+"""Outbox behaviour: append, claim in priority order, acknowledge, release, purge, restart."""
+
+from __future__ import annotations
+
+import os
+import stat
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from hw_mocks.synthetic import ReadingFactory
+
+from agent.buffer import AsyncBuffer, Buffer, BufferConfig, FileKeySource
+from agent.errors import StoreError
+from agent.model import Lane
+
+
+def test_append_claim_roundtrip_is_exact(buf: Buffer, factory: ReadingFactory) -> None:
+    readings = [factory.bp(), factory.spo2_spot(), factory.oximetry_chunk(30)]
+    assert buf.append(readings).stored == 3
+    claim = buf.claim(10)
+    assert claim is not None
+    assert sorted(claim.readings, key=lambda r: r.id) == sorted(readings, key=lambda r: r.id)
+
+
+def test_priority_lanes_then_oldest_first(buf: Buffer, factory: ReadingFactory) -> None:
+    bulk = factory.oximetry_chunk(10, lane=Lane.BULK)
+    cont = factory.oximetry_chunk(10)
+    spot1, spot2 = factory.bp(), factory.bp()
+    alarm = factory.bp(190, lane=Lane.ALARM)
+    buf.append([bulk, cont, spot1])
+    buf.append([spot2, alarm])
+    order = []
+    while (c := buf.claim(2)) is not None:
+        order += [r.id for r in c.readings]
+        buf.ack(c.batch_id)
+    assert order == [alarm.id, spot1.id, spot2.id, cont.id, bulk.id]
+
+
+def test_ack_release_and_purge(buf: Buffer, factory: ReadingFactory) -> None:
+    buf.append([factory.bp() for _ in range(10)])
+    first = buf.claim(4)
+    assert first is not None
+    assert buf.stats().claimed == 4
+    assert buf.release(first.batch_id) == 4
+    again = buf.claim(4)
+    assert again is not None
+    assert [r.id for r in again.readings] == [r.id for r in first.readings]
+    assert again.batch_id != first.batch_id
+    assert buf.ack(again.batch_id) == 4
+    s = buf.stats()
+    assert (s.pending, s.claimed, s.acknowledged) == (6, 0, 4)
+    assert buf.purge() == 4
+    assert buf.stats().acknowledged == 0
+
+
+def test_late_ack_of_released_batch_still_counts(buf: Buffer, factory: ReadingFactory) -> None:
+    buf.append([factory.bp() for _ in range(3)])
+    c = buf.claim(3)
+    assert c is not None
+    buf.release(c.batch_id)  # the ack timed out ...
+    assert buf.ack(c.batch_id) == 3  # ... then arrived: the service has them durably
+    assert buf.stats().pending == 0
+    assert buf.claim(3) is None
+
+
+def test_ack_by_reading_id(buf: Buffer, factory: ReadingFactory) -> None:
+    buf.append([factory.bp() for _ in range(5)])
+    c = buf.claim(5)
+    assert c is not None
+    assert buf.ack_ids([r.id for r in c.readings[:2]]) == 2
+    s = buf.stats()
+    assert (s.claimed, s.acknowledged) == (3, 2)
+
+
+def test_max_bytes_bounds_a_batch(buf: Buffer, factory: ReadingFactory) -> None:
+    buf.append([factory.oximetry_chunk(60) for _ in range(10)])
+    c = buf.claim(100, max_bytes=1)
+    assert c is not None
+    assert len(c.readings) == 1  # at least one, even when it alone exceeds the bound
+
+
+def test_restart_turns_claimed_back_into_pending(
+    store_path: Path, keys: FileKeySource, config: BufferConfig, factory: ReadingFactory
+) -> None:
+    b = Buffer.open(store_path, keys, config=config)
+    readings = [factory.bp() for _ in range(6)]
+    b.append(readings)
+    c = b.claim(4)
+    assert c is not None
+    b.close()  # no ack: the process "restarts"
+    b = Buffer.open(store_path, keys, config=config)
+    try:
+        s = b.stats()
+        assert (s.pending, s.claimed) == (6, 0)
+        c2 = b.claim(10)
+        assert c2 is not None
+        assert [r.id for r in c2.readings] == [r.id for r in readings]
+        assert c2.batch_id > c.batch_id  # batch numbers never repeat across restarts
+    finally:
+        b.close()
+
+
+def test_dedup_by_natural_key_survives_delivery(buf: Buffer, factory: ReadingFactory) -> None:
+    t = datetime(2026, 11, 20, 7, 30)
+    first = factory.bp(128, device_time=t)
+    resent = factory.bp(128, device_time=t)  # a cuff re-sending its memory: new id, same record
+    resent = type(resent)(**{**_fields(resent), "observations": first.observations})
+    assert buf.append([first]).stored == 1
+    c = buf.claim()
+    assert c is not None
+    buf.ack(c.batch_id)
+    buf.purge()
+    result = buf.append([resent])
+    assert (result.stored, result.duplicates) == (0, 1)
+    # A different value at the same device time is another measurement.
+    assert buf.append([factory.bp(129, device_time=t)]).stored == 1
+
+
+def test_readings_without_device_time_are_never_deduplicated(
+    buf: Buffer, factory: ReadingFactory
+) -> None:
+    a = factory.spo2_spot(97)
+    b = type(a)(**{**_fields(a), "id": factory.spo2_spot(97).id})
+    assert buf.append([a, b]).stored == 2
+
+
+def test_one_process_per_store(buf: Buffer, store_path: Path, keys: FileKeySource) -> None:
+    with pytest.raises(StoreError, match="another process"):
+        Buffer.open(store_path, keys)
+
+
+def test_files_are_private(buf: Buffer, factory: ReadingFactory, tmp_path: Path) -> None:
+    buf.append([factory.bp()])
+    for p in (tmp_path / "state").iterdir():
+        if p.is_file():
+            assert stat.S_IMODE(p.stat().st_mode) & 0o077 == 0, p.name
+
+
+def test_key_file_permissions_are_repaired_and_reported(
+    store_path: Path, keys: FileKeySource, config: BufferConfig
+) -> None:
+    Buffer.open(store_path, keys, config=config).close()
+    os.chmod(keys.path, 0o644)
+    b = Buffer.open(store_path, keys, config=config)
+    try:
+        assert stat.S_IMODE(keys.path.stat().st_mode) == 0o600
+        assert "key.permissions" in b.stats().alarms
+    finally:
+        b.close()
+
+
+async def test_async_buffer_runs_off_the_loop(
+    store_path: Path, keys: FileKeySource, config: BufferConfig, factory: ReadingFactory
+) -> None:
+    ab = await AsyncBuffer.open(store_path, keys, config=config)
+    try:
+        await ab.append([factory.bp(), factory.bp()])
+        c = await ab.claim(5)
+        assert c is not None
+        assert len(c.readings) == 2
+        assert await ab.ack(c.batch_id) == 2
+        assert await ab.purge() == 2
+        assert (await ab.stats()).pending == 0
+    finally:
+        await ab.close()
+
+
+def _fields(r: object) -> dict[str, object]:
+    return {name: getattr(r, name) for name in r.__dataclass_fields__}  # type: ignore[attr-defined]
