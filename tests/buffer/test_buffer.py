@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from hw_mocks.synthetic import ReadingFactory
 
 from agent.buffer import AsyncBuffer, Buffer, BufferConfig, FileKeySource
 from agent.errors import StoreError
+from agent.ids import uuid7
 from agent.model import Lane
 
 
@@ -104,8 +106,8 @@ def test_restart_turns_claimed_back_into_pending(
 def test_dedup_by_natural_key_survives_delivery(buf: Buffer, factory: ReadingFactory) -> None:
     t = datetime(2026, 11, 20, 7, 30)
     first = factory.bp(128, device_time=t)
-    resent = factory.bp(128, device_time=t)  # a cuff re-sending its memory: new id, same record
-    resent = type(resent)(**{**_fields(resent), "observations": first.observations})
+    # A cuff re-sending its memory: a new capture (new id), the same record.
+    resent = replace(factory.bp(128, device_time=t), observations=first.observations)
     assert buf.append([first]).stored == 1
     c = buf.claim()
     assert c is not None
@@ -121,7 +123,7 @@ def test_readings_without_device_time_are_never_deduplicated(
     buf: Buffer, factory: ReadingFactory
 ) -> None:
     a = factory.spo2_spot(97)
-    b = type(a)(**{**_fields(a), "id": factory.spo2_spot(97).id})
+    b = replace(a, id=uuid7())
     assert buf.append([a, b]).stored == 2
 
 
@@ -164,7 +166,3 @@ async def test_async_buffer_runs_off_the_loop(
         assert (await ab.stats()).pending == 0
     finally:
         await ab.close()
-
-
-def _fields(r: object) -> dict[str, object]:
-    return {name: getattr(r, name) for name in r.__dataclass_fields__}  # type: ignore[attr-defined]

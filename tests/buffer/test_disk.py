@@ -13,7 +13,7 @@ from hw_mocks.synthetic import ReadingFactory
 
 from agent.buffer import Buffer, BufferConfig, FileKeySource
 from agent.errors import BufferFullError, StorageFullError
-from agent.model import STATUS_COMPACTED, Lane
+from agent.model import STATUS_COMPACTED, Lane, Reading
 
 
 def test_cap_compacts_continuous_then_refuses_it_but_never_spot(
@@ -124,7 +124,7 @@ def test_full_filesystem_is_handled_not_fatal(tmp_path: Path, factory: ReadingFa
         b = Buffer.open(fs / "buffer.db", keys, config=cfg)
         try:
             assert b.integrity_ok()
-            rest = []
+            rest: list[Reading] = []
             while (c := b.claim(2000)) is not None:
                 rest += c.readings
                 b.ack(c.batch_id)

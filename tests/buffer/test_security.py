@@ -15,7 +15,7 @@ from hw_mocks.synthetic import ReadingFactory
 
 from agent.buffer import Buffer, BufferConfig, FileKeySource
 from agent.errors import KeyLostError
-from agent.model import DeviceIdentity, DeviceKind, Transport
+from agent.model import DeviceIdentity, DeviceKind, Reading, Transport
 
 PATIENT_MARKER = "PATIENT-MARKER-4f1c"
 SERIAL_MARKER = "SERIAL-MARKER-77ab"
@@ -36,7 +36,7 @@ def _marker_patterns() -> list[bytes]:
     ]
 
 
-def _marked(factory: ReadingFactory) -> list:
+def _marked(factory: ReadingFactory) -> list[Reading]:
     device = DeviceIdentity(DeviceKind.BP_CUFF, "Acme", "M1", SERIAL_MARKER, Transport.BLE)
     out = []
     for _ in range(200):
@@ -239,7 +239,8 @@ def test_crypto_shredding_makes_every_copy_unreadable(
     try:
         s = b2.stats()
         assert s.pending == 0
-        assert s.set_aside and "keys" in s.set_aside[0]
+        assert s.set_aside
+        assert "keys" in s.set_aside[0]
     finally:
         b2.close()
 
@@ -258,7 +259,8 @@ def test_corrupt_store_is_set_aside_and_capture_continues(
     b = Buffer.open(store_path, keys, config=config)
     try:
         s = b.stats()
-        assert s.set_aside and "corrupt" in s.set_aside[0]
+        assert s.set_aside
+        assert "corrupt" in s.set_aside[0]
         assert "store.set-aside" in s.alarms
         assert (store_path.parent / s.set_aside[0]).exists()  # kept for forensics
         assert b.append([factory.bp()]).stored == 1
@@ -289,7 +291,8 @@ def test_lost_key_file_sets_store_aside(
     b = Buffer.open(store_path, keys, config=config)
     try:
         s = b.stats()
-        assert s.set_aside and "keys" in s.set_aside[0]
+        assert s.set_aside
+        assert "keys" in s.set_aside[0]
         assert b.append([factory.bp()]).stored == 1
     finally:
         b.close()
