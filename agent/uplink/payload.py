@@ -169,13 +169,15 @@ class _Tables:
         return self._index(self.boots, b)
 
 
-def encode_readings(readings: Sequence[Reading], *, include_raw: bool = True) -> bytes:
+def encode_readings(
+    readings: Sequence[Reading], *, raw_lanes: frozenset[Lane] = frozenset(Lane)
+) -> bytes:
     """Encode readings as the uncompressed v1 payload (msgpack).
 
     Args:
         readings: the readings, in the order their ids appear in the envelope.
-        include_raw: send the raw device frames too. The sender turns this off for the
-            continuous and bulk lanes; the frames stay in the box's buffer for audit.
+        raw_lanes: lanes whose raw device frames are sent too. The sender sends them for
+            alarms and spot readings only; other frames stay in the box's buffer for audit.
 
     Raises:
         ValueError: a value that the format cannot carry (a mantissa beyond 64 bits).
@@ -238,7 +240,7 @@ def encode_readings(readings: Sequence[Reading], *, include_raw: bool = True) ->
                 sorted(r.status),
                 obs,
                 samples,
-                list(r.raw) if include_raw else [],
+                list(r.raw) if r.lane in raw_lanes else [],
             ]
         )
         prev_wall = c.wall_ns

@@ -40,7 +40,9 @@ def test_payload_round_trip_is_exact():
 
 def test_payload_without_raw_drops_only_raw():
     readings = f.mixed_readings(4)
-    back = decode_readings(encode_readings(readings, include_raw=False), [r.id for r in readings])
+    back = decode_readings(
+        encode_readings(readings, raw_lanes=frozenset()), [r.id for r in readings]
+    )
     assert [r.raw for r in back] == [()] * 4
     assert [r.observations for r in back] == [r.observations for r in readings]
 
