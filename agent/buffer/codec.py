@@ -93,11 +93,15 @@ def _pack_decimal(d: Decimal) -> Any:
     sign, digits, exponent = d.as_tuple()
     assert isinstance(exponent, int)  # finite, checked by Observation
     mantissa = int("".join(map(str, digits)) or "0") * (-1 if sign else 1)
+    if not -(2**63) <= mantissa < 2**63 or (sign and not mantissa):
+        return str(d)  # beyond what any device sends (or -0); exact all the same
     return mantissa if exponent == 0 else [mantissa, exponent]
 
 
 def _unpack_decimal(v: Any) -> Decimal:
     if isinstance(v, int):
+        return Decimal(v)
+    if isinstance(v, str):
         return Decimal(v)
     return Decimal(int(v[0])).scaleb(int(v[1]))
 
