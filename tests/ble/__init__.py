@@ -1,0 +1,1 @@
+"""BLE tests: the real bleak against the mock BlueZ on a private dbus-daemon."""
