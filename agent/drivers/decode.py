@@ -142,6 +142,18 @@ PROFILES: Final[dict[str, Profile]] = {
 """Profile name -> profile."""
 
 
+BY_CHARACTERISTIC: Final[dict[str, Profile]] = {
+    **{p.characteristic: p for p in PROFILES.values()},
+    **dict.fromkeys(dis.STRING_CHARACTERISTICS, PROFILES[dis.PROFILE_DIS]),
+}
+"""Characteristic UUID (128-bit, lower case) -> profile, for the transport code."""
+
+
+def profile_for_characteristic(uuid: str) -> Profile | None:
+    """The profile that decodes values of characteristic ``uuid`` (any spelling), if any."""
+    return BY_CHARACTERISTIC.get(uuids.normalise(uuid))
+
+
 @dataclass(frozen=True, slots=True)
 class Decoded:
     """One payload run through its profile."""

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from agent.cli import app
 from agent.drivers import decode
+from agent.errors import CodecError
 
 runner = CliRunner()
 AGENT = Path(sys.executable).parent / "dho-agent"
@@ -253,3 +254,58 @@ def test_installed_console_script() -> None:
         "error: ble.bpm: payload is 6 bytes, but flags 0x01 require 7 "
         "(flags 1 + systolic 2 + diastolic 2 + mean arterial pressure 2)"
     ]
+
+
+def test_profile_for_characteristic() -> None:
+    bpm = decode.profile_for_characteristic("00002a35-0000-1000-8000-00805f9b34fb")
+    assert bpm is not None
+    assert bpm.name == "ble.bpm"
+    serial = decode.profile_for_characteristic("2A25")
+    assert serial is not None
+    assert serial.name == "ble.dis"
+    nonin = decode.profile_for_characteristic("0AAD7EA0-0D60-11E2-8E3C-0002A5D5C51B")
+    assert nonin is not None
+    assert nonin.name == "ble.nonin-oximetry"
+    assert decode.profile_for_characteristic("2a99") is None
+
+
+def test_decode_payload_pieces_for_a_reading() -> None:
+    d = decode.decode_payload("ble.plx-spot", bytes.fromhex("01 61 00 48 00 E8 07 06 0F 11 11 1B"))
+    assert [o.mdc for o in d.observations] == [150456, 149530]
+    assert d.device_time is not None
+    assert d.device_time.isoformat() == "2024-06-15T17:17:27"
+    assert d.status == ()
+    assert d.raw.hex() == "01610048" + "00e807060f11111b"
+
+
+def test_a_codec_bug_still_surfaces_as_codec_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(data: bytes, model: str | None) -> object:
+        raise IndexError("bug")
+
+    prof = decode.PROFILES["ble.bpm"]
+    monkeypatch.setitem(
+        decode.PROFILES,
+        "ble.bpm",
+        decode.Profile(prof.name, prof.characteristic, prof.summary, broken),
+    )
+    with pytest.raises(CodecError, match="decoder failed unexpectedly") as err:
+        decode.decode_payload("ble.bpm", b"\x00")
+    assert err.value.raw == b"\x00"
+    with pytest.raises(KeyError, match="unknown profile"):
+        decode.decode_payload("ble.nope", b"")
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (Decimal("8.90"), "8.90"),
+        (Decimal("100.0"), "100.0"),
+        (Decimal("120E-8"), "0.00000120"),
+        (Decimal("1.20E+5"), "120000"),
+        (Decimal("459.67"), "459.67"),
+        (Decimal("-1E+127"), "-1E+127"),
+    ],
+)
+def test_json_numbers_are_exact(value: Decimal, text: str) -> None:
+    assert decode.to_json({"v": value}) == '{"v": ' + text + "}"
+    assert json.loads(decode.to_json([value]), parse_float=Decimal) == [value]
