@@ -145,6 +145,9 @@ def _encode_raw(fmt: _Format, value: Value | int) -> int:
     if sign:
         mantissa = -mantissa
     exponent = exp
+    if mantissa == 0:
+        # Zero at the nearest representable exponent (0E+99 is still exactly zero).
+        exponent = min(max(exponent, fmt.exponent_min), fmt.exponent_max)
     # Prefer the number's own exponent (keeps the device's resolution); move it only when
     # it is out of range or the mantissa does not fit, and only where no digit is lost.
     while exponent > fmt.exponent_max and fmt.mantissa_min <= mantissa * 10 <= fmt.mantissa_max:
@@ -157,8 +160,6 @@ def _encode_raw(fmt: _Format, value: Value | int) -> int:
     ):
         mantissa //= 10
         exponent += 1
-    if mantissa == 0:
-        exponent = min(max(exponent, fmt.exponent_min), fmt.exponent_max)
     if not (
         fmt.mantissa_min <= mantissa <= fmt.mantissa_max
         and fmt.exponent_min <= exponent <= fmt.exponent_max

@@ -1,7 +1,8 @@
 """Bounds-checked reading and writing helpers shared by the GATT codecs (no I/O).
 
 Every failure is a :class:`~agent.errors.CodecError` naming the profile and keeping the raw
-bytes, so a caller can store what failed for audit.
+bytes, so a caller can store what failed for audit. Messages name fields, offsets, lengths
+and flags, never a measured value (the rule in :mod:`agent.errors`): they end up in logs.
 """
 
 from __future__ import annotations

@@ -45,9 +45,7 @@ def decode_dis_string(data: bytes, model: str | None = None) -> DisString:
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise fail(
-            PROFILE_DIS, data, f"not UTF-8: byte 0x{body[exc.start]:02X} at offset {exc.start}"
-        ) from None
+        raise fail(PROFILE_DIS, data, f"not UTF-8 (invalid byte at offset {exc.start})") from None
     return DisString(text=text, nul_padding=len(data) - len(body))
 
 
@@ -132,7 +130,7 @@ def decode_battery_level(data: bytes, model: str | None = None) -> BatteryLevel:
     """Decode a Battery Level 0x2A19 payload (one byte, 0..100)."""
     require_length(PROFILE_BATTERY, data, [("battery level", 1)])
     if data[0] > 100:
-        raise fail(PROFILE_BATTERY, data, f"battery level {data[0]} is above 100 %")
+        raise fail(PROFILE_BATTERY, data, "battery level is above 100 %")
     return BatteryLevel(data[0])
 
 

@@ -146,9 +146,9 @@ def decode_nonin_oximetry(data: bytes, model: str | None = None) -> NoninOximetr
     spo2_raw = cur.u8("SpO2")
     pr_raw = cur.u16("pulse rate", big_endian=True)
     if spo2_raw > 100 and spo2_raw != SPO2_MISSING:
-        raise fail(profile, data, f"SpO2 {spo2_raw} is above 100 and not the missing marker 127")
+        raise fail(profile, data, "SpO2 is above 100 and not the missing marker 127")
     if pr_raw > PULSE_RATE_MISSING:
-        raise fail(profile, data, f"pulse rate {pr_raw} exceeds the 9-bit field (511 = missing)")
+        raise fail(profile, data, "pulse rate exceeds the 9-bit field (511 = missing)")
     return NoninOximetry(
         status=status,
         battery_decivolts=battery,

@@ -53,7 +53,7 @@ class DateTime:
     def problem(self) -> str | None:
         """Why these fields are not a valid Date Time, or ``None`` when they are."""
         if self.year != YEAR_UNKNOWN and not YEAR_MIN <= self.year <= YEAR_MAX:
-            return f"year {self.year} is neither 0 (unknown) nor in {YEAR_MIN}..{YEAR_MAX}"
+            return f"year is neither 0 (unknown) nor in {YEAR_MIN}..{YEAR_MAX}"
         checks = (
             ("month", self.month, 0, 12),
             ("day", self.day, 0, 31),
@@ -63,12 +63,12 @@ class DateTime:
         )
         for name, value, low, high in checks:
             if not low <= value <= high:
-                return f"{name} {value} is outside {low}..{high}"
+                return f"{name} is outside {low}..{high}"
         if self.date_known:
             try:
                 dt.date(self.year, self.month, self.day)
             except ValueError:
-                return f"{self.year:04d}-{self.month:02d}-{self.day:02d} is not a calendar date"
+                return "year, month and day are not a calendar date"
         return None
 
     @property
