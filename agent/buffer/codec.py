@@ -91,6 +91,8 @@ def _unpack_unit(v: Any) -> str:
 
 def _pack_decimal(d: Decimal) -> Any:
     sign, digits, exponent = d.as_tuple()
+    if exponent == 0 and len(digits) < 19 and (digits != (0,) or not sign):
+        return int(d)  # the common case: whole numbers from a cuff or an oximeter
     assert isinstance(exponent, int)  # finite, checked by Observation
     mantissa = int("".join(map(str, digits)) or "0") * (-1 if sign else 1)
     if not -(2**63) <= mantissa < 2**63 or (sign and not mantissa):

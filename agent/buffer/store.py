@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import hmac
 import logging
 import os
@@ -238,6 +237,8 @@ class Buffer:
         self._index_key = b""
         self._ref_ids: dict[bytes, int] = {}
         self._refs: dict[int, codec.Context | uuid.UUID] = {}
+        # (device, patient) or boot id -> ref id, so appends skip encoding and hashing them
+        self._ref_cache: dict[object, int] = {}
         self._inflight: dict[uuid.UUID, int] = {}
         self._counts = _Counts()
         self._next_seq = 1
@@ -422,7 +423,39 @@ class Buffer:
             raise RowAuthenticationError(seq, f"{table} row does not authenticate") from None
 
     def _blind(self, label: bytes, data: bytes) -> bytes:
-        return hmac.new(self._index_key, label + data, hashlib.sha256).digest()[:16]
+        return hmac.digest(self._index_key, label + data, "sha256")[:16]
+
+    def _natural(self, r: Reading) -> bytes | None:
+        nk = r.natural_key
+        return None if nk is None else self._blind(b"nk|", nk)
+
+    def _seen_already(self, keys: list[bytes]) -> set[bytes]:
+        found: set[bytes] = set()
+        for i in range(0, len(keys), 500):  # stay under SQLite's bound-parameter limit
+            part = keys[i : i + 500]
+            marks = ",".join("?" * len(part))
+            found.update(
+                row[0]
+                for row in self._conn.execute(
+                    f"SELECT nk FROM seen WHERE nk IN ({marks})",  # noqa: S608 - placeholders only
+                    part,
+                )
+            )
+        return found
+
+    def _context_ref(self, r: Reading, new: list[bytes]) -> int:
+        key = (r.device, r.patient)
+        ref = self._ref_cache.get(key)
+        if ref is None:
+            ctx = codec.Context(r.device, r.patient)
+            ref = self._ref_cache[key] = self._ref(codec.encode_context(ctx), ctx, new)
+        return ref
+
+    def _boot_ref(self, boot: uuid.UUID, new: list[bytes]) -> int:
+        ref = self._ref_cache.get(boot)
+        if ref is None:
+            ref = self._ref_cache[boot] = self._ref(codec.encode_boot(boot), boot, new)
+        return ref
 
     # -- refs ---------------------------------------------------------------------------
 
@@ -495,22 +528,22 @@ class Buffer:
         rows: list[tuple[int, int, int, bytes]] = []
         lanes: list[Lane] = []
         duplicates = 0
+        gen = seq >> _SEEN_GENERATION_SHIFT
         try:
             with self._tx():
-                for r in readings:
-                    nk = r.natural_key
+                keys = [self._natural(r) for r in readings]
+                wanted = [k for k in keys if k is not None]
+                known = self._seen_already(wanted)
+                fresh: list[tuple[bytes, int]] = []
+                for r, nk in zip(readings, keys, strict=True):
                     if nk is not None:
-                        cur = self._conn.execute(
-                            "INSERT OR IGNORE INTO seen (nk, gen) VALUES (?, ?)",
-                            (self._blind(b"nk|", nk), seq >> _SEEN_GENERATION_SHIFT),
-                        )
-                        if cur.rowcount == 0:
+                        if nk in known:
                             duplicates += 1
                             continue
-                    ctx = codec.Context(r.device, r.patient)
-                    ctx_ref = self._ref(codec.encode_context(ctx), ctx, new_refs)
-                    boot = r.captured.boot_id
-                    boot_ref = self._ref(codec.encode_boot(boot), boot, new_refs)
+                        known.add(nk)  # a twin later in the same call is a duplicate too
+                        fresh.append((nk, gen))
+                    ctx_ref = self._context_ref(r, new_refs)
+                    boot_ref = self._boot_ref(r.captured.boot_id, new_refs)
                     pt = codec.encode_reading(r, ctx_ref, boot_ref)
                     rows.append(
                         (
@@ -522,6 +555,7 @@ class Buffer:
                     )
                     lanes.append(r.lane)
                     seq += 1
+                self._conn.executemany("INSERT INTO seen (nk, gen) VALUES (?, ?)", fresh)
                 self._conn.executemany(
                     "INSERT INTO readings (seq, lane, state, key_id, blob) VALUES (?, ?, 0, ?, ?)",
                     rows,
@@ -529,6 +563,7 @@ class Buffer:
         except BaseException:
             for h in new_refs:  # the refs rows were rolled back with the transaction
                 self._refs.pop(self._ref_ids.pop(h), None)
+            self._ref_cache.clear()
             self._next_seq = first_seq
             raise
         self._next_seq = seq

@@ -1,0 +1,72 @@
+"""``make bench``: run every benchmark, print a table and write ``bench/report.json``.
+
+Sections: ``buffer`` (issue 2), and ``uplink``/``receiver`` when their benchmark module exists.
+Each figure sits next to its goal; a missed goal is reported, not hidden.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import buffer_bench
+
+REPORT = Path(__file__).with_name("report.json")
+
+
+def _check(value: float, goal: tuple[str, float]) -> bool:
+    op, target = goal
+    return value >= target if op == ">=" else value <= target
+
+
+def main() -> int:
+    """Run the benchmarks and write the report."""
+    report: dict[str, Any] = {
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+    }
+    size = int(os.environ.get("BENCH_BACKLOG", "1000000"))
+    sections: list[tuple[str, dict[str, Any], dict[str, tuple[str, float]]]] = [
+        ("buffer", buffer_bench.run(size), buffer_bench.GOALS)
+    ]
+    try:
+        uplink = importlib.import_module("bench.uplink_bench")
+    except ModuleNotFoundError:
+        uplink = None
+    if uplink is not None:
+        figures = uplink.run()
+        goals = getattr(uplink, "GOALS", {})
+        for section in ("uplink", "receiver"):
+            keys = {k.split(".", 1)[1]: v for k, v in figures.items() if k.startswith(section)}
+            sect_goals = {k.split(".", 1)[1]: v for k, v in goals.items() if k.startswith(section)}
+            sections.append((section, keys, sect_goals))
+    missed = []
+    for name, figures, goals in sections:
+        report[name] = figures
+        for key, value in figures.items():
+            goal = goals.get(key)
+            verdict = ""
+            if goal is not None and value is not None:
+                ok = _check(value, goal)
+                verdict = f"goal {goal[0]} {goal[1]}: {'met' if ok else 'MISSED'}"
+                if not ok:
+                    missed.append(f"{name}.{key}")
+            print(f"{name}.{key:<40} {value!s:>14}  {verdict}")
+    report["missed_goals"] = missed
+    REPORT.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {REPORT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
