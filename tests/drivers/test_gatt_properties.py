@@ -23,6 +23,9 @@ from agent.drivers.gatt import bps, dis, nonin, plx, quirks, racp, times
 from agent.errors import CodecError
 from agent.model import Absent
 
+# No timing in tests: a shared CI machine can stall any single example (DEVELOPERS.md).
+NO_DEADLINE = settings(deadline=None)
+
 # (decoder, encoder) per profile; the encoder must give back the exact bytes of any payload
 # that decodes.
 CODECS: dict[str, tuple[Callable[[bytes, str | None], Any], Callable[..., bytes]]] = {
@@ -73,7 +76,7 @@ def _check_decode(profile: str, data: bytes, model: str | None) -> None:
         assert encoder(value) == data
 
 
-@settings(max_examples=400)
+@settings(max_examples=400, deadline=None)
 @given(st.sampled_from(sorted(CODECS)), st.binary(max_size=40), MODELS)
 def test_arbitrary_bytes_raise_only_codec_errors(
     profile: str, data: bytes, model: str | None
@@ -104,7 +107,7 @@ def flagged_frames(draw: st.DrawFn, profile: str) -> bytes:
     return bytes((flags,)) + bytes(body)
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(st.data())
 @pytest.mark.parametrize("profile", ["ble.bpm", "ble.icp", "ble.plx-spot", "ble.plx-cont"])
 def test_well_sized_frames_round_trip_exactly(profile: str, data: st.DataObject) -> None:
@@ -112,7 +115,7 @@ def test_well_sized_frames_round_trip_exactly(profile: str, data: st.DataObject)
     _check_decode(profile, frame, None)
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(st.data())
 def test_beurer_sized_frames_round_trip_exactly(data: st.DataObject) -> None:
     flags = data.draw(st.integers(0, 0xFF))
@@ -121,7 +124,7 @@ def test_beurer_sized_frames_round_trip_exactly(data: st.DataObject) -> None:
     _check_decode("ble.bpm", frame, "BM85")
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(st.sampled_from(sorted(CODECS)), st.binary(max_size=40), MODELS)
 def test_decode_json_is_valid_or_codec_error(profile: str, data: bytes, model: str | None) -> None:
     try:
@@ -163,6 +166,7 @@ def _without_flags(value: Any) -> Any:
     return dataclasses.replace(value, flags=None)
 
 
+@NO_DEADLINE
 @given(
     st.builds(
         bps.BloodPressureMeasurement,
@@ -183,6 +187,7 @@ def test_bpm_round_trip(value: bps.BloodPressureMeasurement) -> None:
     assert bps.encode_bpm(back) == raw
 
 
+@NO_DEADLINE
 @given(
     st.builds(
         bps.BloodPressureMeasurement,
@@ -204,6 +209,7 @@ def test_beurer_bpm_round_trip(value: bps.BloodPressureMeasurement) -> None:
     assert _without_flags(back) == value
 
 
+@NO_DEADLINE
 @given(
     st.builds(
         bps.IntermediateCuffPressure,
@@ -224,6 +230,7 @@ MEAS = st.none() | st.integers(0, 0xFFFF).map(plx.MeasurementStatus)
 DEV = st.none() | st.integers(0, 0xFFFFFF).map(plx.DeviceSensorStatus)
 
 
+@NO_DEADLINE
 @given(
     st.builds(
         plx.PlxSpotCheck,
@@ -243,6 +250,7 @@ def test_plx_spot_round_trip(value: plx.PlxSpotCheck) -> None:
 PAIRS = st.builds(plx.SpO2PR, SFLOATS, SFLOATS)
 
 
+@NO_DEADLINE
 @given(
     st.builds(
         plx.PlxContinuous,
@@ -258,6 +266,7 @@ def test_plx_cont_round_trip(value: plx.PlxContinuous) -> None:
     assert _without_flags(plx.decode_plx_cont(plx.encode_plx_cont(value))) == value
 
 
+@NO_DEADLINE
 @given(
     st.integers(0, 0xFFFF),
     st.none() | st.integers(0, 0xFFFF).map(plx.MeasurementStatus),
@@ -271,11 +280,13 @@ def test_plx_features_round_trip(
     assert plx.decode_plx_features(plx.encode_plx_features(value)) == value
 
 
+@NO_DEADLINE
 @given(DATE_TIMES)
 def test_date_time_round_trip(value: times.DateTime) -> None:
     assert times.decode_date_time(times.encode_date_time(value)) == value
 
 
+@NO_DEADLINE
 @given(
     st.builds(
         times.CurrentTime,
@@ -289,6 +300,7 @@ def test_current_time_round_trip(value: times.CurrentTime) -> None:
     assert times.decode_current_time(times.encode_current_time(value)) == value
 
 
+@NO_DEADLINE
 @given(st.datetimes(dt.datetime(1582, 1, 1), dt.datetime(9999, 12, 31)))
 def test_current_time_from_wall_clock(when: dt.datetime) -> None:
     value = times.decode_current_time(times.encode_current_time(when))
@@ -323,6 +335,7 @@ def racp_requests(draw: st.DrawFn) -> racp.RacpRequest:
     return racp.RacpRequest(op, operator, filter_type, operand)
 
 
+@NO_DEADLINE
 @given(
     st.one_of(
         racp_requests(),
@@ -344,6 +357,7 @@ def test_racp_round_trip(value: racp.RacpMessage) -> None:
     assert racp.decode_racp(racp.encode_racp(value)) == value
 
 
+@NO_DEADLINE
 @given(
     st.builds(
         nonin.NoninOximetry,
@@ -359,6 +373,7 @@ def test_nonin_round_trip(value: nonin.NoninOximetry) -> None:
     assert nonin.decode_nonin_oximetry(nonin.encode_nonin_oximetry(value)) == value
 
 
+@NO_DEADLINE
 @given(
     st.one_of(
         st.builds(
@@ -397,12 +412,14 @@ def test_nonin_control_round_trip(value: nonin.NoninCommand) -> None:
     assert nonin.decode_nonin_control(nonin.encode_nonin_control(value)) == value
 
 
+@NO_DEADLINE
 @given(st.text(max_size=100).filter(lambda t: not t.endswith("\x00")), st.integers(0, 3))
 def test_dis_string_round_trip(text: str, padding: int) -> None:
     value = dis.DisString(text, padding)
     assert dis.decode_dis_string(dis.encode_dis_string(value)) == value
 
 
+@NO_DEADLINE
 @given(st.integers(0, 100))
 def test_battery_round_trip(percent: int) -> None:
     assert dis.decode_battery_level(dis.encode_battery_level(percent)).percent == percent
