@@ -32,7 +32,7 @@ pytest: setup
 test: lint typecheck pytest
 
 demo: setup
-	$(PY) -m agent.demo
+	PYTHONPATH=hw-mocks $(PY) -m hw_mocks.demo
 
 bench: setup
 	$(PY) -m bench.run
