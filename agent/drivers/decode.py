@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Final, TypeAlias
 
-from agent.drivers.gatt import bps, dis, nonin, observations, plx, racp, times, uuids
+from agent.drivers.gatt import aandd, bps, dis, nonin, observations, plx, racp, times, uuids
 from agent.errors import CodecError
 from agent.model import Absent, Observation
 
@@ -132,6 +132,12 @@ PROFILES: Final[dict[str, Profile]] = {
             nonin.decode_nonin_oximetry,
         ),
         Profile(
+            aandd.PROFILE_AND_COMMAND,
+            uuids.AND_CUSTOM_COMMAND,
+            "A&D vendor command frame (UA-651BLE family)",
+            aandd.decode_and_command,
+        ),
+        Profile(
             nonin.PROFILE_NONIN_CONTROL,
             uuids.NONIN_CONTROL_POINT,
             "Nonin control point command",
@@ -231,6 +237,7 @@ _EXTRAS: Final[Mapping[type, tuple[str, ...]]] = {
     times.CurrentTime: ("iso", "adjust_reasons"),
     times.LocalTimeInformation: ("utc_offset_minutes",),
     racp.RacpResponse: ("outcome_name",),
+    aandd.AndCommand: ("command_name", "set_time"),
     nonin.NoninOximetry: ("flags", "battery_volts", "pulse_amplitude_index"),
 }
 

@@ -174,6 +174,13 @@ def test_beurer_quirk_by_model() -> None:
     assert "payload is 19 bytes, but flags 0x56 require 18" in err
 
 
+def test_vector_18_and_command() -> None:
+    doc = decoded("ble.and-command", "08 01 01 0E 03 0B 13 0C 22" + " 00" * 11)
+    assert doc["observations"] == []
+    assert doc["fields"]["command_name"] == "set-time"
+    assert doc["fields"]["set_time"] == "2014-03-11T19:12:34"
+
+
 def test_nonin() -> None:
     doc = decoded("ble.nonin-oximetry", "0A 14 1F 00 7D 01 02 61 00 48")
     assert values(doc) == [

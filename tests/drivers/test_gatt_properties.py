@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.drivers import decode, ieee11073
-from agent.drivers.gatt import bps, dis, nonin, plx, quirks, racp, times
+from agent.drivers.gatt import aandd, bps, dis, nonin, plx, quirks, racp, times
 from agent.errors import CodecError
 from agent.model import Absent
 
@@ -45,6 +45,7 @@ CODECS: dict[str, tuple[Callable[[bytes, str | None], Any], Callable[..., bytes]
     "ble.battery": (dis.decode_battery_level, dis.encode_battery_level),
     "ble.nonin-oximetry": (nonin.decode_nonin_oximetry, nonin.encode_nonin_oximetry),
     "ble.nonin-control": (nonin.decode_nonin_control, nonin.encode_nonin_control),
+    "ble.and-command": (aandd.decode_and_command, aandd.encode_and_command),
 }
 
 MODELS = st.one_of(
@@ -423,3 +424,21 @@ def test_dis_string_round_trip(text: str, padding: int) -> None:
 @given(st.integers(0, 100))
 def test_battery_round_trip(percent: int) -> None:
     assert dis.decode_battery_level(dis.encode_battery_level(percent)).percent == percent
+
+
+@NO_DEADLINE
+@given(
+    st.builds(
+        aandd.AndCommand,
+        st.sampled_from(aandd.AndCommandType),
+        st.integers(0, 255),
+        st.binary(max_size=16),
+        st.booleans(),
+    )
+)
+def test_and_command_round_trip(value: aandd.AndCommand) -> None:
+    raw = aandd.encode_and_command(value)
+    back = aandd.decode_and_command(raw)
+    assert back.value == value.value
+    assert (back.type, back.command) == (value.type, value.command)
+    assert aandd.encode_and_command(back) == raw

@@ -13,6 +13,7 @@ import pytest
 
 from agent import codes
 from agent.drivers.gatt import (
+    aandd,
     bps,
     dis,
     nonin,
@@ -655,3 +656,31 @@ def test_non_measurements_have_no_observations() -> None:
     assert observations.observations(times.decode_date_time(h("E2 07 04 11 0F 33 00"))) == ()
     assert observations.device_time(racp.RacpRequest.report_all()) is None
     assert observations.status_names(object()) == ()
+
+
+# --- A&D vendor command ---------------------------------------------------------------------
+
+
+def test_vector_18_and_set_time() -> None:
+    """#18 A&D "sdk_ble_ua-651ble V1.2" 5.1 as quoted by a public file (unverified vendor doc)."""
+    raw = h("08 01 01 0E 03 0B 13 0C 22") + bytes(11)
+    c = aandd.decode_and_command(raw)
+    assert c.type is aandd.AndCommandType.WRITE
+    assert c.command_name == "set-time"
+    assert c.set_time == dt.datetime(2014, 3, 11, 19, 12, 34)
+    assert aandd.encode_and_command(c) == raw
+    assert aandd.encode_and_command(aandd.AndCommand.set_time_command(c.set_time)) == raw
+    unpadded = aandd.decode_and_command(raw[:9])
+    assert not unpadded.padded
+    assert aandd.encode_and_command(unpadded) == raw[:9]
+
+
+def test_and_buffer_size_and_malformed() -> None:
+    c = aandd.decode_and_command(h("03 01 A6 02"))  # set buffer (ble-gatt.md 2.2)
+    assert (c.command_name, c.value) == ("set-buffer-size", b"\x02")
+    with pytest.raises(CodecError, match="payload is 5 bytes, but the size byte requires 4"):
+        aandd.decode_and_command(h("03 01 A6 02 00"))
+    with pytest.raises(CodecError, match="padding"):
+        aandd.decode_and_command(h("03 01 A6 02") + bytes(15) + b"\x01")
+    with pytest.raises(CodecError, match="type 0x07"):
+        aandd.decode_and_command(h("02 07 03"))

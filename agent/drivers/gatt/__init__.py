@@ -10,11 +10,13 @@ Modules: :mod:`.bps` (0x2A35, 0x2A36, 0x2A49), :mod:`.plx` (0x2A5E, 0x2A5F, 0x2A
 :mod:`.racp` (0x2A52), :mod:`.times` (0x2A08, 0x2A2B, 0x2A0F), :mod:`.dis` (Device
 Information, Battery Level), :mod:`.nonin` (Nonin oximetry service), :mod:`.quirks` (per-model
 deviations), :mod:`.observations` (decoded values -> :class:`agent.model.Observation`),
-:mod:`.uuids`. Facts and vectors: ``shared/reference/ble-gatt.md``.
+:mod:`.aandd` (A&D vendor commands), :mod:`.uuids`. Facts and vectors:
+``shared/reference/ble-gatt.md``.
 """
 
 from __future__ import annotations
 
+from agent.drivers.gatt.aandd import AndCommand, decode_and_command, encode_and_command
 from agent.drivers.gatt.bps import (
     BloodPressureFeature,
     BloodPressureMeasurement,
@@ -81,6 +83,7 @@ from agent.drivers.gatt.times import (
 )
 
 __all__ = [
+    "AndCommand",
     "BatteryLevel",
     "BloodPressureFeature",
     "BloodPressureMeasurement",
@@ -101,6 +104,7 @@ __all__ = [
     "RacpRequest",
     "RacpResponse",
     "SpO2PR",
+    "decode_and_command",
     "decode_battery_level",
     "decode_bp_feature",
     "decode_bpm",
@@ -117,6 +121,7 @@ __all__ = [
     "decode_racp",
     "decode_racp_request",
     "decode_racp_response",
+    "encode_and_command",
     "encode_battery_level",
     "encode_bp_feature",
     "encode_bpm",

@@ -62,6 +62,10 @@ SYSTEM_ID: Final = sig(0x2A23)
 PNP_ID: Final = sig(0x2A50)
 BATTERY_LEVEL: Final = sig(0x2A19)
 
+# A&D vendor service and command characteristic (ble-gatt.md section 2.2)
+AND_CUSTOM_SERVICE: Final = "233bf000-5a34-1b6d-975c-000d5690abe4"
+AND_CUSTOM_COMMAND: Final = "233bf001-5a34-1b6d-975c-000d5690abe4"
+
 # Nonin 3230 / WristOx2 3150 (ble-gatt.md section 2.5)
 NONIN_OXIMETRY_SERVICE: Final = "46a970e0-0d5f-11e2-8b5e-0002a5d5c51b"
 NONIN_CONTINUOUS_OXIMETRY: Final = "0aad7ea0-0d60-11e2-8e3c-0002a5d5c51b"
