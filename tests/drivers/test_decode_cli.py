@@ -316,3 +316,30 @@ def test_a_codec_bug_still_surfaces_as_codec_error(monkeypatch: pytest.MonkeyPat
 def test_json_numbers_are_exact(value: Decimal, text: str) -> None:
     assert decode.to_json({"v": value}) == '{"v": ' + text + "}"
     assert json.loads(decode.to_json([value]), parse_float=Decimal) == [value]
+
+
+# Every other byte vector in ble-gatt.md, by section, through the command.
+OTHER_VECTORS = [
+    ("ble.date-time", "00 00 00 00 12 1A 20"),  # 1.3 date unknown
+    ("ble.current-time", "E8 07 06 06 0C 04 2C 04 80 00"),  # 1.3
+    ("ble.racp", "05 00 01"),  # 1.6 Nordic 1-byte count
+    ("ble.racp", "05 00 04 03 02 01"),  # 1.6 Nordic 4-byte count
+    ("ble.racp", "06 00 0C 02"),  # 1.6 op 12 not supported
+    ("ble.racp", "01 01"),  # 1.6 report all
+    ("ble.racp", "01 06"),  # 1.6 report last
+    ("ble.racp", "04 01"),  # 1.6 number of all
+    ("ble.racp", "03 00"),  # 1.6 abort
+    ("ble.racp", "02 01"),  # 1.6 delete all
+    ("ble.and-command", "03 01 A6 02"),  # 2.2 set buffer size
+    ("ble.nonin-control", "60 4E 4D 49 06 44 54 4D 3F 0D 0A"),  # 2.5 get date/time
+    ("ble.nonin-control", "60 4E 4D 49 12 44 54 4D 3D 32 34 30 36 30 36 31 32 30 34 34 34 0D 0A"),
+    ("ble.nonin-control", "61 05"),  # 2.5 display sync
+    ("ble.nonin-control", "62 4E 4D 49"),  # 2.5 measurement complete
+]
+
+
+@pytest.mark.parametrize(("profile", "wire"), OTHER_VECTORS)
+def test_other_reference_vectors(profile: str, wire: str) -> None:
+    doc = decoded(profile, wire)
+    assert doc["raw"] == bytes.fromhex(wire).hex()
+    assert doc["fields"]["specials"] == {}
