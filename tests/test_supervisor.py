@@ -1,0 +1,77 @@
+"""The supervisor restarts failing services and stops cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+
+from agent.supervisor import Backoff, Supervisor
+
+
+class Flaky:
+    name = "flaky"
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.runs = 0
+
+    async def run(self) -> None:
+        self.runs += 1
+        if self.runs <= self.failures:
+            raise OSError("device went away")
+        await asyncio.Event().wait()  # healthy: run until cancelled
+
+
+class Steady:
+    name = "steady"
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    async def run(self) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+
+
+async def test_a_failing_service_is_restarted_and_others_keep_running() -> None:
+    flaky, steady = Flaky(failures=3), Steady()
+    sup = Supervisor([flaky, steady], backoff=Backoff(base=0.001, cap=0.01))
+    task = asyncio.create_task(sup.run())
+    for _ in range(200):
+        if flaky.runs > 3:
+            break
+        await asyncio.sleep(0.01)
+    st = sup.states["flaky"]
+    assert (st.state, st.restarts) == ("running", 3)
+    assert st.last_error == "OSError: device went away"
+    assert sup.states["steady"].state == "running"
+    sup.stop()
+    await asyncio.wait_for(task, 2)
+    assert steady.cancelled
+    assert sup.states["steady"].state == "stopped"
+
+
+async def test_a_service_that_returns_is_done_not_restarted() -> None:
+    class Once:
+        name = "once"
+        runs = 0
+
+        async def run(self) -> None:
+            self.runs += 1
+
+    once = Once()
+    sup = Supervisor([once])
+    task = asyncio.create_task(sup.run())
+    await asyncio.sleep(0.05)
+    assert (once.runs, sup.states["once"].state) == (1, "done")
+    sup.stop()
+    await asyncio.wait_for(task, 2)
+
+
+def test_backoff_is_full_jitter_and_capped() -> None:
+    b = Backoff(base=1, cap=10)
+    delays = [b.delay(n) for n in range(1, 40) for _ in range(20)]
+    assert all(0 <= d <= 10 for d in delays)
+    assert max(delays) > 5  # it does grow
