@@ -79,3 +79,10 @@ async def connect(
         3 * STEP,
     )
     return Link(client, disconnected)
+
+
+async def eventually(predicate: Callable[[], bool], seconds: float = STEP) -> None:
+    """Wait until ``predicate()`` holds; for state that changes on D-Bus signals."""
+    async with asyncio.timeout(seconds):
+        while not predicate():  # noqa: ASYNC110 - no event to wait on, the mock state is polled
+            await asyncio.sleep(0.01)

@@ -154,6 +154,8 @@ class PeripheralOptions(TypedDict, total=False):
     """Keyword options every simulated device accepts (see :class:`SimPeripheral`)."""
 
     rssi: int
+    manufacturer_data: dict[int, bytes] | None
+    service_data: dict[str, bytes] | None
     pairing: PairingMethod
     passkey: int | None
     require_bond: bool

@@ -1057,6 +1057,7 @@ class MockBlueZ:
         self.current_sender = ""
         self.discovery_filters: dict[tuple[str, str], dict[str, Any]] = {}
         self._bus: MessageBus | None = None
+        self._exported: set[str] = set()
 
     # -------------------------------------------------------------- lifecycle
 
@@ -1106,7 +1107,7 @@ class MockBlueZ:
                 await bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
             raise
         self._bus = bus
-        bus.export("/org/bluez", self.agents.iface)
+        self.export("/org/bluez", self.agents.iface)
         for adapter in self.adapters.values():
             if adapter.present:
                 self.export_adapter(adapter)
@@ -1117,8 +1118,10 @@ class MockBlueZ:
             for device in adapter.devices.values():
                 device.peripheral.cancel_scripts()
                 device._link_lost("mock stopped")
-                device.peripheral._attach(None)
+                device.exported = device.gatt_exported = False
             adapter._stop_scanning()
+            adapter.exported = False
+        self._exported.clear()
         bus, self._bus = self._bus, None
         if bus is not None:
             bus.disconnect()
@@ -1157,16 +1160,18 @@ class MockBlueZ:
         """Export an adapter object (used at start and when it reappears)."""
         if adapter.exported or self._bus is None:
             return
-        self._bus.export(adapter.path, adapter.iface)
+        self.export(adapter.path, adapter.iface)
         adapter.exported = True
 
     def export(self, path: str, iface: ServiceInterface) -> None:
         """Export one interface (no-op when stopped)."""
         if self._bus is not None:
             self._bus.export(path, iface)
+            self._exported.add(path)
 
     def unexport(self, path: str) -> None:
         """Unexport every interface on a path (no-op when stopped)."""
+        self._exported.discard(path)
         if self._bus is not None:
             self._bus.unexport(path)
 
@@ -1189,10 +1194,16 @@ class MockBlueZ:
 
     # ---------------------------------------------------------------- bus I/O
 
-    def _on_message(self, msg: Message) -> None:
+    def _on_message(self, msg: Message) -> Message | None:
         if msg.message_type == MessageType.METHOD_CALL:
             self.current_sender = msg.sender or ""
             iface = msg.interface or ""
+            path = msg.path or ""
+            if iface.startswith("org.bluez.") and path not in self._exported:
+                # what BlueZ answers for a removed device/adapter (bleak maps it on Connect)
+                return Message.new_error(
+                    msg, "org.freedesktop.DBus.Error.UnknownObject", f"{path} does not exist"
+                )
             if iface.startswith("org.bluez.") or (
                 iface == "org.freedesktop.DBus.Properties" and msg.member == "Set"
             ):
@@ -1213,6 +1224,7 @@ class MockBlueZ:
             name, _old, new = msg.body
             if not new and str(name).startswith(":"):
                 self._client_gone(str(name))
+        return None
 
     def _client_gone(self, sender: str) -> None:
         self.agents.client_gone(sender)
