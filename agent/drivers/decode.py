@@ -11,7 +11,8 @@ renders that as the JSON the technician's tool prints::
 
 Numbers are written from the exact :class:`~decimal.Decimal` (``8.90`` stays ``8.90``), never
 through a binary float. A special value is ``null`` where it appears, and named under
-``fields.specials`` by its path (``{"mean_arterial": "nan"}``).
+``fields.specials`` by its path (``{"mean_arterial": "nan"}``); ``fields.decoded_as`` names
+the dataclass.
 """
 
 from __future__ import annotations
@@ -279,7 +280,11 @@ def _jsonable(value: object, path: str, specials: dict[str, JsonValue]) -> JsonV
 
 
 def fields_of(value: object) -> dict[str, JsonValue]:
-    """The decoded dataclass as JSON-ready fields, with ``specials`` naming special values."""
+    """The decoded dataclass as JSON-ready fields.
+
+    Two keys are added: ``decoded_as`` (the dataclass name) and ``specials`` (path -> the
+    special value, e.g. ``{"mean_arterial": "nan"}``, for every ``null`` that stands for one).
+    """
     specials: dict[str, JsonValue] = {}
     rendered = _jsonable(value, "", specials)
     fields: dict[str, JsonValue] = {}
@@ -287,7 +292,7 @@ def fields_of(value: object) -> dict[str, JsonValue]:
         fields.update(rendered)
     else:
         fields["value"] = rendered
-    fields["type"] = type(value).__name__
+    fields["decoded_as"] = type(value).__name__
     fields["specials"] = dict(specials)
     return fields
 

@@ -178,6 +178,8 @@ def test_vector_18_and_command() -> None:
     doc = decoded("ble.and-command", "08 01 01 0E 03 0B 13 0C 22" + " 00" * 11)
     assert doc["observations"] == []
     assert doc["fields"]["command_name"] == "set-time"
+    assert doc["fields"]["type"] == "write"
+    assert doc["fields"]["decoded_as"] == "AndCommand"
     assert doc["fields"]["set_time"] == "2014-03-11T19:12:34"
 
 
