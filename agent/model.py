@@ -11,6 +11,11 @@ A :class:`Reading` is one measurement event from one device:
 * for continuous signals, a :class:`SampleChunk` of many samples instead of one row each,
 * the ``raw`` device frames, kept for audit.
 
+A payload that fails to decode is not dropped: it becomes a reading with no observations, its
+``raw`` bytes, and ``decode_error`` naming the profile and what was wrong (see
+:meth:`Reading.undecodable`). It is stored, encrypted and delivered like any other, so the
+service and the technician can see it.
+
 Values are :class:`decimal.Decimal` because IEEE 11073 numbers are ``mantissa * 10**exponent``:
 a float would turn 36.6 into 36.600000000000001. A value the device marked as not a number,
 not at this resolution, or infinite has ``value=None`` and ``absent`` saying which; it is never
@@ -211,10 +216,37 @@ class Reading:
     status: frozenset[str] = field(default_factory=frozenset)
     samples: SampleChunk | None = None
     raw: tuple[bytes, ...] = ()
+    decode_error: str | None = None
 
     def __post_init__(self) -> None:
-        if not self.observations and self.samples is None:
+        if self.decode_error is not None:
+            if self.observations or self.samples is not None or not self.raw:
+                raise ValueError("an undecodable reading carries raw bytes and nothing decoded")
+        elif not self.observations and self.samples is None:
             raise ValueError("a reading carries observations, samples, or both")
+
+    @classmethod
+    def undecodable(
+        cls,
+        *,
+        id: uuid.UUID,
+        device: DeviceIdentity,
+        patient: str,
+        captured: CaptureTime,
+        raw: bytes,
+        error: str,
+    ) -> Reading:
+        """A payload that did not parse, kept for audit (``error`` carries no values)."""
+        return cls(
+            id=id,
+            device=device,
+            patient=patient,
+            observations=(),
+            captured=captured,
+            lane=Lane.SPOT,
+            raw=(raw,),
+            decode_error=error,
+        )
 
     @property
     def natural_key(self) -> bytes | None:
@@ -224,7 +256,7 @@ class Reading:
         same key. Without a device timestamp there is no safe natural key (two equal readings a
         minute apart are two measurements), so ``None``: such readings are never de-duplicated.
         """
-        if self.device_time is None:
+        if self.device_time is None or self.decode_error is not None:
             return None
         parts = [
             self.device.transport,

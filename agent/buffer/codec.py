@@ -201,6 +201,7 @@ def encode_reading(r: Reading, context_ref: int, boot_ref: int) -> bytes:
             sorted(r.status),
             None if r.samples is None else _pack_samples(r.samples),
             list(r.raw),
+            *(() if r.decode_error is None else (r.decode_error,)),
         ]
     )
 
@@ -219,7 +220,8 @@ def decode_reading(data: bytes) -> PackedReading:
     v = _unframe(data)
     if not isinstance(v, list) or not v or v[0] != FORMAT_VERSION:
         raise FormatError("not a version-1 reading")
-    _, rid, context_ref, obs, cap, dev_time, status, samples, raw = v
+    _, rid, context_ref, obs, cap, dev_time, status, samples, raw, *rest = v
+    decode_error = rest[0] if rest else None
     wall_ns, boot_ref, mono_ns, synced = cap
 
     def build(ctx: Context, boot: uuid.UUID, lane: Lane) -> Reading:
@@ -234,6 +236,7 @@ def decode_reading(data: bytes) -> PackedReading:
             status=frozenset(status),
             samples=None if samples is None else _unpack_samples(samples),
             raw=tuple(bytes(b) for b in raw),
+            decode_error=decode_error,
         )
 
     return PackedReading(context_ref=int(context_ref), boot_ref=int(boot_ref), build=build)

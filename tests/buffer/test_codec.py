@@ -88,6 +88,15 @@ def readings(draw: st.DrawFn) -> Reading:
             ),
         )
     )
+    if draw(st.integers(0, 9)) == 0:  # now and then, a payload that did not parse
+        return Reading.undecodable(
+            id=uuid.UUID(int=draw(st.integers(0, 2**128 - 1))),
+            device=DeviceIdentity(DeviceKind.OTHER, "m", "x", "s", Transport.SERIAL),
+            patient=draw(texts),
+            captured=CaptureTime(1, uuid.UUID(int=0), 2, False),
+            raw=draw(st.binary(min_size=1, max_size=64)),
+            error=draw(texts),
+        )
     return Reading(
         id=uuid.UUID(int=draw(st.integers(0, 2**128 - 1))),
         device=DeviceIdentity(
@@ -125,6 +134,27 @@ def test_every_reading_roundtrips_exactly(r: Reading) -> None:
     for a, b in zip(back.observations, r.observations, strict=True):
         assert str(a.value) == str(b.value)
     assert codec.decode_ref(codec.encode_context(ctx)) == ctx
+
+
+def test_an_undecodable_payload_is_a_reading_that_keeps_its_bytes() -> None:
+    from hw_mocks.synthetic import CUFF, PATIENT
+
+    from agent.clock import SystemClock
+    from agent.ids import uuid7
+
+    r = Reading.undecodable(
+        id=uuid7(),
+        device=CUFF,
+        patient=PATIENT,
+        captured=SystemClock().now(),
+        raw=b"\x1e\x01",
+        error="ble.bpm: payload is 2 bytes, but flags 0x1e require 19",
+    )
+    assert r.natural_key is None
+    back = codec.decode_reading(codec.encode_reading(r, 1, 2)).build(
+        codec.Context(r.device, r.patient), r.captured.boot_id, r.lane
+    )
+    assert back == r
 
 
 def test_a_spot_reading_is_small() -> None:
