@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 from bleak import BleakScanner
-from bleak.exc import BleakGATTProtocolError
+from bleak.exc import BleakDBusError, BleakGATTProtocolError
 from hw_mocks.bluez import MockBlueZ
 from hw_mocks.bluez.devices import (
     BPM,
@@ -90,6 +90,13 @@ async def test_omron_advertises_state_and_runs_cts_and_racp(
     _, adv = found[cuff.address]
     # 01 = user data, flags 0x24 = time not set + standard services, seq 2, count 2
     assert adv.manufacturer_data[OMRON_COMPANY_ID] == bytes([0x01, 0x24, 0x02, 0x00, 0x02])
+    link = await connect(cuff.address)
+    with pytest.raises(BleakDBusError):  # not in pairing mode: the cuff refuses a new bond
+        await link.client.pair()
+    await link.close()
+    cuff.set_pairing_mode(True)
+    found = await BleakScanner.discover(timeout=0.2, return_adv=True)
+    assert found[cuff.address][1].manufacturer_data[OMRON_COMPANY_ID][1] == 0x2C
 
     link = await connect(cuff.address, pair=True)
     try:
@@ -114,7 +121,7 @@ async def test_omron_advertises_state_and_runs_cts_and_racp(
         await link.client.write_gatt_char(RACP, b"\x09\x01", response=True)
         assert await link.next(RACP) == bytes.fromhex("06 00 09 02")  # op not supported
         await link.wait_disconnected(seconds=2.0)  # it idles out
-        assert cuff.events_of("disconnect")[0].detail == "Omron: idle"
+        assert cuff.events_of("disconnect")[-1].detail == "Omron: idle"
     finally:
         await link.close()
     assert cuff.manufacturer_data[OMRON_COMPANY_ID][1] & 0x04 == 0  # clock now set

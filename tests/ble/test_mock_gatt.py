@@ -1,6 +1,7 @@
 """The real bleak (scanner, client, bleak-retry-connector) against the mock BlueZ: basics."""
 
 import asyncio
+from typing import Unpack
 
 import pytest
 from bleak import BleakScanner
@@ -14,6 +15,7 @@ from hw_mocks.bluez import (
     SimPeripheral,
     uuid16,
 )
+from hw_mocks.bluez.peripheral import PeripheralOptions
 
 from tests.ble.helpers import STEP, connect, find
 
@@ -30,7 +32,13 @@ USER_DESC = uuid16(0x2901)
 class Gadget(SimPeripheral):
     """A generic peripheral with one characteristic per GATT feature."""
 
-    def __init__(self, address: str = ADDR, **kwargs: object) -> None:
+    def __init__(self, address: str = ADDR, **kwargs: Unpack[PeripheralOptions]) -> None:
+        options: PeripheralOptions = {
+            "rssi": -48,
+            "manufacturer_data": {0xFFFF: b"\x01\x02\x03"},
+            "service_data": {SVC: b"\x09"},
+        }
+        options.update(kwargs)
         super().__init__(
             address,
             "Gadget",
@@ -51,11 +59,8 @@ class Gadget(SimPeripheral):
                     ],
                 )
             ],
-            manufacturer_data={0xFFFF: b"\x01\x02\x03"},
-            service_data={SVC: b"\x09"},
             service_uuids=[SVC],
-            rssi=-48,
-            **kwargs,  # type: ignore[arg-type]
+            **options,
         )
         self.reject_writes_with: int | None = None
 

@@ -319,6 +319,7 @@ class OmronCuff(SimPeripheral):
       number of records, delete, abort. Records arrive as BPM (0x2A35) indications, then the
       RACP response indication.
     * Disconnects after ``idle_timeout`` seconds without a write.
+    * Accepts a new bond only in pairing mode (``pairing_mode`` / :meth:`set_pairing_mode`).
     """
 
     def __init__(
@@ -394,6 +395,15 @@ class OmronCuff(SimPeripheral):
             "<HB", self.store.latest_sequence, min(len(self.store.records), 255)
         )
         self.update_advertisement(manufacturer_data={OMRON_COMPANY_ID: data})
+
+    def accepts_pairing(self) -> bool:
+        """Omron bonds only in pairing mode (BT button held until ``-P-`` blinks)."""
+        return self.pairing_mode
+
+    def set_pairing_mode(self, on: bool = True) -> None:
+        """Press (or release) the cuff's Bluetooth button; shows in the advertisement."""
+        self.pairing_mode = on
+        self._refresh_advertisement()
 
     def _current_time_bytes(self) -> bytes:
         now = self.clock

@@ -446,6 +446,7 @@ class MockDevice:
         self.services_resolved = False
         self.errors = _ErrorQueue()
         self._pairing: asyncio.Task[None] | None = None
+        self._shown: dict[str, Any] = {}
         self._char_objects: dict[int, CharacteristicObject] = {}
         self._build_gatt()
         peripheral._attach(self)
@@ -510,6 +511,7 @@ class MockDevice:
             return
         self.mock.export(self.path, self.iface)
         self.exported = True
+        self._shown = self._advert_snapshot()
 
     def export_gatt(self) -> None:
         """Export the GATT objects (after connecting, or from the cache of a bonded device)."""
@@ -520,6 +522,7 @@ class MockDevice:
                 self.mock.export(path, iface)
         self.gatt_exported = True
         self._emit({"UUIDs": self.uuids})
+        self._shown["UUIDs"] = self.uuids
 
     def unexport(self) -> None:
         """Remove the device and its GATT objects from the bus (``InterfacesRemoved``)."""
@@ -532,12 +535,35 @@ class MockDevice:
             self.mock.unexport(self.path)
             self.exported = False
 
+    def _advert_snapshot(self) -> dict[str, Any]:
+        p = self.peripheral
+        snap: dict[str, Any] = {
+            "ManufacturerData": dict(p.manufacturer_data),
+            "ServiceData": dict(p.service_data),
+            "UUIDs": self.uuids,
+            "Alias": self.alias,
+        }
+        if p.name:
+            snap["Name"] = p.name
+        return snap
+
     def advertise(self) -> None:
-        """One advertisement was received while scanning: appear, or refresh ``RSSI``."""
+        """One advertisement was received while scanning: appear, or report what changed
+        (always ``RSSI``, plus any advertising data that differs from what BlueZ showed)."""
+        snap = self._advert_snapshot()
         if not self.exported:
             self.export()
-        else:
-            self._emit({"RSSI": self.peripheral.rssi})
+            return
+        changed: dict[str, Any] = {"RSSI": self.peripheral.rssi}
+        for key, value in snap.items():
+            if self._shown.get(key) != value:
+                changed[key] = value
+        self._shown = snap
+        if "ManufacturerData" in changed:
+            changed["ManufacturerData"] = self.manufacturer_data_variants()
+        if "ServiceData" in changed:
+            changed["ServiceData"] = self.service_data_variants()
+        self._emit(changed)
 
     # ---------------------------------------------------- PeripheralHost API
 
@@ -554,21 +580,8 @@ class MockDevice:
         if not self.adapter.discovering or self.connected:
             return
         p = self.peripheral
-        if not p.advertising or not self.adapter.passes_filter(p):
-            return
-        if not self.exported:
-            self.export()
-            return
-        changed: dict[str, Any] = {
-            "RSSI": p.rssi,
-            "ManufacturerData": self.manufacturer_data_variants(),
-            "ServiceData": self.service_data_variants(),
-            "UUIDs": self.uuids,
-            "Alias": self.alias,
-        }
-        if p.name:
-            changed["Name"] = p.name
-        self._emit(changed)
+        if p.advertising and self.adapter.passes_filter(p):
+            self.advertise()
 
     # ------------------------------------------------------------- link
 
