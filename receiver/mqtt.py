@@ -49,7 +49,7 @@ class ReceiverConfig:
     key_file: Path
     service_key_file: Path
     sqlite_path: Path
-    client_id: str = "dho-receiver-1"
+    client_id: str = "dho-receiver-1"  # must equal the certificate CN
     postgres_dsn: str | None = None
     session_expiry_s: int = 24 * 3600
     max_batch_bytes: int = protocol.MAX_BATCH_BYTES

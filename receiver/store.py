@@ -262,7 +262,7 @@ class SqliteStore:
     def reading_ids(self) -> list[uuid.UUID]:
         """Every stored reading id (tests and audits)."""
         with self._lock:
-            rows = self._conn.execute("SELECT reading_id FROM readings").fetchall()
+            rows = self._conn.execute("SELECT reading_id FROM readings ORDER BY rowid").fetchall()
         return [uuid.UUID(bytes=bytes(r[0])) for r in rows]
 
     def count(self) -> int:

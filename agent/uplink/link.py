@@ -230,6 +230,7 @@ class MqttLink:
             protocol=mqtt.MQTTv5,
             reconnect_on_failure=False,
         )
+        client.connect_timeout = self.cfg.connect_timeout_s
         client.max_inflight_messages_set(10)
         client.max_queued_messages_set(100)
         client.on_connect = self._cb_connect
@@ -355,6 +356,9 @@ class MqttLink:
                     await self._connect_once()
                 except UplinkError as err:
                     self._failed(err)
+                except Exception as err:  # noqa: BLE001 - a bug must not end the uplink
+                    _LOG.exception("uplink %s: unexpected error while connecting", self.cfg.box_id)
+                    self._failed(UplinkError(f"unexpected error while connecting: {err!r}"))
                 else:
                     why = await self._stay_connected()
                     self.last_error = BrokerUnreachableError(f"connection lost: {why}")
@@ -383,7 +387,6 @@ class MqttLink:
         self._connack = loop.create_future()
         self._dropped = loop.create_future()
         self._last_log_error = ""
-        client.connect_timeout = self.cfg.connect_timeout_s
         try:
             await asyncio.to_thread(
                 client.connect,
@@ -405,6 +408,15 @@ class MqttLink:
                 raise CertificateRejectedError(
                     f"the broker at {self.cfg.host}:{self.cfg.port} rejected this box's "
                     f"certificate ({err}); the box may be revoked or need re-enrolment"
+                ) from err
+            if "EOF OCCURRED" in text or "SSL" in text:
+                # TLS 1.3 checks the client certificate after the client's handshake is
+                # done: a refusal shows up as the TLS session dying before the CONNACK.
+                raise CertificateRejectedError(
+                    f"the broker at {self.cfg.host}:{self.cfg.port} closed the TLS session "
+                    "right after the handshake, before accepting the MQTT connection: it "
+                    "rejected this box's certificate (unknown issuer, revoked or expired); "
+                    f"re-enrol the box ({err})"
                 ) from err
             raise BrokerUnreachableError(
                 f"the broker closed the connection before accepting it ({err}); if this "
@@ -461,9 +473,16 @@ class MqttLink:
             await self._stop_thread()
 
     async def _stop_thread(self) -> None:
-        await asyncio.to_thread(self._client.loop_stop)
+        await asyncio.to_thread(self._stop_thread_blocking)
+
+    def _stop_thread_blocking(self) -> None:
+        self._client.loop_stop()
+        # paho 2.x: loop_start() makes a new wake-up socket pair each time without closing
+        # the previous one, and a connection refused before CONNACK may leave the TLS
+        # socket open; close both here (the network thread has ended) so nothing leaks.
+        self._client._reset_sockets()
 
     async def _shutdown(self) -> None:
         self._connected.clear()
         with contextlib.suppress(Exception):
-            await asyncio.to_thread(self._client.loop_stop)
+            await asyncio.to_thread(self._stop_thread_blocking)
