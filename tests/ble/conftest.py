@@ -14,7 +14,7 @@ import pytest
 from hw_mocks.bluez import MockBlueZ, PrivateBus, dbus_daemon_path
 from hw_mocks.bluez.testing import release_bleak_manager
 
-from tests.ble.agent import RegisteredAgent, TestAgent
+from tests.ble.pairing_agent import RegisteredAgent, TestAgent
 
 DEADLINE = 30.0
 

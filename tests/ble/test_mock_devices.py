@@ -35,7 +35,7 @@ from hw_mocks.bluez.payloads import (
     plx_spot,
 )
 
-from tests.ble.agent import TestAgent
+from tests.ble.pairing_agent import TestAgent
 from tests.ble.helpers import connect
 
 # ble-gatt.md §1.9 vector 6 (derdilla test): 124/86 MAP 97 mmHg, 2024-06-15 17:17:27, pulse 51

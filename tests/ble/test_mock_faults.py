@@ -14,7 +14,7 @@ from hw_mocks.bluez import MockBlueZ
 from hw_mocks.bluez.devices import BPM, DATE_TIME, AndCuff
 from hw_mocks.bluez.payloads import BloodPressureRecord, bpm, date_time
 
-from tests.ble.agent import TestAgent
+from tests.ble.pairing_agent import TestAgent
 from tests.ble.helpers import STEP, Link, connect, find
 
 RECORDS = [
