@@ -35,8 +35,8 @@ from hw_mocks.bluez.payloads import (
     plx_spot,
 )
 
-from tests.ble.pairing_agent import TestAgent
 from tests.ble.helpers import connect
+from tests.ble.pairing_agent import TestAgent
 
 # ble-gatt.md §1.9 vector 6 (derdilla test): 124/86 MAP 97 mmHg, 2024-06-15 17:17:27, pulse 51
 VECTOR_6 = BloodPressureRecord(

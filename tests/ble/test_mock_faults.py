@@ -14,8 +14,8 @@ from hw_mocks.bluez import MockBlueZ
 from hw_mocks.bluez.devices import BPM, DATE_TIME, AndCuff
 from hw_mocks.bluez.payloads import BloodPressureRecord, bpm, date_time
 
-from tests.ble.pairing_agent import TestAgent
 from tests.ble.helpers import STEP, Link, connect, find
+from tests.ble.pairing_agent import TestAgent
 
 RECORDS = [
     BloodPressureRecord(120 + i, 80 + i, pulse=60 + i, timestamp=datetime(2026, 11, 20, 8, i, 0))

@@ -8,8 +8,8 @@ from dbus_fast.aio import MessageBus
 from hw_mocks.bluez import MockBlueZ
 from hw_mocks.bluez.devices import AndCuff, NoninOximeter
 
-from tests.ble.pairing_agent import AGENT_PATH, RegisteredAgent, TestAgent
 from tests.ble.helpers import STEP, connect, eventually, find
+from tests.ble.pairing_agent import AGENT_PATH, RegisteredAgent, TestAgent
 
 ADDR = "00:09:1F:4B:6B:77"
 

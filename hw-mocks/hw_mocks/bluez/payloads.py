@@ -1,19 +1,20 @@
-"""Tiny byte builders for the payloads the simulated peripherals send.
+"""Payload builders for the simulated peripherals, on top of the project's codecs.
 
-These are *encoders* for the mock devices (the agent's decoders live in ``agent/drivers/``);
-SFLOAT goes through the project's own encoder, the frame layouts are built here from the
-reference. Layouts follow ``../shared/reference/ble-gatt.md`` §1 (SIG GATT formats) and
-§2 (vendor quirks); the unit tests check them against the vectors of §1.9. Everything is
-little-endian unless a quirk says otherwise.
+Each builder takes the mock's simple record types (plain numbers and :class:`datetime`) and
+encodes them with the project's own encoders in :mod:`agent.drivers.gatt` and
+:mod:`agent.drivers.ieee11073`; the tests in ``tests/ble/test_mock_payloads.py`` pin the bytes
+to the vectors of ``../shared/reference/ble-gatt.md`` §1.9, so an encoder and decoder that are
+wrong in the same way cannot hide behind each other.
 """
 
 import math
-import struct
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-from agent.drivers.ieee11073 import sfloat_bytes
+from agent.drivers.gatt import bps, nonin, plx, racp, times
+from agent.drivers.ieee11073 import Value, sfloat_bytes
+from agent.errors import CodecError
 from agent.model import Absent
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "racp_response",
     "sfloat",
     "sfloat_special",
+    "value_of",
 ]
 
 
@@ -43,26 +45,31 @@ Number = float | Decimal
 resolution, e.g. ``Decimal("11")`` encodes as ``0B 00`` and ``11.0`` as ``6E F0``)."""
 
 
+def value_of(value: Number | None) -> Value:
+    """A number as the codecs want it: an exact Decimal, or the special value for None/NaN/inf."""
+    if value is None:
+        return Absent.NAN
+    if isinstance(value, float):
+        if math.isnan(value):
+            return Absent.NAN
+        if math.isinf(value):
+            return Absent.POS_INF if value > 0 else Absent.NEG_INF
+        return Decimal(repr(value))
+    return Decimal(value)
+
+
 def sfloat(value: Number | None) -> bytes:
     """Encode a number as an IEEE-11073 16-bit SFLOAT, little-endian.
 
-    Uses the project's encoder (:func:`agent.drivers.ieee11073.sfloat_bytes`), so the exponent
-    is two's complement and the number's own resolution is kept: ``sfloat(120) == b"\x78\x00"``,
-    ``sfloat(18.9) == b"\xbd\xf0"``, ``sfloat(100.0) == b"\xe8\xf3"``. ``None`` and NaN
-    encode as the NaN special value, infinities as +INF/-INF.
+    Uses the project's encoder (:func:`agent.drivers.ieee11073.sfloat_bytes`): the exponent is
+    two's complement and the number's own resolution is kept, so ``sfloat(120) == b"\x78\x00"``,
+    ``sfloat(18.9) == b"\xbd\xf0"``, ``sfloat(Decimal("100.0")) == b"\xe8\xf3"``. ``None``
+    and NaN encode as NaN, infinities as +INF/-INF.
 
     Raises:
         ValueError: if the value cannot be represented exactly.
     """
-    if value is None:
-        return sfloat_bytes(Absent.NAN)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return sfloat_bytes(Absent.NAN)
-        if math.isinf(value):
-            return sfloat_bytes(Absent.POS_INF if value > 0 else Absent.NEG_INF)
-        return sfloat_bytes(Decimal(repr(value)))
-    return sfloat_bytes(value)
+    return sfloat_bytes(value_of(value))
 
 
 def sfloat_special(which: Absent) -> bytes:
@@ -71,15 +78,10 @@ def sfloat_special(which: Absent) -> bytes:
 
 
 def date_time(when: datetime | None) -> bytes:
-    """Encode a Date Time (0x2A08): ``uint16 year, month, day, hours, minutes, seconds``.
-
-    ``None`` encodes "unknown" (all zero).
-    """
+    """Encode a Date Time (0x2A08); ``None`` encodes "unknown" (all zero)."""
     if when is None:
-        return bytes(7)
-    return struct.pack(
-        "<HBBBBB", when.year, when.month, when.day, when.hour, when.minute, when.second
-    )
+        return times.encode_date_time(times.DateTime(0, 0, 0, 0, 0, 0))
+    return times.encode_date_time(times.DateTime.from_datetime(when))
 
 
 def parse_date_time(data: bytes) -> datetime | None:
@@ -90,26 +92,33 @@ def parse_date_time(data: bytes) -> datetime | None:
     """
     if len(data) != 7:
         raise ValueError(f"Date Time must be 7 bytes, got {len(data)}")
-    year, month, day, hour, minute, second = struct.unpack("<HBBBBB", data)
-    if year == 0 or month == 0 or day == 0:
-        return None
-    return datetime(year, month, day, hour, minute, second)  # device local time, naive
+    try:
+        return times.decode_date_time(bytes(data)).to_datetime()
+    except CodecError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def current_time(when: datetime, *, fractions256: int = 0, adjust_reason: int = 0) -> bytes:
     """Encode a Current Time (0x2A2B): Date Time, day of week (1=Monday), fractions256, reason."""
-    return date_time(when) + bytes([when.isoweekday(), fractions256 & 0xFF, adjust_reason & 0xFF])
+    return times.encode_current_time(
+        times.CurrentTime(
+            times.DateTime.from_datetime(when), when.isoweekday(), fractions256, adjust_reason
+        )
+    )
 
 
 def parse_current_time(data: bytes) -> datetime | None:
-    """Decode the date-time part of a 10-byte Current Time (0x2A2B).
+    """Decode the date-time part (whole seconds) of a 10-byte Current Time (0x2A2B).
 
     Raises:
         ValueError: if the length is not 10 or a field is out of range.
     """
     if len(data) != 10:
         raise ValueError(f"Current Time must be 10 bytes, got {len(data)}")
-    return parse_date_time(data[:7])
+    try:
+        return times.decode_current_time(bytes(data)).date_time.to_datetime()
+    except CodecError as exc:
+        raise ValueError(str(exc)) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,48 +142,68 @@ class BloodPressureRecord:
         return round(float(self.diastolic) + (float(self.systolic) - float(self.diastolic)) / 3)
 
 
+def _bp_timestamp(when: datetime | None) -> times.DateTime | None:
+    return None if when is None else times.DateTime.from_datetime(when)
+
+
 def bpm(record: BloodPressureRecord, *, intermediate: bool = False) -> bytes:
     """Encode a Blood Pressure Measurement (0x2A35) or, with ``intermediate``, an ICP (0x2A36).
 
     Flags are derived from which optional fields are set (ble-gatt.md §1.4).
     """
-    flags = 0x01 if record.kpa else 0x00
-    out = bytearray()
+    unit = bps.PressureUnit.KPA if record.kpa else bps.PressureUnit.MMHG
+    status = None if record.status is None else bps.BpmStatus(record.status)
+    pulse = None if record.pulse is None else value_of(record.pulse)
     if intermediate:
-        out += sfloat(record.systolic) + sfloat(None) + sfloat(None)
-    else:
-        out += sfloat(record.systolic) + sfloat(record.diastolic) + sfloat(record.mean_arterial)
-    if record.timestamp is not None:
-        flags |= 0x02
-        out += date_time(record.timestamp)
-    if record.pulse is not None:
-        flags |= 0x04
-        out += sfloat(record.pulse)
-    if record.user_id is not None:
-        flags |= 0x08
-        out.append(record.user_id & 0xFF)
-    if record.status is not None:
-        flags |= 0x10
-        out += struct.pack("<H", record.status)
-    return bytes([flags]) + bytes(out)
+        return bps.encode_icp(
+            bps.IntermediateCuffPressure(
+                value_of(record.systolic),
+                unit=unit,
+                timestamp=_bp_timestamp(record.timestamp),
+                pulse_rate=pulse,
+                user_id=record.user_id,
+                status=status,
+            )
+        )
+    return bps.encode_bpm(
+        bps.BloodPressureMeasurement(
+            value_of(record.systolic),
+            value_of(record.diastolic),
+            value_of(record.mean_arterial),
+            unit=unit,
+            timestamp=_bp_timestamp(record.timestamp),
+            pulse_rate=pulse,
+            user_id=record.user_id,
+            status=status,
+        )
+    )
 
 
-def beurer_bpm(record: BloodPressureRecord) -> bytes:
+def beurer_bpm(record: BloodPressureRecord, model: str = "BM85") -> bytes:
     """Encode a BPM the way the Beurer BM48/BM59/BM85/ELITE900 family does (ble-gatt.md §2.4).
 
-    Quirks: MAP sent as ``00 00``; pulse SFLOAT byte-swapped; an *unflagged* user-id byte always
-    follows the pulse; the status word is big-endian; flags ``0x56`` style (bit 6 set).
+    Quirks (the project's quirk table for ``model``): MAP sent as ``00 00``; pulse SFLOAT
+    byte-swapped; an *unflagged* user-id byte always follows the pulse; the status word is
+    big-endian; flags with the reserved bit 6 set, as observed (``0x56``).
     """
-    pulse = record.pulse if record.pulse is not None else 0
-    flags = 0x40 | 0x02 | 0x04 | (0x10 if record.status is not None else 0) | int(record.kpa)
-    out = bytearray([flags])
-    out += sfloat(record.systolic) + sfloat(record.diastolic) + b"\x00\x00"
-    out += date_time(record.timestamp)
-    out += sfloat(pulse)[::-1]
-    out.append((record.user_id if record.user_id is not None else 1) & 0xFF)
-    if record.status is not None:
-        out += struct.pack(">H", record.status)
-    return bytes(out)
+    status = None if record.status is None else bps.BpmStatus(record.status)
+    flags = 0x40 | 0x02 | 0x04 | (0x10 if status is not None else 0) | int(record.kpa)
+    return bps.encode_bpm(
+        bps.BloodPressureMeasurement(
+            value_of(record.systolic),
+            value_of(record.diastolic),
+            Absent.MISSING,
+            unit=bps.PressureUnit.KPA if record.kpa else bps.PressureUnit.MMHG,
+            timestamp=times.DateTime.from_datetime(record.timestamp)
+            if record.timestamp is not None
+            else times.DateTime(0, 0, 0, 0, 0, 0),
+            pulse_rate=value_of(record.pulse if record.pulse is not None else 0),
+            user_id=record.user_id if record.user_id is not None else 1,
+            status=status,
+            flags=flags,
+        ),
+        model,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,23 +218,31 @@ class PlxSpotRecord:
     pulse_amplitude_index: Number | None = None
 
 
+def _plx_statuses(
+    measurement: int | None, device: int | None
+) -> tuple[plx.MeasurementStatus | None, plx.DeviceSensorStatus | None]:
+    return (
+        None if measurement is None else plx.MeasurementStatus(measurement),
+        None if device is None else plx.DeviceSensorStatus(device),
+    )
+
+
 def plx_spot(record: PlxSpotRecord) -> bytes:
     """Encode a PLX Spot-check Measurement (0x2A5E); flags follow the optional fields."""
-    flags = 0
-    out = bytearray(sfloat(record.spo2) + sfloat(record.pulse))
-    if record.timestamp is not None:
-        flags |= 0x01
-        out += date_time(record.timestamp)
-    if record.measurement_status is not None:
-        flags |= 0x02
-        out += struct.pack("<H", record.measurement_status)
-    if record.device_status is not None:
-        flags |= 0x04
-        out += struct.pack("<I", record.device_status)[:3]
-    if record.pulse_amplitude_index is not None:
-        flags |= 0x08
-        out += sfloat(record.pulse_amplitude_index)
-    return bytes([flags]) + bytes(out)
+    meas, dev = _plx_statuses(record.measurement_status, record.device_status)
+    pai = record.pulse_amplitude_index
+    return plx.encode_plx_spot(
+        plx.PlxSpotCheck(
+            value_of(record.spo2),
+            value_of(record.pulse),
+            timestamp=None
+            if record.timestamp is None
+            else times.DateTime.from_datetime(record.timestamp),
+            measurement_status=meas,
+            device_sensor_status=dev,
+            pulse_amplitude_index=None if pai is None else value_of(pai),
+        )
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,24 +262,25 @@ def plx_continuous(sample: PlxContinuousSample) -> bytes:
 
     ``sample.extra`` may carry ``"fast"`` and/or ``"slow"`` (SpO2, PR) pairs.
     """
-    flags = 0
-    out = bytearray(sfloat(sample.spo2) + sfloat(sample.pulse))
-    if "fast" in sample.extra:
-        flags |= 0x01
-        out += sfloat(sample.extra["fast"][0]) + sfloat(sample.extra["fast"][1])
-    if "slow" in sample.extra:
-        flags |= 0x02
-        out += sfloat(sample.extra["slow"][0]) + sfloat(sample.extra["slow"][1])
-    if sample.measurement_status is not None:
-        flags |= 0x04
-        out += struct.pack("<H", sample.measurement_status)
-    if sample.device_status is not None:
-        flags |= 0x08
-        out += struct.pack("<I", sample.device_status)[:3]
-    if sample.pulse_amplitude_index is not None:
-        flags |= 0x10
-        out += sfloat(sample.pulse_amplitude_index)
-    return bytes([flags]) + bytes(out)
+
+    def pair(key: str) -> plx.SpO2PR | None:
+        if key not in sample.extra:
+            return None
+        spo2, pulse = sample.extra[key]
+        return plx.SpO2PR(value_of(spo2), value_of(pulse))
+
+    meas, dev = _plx_statuses(sample.measurement_status, sample.device_status)
+    pai = sample.pulse_amplitude_index
+    return plx.encode_plx_cont(
+        plx.PlxContinuous(
+            plx.SpO2PR(value_of(sample.spo2), value_of(sample.pulse)),
+            fast=pair("fast"),
+            slow=pair("slow"),
+            measurement_status=meas,
+            device_sensor_status=dev,
+            pulse_amplitude_index=None if pai is None else value_of(pai),
+        )
+    )
 
 
 def plx_features(
@@ -255,22 +293,23 @@ def plx_features(
     The default says: measurement-status support (bit 0), spot-check storage (bit 2) and
     spot-check timestamps (bit 3), with "data from measurement storage" (bit 9) supported.
     """
-    out = bytearray(struct.pack("<H", features))
-    if features & 0x01:
-        out += struct.pack("<H", measurement_status_support or 0)
-    if features & 0x02:
-        out += struct.pack("<I", device_status_support or 0)[:3]
-    return bytes(out)
+    return plx.encode_plx_features(
+        plx.PlxFeatures(
+            features,
+            plx.MeasurementStatus(measurement_status_support or 0) if features & 0x01 else None,
+            plx.DeviceSensorStatus(device_status_support or 0) if features & 0x02 else None,
+        )
+    )
 
 
 def racp_response(request_op: int, code: int) -> bytes:
     """Encode an RACP response-code indication ``06 00 <request op> <code>`` (§1.6)."""
-    return bytes([0x06, 0x00, request_op & 0xFF, code & 0xFF])
+    return racp.encode_racp_response(racp.RacpResponse(request_op, code))
 
 
 def racp_number_of_records(count: int) -> bytes:
     """Encode an RACP "number of stored records" response ``05 00 <uint16 count>``."""
-    return bytes([0x05, 0x00]) + struct.pack("<H", count)
+    return racp.encode_racp_response(racp.RacpRecordCount(count))
 
 
 def nonin_continuous(
@@ -287,13 +326,13 @@ def nonin_continuous(
     10 bytes: length, status, battery (0.1 V), PAI uint16 BE (1/100 %), counter uint16 BE,
     SpO2 (127 = missing), pulse uint16 BE (511 = missing). Status bit 4 = sensor attached.
     """
-    return struct.pack(
-        ">BBBHHBH",
-        10,
-        status & 0xFF,
-        battery_decivolts & 0xFF,
-        round(pulse_amplitude_index * 100) & 0xFFFF,
-        counter & 0xFFFF,
-        127 if spo2 is None else spo2,
-        511 if pulse is None else pulse,
+    return nonin.encode_nonin_oximetry(
+        nonin.NoninOximetry(
+            status=status & 0xFF,
+            battery_decivolts=battery_decivolts & 0xFF,
+            pai_centipercent=round(pulse_amplitude_index * 100) & 0xFFFF,
+            counter=counter & 0xFFFF,
+            spo2=Absent.MISSING if spo2 is None else Decimal(spo2),
+            pulse_rate=Absent.MISSING if pulse is None else Decimal(pulse),
+        )
     )
