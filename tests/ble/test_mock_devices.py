@@ -118,6 +118,8 @@ async def test_omron_advertises_state_and_runs_cts_and_racp(
         assert await link.next(RACP) == bytes.fromhex("06 00 02 01")
         await link.client.write_gatt_char(RACP, b"\x01\x01", response=True)
         assert await link.next(RACP) == bytes.fromhex("06 00 01 06")  # no records
+        await link.client.write_gatt_char(RACP, b"\x03\x00", response=True)
+        assert await link.next(RACP) == bytes.fromhex("06 00 03 01")  # abort (nothing running)
         await link.client.write_gatt_char(RACP, b"\x09\x01", response=True)
         assert await link.next(RACP) == bytes.fromhex("06 00 09 02")  # op not supported
         await link.wait_disconnected(seconds=2.0)  # it idles out

@@ -17,7 +17,7 @@ from hw_mocks.bluez import (
 )
 from hw_mocks.bluez.peripheral import PeripheralOptions
 
-from tests.ble.helpers import STEP, connect, find
+from tests.ble.helpers import STEP, connect, eventually, find
 
 ADDR = "C0:FF:EE:00:00:01"
 SVC = "12345678-1234-5678-1234-56789abcdef0"
@@ -254,3 +254,25 @@ async def test_start_discovery_error_is_reported(bluez: MockBlueZ) -> None:
         await BleakScanner.discover(timeout=0.1)
     assert excinfo.value.dbus_error == "org.bluez.Error.InProgress"
     await BleakScanner.discover(timeout=0.1)  # the next attempt works
+
+
+async def test_adverts_repeat_while_advertising_and_stop_when_it_stops(bluez: MockBlueZ) -> None:
+    gadget = Gadget()
+    bluez.adapter().add_peripheral(gadget)
+    seen: list[int] = []
+    enough = asyncio.Event()
+
+    def on_advert(device, adv) -> None:
+        seen.append(adv.rssi)
+        if len(seen) >= 3:
+            enough.set()
+
+    async with BleakScanner(on_advert):
+        await asyncio.wait_for(enough.wait(), STEP)  # RSSI refreshes keep coming
+        gadget.update_advertisement(rssi=-70, manufacturer_data={0xFFFF: b"\x04"})
+        await eventually(lambda: seen[-1] == -70)
+        gadget.set_advertising(False)  # e.g. the cuff went back to sleep
+        await asyncio.sleep(0.1)
+        count = len(seen)
+        await asyncio.sleep(0.3)
+        assert len(seen) == count  # silence: what a scanner watchdog would notice

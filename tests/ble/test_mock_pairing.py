@@ -38,6 +38,17 @@ async def test_just_works_pairing_through_establish_connection(
     assert agent.names() == ["RequestAuthorization"]
 
 
+async def test_just_works_may_ask_for_a_confirmation_instead(
+    bluez: MockBlueZ, agent: TestAgent
+) -> None:
+    bluez.just_works_confirmation = True
+    device = bluez.adapter().add_peripheral(AndCuff(ADDR))
+    link = await connect(ADDR, pair=True)
+    await link.close()
+    assert agent.calls == [("RequestConfirmation", (device.path, 0))]
+    assert device.paired
+
+
 async def test_just_works_without_agent_fails_like_bluez_5_72(bluez: MockBlueZ) -> None:
     device = bluez.adapter().add_peripheral(AndCuff(ADDR))
     link = await connect(ADDR)

@@ -691,7 +691,10 @@ class MockDevice:
                     raise errors.authentication_failed()
                 return
             if agent.capability != "NoInputNoOutput":
-                await self.mock.agents.call(agent, "RequestAuthorization", "o", [self.path])
+                if self.mock.just_works_confirmation:
+                    await self.mock.agents.call(agent, "RequestConfirmation", "ou", [self.path, 0])
+                else:
+                    await self.mock.agents.call(agent, "RequestAuthorization", "o", [self.path])
             return
         if agent is None or agent.capability in ("NoInputNoOutput", "DisplayOnly", ""):
             raise errors.authentication_failed()
@@ -1040,6 +1043,9 @@ class MockBlueZ:
             set and must not be the machine's system bus).
         just_works_needs_agent: Just Works pairing fails without a registered agent (BlueZ >=
             5.72 behaviour); set false to emulate older BlueZ that auto-accepted.
+        just_works_confirmation: ask the agent ``RequestConfirmation(device, 0)`` for Just Works
+            instead of ``RequestAuthorization(device)`` (both occur with real BlueZ versions
+            and controllers; a product agent must answer both).
         agent_timeout: seconds to wait for an agent's answer.
         mtu: ATT MTU reported in ``MTU`` and by AcquireNotify.
     """
@@ -1049,6 +1055,7 @@ class MockBlueZ:
         bus_address: str | None = None,
         *,
         just_works_needs_agent: bool = True,
+        just_works_confirmation: bool = False,
         agent_timeout: float = 10.0,
         mtu: int = 185,
     ) -> None:
@@ -1060,6 +1067,7 @@ class MockBlueZ:
             raise ValueError("refusing to run the mock BlueZ on the machine's system bus")
         self.bus_address = address
         self.just_works_needs_agent = just_works_needs_agent
+        self.just_works_confirmation = just_works_confirmation
         self.agent_timeout = agent_timeout
         self.mtu = mtu
         self.connect_latency = 0.0
