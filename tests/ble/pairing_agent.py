@@ -3,6 +3,7 @@
 No ``from __future__ import annotations``: dbus-fast reads signatures from annotations.
 """
 
+import asyncio
 from typing import Annotated
 
 from dbus_fast import BusType, DBusError, Message, MessageType
@@ -23,10 +24,11 @@ class TestAgent(ServiceInterface):
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, *, passkey: int = 0, accept: bool = True) -> None:
+    def __init__(self, *, passkey: int = 0, accept: bool = True, delay: float = 0.0) -> None:
         super().__init__("org.bluez.Agent1")
         self.passkey = passkey
         self.accept = accept
+        self.delay = delay  # how long the "user" takes to answer RequestAuthorization
         self.calls: list[tuple[str, tuple[object, ...]]] = []
 
     def _decide(self) -> None:
@@ -63,8 +65,9 @@ class TestAgent(ServiceInterface):
         self._decide()
 
     @dbus_method()
-    def RequestAuthorization(self, device: DPath) -> None:
+    async def RequestAuthorization(self, device: DPath) -> None:
         self.calls.append(("RequestAuthorization", (device,)))
+        await asyncio.sleep(self.delay)
         self._decide()
 
     @dbus_method()

@@ -91,10 +91,19 @@ def test_private_bus_leaves_nothing_behind(private_bus: PrivateBus) -> None:
         _ = bus.address
 
 
-def test_demo_entry_point_prints_the_address(private_bus: PrivateBus) -> None:
+def test_demo_entry_point_prints_the_address(private_bus: PrivateBus, tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "hw-mocks"), str(ROOT)]))
+    address_file = tmp_path / "bus"
     proc = subprocess.run(
-        [sys.executable, "-m", "hw_mocks.bluez", "--seconds", "0.3"],
+        [
+            sys.executable,
+            "-m",
+            "hw_mocks.bluez",
+            "--seconds",
+            "0.3",
+            "--address-file",
+            str(address_file),
+        ],
         capture_output=True,
         text=True,
         timeout=30,
@@ -105,6 +114,8 @@ def test_demo_entry_point_prints_the_address(private_bus: PrivateBus) -> None:
     assert proc.stdout.startswith("DBUS_SYSTEM_BUS_ADDRESS=unix:path=")
     assert "AndCuff" in proc.stdout
     assert "NoninOximeter" in proc.stdout
+    assert "ready" in proc.stdout
+    assert proc.stdout.startswith("DBUS_SYSTEM_BUS_ADDRESS=" + address_file.read_text().strip())
 
 
 async def test_advert_refresh_stops_with_discovery(bluez: MockBlueZ) -> None:

@@ -1,5 +1,7 @@
 """Pairing through a registered org.bluez.Agent1, as bleak does it (Trusted=true + Pair)."""
 
+import asyncio
+
 import pytest
 from bleak import BleakClient
 from bleak.exc import BleakDBusError
@@ -163,3 +165,33 @@ async def test_agent_leaving_the_bus_is_forgotten(bluez: MockBlueZ) -> None:
     bus.disconnect()  # the agent process dies without unregistering
     await bus.wait_for_disconnect()
     await eventually(lambda: bluez.agents.pairing_agent() is None)
+
+
+async def test_link_lost_while_the_user_decides_cancels_pairing(bluez: MockBlueZ) -> None:
+    cuff = AndCuff(ADDR)
+    device = bluez.adapter().add_peripheral(cuff)
+    async with RegisteredAgent(TestAgent(delay=1.0)):
+        link = await connect(ADDR)
+        pairing = asyncio.ensure_future(link.client.pair())
+        await cuff.wait_for("connect")
+        await eventually(lambda: bluez.was_called("Pair"))
+        await asyncio.sleep(0.05)
+        cuff.disconnect("walked away")
+        with pytest.raises(BleakDBusError) as excinfo:
+            await asyncio.wait_for(pairing, STEP)
+        assert excinfo.value.dbus_error == "org.bluez.Error.AuthenticationCanceled"
+        await link.close()
+    assert not device.paired
+
+
+async def test_agent_that_never_answers_times_out(bluez: MockBlueZ) -> None:
+    bluez.agent_timeout = 0.1
+    bluez.adapter().add_peripheral(AndCuff(ADDR))
+    async with RegisteredAgent(TestAgent(delay=1.0)):
+        link = await connect(ADDR)
+        try:
+            with pytest.raises(BleakDBusError) as excinfo:
+                await link.client.pair()
+            assert excinfo.value.dbus_error == "org.bluez.Error.AuthenticationTimeout"
+        finally:
+            await link.close()

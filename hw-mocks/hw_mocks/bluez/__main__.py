@@ -1,6 +1,7 @@
 """``python -m hw_mocks.bluez``: a private bus with the mock BlueZ and a default set of devices.
 
-Prints the bus address (``DBUS_SYSTEM_BUS_ADDRESS=...``) and runs until interrupted. Run from
+Prints the bus address (``DBUS_SYSTEM_BUS_ADDRESS=...``), the devices and ``ready``, and runs
+until interrupted. Run from
 the repository root with ``PYTHONPATH=hw-mocks`` (the payload encoders come from ``agent``)::
 
     PYTHONPATH=hw-mocks .venv/bin/python -m hw_mocks.bluez
@@ -45,12 +46,18 @@ def default_devices(now: datetime | None = None) -> list[SimPeripheral]:
     ]
 
 
-async def _serve(address: str, seconds: float | None) -> None:
+async def _serve(address: str, seconds: float | None, address_file: Path | None) -> None:
     async with MockBlueZ(address) as bluez:
         hci0 = bluez.add_adapter("hci0")
         for device in default_devices():
             hci0.add_peripheral(device)
             print(f"  {device.address}  {device.name}  ({type(device).__name__})", flush=True)
+        if address_file is not None:
+            # written only now, so a reader knows org.bluez is already there
+            tmp = address_file.with_name(address_file.name + ".tmp")
+            tmp.write_text(address + "\n", encoding="utf-8")
+            tmp.replace(address_file)
+        print("ready", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -63,15 +70,17 @@ async def _serve(address: str, seconds: float | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Start the bus and the mock, print the address, serve until SIGINT/SIGTERM."""
     parser = argparse.ArgumentParser(prog="python -m hw_mocks.bluez", description=__doc__)
-    parser.add_argument("--address-file", type=Path, help="also write the bus address here")
+    parser.add_argument(
+        "--address-file",
+        type=Path,
+        help="write the bus address here once the mock is ready (atomically)",
+    )
     parser.add_argument("--seconds", type=float, help="stop after this many seconds")
     args = parser.parse_args(argv)
     with PrivateBus() as bus:
         print(f"DBUS_SYSTEM_BUS_ADDRESS={bus.address}", flush=True)
-        if args.address_file is not None:
-            args.address_file.write_text(bus.address + "\n", encoding="utf-8")
         print("mock org.bluez on hci0 with:", flush=True)
-        asyncio.run(_serve(bus.address, args.seconds))
+        asyncio.run(_serve(bus.address, args.seconds, args.address_file))
     return 0
 
 

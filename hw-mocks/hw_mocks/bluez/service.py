@@ -668,11 +668,13 @@ class MockDevice:
         try:
             await task
         except asyncio.CancelledError:
-            if task.cancelled():
-                raise errors.bluez_error(
-                    "org.bluez.Error.AuthenticationCanceled", "Authentication Canceled"
-                ) from None
-            raise
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # the Pair call itself is being cancelled (mock stopping)
+            # CancelPairing, Disconnect or a dropped link cancelled the authentication
+            raise errors.bluez_error(
+                "org.bluez.Error.AuthenticationCanceled", "Authentication Canceled"
+            ) from None
         finally:
             self._pairing = None
         self.paired = True
