@@ -84,7 +84,7 @@ async def test_and_cuff_hangs_up_without_date_time(bluez: MockBlueZ) -> None:
 async def test_omron_advertises_state_and_runs_cts_and_racp(
     bluez: MockBlueZ, agent: TestAgent
 ) -> None:
-    cuff = OmronCuff(records=RECORDS[:2], clock=None, idle_timeout=0.5)
+    cuff = OmronCuff(records=RECORDS[:2], clock=None, idle_timeout=1.5)
     bluez.adapter().add_peripheral(cuff)
     found = await BleakScanner.discover(timeout=0.2, return_adv=True)
     _, adv = found[cuff.address]
@@ -122,7 +122,7 @@ async def test_omron_advertises_state_and_runs_cts_and_racp(
         assert await link.next(RACP) == bytes.fromhex("06 00 03 01")  # abort (nothing running)
         await link.client.write_gatt_char(RACP, b"\x09\x01", response=True)
         assert await link.next(RACP) == bytes.fromhex("06 00 09 02")  # op not supported
-        await link.wait_disconnected(seconds=2.0)  # it idles out
+        await link.wait_disconnected(seconds=4.0)  # it idles out
         assert cuff.events_of("disconnect")[-1].detail == "Omron: idle"
     finally:
         await link.close()
@@ -225,7 +225,7 @@ async def test_beurer_sends_quirky_records_then_disconnects(bluez: MockBlueZ) ->
 
 
 async def test_beurer_stays_silent_when_subscribed_too_early(bluez: MockBlueZ) -> None:
-    cuff = BeurerCuff(records=[VECTOR_6], settle_time=1.0)
+    cuff = BeurerCuff(records=[VECTOR_6], settle_time=3.0)
     bluez.adapter().add_peripheral(cuff)
     link = await connect(cuff.address)
     try:

@@ -10,6 +10,7 @@ Nothing here touches the machine's real system bus.
 """
 
 import contextlib
+import ctypes
 import os
 import selectors
 import shutil
@@ -48,6 +49,18 @@ _CONFIG_TEMPLATE = """<!DOCTYPE busconfig PUBLIC
 """
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the parent goes away (Linux prctl)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the context manager still cleans up
+        pass
+
+
+_PR_SET_PDEATHSIG = 1
+
+
 class DBusDaemonError(RuntimeError):
     """The private ``dbus-daemon`` could not be started."""
 
@@ -80,15 +93,25 @@ class PrivateBus:
     seconds) and removes its temporary directory, so no process or socket is left behind.
     """
 
-    def __init__(self, *, start_timeout: float = 10.0, stop_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        *,
+        start_timeout: float = 10.0,
+        stop_timeout: float = 5.0,
+        die_with_parent: bool = True,
+    ) -> None:
         """Prepare (but do not start) a private bus.
 
         Args:
             start_timeout: seconds to wait for the daemon to print its address.
             stop_timeout: seconds to wait for the daemon to exit after SIGTERM.
+            die_with_parent: ask the kernel to SIGTERM the daemon when the thread that started
+                it dies (``PR_SET_PDEATHSIG``), so even a killed test run leaves no daemon
+                behind. Start it from a long-lived thread (normally the main thread).
         """
         self._start_timeout = start_timeout
         self._stop_timeout = stop_timeout
+        self._die_with_parent = die_with_parent
         self._proc: subprocess.Popen[bytes] | None = None
         self._tmpdir: Path | None = None
         self._address: str | None = None
@@ -139,6 +162,7 @@ class PrivateBus:
                 stdout=subprocess.PIPE,
                 stderr=log,
                 close_fds=True,
+                preexec_fn=_die_with_parent if self._die_with_parent else None,
             )
         try:
             self._address = self._read_address()
