@@ -161,6 +161,10 @@ async def test_plx_oximeter_streams_and_serves_stored_spot_checks(bluez: MockBlu
     try:
         features = await link.client.read_gatt_char(PLX_FEATURES)
         assert features == bytes.fromhex("0D 00 00 02")
+        assert await link.client.read_gatt_char(CURRENT_TIME) == bytes(10)  # clock not set
+        await link.client.write_gatt_char(CURRENT_TIME, current_time(NOW), response=True)
+        assert oxi.device_clock.written == NOW
+        assert (await link.client.read_gatt_char(CURRENT_TIME))[:4] == current_time(NOW)[:4]
         await link.subscribe(PLX_CONT)
         assert await link.next(PLX_CONT) == bytes.fromhex("00 64 00 5A 00")  # vector 9 (plain)
         assert await link.next(PLX_CONT) == bytes.fromhex("1C 5F 00 5A 00 20 00 00 00 00 57 F0")

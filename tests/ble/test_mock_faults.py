@@ -169,3 +169,15 @@ async def test_device_that_stopped_advertising_cannot_be_connected(bluez: MockBl
         await client.connect()
     await client.disconnect()
     assert [c.member for c in bluez.calls].count("Connect") == 1
+
+
+async def test_wedged_scanner_is_cured_by_a_power_cycle(bluez: MockBlueZ) -> None:
+    hci0 = bluez.adapter()
+    cuff = AndCuff()
+    hci0.add_peripheral(cuff)
+    hci0.wedge()
+    found = await BleakScanner.discover(timeout=0.3)
+    assert found == []  # Discovering, but nothing reported
+    await _set_powered(False)
+    await _set_powered(True)
+    assert (await find(cuff.address)).address == cuff.address

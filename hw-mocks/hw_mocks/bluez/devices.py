@@ -37,10 +37,12 @@ from hw_mocks.bluez.peripheral import (
 __all__ = [
     "AndCuff",
     "BeurerCuff",
+    "DeviceClock",
     "NoninOximeter",
     "OmronCuff",
     "PlxOximeter",
     "battery_service",
+    "current_time_service",
     "device_information_service",
 ]
 
@@ -195,6 +197,40 @@ class _RecordStore:
         asyncio.get_running_loop().call_soon(self.device.notify, racp, data)
 
 
+class DeviceClock:
+    """A device's wall clock: unset (``None``) or an offset from the host's clock."""
+
+    def __init__(self, now: datetime | None) -> None:
+        """Start at ``now`` (``None``: the clock was never set, e.g. after a battery change)."""
+        self._offset: timedelta | None = None if now is None else now - datetime.now()
+        self.written: datetime | None = None
+
+    @property
+    def now(self) -> datetime | None:
+        """The device's notion of now, or ``None`` if unset."""
+        return None if self._offset is None else datetime.now() + self._offset
+
+    def current_time_bytes(self) -> bytes:
+        """Current Time (0x2A2B) as the device reports it (all zero when unset)."""
+        now = self.now
+        return bytes(10) if now is None else payloads.current_time(now)
+
+    def write_current_time(self, data: bytes) -> None:
+        """Apply a Current Time write (AttError 0x0D if the length or a field is wrong)."""
+        try:
+            when = payloads.parse_current_time(data)
+        except ValueError:
+            raise AttError(ATT_INVALID_LENGTH) from None
+        if when is not None:
+            self._offset = when - datetime.now()
+            self.written = when
+
+
+def current_time_service() -> GattService:
+    """A Current Time service (0x1805) with Current Time (0x2A2B: read, write, notify)."""
+    return GattService(CTS, [Characteristic(CURRENT_TIME, ("read", "write", "notify"))])
+
+
 class AndCuff(SimPeripheral):
     """A&D UA-651BLE-like blood-pressure cuff (ble-gatt.md §2.2).
 
@@ -345,7 +381,7 @@ class OmronCuff(SimPeripheral):
                     Characteristic(RACP, ("write", "indicate")),
                 ],
             ),
-            GattService(CTS, [Characteristic(CURRENT_TIME, ("read", "write", "notify"))]),
+            current_time_service(),
             device_information_service("OMRON HEALTHCARE", "BP7000", serial),
             battery_service(),
         ]
@@ -359,11 +395,10 @@ class OmronCuff(SimPeripheral):
         self.store = _RecordStore(self, self._encode)
         for r in records:
             self.store.add(r)
-        self._clock_offset: timedelta | None = None if clock is None else clock - datetime.now()
+        self.device_clock = DeviceClock(clock)
         self.pairing_mode = pairing_mode
         self.cts_write_att_error = cts_write_att_error
         self.idle_timeout = idle_timeout
-        self.time_written: datetime | None = None
         self._idle: asyncio.TimerHandle | None = None
         self._refresh_advertisement()
 
@@ -375,9 +410,12 @@ class OmronCuff(SimPeripheral):
     @property
     def clock(self) -> datetime | None:
         """The cuff's notion of now (``None`` if its clock was never set)."""
-        if self._clock_offset is None:
-            return None
-        return datetime.now() + self._clock_offset
+        return self.device_clock.now
+
+    @property
+    def time_written(self) -> datetime | None:
+        """The last time the central wrote to Current Time."""
+        return self.device_clock.written
 
     def add_record(self, record: BloodPressureRecord) -> int:
         """Store a new measurement; returns its sequence number (also advertised)."""
@@ -387,7 +425,7 @@ class OmronCuff(SimPeripheral):
 
     def _refresh_advertisement(self) -> None:
         flags = 0x20  # one user, standard services
-        if self._clock_offset is None:
+        if self.device_clock.now is None:
             flags |= 0x04
         if self.pairing_mode:
             flags |= 0x08
@@ -404,10 +442,6 @@ class OmronCuff(SimPeripheral):
         """Press (or release) the cuff's Bluetooth button; shows in the advertisement."""
         self.pairing_mode = on
         self._refresh_advertisement()
-
-    def _current_time_bytes(self) -> bytes:
-        now = self.clock
-        return bytes(10) if now is None else payloads.current_time(now)
 
     def _touch(self) -> None:
         if self._idle is not None:
@@ -429,28 +463,22 @@ class OmronCuff(SimPeripheral):
     def on_read(self, char: Characteristic) -> bytes:
         """Current Time reads give the device clock."""
         if char.uuid == CURRENT_TIME:
-            return self._current_time_bytes()
+            return self.device_clock.current_time_bytes()
         return char.value
 
     def on_subscribe(self, char: Characteristic) -> None:
         """Subscribing to Current Time makes the cuff notify its clock."""
         self._touch()
         if char.uuid == CURRENT_TIME:
-            data = self._current_time_bytes()
+            data = self.device_clock.current_time_bytes()
             asyncio.get_running_loop().call_later(self.frame_interval, self.notify, char, data)
 
     def on_write(self, char: Characteristic, data: bytes, with_response: bool) -> None:
         """Current Time write-back sets the clock; RACP writes run record access."""
         self._touch()
         if char.uuid == CURRENT_TIME:
-            try:
-                when = payloads.parse_current_time(data)
-            except ValueError:
-                raise AttError(ATT_INVALID_LENGTH) from None
-            if when is not None:
-                self._clock_offset = when - datetime.now()
-                self.time_written = when
-                self._refresh_advertisement()
+            self.device_clock.write_current_time(data)
+            self._refresh_advertisement()
             if self.cts_write_att_error is not None:
                 raise AttError(self.cts_write_att_error)
             return
@@ -468,6 +496,7 @@ class PlxOximeter(SimPeripheral):
     * :meth:`take_spot_check` indicates a spot-check (0x2A5E) at once if subscribed, else
       stores it; stored spot-checks (``stored``) are fetched through RACP and carry
       measurement-status bit 9 "data from measurement storage".
+    * Its clock is set through Current Time (0x1805/0x2A2B, read and write).
     """
 
     def __init__(
@@ -480,9 +509,10 @@ class PlxOximeter(SimPeripheral):
         interval: float = 1.0,
         repeat: bool = False,
         serial: str = "PLX000117",
+        clock: datetime | None = None,
         **kwargs: Unpack[PeripheralOptions],
     ) -> None:
-        """Create the oximeter."""
+        """Create the oximeter; ``clock=None`` means its clock is not set."""
         services = [
             GattService(
                 PLXS,
@@ -493,6 +523,7 @@ class PlxOximeter(SimPeripheral):
                     Characteristic(RACP, ("write", "indicate")),
                 ],
             ),
+            current_time_service(),
             device_information_service("Generic Medical", "PLX-100", serial),
             battery_service(),
         ]
@@ -510,6 +541,7 @@ class PlxOximeter(SimPeripheral):
         for r in stored:
             self.store.add(r)
         self._stream: asyncio.Task[None] | None = None
+        self.device_clock = DeviceClock(clock)
 
     @staticmethod
     def _encode(record: object) -> bytes:
@@ -553,10 +585,19 @@ class PlxOximeter(SimPeripheral):
             if not self.repeat or not self.samples:
                 return
 
+    def on_read(self, char: Characteristic) -> bytes:
+        """Current Time reads give the device clock."""
+        if char.uuid == CURRENT_TIME:
+            return self.device_clock.current_time_bytes()
+        return char.value
+
     def on_write(self, char: Characteristic, data: bytes, with_response: bool) -> None:
-        """RACP writes run record access over the stored spot-checks."""
+        """RACP writes run record access; Current Time writes set the clock."""
         if char.uuid == RACP:
             self.store.handle(char, self.char(PLX_SPOT), data)
+            return
+        if char.uuid == CURRENT_TIME:
+            self.device_clock.write_current_time(data)
             return
         char.value = data
 

@@ -577,7 +577,7 @@ class MockDevice:
 
     def advertisement_changed(self) -> None:
         """Called by the peripheral when its advertising data or state changed."""
-        if not self.adapter.discovering or self.connected:
+        if not self.adapter.discovering or self.adapter.wedged or self.connected:
             return
         p = self.peripheral
         if p.advertising and self.adapter.passes_filter(p):
@@ -750,7 +750,8 @@ class MockAdapter:
     """A Bluetooth adapter ``/org/bluez/hciN`` (``org.bluez.Adapter1``).
 
     Test-facing API: :meth:`add_peripheral`, :meth:`power_off`/:meth:`power_on`,
-    :meth:`vanish`/:meth:`reappear`, :meth:`fail_next`, :attr:`devices`, :attr:`discovering`.
+    :meth:`vanish`/:meth:`reappear`, :meth:`wedge`, :meth:`fail_next`, :attr:`devices`,
+    :attr:`discovering`.
     """
 
     def __init__(self, mock: "MockBlueZ", name: str, address: str, *, powered: bool = True) -> None:
@@ -764,6 +765,7 @@ class MockAdapter:
         self.present = True
         self.exported = False
         self.advert_interval = 0.1
+        self.wedged = False
         self.devices: dict[str, MockDevice] = {}
         self.errors = _ErrorQueue()
         self.iface = Adapter1(self)
@@ -868,8 +870,13 @@ class MockAdapter:
         if had:
             self._emit({"Discovering": False})
 
+    def wedge(self) -> None:
+        """Fault: the controller stops reporting advertisements while BlueZ still says
+        ``Discovering`` (the "scanner has gone quiet" failure); a power-cycle cures it."""
+        self.wedged = True
+
     def _advertise_all(self) -> None:
-        if not self.discovering:
+        if not self.discovering or self.wedged:
             return
         for device in list(self.devices.values()):
             p = device.peripheral
@@ -913,6 +920,7 @@ class MockAdapter:
             for device in self.devices.values():
                 device._link_lost("adapter powered off")
             self._stop_scanning()
+            self.wedged = False
         self.powered = value
         self._emit({"Powered": value})
 
