@@ -50,6 +50,13 @@ async def bluez(
         watchdog.cancel()
         await release_bleak_manager()
         await mock.stop()
+    crashed = [
+        (device.peripheral, event.detail)
+        for adapter in mock.adapters.values()
+        for device in adapter.devices.values()
+        for event in device.peripheral.events_of("script-error")
+    ]
+    assert not crashed, f"simulated device scripts crashed: {crashed}"
 
 
 @pytest.fixture

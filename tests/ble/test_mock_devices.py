@@ -168,8 +168,11 @@ async def test_plx_oximeter_streams_and_serves_stored_spot_checks(bluez: MockBlu
         await link.subscribe(PLX_CONT)
         assert await link.next(PLX_CONT) == bytes.fromhex("00 64 00 5A 00")  # vector 9 (plain)
         assert await link.next(PLX_CONT) == bytes.fromhex("1C 5F 00 5A 00 20 00 00 00 00 57 F0")
-        await link.subscribe(PLX_SPOT)
         await link.subscribe(RACP)
+        with pytest.raises(BleakGATTProtocolError) as excinfo:  # spot-check CCCD not enabled
+            await link.client.write_gatt_char(RACP, b"\x01\x01", response=True)
+        assert excinfo.value.code == 0xFD
+        await link.subscribe(PLX_SPOT)
         await link.client.write_gatt_char(RACP, b"\x01\x01", response=True)
         stored = await link.next(PLX_SPOT)
         assert stored[0] & 0x02  # measurement status present ...

@@ -180,6 +180,9 @@ class _RecordStore:
             self._respond(racp, payloads.racp_response(op, code))
         elif not selected:
             self._respond(racp, payloads.racp_response(op, RACP_NO_RECORDS))
+        elif not measurement.notifying:
+            # records cannot be sent: the measurement's CCCD is not enabled
+            raise AttError(ATT_CCCD_IMPROPERLY_CONFIGURED)
         else:
             frames = [self.encode(r) for _, r in selected]
             self.transfer = dev.spawn(self._report(racp, measurement, frames), name="racp-report")

@@ -141,7 +141,8 @@ class Event:
 
     ``kind`` is one of ``connect``, ``disconnect``, ``paired``, ``read``, ``write``,
     ``subscribe``, ``unsubscribe``, ``notify`` (a value the device sent), ``dropped`` (a value
-    the device wanted to send while nobody was subscribed).
+    the device wanted to send while nobody was subscribed), ``script-error`` (a device script
+    crashed: a bug in the simulation).
     """
 
     kind: str
@@ -376,7 +377,7 @@ class SimPeripheral:
             self._frames_sent += 1
             for _ in range(1 + max(0, self.faults.repeat_frames)):
                 if not self.notify(c, payload):
-                    break
+                    return delivered  # unsubscribed or disconnected: the transfer ends
                 await asyncio.sleep(self.frame_interval)
             delivered += 1
         return delivered
@@ -398,6 +399,8 @@ class SimPeripheral:
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
+            # a bug in the simulation, not a device behaviour: make it visible to the test
+            self._record(Event("script-error", detail=repr(exc)))
             _LOG.error("%s: device script failed: %r", self.address, exc)
 
     def cancel_scripts(self) -> None:

@@ -586,12 +586,14 @@ class MockDevice:
     # ------------------------------------------------------------- link
 
     def _link_up(self) -> None:
+        _LOG.debug("%s: link up", self.path)
         self.peripheral._link_up()
         self._emit({"Connected": True})
 
     def _link_lost(self, reason: str) -> None:
         if not self.peripheral.connected:
             return
+        _LOG.debug("%s: link down (%s)", self.path, reason)
         if self.services_resolved:
             self.services_resolved = False
             self._emit({"ServicesResolved": False})
@@ -677,6 +679,7 @@ class MockDevice:
             ) from None
         finally:
             self._pairing = None
+        _LOG.debug("%s: paired", self.path)
         self.paired = True
         self._emit({"Paired": True, "Bonded": True})
         self.peripheral._paired()

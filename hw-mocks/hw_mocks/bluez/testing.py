@@ -8,11 +8,8 @@ it; with a fresh event loop per test that connection would leak and surface late
 
 import asyncio
 import contextlib
-import logging
 
 __all__ = ["release_bleak_manager"]
-
-_LOG = logging.getLogger(__name__)
 
 
 async def release_bleak_manager() -> None:
