@@ -4,8 +4,15 @@ import asyncio
 from typing import Unpack
 
 import pytest
-from bleak import BleakScanner
-from bleak.exc import BleakBluetoothNotAvailableError, BleakDBusError, BleakGATTProtocolError
+from bleak import BleakClient, BleakScanner
+from bleak.args.bluez import OrPattern
+from bleak.assigned_numbers import AdvertisementDataType
+from bleak.exc import (
+    BleakBluetoothNotAvailableError,
+    BleakDBusError,
+    BleakError,
+    BleakGATTProtocolError,
+)
 from hw_mocks.bluez import (
     AttError,
     Characteristic,
@@ -276,3 +283,19 @@ async def test_adverts_repeat_while_advertising_and_stop_when_it_stops(bluez: Mo
         count = len(seen)
         await asyncio.sleep(0.3)
         assert len(seen) == count  # silence: what a scanner watchdog would notice
+
+
+async def test_client_by_address_string_scans_then_connects(bluez: MockBlueZ) -> None:
+    bluez.adapter().add_peripheral(Gadget())
+    async with BleakClient(ADDR, timeout=STEP) as client:
+        assert await client.read_gatt_char(CH_READ) == b"hello"
+    assert (await BleakScanner.find_device_by_name("Gadget", timeout=STEP)) is not None
+
+
+async def test_passive_scanning_is_reported_unsupported(bluez: MockBlueZ) -> None:
+    scanner = BleakScanner(
+        scanning_mode="passive",
+        bluez={"or_patterns": [OrPattern(0, AdvertisementDataType.FLAGS, b"\x06")]},
+    )
+    with pytest.raises(BleakError, match="passive scanning"):
+        await scanner.start()
