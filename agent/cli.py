@@ -49,6 +49,36 @@ def decode_command(
     typer.echo(text)
 
 
+@app.command("run")
+def run_command(
+    config: Annotated[
+        Path | None, typer.Option("--config", help="Agent configuration file (TOML).")
+    ] = None,
+    state_dir: Annotated[
+        Path | None, typer.Option("--state-dir", help="Override the state directory.")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    """Run the agent daemon (under systemd: Type=notify, watchdog, SIGTERM to stop)."""
+    import asyncio
+    import logging
+
+    from agent.config import AgentConfig
+    from agent.daemon import default_factories, run_agent
+    from agent.errors import AgentError
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        cfg = AgentConfig.load(config, state_dir=state_dir)
+        asyncio.run(run_agent(cfg, default_factories()))
+    except AgentError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
 buffer_app = typer.Typer(help="Inspect and maintain the encrypted buffer.", no_args_is_help=True)
 app.add_typer(buffer_app, name="buffer")
 

@@ -61,11 +61,25 @@ class Backoff:
 class Supervisor:
     """Runs services under one task group; see the module docstring."""
 
-    def __init__(self, services: Sequence[Service], backoff: Backoff | None = None) -> None:
-        self.services = list(services)
+    def __init__(
+        self,
+        services: Sequence[Service] = (),
+        backoff: Backoff | None = None,
+        stop: asyncio.Event | None = None,
+    ) -> None:
+        self.services: list[Service] = []
+        self.states: dict[str, ServiceState] = {}
         self.backoff = backoff or Backoff()
-        self.states = {s.name: ServiceState(s.name) for s in self.services}
-        self._stop = asyncio.Event()
+        self._stop = stop or asyncio.Event()
+        for service in services:
+            self.add(service)
+
+    def add(self, service: Service) -> None:
+        """Register a service (before :meth:`run`). Names must be unique."""
+        if service.name in self.states:
+            raise ValueError(f"two services named {service.name!r}")
+        self.services.append(service)
+        self.states[service.name] = ServiceState(service.name)
 
     async def _supervise(self, service: Service) -> None:
         st = self.states[service.name]
