@@ -67,6 +67,14 @@ async def test_and_cuff_sends_records_after_date_time_then_hangs_up(
     assert cuff.records == []  # a complete transfer empties the memory
     assert cuff.transfers_completed == 1
     await link.close()
+    assert await BleakScanner.find_device_by_address(cuff.address, timeout=0.3) is None  # asleep
+    cuff.add_record(RECORDS[1])  # the patient measures again: it wakes up and advertises
+    link = await connect(cuff.address, pair=True)
+    await link.subscribe(BPM)
+    await link.client.write_gatt_char(DATE_TIME, date_time(NOW), response=True)
+    await link.wait_disconnected()
+    assert link.received[BPM] == [bpm(RECORDS[1])]
+    await link.close()
 
 
 async def test_and_cuff_hangs_up_without_date_time(bluez: MockBlueZ) -> None:

@@ -242,7 +242,8 @@ class AndCuff(SimPeripheral):
     ``disconnect_delay`` and disconnect. Records are deleted only after a complete transfer
     (unless ``keep_records``), so a transfer cut short is sent again in full next time. Without
     the Date Time write (if ``require_time_write``) and the subscription within
-    ``session_timeout`` seconds the cuff hangs up, like the real one.
+    ``session_timeout`` seconds the cuff hangs up, like the real one. After a complete transfer
+    it stops advertising (``sleeps_after_transfer``) until :meth:`add_record`.
     """
 
     def __init__(
@@ -256,6 +257,7 @@ class AndCuff(SimPeripheral):
         require_time_write: bool = True,
         session_timeout: float = 5.0,
         disconnect_delay: float = 0.05,
+        sleeps_after_transfer: bool = True,
         **kwargs: Unpack[PeripheralOptions],
     ) -> None:
         """Create the cuff holding ``records`` (oldest first)."""
@@ -286,14 +288,16 @@ class AndCuff(SimPeripheral):
         self.require_time_write = require_time_write
         self.session_timeout = session_timeout
         self.disconnect_delay = disconnect_delay
+        self.sleeps_after_transfer = sleeps_after_transfer
         self.clock_set_to: datetime | None = None
         self.transfers_completed = 0
         self._time_written = False
         self._started = False
 
     def add_record(self, record: BloodPressureRecord) -> None:
-        """Store a new measurement (as if the patient just measured)."""
+        """Store a new measurement (as if the patient just measured); it advertises again."""
         self.records.append(record)
+        self.set_advertising(True)
 
     def on_connect(self) -> None:
         """Start the session watchdog."""
@@ -342,6 +346,8 @@ class AndCuff(SimPeripheral):
             self.transfers_completed += 1
             if not self.keep_records:
                 self.records = self.records[len(batch) :]
+            if self.sleeps_after_transfer:
+                self.advertising = False  # back to sleep until the next measurement
         await asyncio.sleep(self.disconnect_delay)
         self.disconnect("A&D: transfer complete")
 
@@ -733,7 +739,8 @@ class BeurerCuff(SimPeripheral):
     """A Beurer BM85-like cuff with the BM-family byte-order quirks (ble-gatt.md §2.4).
 
     Sends every stored record (pulse and status big-endian, MAP ``00 00``, an unflagged user
-    byte) as BPM indications right after indications are enabled, then disconnects. With
+    byte) as BPM indications right after indications are enabled, then disconnects (and stops
+    advertising until :meth:`add_record`, with ``sleeps_after_transfer``). With
     ``settle_time`` > 0 it stays silent when the central subscribes sooner than that after
     connecting ("BM85 needs some rest between service discovery and subscribing").
     """
@@ -747,6 +754,7 @@ class BeurerCuff(SimPeripheral):
         settle_time: float = 0.0,
         keep_records: bool = True,
         disconnect_delay: float = 0.05,
+        sleeps_after_transfer: bool = True,
         **kwargs: Unpack[PeripheralOptions],
     ) -> None:
         """Create the cuff; the advertised name is the model (what the quirk table keys on)."""
@@ -766,7 +774,13 @@ class BeurerCuff(SimPeripheral):
         self.settle_time = settle_time
         self.keep_records = keep_records
         self.disconnect_delay = disconnect_delay
+        self.sleeps_after_transfer = sleeps_after_transfer
         self._connected_at = 0.0
+
+    def add_record(self, record: BloodPressureRecord) -> None:
+        """Store a new measurement; it advertises again."""
+        self.records.append(record)
+        self.set_advertising(True)
 
     def on_connect(self) -> None:
         """Remember when the link came up (for the settle quirk)."""
@@ -786,7 +800,10 @@ class BeurerCuff(SimPeripheral):
         sent = await self.send_frames(BPM, [payloads.beurer_bpm(r) for r in batch])
         if not self.connected:
             return
-        if sent == len(batch) and not self.keep_records:
-            self.records = self.records[len(batch) :]
+        if sent == len(batch):
+            if not self.keep_records:
+                self.records = self.records[len(batch) :]
+            if self.sleeps_after_transfer:
+                self.advertising = False
         await asyncio.sleep(self.disconnect_delay)
         self.disconnect("Beurer: transfer complete")
