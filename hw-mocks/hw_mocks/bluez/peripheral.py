@@ -14,6 +14,7 @@ Tests drive and observe a peripheral through its public API: :attr:`SimPeriphera
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypedDict
@@ -236,7 +237,7 @@ class SimPeripheral:
         self.address_type = address_type
         self.frame_interval = frame_interval
         self.faults = Faults()
-        self.events: list[Event] = []
+        self.events: deque[Event] = deque(maxlen=100_000)  # bounded for long demo runs
         self.connected = False
         self.paired = False
         self.connections = 0

@@ -39,6 +39,7 @@ import contextlib
 import logging
 import os
 import socket
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Self
@@ -1087,7 +1088,7 @@ class MockBlueZ:
         self.absent_connect_delay = 1.0
         self.adapters: dict[str, MockAdapter] = {}
         self.agents = AgentRegistry(self)
-        self.calls: list[CallRecord] = []
+        self.calls: deque[CallRecord] = deque(maxlen=100_000)
         self.current_sender = ""
         self.discovery_filters: dict[tuple[str, str], dict[str, Any]] = {}
         self._bus: MessageBus | None = None
