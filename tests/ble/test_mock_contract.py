@@ -1,6 +1,7 @@
 """The D-Bus contract of ble-gatt.md §3.6, checked with a plain dbus-fast client, plus the bus
 launcher and the demo entry point."""
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -10,7 +11,9 @@ import pytest
 from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
 from hw_mocks.bluez import MockBlueZ, PrivateBus
-from hw_mocks.bluez.devices import PlxOximeter
+from hw_mocks.bluez.devices import PLX_FEATURES, PlxOximeter
+from hw_mocks.bluez.testing import release_bleak_manager
+from hw_mocks.bluez.threaded import ThreadedMockBlueZ
 
 from tests.ble.helpers import connect, eventually
 
@@ -148,3 +151,25 @@ async def test_advert_refresh_stops_with_discovery(bluez: MockBlueZ) -> None:
         bus.disconnect()  # a client that leaves the bus ends its discovery session
         await bus.wait_for_disconnect()
     await eventually(lambda: not hci0.discovering)
+
+
+def test_threaded_mock_serves_synchronous_code(
+    private_bus: PrivateBus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", private_bus.address)
+    with ThreadedMockBlueZ(private_bus.address) as bluez:
+        address = bluez.call(lambda m: m.adapter().add_peripheral(PlxOximeter()).peripheral.address)
+
+        async def scan_and_read() -> bytes:  # what a CLI does with its own asyncio.run
+            try:
+                link = await connect(address)
+                value = bytes(await link.client.read_gatt_char(PLX_FEATURES))
+                await link.close()
+                return value
+            finally:
+                await release_bleak_manager()
+
+        assert asyncio.run(scan_and_read()) == bytes.fromhex("0D 00 00 02")
+        assert bluez.call(lambda m: m.adapter().device(address).peripheral.connections) == 1
+    with pytest.raises(RuntimeError):
+        bluez.call(lambda m: None)

@@ -17,6 +17,7 @@ from hw_mocks.bluez.peripheral import (
     uuid16,
 )
 from hw_mocks.bluez.service import MockAdapter, MockBlueZ, MockDevice
+from hw_mocks.bluez.threaded import ThreadedMockBlueZ
 
 __all__ = [
     "AttError",
@@ -31,6 +32,7 @@ __all__ = [
     "MockDevice",
     "PrivateBus",
     "SimPeripheral",
+    "ThreadedMockBlueZ",
     "dbus_daemon_path",
     "uuid16",
 ]
