@@ -249,3 +249,19 @@ async def test_beurer_stays_silent_when_subscribed_too_early(bluez: MockBlueZ) -
             await link.next(BPM, seconds=0.2)
     finally:
         await link.close()
+
+
+async def test_omron_that_deletes_after_a_transfer(bluez: MockBlueZ) -> None:
+    cuff = OmronCuff(records=RECORDS[:2], clock=NOW, delete_after_transfer=True)
+    bluez.adapter().add_peripheral(cuff)
+    link = await connect(cuff.address)
+    try:
+        await link.subscribe(RACP)
+        await link.subscribe(BPM)
+        await link.client.write_gatt_char(RACP, b"\x01\x06", response=True)  # last record
+        assert await link.next(BPM) == bpm(RECORDS[1])
+        assert await link.next(RACP) == bytes.fromhex("06 00 01 01")
+        await link.client.write_gatt_char(RACP, b"\x04\x01", response=True)
+        assert await link.next(RACP) == bytes.fromhex("05 00 01 00")
+    finally:
+        await link.close()

@@ -119,6 +119,7 @@ class _RecordStore:
         self.records: list[tuple[int, object]] = []
         self.next_sequence = 1
         self.transfer: asyncio.Task[None] | None = None
+        self.delete_after_report = False
 
     def add(self, record: object) -> int:
         seq = self.next_sequence
@@ -184,15 +185,21 @@ class _RecordStore:
             # records cannot be sent: the measurement's CCCD is not enabled
             raise AttError(ATT_CCCD_IMPROPERLY_CONFIGURED)
         else:
-            frames = [self.encode(r) for _, r in selected]
-            self.transfer = dev.spawn(self._report(racp, measurement, frames), name="racp-report")
+            self.transfer = dev.spawn(self._report(racp, measurement, selected), name="racp-report")
 
     async def _report(
-        self, racp: Characteristic, measurement: Characteristic, frames: list[bytes]
+        self,
+        racp: Characteristic,
+        measurement: Characteristic,
+        selected: list[tuple[int, object]],
     ) -> None:
         await asyncio.sleep(self.device.frame_interval)
+        frames = [self.encode(r) for _, r in selected]
         sent = await self.device.send_frames(measurement, frames)
         if self.device.connected and sent == len(frames):
+            if self.delete_after_report:  # e.g. Omron X4 Smart deletes after a transfer
+                gone = {seq for seq, _ in selected}
+                self.records = [r for r in self.records if r[0] not in gone]
             self.device.notify(racp, payloads.racp_response(RACP_REPORT, RACP_SUCCESS))
 
     def _respond(self, racp: Characteristic, data: bytes) -> None:
@@ -362,7 +369,8 @@ class OmronCuff(SimPeripheral):
       applied but answered with that ATT error (Omron answers 0x80 when it ignores fields).
     * Stored records are fetched with RACP (0x2A52): report all/first/last/>= sequence,
       number of records, delete, abort. Records arrive as BPM (0x2A35) indications, then the
-      RACP response indication.
+      RACP response indication. With ``delete_after_transfer`` (Omron X4 Smart style) a
+      completed report deletes what it sent.
     * Disconnects after ``idle_timeout`` seconds without a write.
     * Accepts a new bond only in pairing mode (``pairing_mode`` / :meth:`set_pairing_mode`).
     """
@@ -378,6 +386,7 @@ class OmronCuff(SimPeripheral):
         pairing_mode: bool = False,
         cts_write_att_error: int | None = None,
         idle_timeout: float = 3.0,
+        delete_after_transfer: bool = False,
         **kwargs: Unpack[PeripheralOptions],
     ) -> None:
         """Create the cuff; ``clock=None`` means its clock is not set."""
@@ -402,6 +411,7 @@ class OmronCuff(SimPeripheral):
             **kwargs,
         )
         self.store = _RecordStore(self, self._encode)
+        self.store.delete_after_report = delete_after_transfer
         for r in records:
             self.store.add(r)
         self.device_clock = DeviceClock(clock)

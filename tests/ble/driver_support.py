@@ -1,0 +1,112 @@
+"""Shared pieces of the BLE driver tests: a real encrypted buffer, fast timings, run/stop.
+
+The driver runs with the real bleak against the mock BlueZ (fixture ``bluez``); only the
+timings are shortened. Every wait is bounded so a broken driver fails a test, never hangs it.
+"""
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from agent import codes
+from agent.buffer import AsyncBuffer, FileKeySource
+from agent.drivers.ble import (
+    BackoffPolicy,
+    BleDriver,
+    BleDriverOptions,
+    DeviceAssignment,
+    DeviceFamily,
+    SessionOptions,
+)
+from agent.model import Reading
+
+NOW = datetime(2026, 11, 22, 6, 30, 0)
+PATIENT = "patient-ref-7f3a"
+WAIT = 15.0  # the longest any single expectation may take
+
+
+def fast_options(**changes: Any) -> BleDriverOptions:
+    """Driver options with test timings (the behaviour is the production one)."""
+    session = SessionOptions(
+        idle_timeout=0.6, step_timeout=5.0, time_notify_wait=1.0, racp_timeout=3.0
+    )
+    options = BleDriverOptions(
+        session=session,
+        backoff=BackoffPolicy(scale=0.01),
+        cooldown=0.3,
+        connect_timeout=10.0,
+        watchdog_interval=0.1,
+        scanner_silence=30.0,
+        power_off_seconds=0.05,
+        device_time=lambda: NOW,
+    )
+    return replace(options, **changes)
+
+
+async def open_store(path: Path) -> AsyncBuffer:
+    """A real encrypted buffer in ``path``."""
+    return await AsyncBuffer.open(path / "buffer.db", FileKeySource(path / "buffer.kek"))
+
+
+def assignment(
+    family: DeviceFamily, address: str, model: str = "", **kwargs: Any
+) -> DeviceAssignment:
+    """An assignment of a simulated device to the test patient."""
+    return DeviceAssignment(family, PATIENT, address=address, model=model, **kwargs)
+
+
+@contextlib.asynccontextmanager
+async def running(driver: BleDriver) -> AsyncIterator[asyncio.Task[None]]:
+    """Run the driver as the supervisor would; cancel it (bounded) at the end."""
+    task = asyncio.create_task(driver.run(), name="test-ble-driver")
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            async with asyncio.timeout(WAIT):
+                await task
+
+
+async def eventually(
+    predicate: Callable[[], bool], seconds: float = WAIT, task: asyncio.Task[None] | None = None
+) -> None:
+    """Wait until ``predicate()`` holds (the driver's state changes on D-Bus signals)."""
+    async with asyncio.timeout(seconds):
+        while not predicate():  # noqa: ASYNC110 - polling observable state
+            if task is not None and task.done():
+                task.result()  # the driver died: show why
+                raise AssertionError("driver stopped")
+            await asyncio.sleep(0.02)
+
+
+async def stored(store: AsyncBuffer) -> list[Reading]:
+    """Every pending reading in the buffer, decrypted (claimed, then released again)."""
+    claim = await store.claim(max_readings=100_000)
+    if claim is None:
+        return []
+    await store.release(claim.batch_id)
+    return list(claim.readings)
+
+
+def value(reading: Reading, code: codes.Code) -> Decimal | None:
+    """The value of the observation with ``code`` in ``reading``."""
+    for o in reading.observations:
+        if o.mdc == code.mdc:
+            return o.value
+    raise KeyError(code.name)
+
+
+def bp_key(reading: Reading) -> tuple[object, ...]:
+    """(systolic, diastolic, pulse, device time) of a blood-pressure reading."""
+    return (
+        value(reading, codes.BP_SYSTOLIC),
+        value(reading, codes.BP_DIASTOLIC),
+        value(reading, codes.PULSE_RATE_BP),
+        reading.device_time,
+    )
