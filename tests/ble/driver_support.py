@@ -13,6 +13,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from agent import codes
 from agent.buffer import AsyncBuffer, FileKeySource
 from agent.drivers.ble import (
@@ -53,6 +55,16 @@ async def open_store(path: Path) -> AsyncBuffer:
     return await AsyncBuffer.open(path / "buffer.db", FileKeySource(path / "buffer.kek"))
 
 
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[AsyncBuffer]:
+    """A real encrypted buffer for one test (import this fixture into the test module)."""
+    buffer = await open_store(tmp_path)
+    try:
+        yield buffer
+    finally:
+        await buffer.close()
+
+
 def assignment(
     family: DeviceFamily, address: str, model: str = "", **kwargs: Any
 ) -> DeviceAssignment:
@@ -78,7 +90,7 @@ async def eventually(
 ) -> None:
     """Wait until ``predicate()`` holds (the driver's state changes on D-Bus signals)."""
     async with asyncio.timeout(seconds):
-        while not predicate():  # noqa: ASYNC110 - polling observable state
+        while not predicate():
             if task is not None and task.done():
                 task.result()  # the driver died: show why
                 raise AssertionError("driver stopped")
@@ -99,7 +111,7 @@ def value(reading: Reading, code: codes.Code) -> Decimal | None:
     for o in reading.observations:
         if o.mdc == code.mdc:
             return o.value
-    raise KeyError(code.name)
+    raise KeyError(code.mdc)
 
 
 def bp_key(reading: Reading) -> tuple[object, ...]:

@@ -1,0 +1,109 @@
+"""Which Bluetooth devices belong to this box, and to whom.
+
+A :class:`DeviceAssignment` is created by the technician CLI when a device is paired and
+assigned to a patient. The driver scans only for assigned devices and ignores every other
+advertisement. The patient reference, the address and the serial are patient-linked data:
+they are kept out of ``repr`` and out of logs (use :attr:`DeviceAssignment.log_id`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Final
+
+from agent.model import DeviceIdentity, DeviceKind, Transport
+
+_ADDRESS: Final = re.compile(r"^[0-9A-F]{2}(:[0-9A-F]{2}){5}$")
+
+
+class DeviceFamily(StrEnum):
+    """How a device must be driven over GATT (``docs/ble.md`` has one section per family)."""
+
+    AND_BPM = "and-bpm"
+    """A&D UA-651BLE style: write Date Time 0x2A08, then the stored records arrive as
+    indications and the cuff disconnects."""
+    OMRON_BPM = "omron-bpm"
+    """Omron BLEsmart style: answer the Current Time notification, download via RACP."""
+    BPM = "bpm"
+    """A plain Blood Pressure Service cuff (Beurer BM family and others): subscribe, receive
+    the indication burst, the cuff disconnects."""
+    PLX = "plx"
+    """Standard Pulse Oximeter Service: stored spot-checks via RACP, then continuous."""
+    NONIN = "nonin"
+    """Nonin 3230 style proprietary oximetry service with its control point."""
+
+    @property
+    def kind(self) -> DeviceKind:
+        """The clinical device kind of this family."""
+        if self in (DeviceFamily.PLX, DeviceFamily.NONIN):
+            return DeviceKind.PULSE_OXIMETER
+        return DeviceKind.BP_CUFF
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceAssignment:
+    """One device assigned to this box and to a patient.
+
+    At least one of ``address`` and ``name`` identifies the device: the address when the
+    device uses a public or static address (the usual case for cuffs and oximeters), the
+    exact advertised name for a device with a changing private address.
+
+    Attributes:
+        family: how to drive the device.
+        patient: the opaque patient reference set at provisioning (never logged).
+        address: Bluetooth address ``AA:BB:CC:DD:EE:FF`` (upper-cased on creation).
+        name: exact advertised local name to match when no address is given.
+        model: the model as advertised or read at enrolment (e.g. ``"BM85"``); it selects the
+            codec quirks (:func:`agent.drivers.gatt.quirks_for`).
+        manufacturer: for the device identity.
+        serial: the serial read from Device Information at enrolment; when absent the
+            address stands in. It must not change for the life of the assignment, because the
+            buffer de-duplicates re-sent records by device + device time + values.
+        bond: pair (and bond) on the first connection if BlueZ has no bond yet.
+        delete_after_transfer: ask an RACP device to delete the records it sent, once they
+            are durable in the buffer.
+    """
+
+    family: DeviceFamily
+    patient: str = field(repr=False)
+    address: str = field(default="", repr=False)
+    name: str = field(default="", repr=False)
+    model: str = ""
+    manufacturer: str = ""
+    serial: str | None = field(default=None, repr=False)
+    bond: bool = True
+    delete_after_transfer: bool = False
+
+    def __post_init__(self) -> None:
+        address = self.address.strip().upper()
+        if address and not _ADDRESS.match(address):
+            raise ValueError("address must look like AA:BB:CC:DD:EE:FF")
+        if not address and not self.name:
+            raise ValueError("an assignment needs an address or an advertised name")
+        if not self.patient:
+            raise ValueError("an assignment needs a patient reference")
+        object.__setattr__(self, "address", address)
+
+    def matches(self, address: str, name: str | None) -> bool:
+        """Whether an advertisement from ``address`` with local ``name`` is this device."""
+        if self.address:
+            return address.upper() == self.address
+        return name is not None and name == self.name
+
+    @property
+    def identity(self) -> DeviceIdentity:
+        """The device identity stored with every reading (stable for the assignment)."""
+        return DeviceIdentity(
+            kind=self.family.kind,
+            manufacturer=self.manufacturer,
+            model=self.model,
+            serial=self.serial or self.address or self.name,
+            transport=Transport.BLE,
+        )
+
+    @property
+    def log_id(self) -> str:
+        """A short id safe for logs and status (see :attr:`DeviceIdentity.log_id`)."""
+        return self.identity.log_id

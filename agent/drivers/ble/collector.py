@@ -1,0 +1,238 @@
+"""From notification bytes to readings in the encrypted buffer.
+
+The :class:`Collector` of one device session receives every measurement payload from bleak's
+notification callback (synchronously, on the event loop), decodes it with the pure codecs,
+and queues a :class:`~agent.model.Reading`. A flusher appends the queue to the buffer in small
+batches (``AsyncBuffer.append`` runs on the buffer's own thread), so the loop never blocks and
+a reading is durable within milliseconds of arriving.
+
+* A payload that fails to decode becomes :meth:`Reading.undecodable` (raw bytes + the codec's
+  error, which carries no values) and is counted in ``decode_errors``: stored, never dropped.
+* A record the device sends twice in one session (a repeated indication) is counted as a
+  duplicate and not queued again. Across sessions the buffer's natural key (device + device
+  time + values) drops re-sent timestamped records.
+* Nothing is lost on a store error: the batch goes back to the front of the queue and is
+  retried with back-off. The one exception is the buffer's documented refusal of continuous
+  data when it is full (:class:`~agent.errors.BufferFullError`), counted as ``refused``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Sequence
+from typing import Final, Protocol
+
+from agent.buffer import AppendResult
+from agent.clock import Clock
+from agent.drivers.ble.assignment import DeviceAssignment
+from agent.drivers.ble.resilience import BackoffPolicy, ErrorClass, FailureCounter
+from agent.drivers.ble.status import DeviceStatus
+from agent.drivers.decode import decode_payload
+from agent.drivers.gatt import bps, nonin, plx, uuids
+from agent.errors import BufferFullError, CodecError
+from agent.ids import uuid7
+from agent.model import Lane, Reading
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class ReadingSink(Protocol):
+    """Where readings go: :class:`agent.buffer.AsyncBuffer` (or a test's fake)."""
+
+    async def append(self, readings: Sequence[Reading]) -> AppendResult:
+        """Store readings durably; duplicates by natural key are skipped and counted."""
+        ...
+
+
+MEASUREMENTS: Final[dict[str, tuple[str, Lane, bool]]] = {
+    uuids.BLOOD_PRESSURE_MEASUREMENT: (bps.PROFILE_BPM, Lane.SPOT, True),
+    uuids.PLX_SPOT_CHECK_MEASUREMENT: (plx.PROFILE_PLX_SPOT, Lane.SPOT, True),
+    uuids.PLX_CONTINUOUS_MEASUREMENT: (plx.PROFILE_PLX_CONT, Lane.CONTINUOUS, False),
+    uuids.NONIN_CONTINUOUS_OXIMETRY: (nonin.PROFILE_NONIN_OXIMETRY, Lane.CONTINUOUS, True),
+}
+"""Measurement characteristic -> (codec profile, lane, repeats are re-sends).
+
+A repeated PLX continuous frame is not a re-send: SpO2 and pulse often stay the same from one
+second to the next, and the frame has no counter. Nonin frames carry a counter, so an
+identical frame is a repeat.
+"""
+
+_WINDOW: Final = 4096
+
+
+class Collector:
+    """Decodes, de-duplicates within the session, and stores one device's readings.
+
+    Args:
+        assignment: the device (identity, patient reference, model for quirks).
+        sink: the buffer.
+        clock: capture times.
+        status: the device status to count into.
+        backoff: waits between store retries.
+        model: the advertised name, used for the codec quirk table when the assignment has
+            no model.
+    """
+
+    def __init__(
+        self,
+        assignment: DeviceAssignment,
+        sink: ReadingSink,
+        clock: Clock,
+        status: DeviceStatus,
+        backoff: BackoffPolicy,
+        model: str | None = None,
+    ) -> None:
+        self.assignment = assignment
+        self.sink = sink
+        self.clock = clock
+        self.status = status
+        self.backoff = backoff
+        self.model = assignment.model or model
+        self.last_activity = time.monotonic()
+        self.received = 0
+        self.refused = 0
+        self._seen: set[bytes] = set()
+        self._seen_order: collections.deque[bytes] = collections.deque()
+        self._pending: list[Reading] = []
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+
+    def touch(self) -> None:
+        """Note activity on the link (resets the session's idle timer)."""
+        self.last_activity = time.monotonic()
+
+    def _repeat(self, uuid: str, data: bytes) -> bool:
+        key = uuid.encode() + b"\x00" + data
+        if key in self._seen:
+            return True
+        self._seen.add(key)
+        self._seen_order.append(key)
+        if len(self._seen_order) > _WINDOW:
+            self._seen.discard(self._seen_order.popleft())
+        return False
+
+    def feed(self, uuid: str, data: bytes) -> Reading | None:
+        """Take one payload from a measurement characteristic; returns the queued reading.
+
+        Never raises on bad input: an undecodable payload is queued as such.
+        """
+        self.touch()
+        entry = MEASUREMENTS.get(uuid)
+        if entry is None:
+            return None
+        profile, lane, dedupe = entry
+        data = bytes(data)
+        self.received += 1
+        if dedupe and self._repeat(uuid, data):
+            self.status.duplicates += 1
+            return None
+        captured = self.clock.now()
+        device = self.assignment.identity
+        try:
+            decoded = decode_payload(profile, data, self.model)
+            if not decoded.observations:
+                raise CodecError(profile, "payload carries no measurement", data)
+            reading = Reading(
+                id=uuid7(captured.wall_ns),
+                device=device,
+                patient=self.assignment.patient,
+                observations=decoded.observations,
+                captured=captured,
+                lane=lane,
+                device_time=decoded.device_time,
+                status=frozenset(decoded.status),
+                raw=(data,),
+            )
+        except CodecError as exc:
+            self.status.decode_errors += 1
+            _LOGGER.info("%s: undecodable %s payload kept raw", self.assignment.log_id, profile)
+            reading = Reading.undecodable(
+                id=uuid7(captured.wall_ns),
+                device=device,
+                patient=self.assignment.patient,
+                captured=captured,
+                raw=data,
+                error=str(exc),
+            )
+        self._pending.append(reading)
+        self._wake.set()
+        return reading
+
+    @property
+    def pending(self) -> int:
+        """Readings received but not yet stored."""
+        return len(self._pending)
+
+    async def flush(self) -> None:
+        """Append everything queued now; on failure the unsent part is put back and re-raised.
+
+        Spot readings go in their own append, so that the buffer's refusal of continuous data
+        when full (:class:`BufferFullError`) can never take a spot reading with it.
+        """
+        async with self._lock:
+            batch, self._pending = self._pending, []
+            groups = [
+                [r for r in batch if r.lane <= Lane.SPOT],
+                [r for r in batch if r.lane > Lane.SPOT],
+            ]
+            for i, group in enumerate(groups):
+                if not group:
+                    continue
+                try:
+                    result = await self.sink.append(group)
+                except BufferFullError:
+                    if group[0].lane <= Lane.SPOT:
+                        self._pending[:0] = [r for g in groups[i:] for r in g]
+                        raise
+                    self.refused += len(group)  # the buffer's documented policy
+                    _LOGGER.warning(
+                        "%s: buffer full, %d continuous readings refused",
+                        self.assignment.log_id,
+                        len(group),
+                    )
+                    raise
+                except BaseException:
+                    self._pending[:0] = [r for g in groups[i:] for r in g]
+                    raise
+                self.status.readings_stored += result.stored
+                self.status.duplicates += result.duplicates
+
+    async def _flush_or_wait(self, failures: FailureCounter) -> None:
+        try:
+            await self.flush()
+        except BufferFullError:
+            self.status.error(ErrorClass.STORE)
+        except Exception as exc:  # noqa: BLE001 - store errors are retried, never fatal
+            self.status.error(ErrorClass.STORE)
+            _LOGGER.error(
+                "%s: storing readings failed (%s)", self.assignment.log_id, type(exc).__name__
+            )
+            await asyncio.sleep(
+                self.backoff.delay(ErrorClass.STORE, failures.failed(ErrorClass.STORE))
+            )
+        else:
+            failures.succeeded()
+
+    async def run(self) -> None:
+        """Flush whenever readings arrive, retrying store failures with back-off; runs until
+        cancelled (call :meth:`drain` before cancelling)."""
+        failures = FailureCounter()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self._flush_or_wait(failures)
+            if self._pending:
+                self._wake.set()
+
+    async def drain(self) -> None:
+        """Return once everything received so far is durable in the buffer (retrying)."""
+        failures = FailureCounter()
+        while True:
+            async with self._lock:  # let an in-flight flush finish (or put its batch back)
+                pass
+            if not self._pending:
+                return
+            await self._flush_or_wait(failures)

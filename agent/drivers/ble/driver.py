@@ -1,0 +1,452 @@
+"""The BLE driver service: scan for assigned devices, connect, run their family, store.
+
+One :class:`BleDriver` per box runs under the agent's supervisor (``name``, ``run()``). Inside
+it one task group owns:
+
+* the **scanner loop**: makes sure the adapter is present and powered, registers the pairing
+  agent, runs one :class:`bleak.BleakScanner` and watches it (see the recovery ladder below);
+* one :class:`DeviceWorker` per :class:`~agent.drivers.ble.assignment.DeviceAssignment`:
+  waits for the device's advertisement, connects through bleak-retry-connector's
+  ``establish_connection`` (pairing on the first connection when the assignment says so),
+  runs the family procedure (:mod:`agent.drivers.ble.session`), makes the readings durable,
+  and then ignores the device for a cooldown. Failures back off by error class
+  (:mod:`agent.drivers.ble.resilience`).
+
+Recovery ladder of the scanner loop (every ``watchdog_interval``):
+
+1. the adapter is present but not powered: switch it on (``Adapter1.Powered``);
+2. discovery stopped, a scanner start failed, or no advertisement at all for
+   ``scanner_silence``: restart the scanner;
+3. ``power_cycle_after`` failures in a row: power-cycle the adapter through D-Bus;
+4. the adapter is gone (USB unplugged, controller crash): wait for it to return, with
+   back-off; the driver keeps running and the status says ``missing``.
+
+The driver never calls ``Adapter1.RemoveDevice``: it would delete the bond of a single-bond
+cuff. A pairing failure shows as ``re-pair-needed`` for the technician instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final
+
+from bleak import BleakClient, BleakScanner
+from bleak.backends.device import BLEDevice
+from bleak.backends.scanner import AdvertisementData
+from bleak_retry_connector import establish_connection
+
+from agent.clock import Clock, SystemClock, kernel_clock_synced
+from agent.drivers.ble.assignment import DeviceAssignment
+from agent.drivers.ble.bluez import BluezBus
+from agent.drivers.ble.collector import Collector, ReadingSink
+from agent.drivers.ble.pairing import PairingAgent, PasskeyCallback
+from agent.drivers.ble.resilience import (
+    AdapterUnavailableError,
+    BackoffPolicy,
+    ErrorClass,
+    FailureCounter,
+    LinkLostError,
+    classify,
+)
+from agent.drivers.ble.session import OMRON_COMPANY_ID, Link, SessionOptions, run_family
+from agent.drivers.ble.status import DeviceState, DeviceStatus
+
+_LOGGER = logging.getLogger(__name__)
+
+_CLEANUP_TIMEOUT: Final = 5.0
+
+
+def synced_local_time() -> datetime | None:
+    """The local wall-clock time, or ``None`` while the kernel clock is not synchronised."""
+    return datetime.now() if kernel_clock_synced() else None
+
+
+@dataclass(frozen=True, slots=True)
+class BleDriverOptions:
+    """Tunables of the BLE driver (seconds unless stated).
+
+    Attributes:
+        adapter: the adapter to scan and connect on.
+        session: per-connection timing (:class:`SessionOptions`).
+        backoff: waits per error class.
+        cooldown: after a transfer, ignore the device's advertisements this long, so a cuff
+            that keeps advertising is not reconnected in a loop (blessed-bluez uses 40 s).
+        connect_timeout: the whole ``establish_connection`` (all its attempts).
+        connect_attempts: ``max_attempts`` for ``establish_connection``.
+        concurrent_connects: devices connecting at the same time (cheap adapters choke).
+        watchdog_interval: how often the scanner watchdog checks the adapter.
+        scanner_silence: restart the scanner when no advertisement at all arrived this long.
+        power_cycle_after: scanner failures in a row before the adapter is power-cycled.
+        power_off_seconds: how long the adapter stays off in a power cycle.
+        device_time: the time written to devices; ``None`` means "not trustworthy".
+    """
+
+    adapter: str = "hci0"
+    session: SessionOptions = field(default_factory=SessionOptions)
+    backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
+    cooldown: float = 30.0
+    connect_timeout: float = 90.0
+    connect_attempts: int = 4
+    concurrent_connects: int = 1
+    watchdog_interval: float = 30.0
+    scanner_silence: float = 900.0
+    power_cycle_after: int = 2
+    power_off_seconds: float = 1.0
+    device_time: Callable[[], datetime | None] = synced_local_time
+
+
+def omron_sequence(advertisement: AdvertisementData | None) -> int | None:
+    """The newest record's sequence number an Omron cuff advertises (one-user layout).
+
+    Manufacturer data for company 0x020E: ``01 <flags> <sequence u16 LE> <count>``
+    (``ble-gatt.md`` section 2.3).
+    """
+    if advertisement is None:
+        return None
+    data = advertisement.manufacturer_data.get(OMRON_COMPANY_ID)
+    if data is None or len(data) < 5 or data[0] != 0x01:
+        return None
+    return int.from_bytes(data[2:4], "little")
+
+
+class DeviceWorker:
+    """Connects to one assigned device whenever it advertises, and stores its readings."""
+
+    def __init__(
+        self,
+        assignment: DeviceAssignment,
+        sink: ReadingSink,
+        clock: Clock,
+        options: BleDriverOptions,
+        connect_slots: asyncio.Semaphore,
+    ) -> None:
+        self.assignment = assignment
+        self.sink = sink
+        self.clock = clock
+        self.options = options
+        self.slots = connect_slots
+        self.status = DeviceStatus(assignment.log_id, str(assignment.family), since=time.time())
+        self._device: BLEDevice | None = None
+        self._advertisement: AdvertisementData | None = None
+        self._advertised = asyncio.Event()
+
+    def advertised(self, device: BLEDevice, advertisement: AdvertisementData) -> None:
+        """The scanner saw this device (called on the event loop)."""
+        self.status.last_seen = time.time()
+        self._device = device
+        self._advertisement = advertisement
+        self._advertised.set()
+
+    async def _next_advertisement(self) -> tuple[BLEDevice, AdvertisementData | None]:
+        self._advertised.clear()
+        await self._advertised.wait()
+        assert self._device is not None
+        return self._device, self._advertisement
+
+    async def run(self) -> None:
+        """Serve the device until cancelled."""
+        failures = FailureCounter()
+        try:
+            while True:
+                if self.status.state is not DeviceState.REPAIR_NEEDED:
+                    self.status.set_state(DeviceState.WAITING)
+                device, advertisement = await self._next_advertisement()
+                try:
+                    ended = await self.session(device, advertisement)
+                except Exception as exc:  # noqa: BLE001 - classified, backed off, retried
+                    error_class = classify(exc)
+                    self.status.error(error_class)
+                    self.status.set_state(
+                        DeviceState.REPAIR_NEEDED
+                        if error_class is ErrorClass.PAIRING
+                        else DeviceState.BACKOFF
+                    )
+                    delay = self.options.backoff.delay(error_class, failures.failed(error_class))
+                    _LOGGER.warning(
+                        "%s: %s (%s); next attempt in %.1f s",
+                        self.assignment.log_id,
+                        error_class,
+                        type(exc).__name__,
+                        delay,
+                    )
+                    await asyncio.sleep(delay)
+                    continue
+                failures.succeeded()
+                self.status.transfers += 1
+                self.status.last_transfer = time.time()
+                _LOGGER.info("%s: transfer ended (%s)", self.assignment.log_id, ended)
+                self.status.set_state(DeviceState.COOLDOWN)
+                await asyncio.sleep(self.options.cooldown)
+        finally:
+            self.status.set_state(DeviceState.STOPPED)
+
+    async def session(self, device: BLEDevice, advertisement: AdvertisementData | None) -> str:
+        """One connection: connect (pair), run the family, make readings durable, hang up.
+
+        Returns how the transfer ended; raises on failure (readings received before the
+        failure are stored all the same).
+        """
+        opts = self.options
+        disconnected = asyncio.Event()
+        collector = Collector(
+            self.assignment,
+            self.sink,
+            self.clock,
+            self.status,
+            opts.backoff,
+            model=advertisement.local_name if advertisement is not None else device.name,
+        )
+        flusher = asyncio.create_task(collector.run(), name=f"ble-store:{self.assignment.log_id}")
+        client: BleakClient | None = None
+        try:
+            self.status.set_state(DeviceState.CONNECTING)
+            async with self.slots, asyncio.timeout(opts.connect_timeout):
+                client = await establish_connection(
+                    BleakClient,
+                    device,
+                    self.assignment.log_id,
+                    lambda _client: disconnected.set(),
+                    max_attempts=opts.connect_attempts,
+                    pair=self.assignment.bond,
+                    bluez={"adapter": opts.adapter},
+                )
+            self.status.connections += 1
+            self.status.last_connected = time.time()
+            self.status.set_state(DeviceState.TRANSFERRING)
+            link = Link(
+                client,
+                self.assignment,
+                collector,
+                disconnected,
+                opts.session,
+                advertised_name=collector.model,
+                omron_sequence=omron_sequence(advertisement),
+            )
+            try:
+                result = await run_family(link, opts.device_time)
+            except LinkLostError:
+                raise
+            except Exception as exc:
+                if disconnected.is_set():
+                    raise LinkLostError() from exc
+                raise
+            return result.ended_by
+        finally:
+            await self._finish(collector, flusher, client)
+
+    async def _finish(
+        self, collector: Collector, flusher: asyncio.Task[None], client: BleakClient | None
+    ) -> None:
+        """Store what arrived (even when cancelled) and hang up."""
+        try:
+            await collector.drain()
+        except asyncio.CancelledError:
+            # shutting down: give the readings already received one bounded chance
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(_CLEANUP_TIMEOUT):
+                    await collector.drain()
+            raise
+        finally:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(_CLEANUP_TIMEOUT):
+                        await client.disconnect()
+
+
+@dataclass
+class AdapterStatus:
+    """The scanner side of the status report."""
+
+    name: str
+    state: str = "starting"
+    """``starting``, ``scanning``, ``off``, ``missing``, ``recovering`` or ``stopped``."""
+    scanner_starts: int = 0
+    scanner_restarts: int = 0
+    power_ons: int = 0
+    power_cycles: int = 0
+    last_error_class: str | None = None
+    last_advertisement: float | None = None
+
+
+class BleDriver:
+    """The BLE transport as one supervised service (see the module docstring).
+
+    Args:
+        assignments: the devices assigned to this box.
+        sink: the buffer (:class:`agent.buffer.AsyncBuffer`).
+        clock: capture times (default: the system clock).
+        options: tunables (:class:`BleDriverOptions`).
+        passkey: the technician CLI's passkey source for devices that pair by passkey entry.
+    """
+
+    name = "ble"
+
+    def __init__(
+        self,
+        assignments: Sequence[DeviceAssignment],
+        sink: ReadingSink,
+        *,
+        clock: Clock | None = None,
+        options: BleDriverOptions | None = None,
+        passkey: PasskeyCallback | None = None,
+    ) -> None:
+        self.assignments = tuple(assignments)
+        self.sink = sink
+        self.clock: Clock = clock or SystemClock()
+        self.options = options or BleDriverOptions()
+        self.passkey = passkey
+        self.adapter = AdapterStatus(self.options.adapter)
+        self.workers: list[DeviceWorker] = []
+        self._by_address: dict[str, DeviceWorker] = {}
+        self._by_name: dict[str, DeviceWorker] = {}
+        self._named_addresses: set[str] = set()
+        self._last_advert = time.monotonic()
+        self._slots = asyncio.Semaphore(self.options.concurrent_connects)
+        self._build_workers()
+
+    def _build_workers(self) -> None:
+        self.workers = [
+            DeviceWorker(a, self.sink, self.clock, self.options, self._slots)
+            for a in self.assignments
+        ]
+        self._by_address = {w.assignment.address: w for w in self.workers if w.assignment.address}
+        self._by_name = {
+            w.assignment.name: w
+            for w in self.workers
+            if not w.assignment.address and w.assignment.name
+        }
+
+    def is_assigned(self, address: str) -> bool:
+        """Whether ``address`` belongs to a device assigned to this box (pairing agent).
+
+        A device assigned by name counts once the scanner has seen it advertise that name.
+        """
+        address = address.upper()
+        return address in self._by_address or address in self._named_addresses
+
+    def _on_advertisement(self, device: BLEDevice, advertisement: AdvertisementData) -> None:
+        self._last_advert = time.monotonic()
+        self.adapter.last_advertisement = time.time()
+        address = device.address.upper()
+        worker = self._by_address.get(address)
+        if worker is None and self._by_name:
+            worker = self._by_name.get(advertisement.local_name or device.name or "")
+            if worker is not None:
+                self._named_addresses.add(address)
+        if worker is not None:
+            worker.advertised(device, advertisement)
+
+    async def run(self) -> None:
+        """Scan, connect and store until cancelled."""
+        bus = BluezBus(self.options.adapter, call_timeout=self.options.session.step_timeout)
+        agent = PairingAgent(self.is_assigned, self.passkey)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._scan_loop(bus, agent), name="ble-scanner")
+                for worker in self.workers:
+                    tg.create_task(worker.run(), name=f"ble-device:{worker.assignment.log_id}")
+        finally:
+            self.adapter.state = "stopped"
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(_CLEANUP_TIMEOUT):
+                    await bus.close()
+
+    async def _scan_loop(self, bus: BluezBus, agent: PairingAgent) -> None:
+        failures = FailureCounter()
+        strikes = 0
+        opts = self.options
+        while True:
+            try:
+                state = await bus.adapter_state()
+                if not state.present:
+                    self.adapter.state = "missing"
+                    raise AdapterUnavailableError(f"adapter {opts.adapter} is not present")
+                if not state.powered:
+                    self.adapter.state = "off"
+                    _LOGGER.warning("bluetooth adapter %s is off: switching it on", opts.adapter)
+                    self.adapter.power_ons += 1
+                    await bus.set_powered(True)
+                await bus.register_agent(agent)
+                await self._scan(bus)
+                # the watchdog asked for a plain restart (silence)
+                self.adapter.scanner_restarts += 1
+            except Exception as exc:  # noqa: BLE001 - the scanner must come back
+                error_class = classify(exc)
+                self.adapter.last_error_class = str(error_class)
+                strikes += 1
+                _LOGGER.warning(
+                    "bluetooth scanner on %s: %s (%s)",
+                    opts.adapter,
+                    error_class,
+                    type(exc).__name__,
+                )
+                if strikes >= opts.power_cycle_after and self.adapter.state != "missing":
+                    strikes = 0
+                    self.adapter.state = "recovering"
+                    self.adapter.power_cycles += 1
+                    with contextlib.suppress(Exception):
+                        await bus.power_cycle(opts.power_off_seconds)
+                await asyncio.sleep(opts.backoff.delay(error_class, failures.failed(error_class)))
+            else:
+                failures.succeeded()
+                strikes = 0
+
+    async def _scan(self, bus: BluezBus) -> None:
+        """Run one scanner until the watchdog finds it unhealthy (raises) or silent (returns)."""
+        opts = self.options
+        scanner = BleakScanner(self._on_advertisement, bluez={"adapter": opts.adapter})
+        async with asyncio.timeout(opts.session.step_timeout):
+            await scanner.start()
+        self.adapter.scanner_starts += 1
+        self.adapter.state = "scanning"
+        self._last_advert = time.monotonic()
+        try:
+            while True:
+                await asyncio.sleep(opts.watchdog_interval)
+                state = await bus.adapter_state()
+                if not state.present:
+                    self.adapter.state = "missing"
+                    raise AdapterUnavailableError(f"adapter {opts.adapter} vanished")
+                if not state.powered:
+                    self.adapter.state = "off"
+                    raise AdapterUnavailableError(f"adapter {opts.adapter} was powered off")
+                if not state.discovering:
+                    raise AdapterUnavailableError("discovery stopped behind the scanner's back")
+                if time.monotonic() - self._last_advert > opts.scanner_silence:
+                    _LOGGER.info(
+                        "bluetooth scanner silent for %.0f s: restarting", opts.scanner_silence
+                    )
+                    return
+        finally:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(_CLEANUP_TIMEOUT):
+                    await scanner.stop()
+
+    def status(self) -> dict[str, Any]:
+        """The BLE section of the status report: adapter, then one entry per device."""
+        return {
+            "adapter": {
+                "name": self.adapter.name,
+                "state": self.adapter.state,
+                "scanner_starts": self.adapter.scanner_starts,
+                "scanner_restarts": self.adapter.scanner_restarts,
+                "power_ons": self.adapter.power_ons,
+                "power_cycles": self.adapter.power_cycles,
+                "last_error_class": self.adapter.last_error_class,
+                "last_advertisement": self.adapter.last_advertisement,
+            },
+            "devices": [w.status.snapshot() for w in self.workers],
+        }
+
+    async def status_section(self) -> Mapping[str, Any]:
+        """:meth:`status` as a :class:`agent.status.StatusReporter` provider."""
+        return self.status()
