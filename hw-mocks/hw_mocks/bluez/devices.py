@@ -749,8 +749,9 @@ class BeurerCuff(SimPeripheral):
     """A Beurer BM85-like cuff with the BM-family byte-order quirks (ble-gatt.md §2.4).
 
     Sends every stored record (pulse and status big-endian, MAP ``00 00``, an unflagged user
-    byte) as BPM indications right after indications are enabled, then disconnects (and stops
-    advertising until :meth:`add_record`, with ``sleeps_after_transfer``). With
+    byte) as BPM indications right after indications are enabled, then disconnects. It keeps
+    its records and keeps advertising, so every connection re-sends them (the de-duplication
+    path); with ``sleeps_after_transfer`` it stops advertising until :meth:`add_record`. With
     ``settle_time`` > 0 it stays silent when the central subscribes sooner than that after
     connecting ("BM85 needs some rest between service discovery and subscribing").
     """
@@ -764,7 +765,7 @@ class BeurerCuff(SimPeripheral):
         settle_time: float = 0.0,
         keep_records: bool = True,
         disconnect_delay: float = 0.05,
-        sleeps_after_transfer: bool = True,
+        sleeps_after_transfer: bool = False,
         **kwargs: Unpack[PeripheralOptions],
     ) -> None:
         """Create the cuff; the advertised name is the model (what the quirk table keys on)."""
