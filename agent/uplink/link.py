@@ -185,6 +185,28 @@ def _classify_connect_error(err: BaseException, cfg: LinkConfig) -> UplinkError:
 MessageHandler = Callable[[str, bytes], None]
 
 
+class _Client(mqtt.Client):
+    """paho's client, closing the TLS socket when the handshake fails.
+
+    paho 2.x leaves the half-open TLS socket of a failed handshake to the garbage collector
+    (a descriptor held for as long as the exception lives, and a ResourceWarning). This
+    replacement does the same steps with the context we configured, and closes on failure.
+    """
+
+    def _ssl_wrap_socket(self, tcp_sock: socket.socket) -> ssl.SSLSocket:
+        ctx = self._ssl_context
+        if ctx is None:
+            raise ValueError("TLS is not configured")
+        tls = ctx.wrap_socket(tcp_sock, server_hostname=self.host, do_handshake_on_connect=False)
+        try:
+            tls.settimeout(self.connect_timeout)
+            tls.do_handshake()
+        except BaseException:
+            tls.close()
+            raise
+        return tls
+
+
 class MqttLink:
     """One MQTT v5 connection over TLS with a client certificate, owned by :meth:`run`.
 
@@ -224,7 +246,7 @@ class MqttLink:
     # -- paho set-up -------------------------------------------------------------------
 
     def _make_client(self) -> mqtt.Client:
-        client = mqtt.Client(
+        client = _Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=self.cfg.box_id,
             protocol=mqtt.MQTTv5,
