@@ -1,0 +1,143 @@
+"""Uplink and receiver benchmark: wire bytes per reading, receiver ingest rate.
+
+``run()`` returns figures for ``bench/report.json``:
+
+* ``uplink.wire_bytes_per_spot_reading``: bytes on the wire per spot reading at steady state
+  (batches of 50 blood-pressure and SpO2 readings, raw frames included), counting the whole
+  MQTT PUBLISH (fixed header, topic, packet id, properties) and TLS record overhead
+  (TLS 1.3 AES-GCM: 22 bytes per record of up to 16 KiB) on top of the signed envelope.
+  Goal: <= 120.
+* ``uplink.wire_bytes_per_continuous_sample``: the same per 1 Hz sample time point of
+  overnight oximetry (SpO2 + pulse rate, 5-minute chunks, 12 chunks a batch). Goal: <= 4.
+* ``receiver.ingest_readings_per_s_sqlite``: readings per second through
+  :meth:`receiver.core.Receiver.handle` (parse, verify the Ed25519 signature, decompress,
+  decode, commit durably in SQLite with ``synchronous=FULL``, sign the acknowledgement), one
+  process, batches of 250 spot readings. Goal: >= 5,000.
+* ``receiver.ingest_readings_per_s_postgres``: the same on PostgreSQL, only when
+  ``DHO_BENCH_POSTGRES_DSN`` is set and the ``psycopg`` driver is installed (omitted otherwise).
+
+Extra figures: single-reading batch size (a box that uploads each reading as it comes) and
+acknowledgement size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from agent.model import Reading
+from agent.uplink import protocol
+from receiver.core import Receiver
+from receiver.store import SqliteStore, Store
+from tests.uplink import factories as f
+
+BOX = "box-000123"
+TLS_RECORD = 16_384
+TLS_OVERHEAD = 22  # 5-byte header + 1 content type + 16-byte AEAD tag (TLS 1.3)
+
+
+def _varint_len(n: int) -> int:
+    size = 1
+    while n >= 128:
+        n //= 128
+        size += 1
+    return size
+
+
+def mqtt_publish_bytes(topic: str, payload_len: int) -> int:
+    """Size of a QoS 1 MQTT v5 PUBLISH without properties, plus TLS record overhead."""
+    remaining = 2 + len(topic.encode()) + 2 + 1 + payload_len
+    packet = 1 + _varint_len(remaining) + remaining
+    records = -(-packet // TLS_RECORD)
+    return packet + records * TLS_OVERHEAD
+
+
+def _wire_per_reading(batches: Sequence[Sequence[Reading]], key: Ed25519PrivateKey) -> float:
+    total = 0
+    count = 0
+    for seq, batch in enumerate(batches, 1):
+        _, wire = protocol.seal_batch(
+            BOX, seq, batch, key, created_ms=1_790_000_000_000, raw_lanes=protocol.DEFAULT_RAW_LANES
+        )
+        total += mqtt_publish_bytes(protocol.batch_topic(BOX), len(wire))
+        count += len(batch)
+    return total / count
+
+
+def _ingest_rate(store: Store, key: Ed25519PrivateKey, service: Ed25519PrivateKey) -> float:
+    store.enrol(BOX, protocol.public_key_bytes(key))
+    per_batch = 250
+    readings = f.mixed_readings(per_batch * 24, seed=7)
+    wires = [
+        protocol.seal_batch(
+            BOX, i + 1, readings[i * per_batch : (i + 1) * per_batch], key, created_ms=1
+        )[1]
+        for i in range(len(readings) // per_batch)
+    ]
+    receiver = Receiver(store, service)
+    topic = protocol.batch_topic(BOX)
+    receiver.handle(topic, wires[0])  # warm-up (first commit creates pages)
+    start = time.perf_counter()
+    for wire in wires[1:]:
+        out = receiver.handle(topic, wire)
+        if not out.accepted:
+            raise RuntimeError(f"benchmark batch refused: {out.reason}")
+    elapsed = time.perf_counter() - start
+    return per_batch * (len(wires) - 1) / elapsed
+
+
+def run() -> dict[str, float]:
+    """Run the uplink benchmarks and return the figures (see the module docstring)."""
+    key = Ed25519PrivateKey.generate()
+    service = Ed25519PrivateKey.generate()
+    spot = f.mixed_readings(500, seed=3)
+    spot_batches = [spot[i : i + 50] for i in range(0, len(spot), 50)]
+    continuous = [f.continuous_reading(i, samples=300) for i in range(96)]  # 8 hours
+    cont_batches = [continuous[i : i + 12] for i in range(0, len(continuous), 12)]
+    samples = sum(r.samples.sample_count for r in continuous if r.samples is not None)
+    cont_total = _wire_per_reading(cont_batches, key) * len(continuous)
+    _, single = protocol.seal_batch(BOX, 1, spot[:1], key, created_ms=1)
+    ack = protocol.seal_ack(
+        protocol.Ack(BOX, uuid.uuid4(), 1, bytes(32), protocol.AckResult.STORED, 50, 0, 1, 1),
+        service,
+    )
+    figures: dict[str, float] = {
+        "uplink.wire_bytes_per_spot_reading": round(_wire_per_reading(spot_batches, key), 1),
+        "uplink.wire_bytes_per_continuous_sample": round(cont_total / samples, 3),
+        "uplink.wire_bytes_single_reading_batch": float(
+            mqtt_publish_bytes(protocol.batch_topic(BOX), len(single))
+        ),
+        "uplink.ack_wire_bytes": float(mqtt_publish_bytes(protocol.ack_topic(BOX), len(ack))),
+    }
+    with tempfile.TemporaryDirectory(prefix="dho-bench-") as tmp:
+        store = SqliteStore(Path(tmp) / "receiver.db")
+        try:
+            figures["receiver.ingest_readings_per_s_sqlite"] = round(
+                _ingest_rate(store, key, service)
+            )
+        finally:
+            store.close()
+    dsn = os.environ.get("DHO_BENCH_POSTGRES_DSN")
+    if dsn:
+        from receiver import pg
+
+        if pg.available():
+            pg_store = pg.PostgresStore(dsn)
+            try:
+                figures["receiver.ingest_readings_per_s_postgres"] = round(
+                    _ingest_rate(pg_store, key, service)
+                )
+            finally:
+                pg_store.close()
+    return figures
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(), indent=2))
