@@ -110,10 +110,10 @@ async def test_adapter_off_drops_links_and_power_cycle_recovers(bluez: MockBlueZ
     await link.wait_disconnected()
     await link.close()
     assert cuff.events_of("disconnect")[0].detail == "adapter powered off"
-    with pytest.raises(BleakBluetoothNotAvailableError):
-        await BleakScanner.discover(timeout=0.1)
+    await _until_no_adapter()
     await _set_powered(True)
     assert bluez.adapter().powered
+    await _until_adapter_usable()
     link = await connect(cuff.address)
     await link.close()
     await _set_powered(False)
@@ -121,17 +121,33 @@ async def test_adapter_off_drops_links_and_power_cycle_recovers(bluez: MockBlueZ
 
 
 async def _until_no_adapter() -> None:
-    """bleak learns about the removal from InterfacesRemoved, just after the disconnect."""
+    """Scan until bleak reports no usable adapter. bleak learns that the adapter is off or gone
+    from a signal that BlueZ sends after the links dropped, so the first try may be early."""
     async with asyncio.timeout(STEP):
         while True:
             try:
                 await BleakScanner.discover(timeout=0.05)
             except BleakBluetoothNotAvailableError:
                 return
-            except BleakDBusError as exc:  # bleak has not seen the removal yet
-                if exc.dbus_error != "org.freedesktop.DBus.Error.UnknownObject":
+            except BleakDBusError as exc:  # bleak has not seen the signal yet
+                if exc.dbus_error not in (
+                    "org.freedesktop.DBus.Error.UnknownObject",  # adapter removed
+                    "org.bluez.Error.NotReady",  # adapter powered off
+                ):
                     raise
             await asyncio.sleep(0.01)
+
+
+async def _until_adapter_usable() -> None:
+    """Scan until bleak sees a powered adapter again (Powered=true arrives as a signal)."""
+    async with asyncio.timeout(STEP):
+        while True:
+            try:
+                await BleakScanner.discover(timeout=0.05)
+            except BleakBluetoothNotAvailableError:
+                await asyncio.sleep(0.01)
+            else:
+                return
 
 
 async def test_adapter_vanishes_and_returns_with_its_bonds(
@@ -149,7 +165,7 @@ async def test_adapter_vanishes_and_returns_with_its_bonds(
     hci0.reappear()
     # bonded: reloaded from storage with its GATT cache
     assert [device.exported, device.gatt_exported, device.paired] == [True, True, True]
-    await asyncio.sleep(0.05)
+    await _until_adapter_usable()
     link = await connect(cuff.address, pair=True)
     try:
         assert link.client.is_connected
@@ -180,4 +196,5 @@ async def test_wedged_scanner_is_cured_by_a_power_cycle(bluez: MockBlueZ) -> Non
     assert found == []  # Discovering, but nothing reported
     await _set_powered(False)
     await _set_powered(True)
+    await _until_adapter_usable()
     assert (await find(cuff.address)).address == cuff.address

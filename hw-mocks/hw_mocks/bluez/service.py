@@ -680,6 +680,10 @@ class MockDevice:
             ) from None
         finally:
             self._pairing = None
+        if not self.peripheral.connected:  # the link went away while the agent answered
+            raise errors.bluez_error(
+                "org.bluez.Error.AuthenticationCanceled", "Authentication Canceled"
+            )
         _LOG.debug("%s: paired", self.path)
         self.paired = True
         self._emit({"Paired": True, "Bonded": True})
