@@ -86,15 +86,26 @@ async def running(driver: BleDriver) -> AsyncIterator[asyncio.Task[None]]:
 
 
 async def eventually(
-    predicate: Callable[[], bool], seconds: float = WAIT, task: asyncio.Task[None] | None = None
+    predicate: Callable[[], bool],
+    seconds: float = WAIT,
+    task: asyncio.Task[None] | None = None,
+    driver: BleDriver | None = None,
 ) -> None:
-    """Wait until ``predicate()`` holds (the driver's state changes on D-Bus signals)."""
-    async with asyncio.timeout(seconds):
-        while not predicate():
-            if task is not None and task.done():
-                task.result()  # the driver died: show why
-                raise AssertionError("driver stopped")
-            await asyncio.sleep(0.02)
+    """Wait until ``predicate()`` holds (the driver's state changes on D-Bus signals).
+
+    On timeout the assertion shows the driver's status, which says where it got stuck.
+    """
+    try:
+        async with asyncio.timeout(seconds):
+            while not predicate():
+                if task is not None and task.done():
+                    task.result()  # the driver died: show why
+                    raise AssertionError("driver stopped")
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(
+            f"not reached in {seconds} s; status: {driver.status() if driver else '-'}"
+        ) from None
 
 
 async def stored(store: AsyncBuffer) -> list[Reading]:

@@ -2,13 +2,24 @@
 readings in the encrypted buffer, with the real bleak against the mock BlueZ."""
 
 from datetime import datetime
+from decimal import Decimal
 
 from hw_mocks.bluez import MockBlueZ
-from hw_mocks.bluez.devices import AndCuff
-from hw_mocks.bluez.payloads import BloodPressureRecord
+from hw_mocks.bluez.devices import (
+    CURRENT_TIME,
+    RACP,
+    AndCuff,
+    BeurerCuff,
+    NoninOximeter,
+    OmronCuff,
+    PlxOximeter,
+)
+from hw_mocks.bluez.payloads import BloodPressureRecord, PlxContinuousSample, PlxSpotRecord
 
+from agent import codes
 from agent.buffer import AsyncBuffer
 from agent.drivers.ble import BleDriver, DeviceFamily
+from agent.model import Lane
 from tests.ble.driver_support import (
     NOW,
     PATIENT,
@@ -18,6 +29,7 @@ from tests.ble.driver_support import (
     fast_options,
     running,
     stored,
+    value,
 )
 from tests.ble.driver_support import store as store  # the fixture
 
@@ -38,7 +50,9 @@ async def test_and_cuff(bluez: MockBlueZ, store: AsyncBuffer) -> None:
     driver = BleDriver([a], store, options=fast_options())
     status = driver.workers[0].status
     async with running(driver) as task:
-        await eventually(lambda: status.readings_stored == 5 and status.transfers >= 1, task=task)
+        await eventually(
+            lambda: status.readings_stored == 5 and status.transfers >= 1, task=task, driver=driver
+        )
     readings = await stored(store)
     assert sorted(bp_key(r) for r in readings) == expected(RECORDS)
     assert {r.patient for r in readings} == {PATIENT}
@@ -47,3 +61,85 @@ async def test_and_cuff(bluez: MockBlueZ, store: AsyncBuffer) -> None:
     assert cuff.clock_set_to == NOW
     assert cuff.records == []
     assert not bluez.was_called("RemoveDevice")
+
+
+async def test_omron_cuff(bluez: MockBlueZ, store: AsyncBuffer) -> None:
+    cuff = OmronCuff(records=RECORDS, clock=None, pairing_mode=True, cts_write_att_error=0x80)
+    device = bluez.adapter().add_peripheral(cuff)
+    a = assignment(DeviceFamily.OMRON_BPM, cuff.address, "BP7000", delete_after_transfer=True)
+    driver = BleDriver([a], store, options=fast_options())
+    status = driver.workers[0].status
+    async with running(driver) as task:
+        await eventually(
+            lambda: status.readings_stored == 5 and status.transfers >= 1, task=task, driver=driver
+        )
+        await eventually(lambda: cuff.store.records == [], task=task, driver=driver)
+    readings = await stored(store)
+    assert sorted(bp_key(r) for r in readings) == expected(RECORDS)
+    assert device.paired
+    assert cuff.time_written == NOW  # the Current Time written back (ATT 0x80 tolerated)
+    writes = cuff.events_of("write", CURRENT_TIME)
+    assert len(writes[0].data) == 10
+    # the delete came only after the report completed (and the readings were stored)
+    racp = [e.data[:2] for e in cuff.events_of("write", RACP)]
+    assert racp[0] == bytes([0x01, 0x01])
+    assert bytes([0x02, 0x02]) in racp  # delete <= advertised sequence number
+    assert not bluez.was_called("RemoveDevice")
+
+
+async def test_plx_oximeter(bluez: MockBlueZ, store: AsyncBuffer) -> None:
+    spots = [
+        PlxSpotRecord(95 + i, 70 + i, timestamp=datetime(2026, 11, 21, 22, i, 0)) for i in range(3)
+    ]
+    samples = [PlxContinuousSample(97, 64), PlxContinuousSample(96, 65, pulse_amplitude_index=8)]
+    oxi = PlxOximeter(stored=spots, samples=samples, interval=0.05, repeat=False)
+    device = bluez.adapter().add_peripheral(oxi)
+    a = assignment(DeviceFamily.PLX, oxi.address, "PLX-100")
+    driver = BleDriver([a], store, options=fast_options())
+    status = driver.workers[0].status
+    async with running(driver) as task:
+        await eventually(lambda: status.transfers >= 1, task=task, driver=driver)
+    readings = await stored(store)
+    spot = [r for r in readings if r.lane is Lane.SPOT]
+    cont = [r for r in readings if r.lane is Lane.CONTINUOUS]
+    assert sorted(
+        (value(r, codes.SPO2), value(r, codes.PULSE_RATE_OXIM), r.device_time) for r in spot
+    ) == [(s.spo2, s.pulse, s.timestamp) for s in spots]
+    assert all("data-from-measurement-storage" in r.status for r in spot)
+    first = [(value(r, codes.SPO2), value(r, codes.PULSE_RATE_OXIM)) for r in cont[:2]]
+    assert first == [(Decimal(97), Decimal(64)), (Decimal(96), Decimal(65))]
+    assert all(r.device_time is None for r in cont)
+    assert device.paired
+    assert status.decode_errors == 0
+
+
+async def test_nonin_oximeter(bluez: MockBlueZ, store: AsyncBuffer) -> None:
+    nonin = NoninOximeter(samples=[(97, 64), (96, 66), (None, None)], interval=0.05, repeat=False)
+    device = bluez.adapter().add_peripheral(nonin)
+    a = assignment(DeviceFamily.NONIN, nonin.address, "3230")
+    driver = BleDriver([a], store, options=fast_options())
+    status = driver.workers[0].status
+    async with running(driver) as task:
+        await eventually(lambda: status.transfers >= 1, task=task, driver=driver)
+    readings = await stored(store)
+    got = [(value(r, codes.SPO2), value(r, codes.PULSE_RATE_OXIM)) for r in readings[:3]]
+    assert got == [(97, 64), (96, 66), (None, None)]
+    assert {r.lane for r in readings} == {Lane.CONTINUOUS}
+    assert nonin.clock_set_to == NOW
+    assert device.paired
+
+
+async def test_beurer_cuff_quirks_and_settle_delay(bluez: MockBlueZ, store: AsyncBuffer) -> None:
+    cuff = BeurerCuff(records=RECORDS[:3], settle_time=0.05)
+    bluez.adapter().add_peripheral(cuff)
+    a = assignment(DeviceFamily.BPM, cuff.address, "BM85", manufacturer="Beurer")
+    driver = BleDriver([a], store, options=fast_options())
+    status = driver.workers[0].status
+    async with running(driver) as task:
+        # the cuff keeps its records: the second transfer sends them again
+        await eventually(lambda: status.transfers >= 2, task=task, driver=driver)
+    readings = await stored(store)
+    assert sorted(bp_key(r) for r in readings) == expected(RECORDS[:3])
+    assert status.readings_stored == 3
+    assert status.duplicates >= 3  # the re-sent records, dropped by the buffer's natural key
+    assert all(value(r, codes.BP_MEAN) is None for r in readings)  # MAP 00 00 = not measured
