@@ -13,7 +13,7 @@ import typer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.uplink.protocol import public_key_bytes
+from agent.uplink.protocol import load_public_key, public_key_bytes
 from receiver import fhir
 from receiver.core import Receiver
 from receiver.mqtt import ReceiverConfig, ReceiverService, load_service_key, open_store
@@ -59,6 +59,7 @@ def enrol(
     """Record a box's signing key (re-enrolling replaces the key and resets its window)."""
     try:
         raw = bytes.fromhex(public_key_hex)
+        load_public_key(raw)
     except ValueError:
         typer.echo("the public key must be 64 hex digits", err=True)
         raise typer.Exit(2) from None

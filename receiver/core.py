@@ -108,7 +108,11 @@ class Receiver:
         if raw_key is None:
             return self._refuse(UnknownBoxError("no enrolled key for this box"), env.box_id, batch)
         try:
-            signed.verify(protocol.load_public_key(raw_key))
+            box_key = protocol.load_public_key(raw_key)
+        except ValueError:
+            return self._refuse(UnknownBoxError("the enrolled key is unusable"), env.box_id, batch)
+        try:
+            signed.verify(box_key)
         except ProtocolError as err:
             return self._refuse(err, env.box_id, batch)
         # From here the box really sent this: refusals are answered (signed).
