@@ -78,7 +78,7 @@ async def test_and_cuff_sends_records_after_date_time_then_hangs_up(
 
 
 async def test_and_cuff_hangs_up_without_date_time(bluez: MockBlueZ) -> None:
-    cuff = AndCuff(records=RECORDS, session_timeout=0.2)
+    cuff = AndCuff(records=RECORDS, session_timeout=0.5)
     bluez.adapter().add_peripheral(cuff)
     link = await connect(cuff.address)
     await link.subscribe(BPM)
