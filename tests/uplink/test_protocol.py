@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -191,3 +192,40 @@ def test_topics():
     for bad in ("", "a/b", "+", "#", "$x"):
         with pytest.raises(ValueError, match="not a usable box id"):
             p.batch_topic(bad)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400))
+def test_garbage_messages_give_typed_errors_only(data):
+    from agent.errors import ProtocolError
+
+    with pytest.raises(ProtocolError):
+        p.parse_batch(data).verify(KEY.public_key())
+    with pytest.raises(ProtocolError):
+        p.open_ack(data, SERVICE.public_key(), BOX)
+    with pytest.raises(ProtocolError):
+        p.open_command(data, SERVICE.public_key(), BOX)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.data())
+def test_signed_but_mangled_bodies_give_typed_errors_only(data):
+    """A box with a bug (or a stolen key) can sign anything: decoding must still be safe."""
+    from agent.errors import ProtocolError
+
+    _, wire = p.seal_batch(BOX, 1, f.mixed_readings(2), KEY, created_ms=1)
+    env = p.parse_batch(wire).envelope
+    raw = zstandard.ZstdDecompressor().decompress(env.payload)
+    pos = data.draw(st.integers(0, len(raw) - 1))
+    mangled = raw[:pos] + bytes([data.draw(st.integers(0, 255))]) + raw[pos + 1 :]
+    bad = p.BatchEnvelope(
+        env.box_id,
+        env.batch_id,
+        1,
+        1,
+        env.reading_ids,
+        0,
+        zstandard.ZstdCompressor().compress(mangled),
+    )
+    with contextlib.suppress(ProtocolError):
+        p.batch_readings(bad)
