@@ -19,7 +19,7 @@ from hw_mocks.bluez.payloads import BloodPressureRecord, PlxContinuousSample, Pl
 from agent import codes
 from agent.buffer import AsyncBuffer
 from agent.drivers.ble import BleDriver, DeviceFamily
-from agent.model import Lane
+from agent.model import Lane, Reading
 from tests.ble.driver_support import (
     NOW,
     PATIENT,
@@ -37,6 +37,12 @@ RECORDS = [
     BloodPressureRecord(120 + i, 80 + i, pulse=60 + i, timestamp=datetime(2026, 11, 20, 8, i, 0))
     for i in range(5)
 ]
+
+
+def samples_of(reading: Reading) -> dict[int, list[Decimal | None]]:
+    """Channel mdc -> sample values of a chunk reading."""
+    assert reading.samples is not None
+    return {c.mdc: [c.decimal(i) for i in range(len(c.values))] for c in reading.samples.channels}
 
 
 def expected(records: list[BloodPressureRecord]) -> list[tuple[object, ...]]:
@@ -106,9 +112,11 @@ async def test_plx_oximeter(bluez: MockBlueZ, store: AsyncBuffer) -> None:
         (value(r, codes.SPO2), value(r, codes.PULSE_RATE_OXIM), r.device_time) for r in spot
     ) == [(s.spo2, s.pulse, s.timestamp) for s in spots]
     assert all("data-from-measurement-storage" in r.status for r in spot)
-    first = [(value(r, codes.SPO2), value(r, codes.PULSE_RATE_OXIM)) for r in cont[:2]]
-    assert first == [(Decimal(97), Decimal(64)), (Decimal(96), Decimal(65))]
-    assert all(r.device_time is None for r in cont)
+    first = samples_of(cont[0])
+    assert first[codes.SPO2.mdc][:2] == [Decimal(97), Decimal(96)]
+    assert first[codes.PULSE_RATE_OXIM.mdc][:2] == [Decimal(64), Decimal(65)]
+    assert first[codes.PERFUSION_INDEX.mdc][:2] == [None, Decimal(8)]
+    assert all(r.device_time is None and r.samples is not None for r in cont)
     assert device.paired
     assert status.decode_errors == 0
 
@@ -122,8 +130,9 @@ async def test_nonin_oximeter(bluez: MockBlueZ, store: AsyncBuffer) -> None:
     async with running(driver) as task:
         await eventually(lambda: status.transfers >= 1, task=task, driver=driver)
     readings = await stored(store)
-    got = [(value(r, codes.SPO2), value(r, codes.PULSE_RATE_OXIM)) for r in readings[:3]]
-    assert got == [(97, 64), (96, 66), (None, None)]
+    first = samples_of(min(readings, key=lambda r: r.captured.mono_ns))
+    assert first[codes.SPO2.mdc][:3] == [Decimal(97), Decimal(96), None]
+    assert first[codes.PULSE_RATE_OXIM.mdc][:3] == [Decimal(64), Decimal(66), None]
     assert {r.lane for r in readings} == {Lane.CONTINUOUS}
     assert nonin.clock_set_to == NOW
     assert device.paired

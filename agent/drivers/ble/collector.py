@@ -11,6 +11,11 @@ a reading is durable within milliseconds of arriving.
 * A record the device sends twice in one session (a repeated indication) is counted as a
   duplicate and not queued again. Across sessions the buffer's natural key (device + device
   time + values) drops re-sent timestamped records.
+* Continuous signals (PLX continuous, Nonin) are gathered into
+  :class:`~agent.model.SampleChunk` readings of up to ``chunk_samples`` samples at the stream's
+  nominal interval, which is what the buffer can compact under disk pressure. A chunk closes
+  early at a gap in arrival time or in the Nonin frame counter, so sample times stay true; an
+  undecodable frame is stored on its own and leaves a missing sample in the chunk.
 * Nothing is lost on a store error: the batch goes back to the front of the queue and is
   retried with back-off. The one exception is the buffer's documented refusal of continuous
   data when it is full (:class:`~agent.errors.BufferFullError`), counted as ``refused``.
@@ -23,10 +28,12 @@ import collections
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Final, Protocol
 
 from agent.buffer import AppendResult
-from agent.clock import Clock
+from agent.clock import CaptureTime, Clock
 from agent.drivers.ble.assignment import DeviceAssignment
 from agent.drivers.ble.resilience import BackoffPolicy, ErrorClass, FailureCounter
 from agent.drivers.ble.status import DeviceStatus
@@ -34,7 +41,7 @@ from agent.drivers.decode import decode_payload
 from agent.drivers.gatt import bps, nonin, plx, uuids
 from agent.errors import BufferFullError, CodecError
 from agent.ids import uuid7
-from agent.model import Lane, Reading
+from agent.model import Channel, Lane, Observation, Reading, SampleChunk
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -61,6 +68,50 @@ identical frame is a repeat.
 """
 
 _WINDOW: Final = 4096
+_GAP_FACTOR: Final = 2.5
+
+
+@dataclass
+class _Stream:
+    """The open chunk of one continuous characteristic."""
+
+    first: CaptureTime
+    last_arrival: float
+    counter: int | None
+    samples: int = 0
+    values: dict[int, list[Decimal | None]] = field(default_factory=dict)
+    meta: dict[int, tuple[str | None, str]] = field(default_factory=dict)
+    status: set[str] = field(default_factory=set)
+    raw: list[bytes] = field(default_factory=list)
+
+    def add(self, observations: Sequence[Observation] | None) -> None:
+        """Append one sample (``None``: a missing sample)."""
+        for o in observations or ():
+            if o.mdc not in self.values:
+                self.values[o.mdc] = [None] * self.samples
+                self.meta[o.mdc] = (o.loinc, o.unit)
+        seen = {o.mdc: o.value for o in observations or ()}
+        for mdc, column in self.values.items():
+            column.append(seen.get(mdc))
+        self.samples += 1
+
+    def chunk(self, interval_ms: int) -> SampleChunk:
+        """The samples as exact integer mantissas per channel."""
+        channels = []
+        for mdc, column in self.values.items():
+            known = [v for v in column if v is not None]
+            exponent = min((int(v.as_tuple().exponent) for v in known), default=0)
+            loinc, unit = self.meta[mdc]
+            channels.append(
+                Channel(
+                    mdc=mdc,
+                    loinc=loinc,
+                    unit=unit,
+                    exponent=exponent,
+                    values=tuple(None if v is None else int(v.scaleb(-exponent)) for v in column),
+                )
+            )
+        return SampleChunk(interval_ms=interval_ms, channels=tuple(channels))
 
 
 class Collector:
@@ -74,6 +125,8 @@ class Collector:
         backoff: waits between store retries.
         model: the advertised name, used for the codec quirk table when the assignment has
             no model.
+        stream_interval_ms: the nominal interval of continuous frames.
+        chunk_samples: samples per chunk of a continuous signal.
     """
 
     def __init__(
@@ -84,8 +137,14 @@ class Collector:
         status: DeviceStatus,
         backoff: BackoffPolicy,
         model: str | None = None,
+        *,
+        stream_interval_ms: int = 1000,
+        chunk_samples: int = 60,
     ) -> None:
         self.assignment = assignment
+        self.stream_interval_ms = stream_interval_ms
+        self.chunk_samples = max(1, chunk_samples)
+        self._streams: dict[str, _Stream] = {}
         self.sink = sink
         self.clock = clock
         self.status = status
@@ -115,7 +174,8 @@ class Collector:
         return False
 
     def feed(self, uuid: str, data: bytes) -> Reading | None:
-        """Take one payload from a measurement characteristic; returns the queued reading.
+        """Take one payload from a measurement characteristic; returns the queued reading
+        (``None`` for a repeat, or a continuous frame that went into a chunk).
 
         Never raises on bad input: an undecodable payload is queued as such.
         """
@@ -135,17 +195,6 @@ class Collector:
             decoded = decode_payload(profile, data, self.model)
             if not decoded.observations:
                 raise CodecError(profile, "payload carries no measurement", data)
-            reading = Reading(
-                id=uuid7(captured.wall_ns),
-                device=device,
-                patient=self.assignment.patient,
-                observations=decoded.observations,
-                captured=captured,
-                lane=lane,
-                device_time=decoded.device_time,
-                status=frozenset(decoded.status),
-                raw=(data,),
-            )
         except CodecError as exc:
             self.status.decode_errors += 1
             _LOGGER.info("%s: undecodable %s payload kept raw", self.assignment.log_id, profile)
@@ -157,9 +206,89 @@ class Collector:
                 raw=data,
                 error=str(exc),
             )
+            if lane is Lane.CONTINUOUS:
+                self._sample(uuid, captured, None, None, data, ())
+            self._queue(reading)
+            return reading
+        if lane is Lane.CONTINUOUS:
+            counter = getattr(decoded.value, "counter", None)
+            self._sample(uuid, captured, counter, decoded.observations, data, decoded.status)
+            return None
+        reading = Reading(
+            id=uuid7(captured.wall_ns),
+            device=device,
+            patient=self.assignment.patient,
+            observations=decoded.observations,
+            captured=captured,
+            lane=lane,
+            device_time=decoded.device_time,
+            status=frozenset(decoded.status),
+            raw=(data,),
+        )
+        self._queue(reading)
+        return reading
+
+    def _queue(self, reading: Reading) -> None:
         self._pending.append(reading)
         self._wake.set()
-        return reading
+
+    def _sample(
+        self,
+        uuid: str,
+        captured: CaptureTime,
+        counter: int | None,
+        observations: Sequence[Observation] | None,
+        data: bytes,
+        status: Sequence[str],
+    ) -> None:
+        """Add one frame of a continuous signal to its open chunk (closing it when due)."""
+        now = time.monotonic()
+        stream = self._streams.get(uuid)
+        if stream is not None:
+            gap = now - stream.last_arrival > _GAP_FACTOR * self.stream_interval_ms / 1000
+            jump = (
+                counter is not None
+                and stream.counter is not None
+                and counter != (stream.counter + 1) & 0xFFFF
+            )
+            if gap or jump:
+                self._close(uuid)
+                stream = None
+        if stream is None:
+            if observations is None:
+                return  # a bad frame before any good one: stored on its own, nothing to pad
+            stream = self._streams[uuid] = _Stream(captured, now, counter)
+        stream.add(observations)
+        stream.last_arrival = now
+        stream.counter = counter if counter is not None else stream.counter
+        stream.status.update(status)
+        if observations is not None:
+            stream.raw.append(data)
+        if stream.samples >= self.chunk_samples:
+            self._close(uuid)
+
+    def _close(self, uuid: str) -> None:
+        stream = self._streams.pop(uuid, None)
+        if stream is None or not stream.raw:
+            return
+        self._queue(
+            Reading(
+                id=uuid7(stream.first.wall_ns),
+                device=self.assignment.identity,
+                patient=self.assignment.patient,
+                observations=(),
+                captured=stream.first,
+                lane=Lane.CONTINUOUS,
+                status=frozenset(stream.status),
+                samples=stream.chunk(self.stream_interval_ms),
+                raw=tuple(stream.raw),
+            )
+        )
+
+    def close_streams(self) -> None:
+        """Close every open chunk (the session ends, or before a drain)."""
+        for uuid in list(self._streams):
+            self._close(uuid)
 
     @property
     def pending(self) -> int:
@@ -229,6 +358,7 @@ class Collector:
 
     async def drain(self) -> None:
         """Return once everything received so far is durable in the buffer (retrying)."""
+        self.close_streams()
         failures = FailureCounter()
         while True:
             async with self._lock:  # let an in-flight flush finish (or put its batch back)

@@ -201,6 +201,8 @@ class DeviceWorker:
             self.status,
             opts.backoff,
             model=advertisement.local_name if advertisement is not None else device.name,
+            stream_interval_ms=opts.session.stream_interval_ms,
+            chunk_samples=opts.session.chunk_samples,
         )
         flusher = asyncio.create_task(collector.run(), name=f"ble-store:{self.assignment.log_id}")
         client: BleakClient | None = None

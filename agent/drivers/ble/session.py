@@ -77,6 +77,9 @@ class SessionOptions:
         racp_timeout: how long an RACP procedure may stay silent before it is given up.
         stream_limit: end a streaming session after this long (``None``: until the device
             stops), so a stuck link cannot hold the device forever.
+        stream_interval_ms: nominal interval of continuous frames (PLX continuous, Nonin).
+        chunk_samples: samples per stored chunk of a continuous signal (60 = one minute at
+            1 Hz; at most that much is held in memory).
     """
 
     idle_timeout: float = 5.0
@@ -84,6 +87,8 @@ class SessionOptions:
     time_notify_wait: float = 2.0
     racp_timeout: float = 10.0
     stream_limit: float | None = None
+    stream_interval_ms: int = 1000
+    chunk_samples: int = 60
 
 
 @dataclass(frozen=True, slots=True)
