@@ -14,6 +14,7 @@ from agent.drivers.ble.driver import (
     DeviceWorker,
     synced_local_time,
 )
+from agent.drivers.ble.enrol import EnrolledDevice, pair_device
 from agent.drivers.ble.pairing import PairingAgent, PasskeyCallback
 from agent.drivers.ble.resilience import (
     AdapterUnavailableError,
@@ -40,6 +41,7 @@ __all__ = [
     "DeviceState",
     "DeviceStatus",
     "DeviceWorker",
+    "EnrolledDevice",
     "ErrorClass",
     "LinkLostError",
     "PairingAgent",
@@ -48,5 +50,6 @@ __all__ = [
     "SessionOptions",
     "SessionResult",
     "classify",
+    "pair_device",
     "synced_local_time",
 ]
