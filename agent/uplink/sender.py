@@ -36,7 +36,7 @@ from typing import Any, Protocol
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from agent.clock import kernel_clock_synced
-from agent.errors import ProtocolError, ReplayError, UplinkError
+from agent.errors import ProtocolError, ReplayError, StoreError, UplinkError
 from agent.model import Lane, Reading
 from agent.uplink import protocol
 from agent.uplink.link import LinkConfig, LinkState, MqttLink
@@ -195,24 +195,37 @@ class Uplink:
 
     async def _send_loop(self) -> None:
         while True:
-            await self.link.connected.wait()
-            claim = await self.buffer.claim(
-                max_readings=self.sizer.size, max_bytes=self.cfg.max_batch_bytes
+            try:
+                await self._send_next()
+            except (StoreError, OSError) as err:
+                # The buffer or the state file is in trouble: nothing was lost (claimed rows
+                # return to pending at the next open); say so and try again later.
+                _LOG.error("uplink %s: %s: %s", self.box_id, type(err).__name__, err)
+                await asyncio.sleep(self.ack_timeout.base_s)
+
+    async def _send_next(self) -> None:
+        await self.link.connected.wait()
+        claim = await self.buffer.claim(
+            max_readings=self.sizer.size, max_bytes=self.cfg.max_batch_bytes
+        )
+        if claim is None:
+            await self._idle()
+            return
+        if claim.quarantined:
+            _LOG.error(
+                "uplink %s: %d buffered rows failed authentication and were quarantined",
+                self.box_id,
+                len(claim.quarantined),
             )
-            if claim is None:
-                await self._idle()
-                continue
-            if claim.quarantined:
-                _LOG.error(
-                    "uplink %s: %d buffered rows failed authentication and were quarantined",
-                    self.box_id,
-                    len(claim.quarantined),
-                )
-            if not claim.readings:
-                await self.buffer.ack(claim.batch_id)
-                continue
+        if not claim.readings:
+            await self.buffer.ack(claim.batch_id)
+            return
+        try:
             await self._send_claim(claim)
-            await self._write_status()
+        except OSError:
+            await self.buffer.release(claim.batch_id)
+            raise
+        await self._write_status()
 
     async def _idle(self) -> None:
         self._wake.clear()
@@ -331,8 +344,11 @@ class Uplink:
     async def _purge_loop(self) -> None:
         while True:
             await asyncio.sleep(self.cfg.purge_interval_s)
-            with contextlib.suppress(Exception):
+            try:
                 n = await self.buffer.purge()
+            except (StoreError, OSError) as err:
+                _LOG.warning("uplink %s: purge failed: %s", self.box_id, err)
+            else:
                 _LOG.info("uplink %s: purged %d delivered readings", self.box_id, n)
 
     # -- inbound ------------------------------------------------------------------------
@@ -443,9 +459,12 @@ class Uplink:
 
     async def _write_status(self) -> None:
         status = await self.status()
-        await asyncio.to_thread(
-            write_status_file, self.cfg.state_dir / "uplink-status.json", status
-        )
+        try:
+            await asyncio.to_thread(
+                write_status_file, self.cfg.state_dir / "uplink-status.json", status
+            )
+        except OSError as err:
+            _LOG.warning("uplink %s: status file not written: %s", self.box_id, err)
 
     @property
     def connected(self) -> bool:

@@ -266,3 +266,34 @@ async def test_two_receivers_share_the_load_and_store_each_reading_once(
         for _, buf, task in agents:
             await _stop(task)
             await buf.close()
+
+
+async def test_no_acknowledgement_means_release_shrink_and_resend(broker, receivers, tmp_path):
+    key = Ed25519PrivateKey.generate()
+    db = tmp_path / "receiver.db"
+    enrol(db, "box-0001", key)
+    uplink, buf = await open_agent(
+        broker,
+        tmp_path / "agent",
+        "box-0001",
+        key,
+        batch_start=40,
+        ack_timeout_s=0.5,
+        ack_timeout_cap_s=1.0,
+    )
+    readings = f.mixed_readings(60)
+    await buf.append(readings)
+    task = asyncio.create_task(uplink.run())
+    try:
+        # nobody answers: batches are released (never marked delivered) and the size shrinks
+        await wait_until(lambda: uplink.sizer.size < 40, 10, "batch size shrinks")
+        stats = await buf.stats()
+        assert stats.pending + stats.claimed == len(readings)
+        assert uplink.readings_acked == 0
+        receivers(1, db=db)
+        await wait_until(lambda: uplink.readings_acked >= len(readings), 30, "all acked")
+        ids = _stored(db)
+        assert len(ids) == len(set(ids)) == len(readings)
+    finally:
+        await _stop(task)
+        await buf.close()
