@@ -152,3 +152,19 @@ async def test_beurer_cuff_quirks_and_settle_delay(bluez: MockBlueZ, store: Asyn
     assert status.readings_stored == 3
     assert status.duplicates >= 3  # the re-sent records, dropped by the buffer's natural key
     assert all(value(r, codes.BP_MEAN) is None for r in readings)  # MAP 00 00 = not measured
+
+
+async def test_and_cuff_new_measurement_later(bluez: MockBlueZ, store: AsyncBuffer) -> None:
+    cuff = AndCuff(records=RECORDS[:2])
+    bluez.adapter().add_peripheral(cuff)
+    a = assignment(DeviceFamily.AND_BPM, cuff.address, "UA-651BLE")
+    driver = BleDriver([a], store, options=fast_options())
+    status = driver.workers[0].status
+    async with running(driver) as task:
+        await eventually(lambda: status.readings_stored == 2, task=task, driver=driver)
+        await eventually(lambda: not cuff.advertising, task=task, driver=driver)  # asleep
+        cuff.add_record(RECORDS[2])  # the patient measures again; the cuff advertises
+        await eventually(lambda: status.readings_stored == 3, task=task, driver=driver)
+    readings = await stored(store)
+    assert sorted(bp_key(r) for r in readings) == expected(RECORDS[:3])
+    assert [c.member for c in bluez.calls].count("Pair") == 1

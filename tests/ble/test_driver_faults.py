@@ -218,3 +218,15 @@ async def test_unassigned_devices_are_ignored(bluez: MockBlueZ, store: AsyncBuff
     assert len(neighbour.records) == 5
     assert not driver.is_assigned(neighbour.address)
     await _exactly_all(store)
+
+
+async def test_silent_scanner_is_restarted(bluez: MockBlueZ, store: AsyncBuffer) -> None:
+    cuff = AndCuff(records=RECORDS, advertising=False)  # nothing on the air at all
+    driver = _and_driver(bluez, store, cuff, scanner_silence=0.3)
+    async with running(driver) as task:
+        await eventually(lambda: driver.adapter.scanner_restarts >= 2, task=task, driver=driver)
+        cuff.set_advertising(True)
+        status = driver.workers[0].status
+        await eventually(lambda: status.readings_stored == 5, task=task, driver=driver)
+    assert [c.member for c in bluez.calls].count("StartDiscovery") >= 3
+    assert driver.adapter.power_cycles == 0  # silence alone never power-cycles the radio
