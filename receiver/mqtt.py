@@ -31,6 +31,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.uplink import protocol
+from agent.uplink.link import TlsClient
 from receiver.core import REPLAY_WINDOW, Receiver
 from receiver.pg import PostgresStore
 from receiver.store import SqliteStore, Store
@@ -112,7 +113,7 @@ class ReceiverService:
         self.cfg = cfg
         self.receiver = receiver
         self.connected = threading.Event()
-        self.client = mqtt.Client(
+        self.client = TlsClient(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=cfg.client_id,
             protocol=mqtt.MQTTv5,

@@ -185,8 +185,8 @@ def _classify_connect_error(err: BaseException, cfg: LinkConfig) -> UplinkError:
 MessageHandler = Callable[[str, bytes], None]
 
 
-class _Client(mqtt.Client):
-    """paho's client, closing the TLS socket when the handshake fails.
+class TlsClient(mqtt.Client):
+    """paho's client, closing the TLS socket when the handshake fails (used by the receiver too).
 
     paho 2.x leaves the half-open TLS socket of a failed handshake to the garbage collector
     (a descriptor held for as long as the exception lives, and a ResourceWarning). This
@@ -246,7 +246,7 @@ class MqttLink:
     # -- paho set-up -------------------------------------------------------------------
 
     def _make_client(self) -> mqtt.Client:
-        client = _Client(
+        client = TlsClient(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=self.cfg.box_id,
             protocol=mqtt.MQTTv5,
