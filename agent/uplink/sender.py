@@ -252,6 +252,20 @@ class Uplink:
             self.sizer.too_large()
             await asyncio.sleep(self.ack_timeout.current_s)
             return
+        if len(wire) > protocol.MAX_BATCH_BYTES:
+            # The receiver would drop it unanswered: split instead of sending.
+            await self.buffer.release(claim.batch_id)
+            self.sizer.too_large()
+            if len(claim.readings) == 1:
+                _LOG.error(
+                    "uplink %s: one reading needs %d bytes, over the %d-byte envelope limit; "
+                    "it stays buffered (split such chunks in the driver)",
+                    self.box_id,
+                    len(wire),
+                    protocol.MAX_BATCH_BYTES,
+                )
+                await asyncio.sleep(self.ack_timeout.cap_s)
+            return
         loop = asyncio.get_running_loop()
         out = _Outstanding(
             claim.batch_id,
@@ -292,6 +306,7 @@ class Uplink:
             return
         # No acknowledgement: give the readings back. If the acknowledgement comes later,
         # _on_ack still marks whatever of this claim was not re-claimed meanwhile.
+        out.answer.cancel()
         await self.buffer.release(claim.batch_id)
         self.sizer.failed()
         if dropped in done:
