@@ -35,7 +35,7 @@ WAIT = 15.0  # the longest any single expectation may take
 def fast_options(**changes: Any) -> BleDriverOptions:
     """Driver options with test timings (the behaviour is the production one)."""
     session = SessionOptions(
-        idle_timeout=0.6, step_timeout=5.0, time_notify_wait=1.0, racp_timeout=3.0
+        idle_timeout=0.6, step_timeout=5.0, time_notify_wait=1.0, racp_timeout=1.5
     )
     options = BleDriverOptions(
         session=session,

@@ -14,6 +14,7 @@ from hw_mocks.bluez.payloads import BloodPressureRecord, bpm
 
 from agent.buffer import AsyncBuffer
 from agent.drivers.ble import BleDriver, DeviceFamily, DeviceState, ErrorClass
+from agent.supervisor import Supervisor
 from tests.ble.driver_support import (
     PATIENT,
     assignment,
@@ -230,3 +231,39 @@ async def test_silent_scanner_is_restarted(bluez: MockBlueZ, store: AsyncBuffer)
         await eventually(lambda: status.readings_stored == 5, task=task, driver=driver)
     assert [c.member for c in bluez.calls].count("StartDiscovery") >= 3
     assert driver.adapter.power_cycles == 0  # silence alone never power-cycles the radio
+
+
+async def test_wedged_device_is_a_gatt_failure_and_kept(
+    bluez: MockBlueZ, store: AsyncBuffer
+) -> None:
+    cuff = OmronCuff(records=RECORDS, clock=None, pairing_mode=True, idle_timeout=30)
+    cuff.faults.silent = True  # accepts the link, then never answers RACP
+    bluez.adapter().add_peripheral(cuff)
+    a = assignment(DeviceFamily.OMRON_BPM, cuff.address, "BP7000", delete_after_transfer=True)
+    driver = BleDriver([a], store, options=fast_options())
+    status = driver.workers[0].status
+    async with running(driver) as task:
+        await eventually(
+            lambda: status.last_error_class is ErrorClass.GATT, task=task, driver=driver
+        )
+        assert status.state in (DeviceState.BACKOFF, DeviceState.WAITING, DeviceState.CONNECTING)
+        cuff.faults.silent = False
+        await eventually(lambda: status.readings_stored == 5, task=task, driver=driver)
+    await _exactly_all(store)
+
+
+async def test_runs_under_the_supervisor(bluez: MockBlueZ, store: AsyncBuffer) -> None:
+    cuff = AndCuff(records=RECORDS)
+    driver = _and_driver(bluez, store, cuff)
+    supervisor = Supervisor([driver])
+    status = driver.workers[0].status
+    task = asyncio.create_task(supervisor.run())
+    try:
+        await eventually(lambda: status.readings_stored == 5, driver=driver)
+        assert supervisor.states["ble"].state == "running"
+    finally:
+        supervisor.stop()
+        async with asyncio.timeout(10):
+            await task
+    assert status.state is DeviceState.STOPPED
+    await _exactly_all(store)

@@ -49,6 +49,7 @@ from agent.drivers.ble.pairing import PairingAgent, PasskeyCallback
 from agent.drivers.ble.resilience import (
     AdapterUnavailableError,
     BackoffPolicy,
+    BleTransportError,
     ErrorClass,
     FailureCounter,
     LinkLostError,
@@ -237,6 +238,10 @@ class DeviceWorker:
             except Exception as exc:
                 if disconnected.is_set():
                     raise LinkLostError() from exc
+                if isinstance(exc, TimeoutError):
+                    raise BleTransportError(
+                        ErrorClass.GATT, "the device stopped answering a GATT step"
+                    ) from exc
                 raise
             return result.ended_by
         finally:

@@ -130,7 +130,10 @@ def classify(exc: BaseException) -> ErrorClass:
     text = _text(exc)
     if any(name in text for name in _PAIRING_ERRORS):
         return ErrorClass.PAIRING
-    if isinstance(exc, BleakBluetoothNotAvailableError):
+    if isinstance(
+        exc, BleakBluetoothNotAvailableError | ConnectionRefusedError | FileNotFoundError
+    ):
+        # no adapter, or no system bus / BlueZ to talk to at all
         return ErrorClass.ADAPTER_UNAVAILABLE
     if isinstance(exc, BleakNotFoundError | BleakDeviceNotFoundError):
         return ErrorClass.NOT_FOUND
