@@ -168,3 +168,23 @@ async def test_and_cuff_new_measurement_later(bluez: MockBlueZ, store: AsyncBuff
     readings = await stored(store)
     assert sorted(bp_key(r) for r in readings) == expected(RECORDS[:3])
     assert [c.member for c in bluez.calls].count("Pair") == 1
+
+
+async def test_omron_downloads_only_new_records(bluez: MockBlueZ, store: AsyncBuffer) -> None:
+    cuff = OmronCuff(records=RECORDS[:4], clock=None, pairing_mode=True)
+    bluez.adapter().add_peripheral(cuff)
+    a = assignment(DeviceFamily.OMRON_BPM, cuff.address, "BP7000")
+    driver = BleDriver([a], store, options=fast_options())
+    status = driver.workers[0].status
+    async with running(driver) as task:
+        await eventually(lambda: status.readings_stored == 4, task=task, driver=driver)
+        await eventually(lambda: status.transfers >= 2, task=task, driver=driver)
+        cuff.add_record(RECORDS[4])  # advertised as sequence number 5
+        await eventually(lambda: status.readings_stored == 5, task=task, driver=driver)
+    readings = await stored(store)
+    assert sorted(bp_key(r) for r in readings) == expected(RECORDS)
+    requests = [e.data for e in cuff.events_of("write", RACP)]
+    assert requests[0] == bytes([0x01, 0x01])  # all, the first time
+    assert bytes([0x01, 0x03, 0x01, 0x05, 0x00]) in requests  # then >= 5 only
+    assert requests.count(bytes([0x01, 0x01])) == 1
+    assert status.duplicates == 0  # nothing was sent twice

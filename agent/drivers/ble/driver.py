@@ -136,6 +136,8 @@ class DeviceWorker:
         self._device: BLEDevice | None = None
         self._advertisement: AdvertisementData | None = None
         self._advertised = asyncio.Event()
+        self.downloaded_sequence: int | None = None
+        """Newest record sequence number downloaded completely (Omron; this run only)."""
 
     def advertised(self, device: BLEDevice, advertisement: AdvertisementData) -> None:
         """The scanner saw this device (called on the event loop)."""
@@ -230,6 +232,7 @@ class DeviceWorker:
                 opts.session,
                 advertised_name=collector.model,
                 omron_sequence=omron_sequence(advertisement),
+                downloaded_sequence=self.downloaded_sequence,
             )
             try:
                 result = await run_family(link, opts.device_time)
@@ -243,6 +246,8 @@ class DeviceWorker:
                         ErrorClass.GATT, "the device stopped answering a GATT step"
                     ) from exc
                 raise
+            if result.records_complete:
+                self.downloaded_sequence = link.downloaded_sequence
             return result.ended_by
         finally:
             await self._finish(collector, flusher, client)

@@ -115,6 +115,7 @@ class Link:
         *,
         advertised_name: str | None = None,
         omron_sequence: int | None = None,
+        downloaded_sequence: int | None = None,
     ) -> None:
         self.client = client
         self.assignment = assignment
@@ -123,6 +124,8 @@ class Link:
         self.options = options
         self.advertised_name = advertised_name
         self.omron_sequence = omron_sequence
+        self.downloaded_sequence = downloaded_sequence
+        """Newest sequence number a complete download got (updated by the download)."""
         self.time_set = False
 
     def has(self, uuid: str) -> bool:
@@ -298,13 +301,46 @@ class _Racp:
                 return response
 
 
+_FILTER_REFUSED: Final = frozenset(
+    {
+        RacpResponseValue.OP_CODE_NOT_SUPPORTED,
+        RacpResponseValue.INVALID_OPERATOR,
+        RacpResponseValue.OPERATOR_NOT_SUPPORTED,
+        RacpResponseValue.INVALID_OPERAND,
+        RacpResponseValue.OPERAND_NOT_SUPPORTED,
+    }
+)
+
+
+def _first_new(link: Link) -> int | None:
+    """The first sequence number not yet downloaded, when the device lets us know it."""
+    latest, done = link.omron_sequence, link.downloaded_sequence
+    if latest is None or done is None or done > latest:
+        return None  # unknown, or the device's counter restarted (battery change, reset)
+    return done + 1
+
+
 async def _download(link: Link, delete_after: bool) -> bool:
-    """Download stored records through RACP; True when the device reported completion."""
+    """Download stored records through RACP; True when the device reported completion.
+
+    When the device advertises the sequence number of its newest record (Omron) and an
+    earlier download in this run got everything up to a known number, only newer records are
+    asked for (``>= n``); a device that refuses the filter is asked for all of them.
+    """
     if not link.has(uuids.RECORD_ACCESS_CONTROL_POINT):
         return False
     racp = _Racp(link)
     await racp.start()
-    response = await racp.request(RacpRequest.report_all())
+    first = _first_new(link)
+    if first is not None and link.omron_sequence is not None and first > link.omron_sequence:
+        return True  # nothing new since the last complete download
+    response = None
+    if first is not None:
+        response = await racp.request(RacpRequest.report_from_sequence(first))
+        if response.outcome in _FILTER_REFUSED:
+            response = None
+    if response is None:
+        response = await racp.request(RacpRequest.report_all())
     outcome = response.outcome
     if outcome not in (RacpResponseValue.SUCCESS, RacpResponseValue.NO_RECORDS_FOUND):
         raise BleTransportError(ErrorClass.GATT, f"RACP report failed: {response.outcome_name}")
@@ -326,6 +362,8 @@ async def _download(link: Link, delete_after: bool) -> bool:
             link.assignment.log_id,
             deleted.outcome_name,
         )
+    if link.omron_sequence is not None:
+        link.downloaded_sequence = link.omron_sequence
     return True
 
 
