@@ -325,6 +325,12 @@ class MqttLink:
             self._dropped.set_result(why)
 
     def _on_puback(self, mid: int, reason: ReasonCode) -> None:
+        if reason.is_failure:
+            _LOG.warning(
+                "uplink %s: the broker refused a publish: %s (check the broker ACL)",
+                self.cfg.box_id,
+                reason.getName(),
+            )
         fut = self._pubacks.pop(mid, None)
         if fut is not None and not fut.done():
             fut.set_result(reason)
