@@ -17,6 +17,7 @@ from agent.drivers.ble import BleDriver, DeviceFamily, DeviceState, ErrorClass
 from agent.supervisor import Supervisor
 from tests.ble.driver_support import (
     PATIENT,
+    WAIT,
     assignment,
     bp_key,
     eventually,
@@ -52,7 +53,8 @@ async def test_link_dropped_mid_transfer_and_cuff(bluez: MockBlueZ, store: Async
     driver = _and_driver(bluez, store, cuff)
     status = driver.workers[0].status
     async with running(driver) as task:
-        await eventually(lambda: status.readings_stored == 2, task=task, driver=driver)
+        await cuff.wait_for("disconnect", seconds=WAIT)
+        assert cuff.events_of("disconnect")[0].detail == "fault: drop link mid-transfer"
         assert len(cuff.records) == 5  # the cuff keeps records of an incomplete transfer
         cuff.faults.drop_link_after = None
         await eventually(lambda: cuff.records == [], task=task, driver=driver)
