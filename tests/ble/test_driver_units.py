@@ -203,3 +203,19 @@ async def test_continuous_frames_become_chunks_split_at_counter_gaps() -> None:
     assert all(r.lane is Lane.CONTINUOUS and r.patient == PATIENT for r in chunks)
     assert chunks[0].raw == tuple(frames[:3])
     assert c.status.duplicates == 1
+
+
+async def test_a_codec_bug_is_kept_as_undecodable(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(profile: str, data: bytes, model: str | None = None) -> object:
+        raise ValueError("observation values are finite: 1e999")
+
+    monkeypatch.setattr("agent.drivers.ble.collector.decode_payload", broken)
+    sink = Sink()
+    c = _collector(sink)
+    payload = bpm(BloodPressureRecord(120, 80))
+    c.feed(uuids.BLOOD_PRESSURE_MEASUREMENT, payload)
+    await c.drain()
+    (reading,) = sink.readings
+    assert reading.raw == (payload,)
+    assert reading.decode_error == "ble.bpm: decoded values unusable (ValueError)"
+    assert c.status.decode_errors == 1

@@ -195,7 +195,14 @@ class Collector:
             decoded = decode_payload(profile, data, self.model)
             if not decoded.observations:
                 raise CodecError(profile, "payload carries no measurement", data)
-        except CodecError as exc:
+        except Exception as exc:  # noqa: BLE001 - bad input never stops the driver
+            # CodecError messages name the profile and the problem, never a value; anything
+            # else is a codec bug and is described by its type only
+            error = (
+                str(exc)
+                if isinstance(exc, CodecError)
+                else f"{profile}: decoded values unusable ({type(exc).__name__})"
+            )
             self.status.decode_errors += 1
             _LOGGER.info("%s: undecodable %s payload kept raw", self.assignment.log_id, profile)
             reading = Reading.undecodable(
@@ -204,7 +211,7 @@ class Collector:
                 patient=self.assignment.patient,
                 captured=captured,
                 raw=data,
-                error=str(exc),
+                error=error,
             )
             if lane is Lane.CONTINUOUS:
                 self._sample(uuid, captured, None, None, data, ())

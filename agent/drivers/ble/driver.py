@@ -255,23 +255,29 @@ class DeviceWorker:
     async def _finish(
         self, collector: Collector, flusher: asyncio.Task[None], client: BleakClient | None
     ) -> None:
-        """Store what arrived (even when cancelled) and hang up."""
+        """Hang up, then make everything that arrived durable (even when cancelled).
+
+        The link is released first: a buffer that is slow or failing must not keep the
+        device connected (and its radio busy); what was received stays queued until stored.
+        """
         try:
-            await collector.drain()
-        except asyncio.CancelledError:
-            # shutting down: give the readings already received one bounded chance
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(_CLEANUP_TIMEOUT):
-                    await collector.drain()
-            raise
-        finally:
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
             if client is not None:
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(_CLEANUP_TIMEOUT):
                         await client.disconnect()
+        finally:
+            try:
+                await collector.drain()
+            except asyncio.CancelledError:
+                # shutting down: give the readings already received one bounded chance
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(_CLEANUP_TIMEOUT):
+                        await collector.drain()
+                raise
+            finally:
+                flusher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await flusher
 
 
 @dataclass

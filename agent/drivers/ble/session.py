@@ -142,10 +142,17 @@ class Link:
 
         def on_value(_: BleakGATTCharacteristic, data: bytearray) -> None:
             self.collector.touch()
-            if handler is not None:
-                handler(bytes(data))
-            else:
-                self.collector.feed(uuid, bytes(data))
+            try:
+                if handler is not None:
+                    handler(bytes(data))
+                else:
+                    self.collector.feed(uuid, bytes(data))
+            except Exception as exc:  # noqa: BLE001 - never raise into bleak's D-Bus handler
+                _LOGGER.error(
+                    "%s: notification handler failed (%s)",
+                    self.assignment.log_id,
+                    type(exc).__name__,
+                )
 
         async with asyncio.timeout(self.options.step_timeout):
             await self.client.start_notify(uuid, on_value, bluez={"use_start_notify": True})
