@@ -126,7 +126,8 @@ def test_backoff_grows_per_class_and_is_capped() -> None:
     policy = BackoffPolicy(cap=10.0)
     assert 0.25 <= policy.delay(ErrorClass.LINK_LOST, 1) <= 0.5
     assert 1.0 <= policy.delay(ErrorClass.LINK_LOST, 3) <= 2.0
-    assert 5.0 <= policy.delay(ErrorClass.PAIRING, 5) <= 10.0
+    assert 5.0 <= policy.delay(ErrorClass.GATT, 5) <= 10.0
+    assert 60.0 <= BackoffPolicy().delay(ErrorClass.PAIRING, 9) <= 120.0
     assert policy.delay(ErrorClass.GATT, 1) >= 2.5
 
 

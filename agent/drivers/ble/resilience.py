@@ -19,8 +19,10 @@ store                  the buffer refused or failed to store                    
 unexpected             anything else (a bug): logged with its type                  10 s
 =====================  ===========================================================  =========
 
-Waits double per consecutive failure of the same class up to ``cap`` with "equal jitter"
-(half fixed, half random), so a box never hammers a device or the radio.
+Waits double per consecutive failure of the same class, up to 15 minutes (2 minutes for
+``pairing``: pairing mode lasts minutes; 30 s for ``adapter-unavailable``: checking is one D-Bus
+call), with "equal jitter" (half fixed, half random), so a box never hammers a device or the
+radio.
 """
 
 from __future__ import annotations
@@ -165,21 +167,32 @@ _DEFAULT_BASE: Final[dict[ErrorClass, float]] = {
 }
 
 
+_DEFAULT_CAPS: Final[dict[ErrorClass, float]] = {
+    # a technician may be standing next to the device in pairing mode (which lasts minutes)
+    ErrorClass.PAIRING: 120.0,
+    # checking whether the adapter is back is one D-Bus call
+    ErrorClass.ADAPTER_UNAVAILABLE: 30.0,
+}
+
+
 @dataclass(frozen=True, slots=True)
 class BackoffPolicy:
-    """Per-class waits: ``base[class] * 2**(n-1)`` capped at ``cap``, with equal jitter.
+    """Per-class waits: ``base[class] * 2**(n-1)``, capped per class (default ``cap``), with
+    equal jitter.
 
     ``scale`` multiplies every wait (tests use a small one; production keeps 1).
     """
 
     base: dict[ErrorClass, float] = field(default_factory=lambda: dict(_DEFAULT_BASE))
+    caps: dict[ErrorClass, float] = field(default_factory=lambda: dict(_DEFAULT_CAPS))
     cap: float = 900.0
     scale: float = 1.0
 
     def delay(self, error_class: ErrorClass, consecutive: int) -> float:
         """Seconds to wait after the ``consecutive``-th failure in a row of this class."""
         n = max(1, consecutive)
-        full = min(self.cap, self.base.get(error_class, 10.0) * 2.0 ** min(n - 1, 20)) * self.scale
+        cap = self.caps.get(error_class, self.cap)
+        full = min(cap, self.base.get(error_class, 10.0) * 2.0 ** min(n - 1, 20)) * self.scale
         return full / 2 + random.uniform(0, full / 2)
 
 
