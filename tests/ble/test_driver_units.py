@@ -220,3 +220,25 @@ async def test_a_codec_bug_is_kept_as_undecodable(monkeypatch: pytest.MonkeyPatc
     assert reading.raw == (payload,)
     assert reading.decode_error == "ble.bpm: decoded values unusable (ValueError)"
     assert c.status.decode_errors == 1
+
+
+def test_assignment_config_round_trip() -> None:
+    a = DeviceAssignment(
+        DeviceFamily.OMRON_BPM,
+        PATIENT,
+        address=ADDRESS,
+        model="BP7000",
+        serial="S-1",
+        delete_after_transfer=True,
+    )
+    table = a.to_config()
+    assert table["family"] == "omron-bpm"
+    assert "name" not in table
+    assert DeviceAssignment.from_config(table) == a
+    with pytest.raises(ValueError, match="family must be one of"):
+        DeviceAssignment.from_config({**table, "family": "toaster"})
+    with pytest.raises(ValueError, match="unknown device assignment keys"):
+        DeviceAssignment.from_config({**table, "colour": "red"})
+    with pytest.raises(ValueError, match="bond must be true or false") as excinfo:
+        DeviceAssignment.from_config({**table, "bond": "yes"})
+    assert PATIENT not in str(excinfo.value)

@@ -9,9 +9,10 @@ they are kept out of ``repr`` and out of logs (use :attr:`DeviceAssignment.log_i
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
-from typing import Final
+from typing import Any, Final
 
 from agent.model import DeviceIdentity, DeviceKind, Transport
 
@@ -107,3 +108,39 @@ class DeviceAssignment:
     def log_id(self) -> str:
         """A short id safe for logs and status (see :attr:`DeviceIdentity.log_id`)."""
         return self.identity.log_id
+
+    def to_config(self) -> dict[str, Any]:
+        """The assignment as a plain table (for the agent's ``[devices]`` configuration)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None or value == "":
+                continue
+            out[f.name] = str(value) if isinstance(value, DeviceFamily) else value
+        return out
+
+    @classmethod
+    def from_config(cls, table: Mapping[str, Any]) -> DeviceAssignment:
+        """Build an assignment from :meth:`to_config` output (e.g. a TOML table).
+
+        Raises:
+            ValueError: an unknown key, an unknown family, or a failed validation; the
+                message names the key, never the value of a patient-linked field.
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(table) - known)
+        if unknown:
+            raise ValueError(f"unknown device assignment keys: {unknown}")
+        data = dict(table)
+        try:
+            data["family"] = DeviceFamily(data.get("family", ""))
+        except ValueError:
+            families = ", ".join(f.value for f in DeviceFamily)
+            raise ValueError(f"device family must be one of {families}") from None
+        for key in ("bond", "delete_after_transfer"):
+            if key in data and not isinstance(data[key], bool):
+                raise ValueError(f"{key} must be true or false")
+        for key in ("patient", "address", "name", "model", "manufacturer", "serial"):
+            if key in data and not isinstance(data[key], str):
+                raise ValueError(f"{key} must be a string")
+        return cls(**data)
