@@ -188,3 +188,32 @@ async def test_omron_downloads_only_new_records(bluez: MockBlueZ, store: AsyncBu
     assert bytes([0x01, 0x03, 0x01, 0x05, 0x00]) in requests  # then >= 5 only
     assert requests.count(bytes([0x01, 0x01])) == 1
     assert status.duplicates == 0  # nothing was sent twice
+
+
+async def test_several_devices_at_once(bluez: MockBlueZ, store: AsyncBuffer) -> None:
+    nonin = NoninOximeter(samples=[(97, 64)] * 8, interval=0.05, repeat=True)
+    cuff = AndCuff(records=RECORDS)
+    omron = OmronCuff("28:FF:B2:A8:3A:77", records=RECORDS[:2], clock=None, pairing_mode=True)
+    for p in (nonin, cuff, omron):
+        bluez.adapter().add_peripheral(p)
+    driver = BleDriver(
+        [
+            assignment(DeviceFamily.NONIN, nonin.address, "3230"),
+            assignment(DeviceFamily.AND_BPM, cuff.address, "UA-651BLE"),
+            assignment(DeviceFamily.OMRON_BPM, omron.address, "BP7000"),
+        ],
+        store,
+        options=fast_options(),
+    )
+    oxi, bp, om = (w.status for w in driver.workers)
+    async with running(driver) as task:
+        await eventually(
+            lambda: bp.readings_stored == 5 and om.readings_stored == 2 and nonin.connected,
+            task=task,
+            driver=driver,
+        )
+    readings = await stored(store)
+    cuffs = [r for r in readings if r.lane is Lane.SPOT]
+    assert sorted(bp_key(r) for r in cuffs) == sorted(expected(RECORDS) + expected(RECORDS[:2]))
+    assert len({r.device.serial for r in cuffs}) == 2
+    assert oxi.connections >= 1
