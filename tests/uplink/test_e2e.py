@@ -297,3 +297,50 @@ async def test_no_acknowledgement_means_release_shrink_and_resend(broker, receiv
     finally:
         await _stop(task)
         await buf.close()
+
+
+async def test_flapping_link_shrinks_batches_and_still_delivers_once(broker, receivers, tmp_path):
+    from dataclasses import replace
+
+    from tests.uplink.conftest import FlakyProxy
+
+    key = Ed25519PrivateKey.generate()
+    db = tmp_path / "receiver.db"
+    enrol(db, "box-0001", key)
+    receivers(1, db=db)
+    proxy = FlakyProxy(broker.port)
+    await proxy.start()
+    link = replace(broker.link_config("box-0001"), port=proxy.port)
+    uplink, buf = await open_agent(
+        broker,
+        tmp_path / "agent",
+        "box-0001",
+        key,
+        link=link,
+        batch_start=50,
+        batch_max=200,
+        ack_timeout_s=1.0,
+        ack_timeout_cap_s=2.0,
+    )
+    readings = f.mixed_readings(300)
+    await buf.append(readings)
+    task = asyncio.create_task(uplink.run())
+    smallest = uplink.sizer.size
+    try:
+        deadline = asyncio.get_running_loop().time() + 60
+        while uplink.readings_acked < len(readings):
+            assert asyncio.get_running_loop().time() < deadline, "not delivered in time"
+            if proxy.cuts < 6:
+                await asyncio.sleep(0.15)
+                proxy.cut()
+            else:
+                await asyncio.sleep(0.1)
+            smallest = min(smallest, uplink.sizer.size)
+        ids = _stored(db)
+        assert len(ids) == len(set(ids)) == len(readings)
+        assert smallest < 50  # the flapping link made batches small
+        assert uplink.link.connects >= 2
+    finally:
+        await _stop(task)
+        await buf.close()
+        await proxy.close()
