@@ -120,6 +120,9 @@ class Observation:
         return cls(code.mdc, code.loinc, None, unit, why)
 
 
+SAMPLE_LIMIT = 2**62
+
+
 @dataclass(frozen=True, slots=True)
 class Channel:
     """One sampled signal in a chunk: values are integer mantissas times ``10**exponent``.
@@ -134,6 +137,13 @@ class Channel:
     exponent: int
     values: tuple[int | None, ...]
     stat: str | None = None
+
+    def __post_init__(self) -> None:
+        for v in self.values:
+            # Device samples are small integers; the bound keeps every codec (and the delta
+            # of two samples) inside 64 bits.
+            if v is not None and not -SAMPLE_LIMIT < v < SAMPLE_LIMIT:
+                raise ValueError("a sample value is outside the supported range (|v| < 2**62)")
 
     def decimal(self, i: int) -> Decimal | None:
         """Sample ``i`` as an exact decimal."""

@@ -63,9 +63,7 @@ def _wire_per_reading(batches: Sequence[Sequence[Reading]], key: Ed25519PrivateK
     total = 0
     count = 0
     for seq, batch in enumerate(batches, 1):
-        _, wire = protocol.seal_batch(
-            BOX, seq, batch, key, created_ms=1_790_000_000_000, raw_lanes=protocol.DEFAULT_RAW_LANES
-        )
+        _, wire = protocol.seal_batch(BOX, seq, batch, key, created_ms=1_790_000_000_000)
         total += mqtt_publish_bytes(protocol.batch_topic(BOX), len(wire))
         count += len(batch)
     return total / count

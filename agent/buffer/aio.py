@@ -77,6 +77,10 @@ class AsyncBuffer:
         """See :meth:`Buffer.ack_ids`."""
         return await self._run(self._buffer.ack_ids, list(ids))
 
+    async def quarantine_batch(self, batch_id: int, reason: str) -> int:
+        """See :meth:`Buffer.quarantine_batch`."""
+        return await self._run(self._buffer.quarantine_batch, batch_id, reason)
+
     async def release(self, batch_id: int) -> int:
         """See :meth:`Buffer.release`."""
         return await self._run(self._buffer.release, batch_id)

@@ -705,6 +705,30 @@ class Buffer:
         seqs = {s for s, _ in rows}
         self._inflight = {k: v for k, v in self._inflight.items() if v not in seqs}
 
+    def quarantine_batch(self, batch_id: int, reason: str) -> int:
+        """Move a claimed batch that can never be delivered to the quarantine.
+
+        For the uplink's last resort: a reading the wire format or the service refuses even
+        alone would otherwise sit at the head of its lane forever and block everything behind
+        it. The rows are kept (encrypted, with ``reason``) for a technician, never deleted.
+        """
+        return self._maintenance(lambda: self._quarantine_batch(batch_id, reason))
+
+    def _quarantine_batch(self, batch_id: int, reason: str) -> int:
+        with self._tx():
+            rows = self._conn.execute(
+                "SELECT seq, lane, key_id, blob FROM readings WHERE batch = ? AND state = 1",
+                (batch_id,),
+            ).fetchall()
+            for seq, lane, key_id, blob in rows:
+                self._quarantine("readings", seq, lane, key_id, reason, blob)
+        self._counts.claimed -= len(rows)
+        seqs = {r[0] for r in rows}
+        self._inflight = {k: v for k, v in self._inflight.items() if v not in seqs}
+        if rows:
+            _LOGGER.error("%d undeliverable readings quarantined: %s", len(rows), reason)
+        return len(rows)
+
     def release(self, batch_id: int) -> int:
         """Give a batch back to pending (its acknowledgement did not come in time)."""
         return self._maintenance(lambda: self._release(batch_id))

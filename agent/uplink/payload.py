@@ -50,13 +50,26 @@ _K = TypeVar("_K")
 _T = TypeVar("_T")
 
 
-def _mantissa(value: Decimal) -> tuple[int, int]:
+def _mantissa(value: Decimal) -> tuple[int | str, int]:
+    """``(mantissa, exponent)``; beyond 64 bits (or -0) the exact decimal text and 0."""
     sign, digits, exponent = value.as_tuple()
     assert isinstance(exponent, int)  # finite, checked by Observation
     m = int("".join(map(str, digits)) or "0")
-    if abs(m) > _MAX_INT:
-        raise ValueError("decimal mantissa does not fit 64 bits")
+    if m > _MAX_INT or (sign and not m):
+        return str(value), 0
     return (-m if sign else m), exponent
+
+
+def _decimal_in(mantissa: object, exponent: object) -> Decimal:
+    if isinstance(mantissa, str):
+        try:
+            d = Decimal(mantissa)
+        except ArithmeticError as err:
+            raise MalformedMessageError("value text is not a decimal") from err
+        if not d.is_finite() or _int(exponent, "exponent") != 0:
+            raise MalformedMessageError("value text is not a finite decimal")
+        return d
+    return Decimal(_int(mantissa, "mantissa")).scaleb(_int(exponent, "exponent"))
 
 
 def _loinc_out(mdc: int, loinc: str | None) -> str | int | None:
@@ -169,18 +182,16 @@ class _Tables:
         return self._index(self.boots, b)
 
 
-def encode_readings(
-    readings: Sequence[Reading], *, raw_lanes: frozenset[Lane] = frozenset(Lane)
-) -> bytes:
-    """Encode readings as the uncompressed v1 payload (msgpack).
+def encode_readings(readings: Sequence[Reading]) -> bytes:
+    """Encode readings, in the order their ids appear in the envelope, as the uncompressed v1
+    payload (msgpack). Raw device frames always travel with their reading, for audit: the box
+    deletes its copy once the service acknowledges.
 
-    Args:
-        readings: the readings, in the order their ids appear in the envelope.
-        raw_lanes: lanes whose raw device frames are sent too. The sender sends them for
-            alarms and spot readings only; other frames stay in the box's buffer for audit.
+    Every valid :class:`Reading` can be encoded: decimals beyond 64-bit mantissas travel as
+    exact text, sample values are bounded by the model.
 
     Raises:
-        ValueError: a value that the format cannot carry (a mantissa beyond 64 bits).
+        ValueError: only on a bug (a reading the model should not have allowed).
     """
     tables = _Tables()
     rows: list[list[Any]] = []
@@ -197,6 +208,7 @@ def encode_readings(
             prev_dev_us = us
         obs = []
         for o in r.observations:
+            m: int | str
             if o.value is None:
                 m, e = 0, 0
             else:
@@ -240,7 +252,8 @@ def encode_readings(
                 sorted(r.status),
                 obs,
                 samples,
-                list(r.raw) if r.lane in raw_lanes else [],
+                list(r.raw),
+                r.decode_error,
             ]
         )
         prev_wall = c.wall_ns
@@ -325,8 +338,8 @@ def decode_readings(data: bytes, ids: Sequence[uuid.UUID]) -> tuple[Reading, ...
     out: list[Reading] = []
     wall = mono = dev_us = 0
     for rid, row in zip(ids, rows, strict=True):
-        dev, pat, lane, dwall, boot, dmono, synced, dtime, status, obs, samples, raw = _list(
-            row, "row", 12
+        dev, pat, lane, dwall, boot, dmono, synced, dtime, status, obs, samples, raw, derr = _list(
+            row, "row", 13
         )
         wall += _int(dwall, "wall time")
         mono += _int(dmono, "boot time")
@@ -341,9 +354,7 @@ def decode_readings(data: bytes, ids: Sequence[uuid.UUID]) -> tuple[Reading, ...
                 Observation(
                     _int(o[0], "mdc"),
                     _loinc_in(o[0], o[1]),
-                    None
-                    if o[5] is not None
-                    else Decimal(_int(o[2], "mantissa")).scaleb(_int(o[3], "exponent")),
+                    None if o[5] is not None else _decimal_in(o[2], o[3]),
                     _unit_in(o[4]),
                     None if o[5] is None else Absent(o[5]),
                 )
@@ -381,6 +392,7 @@ def decode_readings(data: bytes, ids: Sequence[uuid.UUID]) -> tuple[Reading, ...
                     status=frozenset(_str(s, "status") for s in _list(status, "status")),
                     samples=chunk,
                     raw=raw_frames,
+                    decode_error=None if derr is None else _str(derr, "decode error"),
                 )
             )
         except MalformedMessageError:

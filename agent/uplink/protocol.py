@@ -34,7 +34,7 @@ from agent.errors import (
     SignatureError,
     UnsupportedVersionError,
 )
-from agent.model import Lane, Reading
+from agent.model import Reading
 from agent.uplink.payload import decode_readings, encode_readings
 
 VERSION: Final = 1
@@ -59,8 +59,6 @@ _CMD: Final = "dho.cmd"
 
 FLAG_RAW: Final = 1
 """Envelope flag: raw device frames are included for some readings of the payload."""
-DEFAULT_RAW_LANES: Final = frozenset({Lane.ALARM, Lane.SPOT})
-"""Lanes whose raw frames the agent sends (continuous and bulk frames stay on the box)."""
 
 
 # --- topics (section 3) -------------------------------------------------------------------
@@ -235,7 +233,6 @@ def seal_batch(
     *,
     created_ms: int,
     batch_id: uuid.UUID | None = None,
-    raw_lanes: frozenset[Lane] = frozenset(Lane),
     level: int = ZSTD_LEVEL,
 ) -> tuple[BatchEnvelope, bytes]:
     """Encode, compress and sign a batch. Returns the envelope and its wire bytes.
@@ -245,7 +242,7 @@ def seal_batch(
     """
     if not readings:
         raise ValueError("a batch carries at least one reading")
-    raw_payload = encode_readings(readings, raw_lanes=raw_lanes)
+    raw_payload = encode_readings(readings)
     payload = zstandard.ZstdCompressor(level=level).compress(raw_payload)
     env = BatchEnvelope(
         box_id=_check_box_id(box_id),
@@ -253,7 +250,7 @@ def seal_batch(
         seq=seq,
         created_ms=created_ms,
         reading_ids=tuple(r.id for r in readings),
-        flags=FLAG_RAW if any(r.raw and r.lane in raw_lanes for r in readings) else 0,
+        flags=FLAG_RAW if any(r.raw for r in readings) else 0,
         payload=payload,
     )
     body = [

@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from agent.clock import kernel_clock_synced
 from agent.errors import ProtocolError, ReplayError, StoreError, UplinkError
-from agent.model import Lane, Reading
+from agent.model import Reading
 from agent.uplink import protocol
 from agent.uplink.link import LinkConfig, LinkState, MqttLink
 from agent.uplink.policy import AckTimeout, Backoff, BatchSizer
@@ -72,6 +72,7 @@ class BufferLike(Protocol):
     async def claim(self, max_readings: int = 500, max_bytes: int | None = None) -> Any: ...
     async def ack(self, batch_id: int) -> int: ...
     async def release(self, batch_id: int) -> int: ...
+    async def quarantine_batch(self, batch_id: int, reason: str) -> int: ...
     async def purge(self) -> int: ...
     async def stats(self) -> Any: ...
 
@@ -104,7 +105,6 @@ class UplinkConfig:
     ack_timeout_cap_s: float = 300.0
     idle_poll_s: float = 5.0
     purge_interval_s: float = 600.0
-    raw_lanes: frozenset[Lane] = protocol.DEFAULT_RAW_LANES
     backoff_base_s: float = 1.0
     backoff_cap_s: float = 300.0
 
@@ -227,6 +227,19 @@ class Uplink:
             raise
         await self._write_status()
 
+    async def _unsendable(self, claim: ClaimLike, why: str) -> None:
+        """Shrink the batch; a single reading that still cannot go is quarantined (kept)."""
+        if len(claim.readings) > 1:
+            await self.buffer.release(claim.batch_id)
+            self.sizer.too_large()
+            return
+        _LOG.error(
+            "uplink %s: one reading %s; moved to the buffer's quarantine so the queue moves",
+            self.box_id,
+            why,
+        )
+        await self.buffer.quarantine_batch(claim.batch_id, f"uplink: reading {why}")
+
     async def _idle(self) -> None:
         self._wake.clear()
         with contextlib.suppress(TimeoutError):
@@ -243,28 +256,18 @@ class Uplink:
                 claim.readings,
                 self.cfg.signing_key,
                 created_ms=created_ms,
-                raw_lanes=self.cfg.raw_lanes,
             )
         except ValueError as err:
-            # A reading the wire format cannot carry: keep it (never lose data), say so.
+            # Only a bug gets here (every valid reading encodes). Narrow it down to the one
+            # reading, then set that aside so it cannot block its lane.
             _LOG.error("uplink %s: batch cannot be encoded: %s", self.box_id, err)
-            await self.buffer.release(claim.batch_id)
-            self.sizer.too_large()
-            await asyncio.sleep(self.ack_timeout.current_s)
+            await self._unsendable(claim, f"cannot be encoded: {err}")
             return
         if len(wire) > protocol.MAX_BATCH_BYTES:
             # The receiver would drop it unanswered: split instead of sending.
-            await self.buffer.release(claim.batch_id)
-            self.sizer.too_large()
-            if len(claim.readings) == 1:
-                _LOG.error(
-                    "uplink %s: one reading needs %d bytes, over the %d-byte envelope limit; "
-                    "it stays buffered (split such chunks in the driver)",
-                    self.box_id,
-                    len(wire),
-                    protocol.MAX_BATCH_BYTES,
-                )
-                await asyncio.sleep(self.ack_timeout.cap_s)
+            await self._unsendable(
+                claim, f"needs {len(wire)} bytes, over the {protocol.MAX_BATCH_BYTES}-byte limit"
+            )
             return
         loop = asyncio.get_running_loop()
         out = _Outstanding(

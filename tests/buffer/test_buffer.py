@@ -166,3 +166,18 @@ async def test_async_buffer_runs_off_the_loop(
         assert (await ab.stats()).pending == 0
     finally:
         await ab.close()
+
+
+def test_an_undeliverable_batch_goes_to_quarantine_not_away(
+    buf: Buffer, factory: ReadingFactory
+) -> None:
+    buf.append([factory.bp() for _ in range(3)])
+    stuck = buf.claim(1)
+    assert stuck is not None
+    assert buf.quarantine_batch(stuck.batch_id, "refused by the service") == 1
+    s = buf.stats()
+    assert (s.pending, s.claimed, s.quarantined) == (2, 0, 1)
+    assert "rows.quarantined" in s.alarms
+    rest = buf.claim(10)
+    assert rest is not None
+    assert stuck.readings[0].id not in {r.id for r in rest.readings}

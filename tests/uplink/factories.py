@@ -9,8 +9,10 @@ from decimal import Decimal
 
 from agent import codes
 from agent.clock import CaptureTime
+from agent.drivers.ieee11073 import sfloat_bytes
 from agent.ids import uuid7
 from agent.model import (
+    Absent,
     Channel,
     DeviceIdentity,
     DeviceKind,
@@ -109,6 +111,13 @@ def continuous_reading(
             p = min(110, max(45, p + rng.choice((-1, 1))))
         spo2.append(None if r > 0.998 else s)
         pulse.append(None if r > 0.998 else p)
+    # The raw notifications as a PLX Continuous Measurement (0x2A5F) would carry them: flags 0,
+    # SpO2 and pulse rate as SFLOAT, NaN for a missing sample. They travel for audit.
+    nan = Absent.NAN
+    raw = tuple(
+        b"\x00" + sfloat_bytes(nan if sv is None else sv) + sfloat_bytes(nan if pv is None else pv)
+        for sv, pv in zip(spo2, pulse, strict=True)
+    )
     return Reading(
         id=uuid7(wall),
         device=OXIMETER,
@@ -125,6 +134,7 @@ def continuous_reading(
                 ),
             ),
         ),
+        raw=raw,
     )
 
 

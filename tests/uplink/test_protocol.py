@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -22,6 +23,7 @@ from agent.errors import (
     SignatureError,
     UnsupportedVersionError,
 )
+from agent.ids import uuid7
 from agent.model import Absent, Observation, Reading
 from agent.uplink import protocol as p
 from agent.uplink.payload import decode_readings, encode_readings
@@ -39,13 +41,37 @@ def test_payload_round_trip_is_exact():
     assert [r.natural_key for r in back] == [r.natural_key for r in readings]
 
 
-def test_payload_without_raw_drops_only_raw():
-    readings = f.mixed_readings(4)
-    back = decode_readings(
-        encode_readings(readings, raw_lanes=frozenset()), [r.id for r in readings]
+def test_raw_frames_of_every_lane_travel():
+    readings = [*f.mixed_readings(4), f.continuous_reading(0)]
+    back = decode_readings(encode_readings(readings), [r.id for r in readings])
+    assert [r.raw for r in back] == [r.raw for r in readings]
+    assert any(r.raw for r in readings if r.samples is not None)
+
+
+def test_undecodable_payloads_and_huge_decimals_travel_exactly():
+    r = f.spo2_reading(1)
+    broken = Reading.undecodable(
+        id=uuid7(),
+        device=r.device,
+        patient=r.patient,
+        captured=r.captured,
+        raw=b"\x1e\x00",
+        error="ble.bpm: payload is 2 bytes, but flags 0x1e require 19",
     )
-    assert [r.raw for r in back] == [()] * 4
-    assert [r.observations for r in back] == [r.observations for r in readings]
+    huge = replace(
+        r,
+        id=uuid7(),
+        observations=(
+            replace(r.observations[0], value=Decimal("123456789012345678901234567890.5")),
+            replace(r.observations[0], value=Decimal("-0.0")),
+        ),
+    )
+    back = decode_readings(encode_readings([broken, huge]), [broken.id, huge.id])
+    assert list(back) == [broken, huge]
+    assert [str(o.value) for o in back[1].observations] == [
+        "123456789012345678901234567890.5",
+        "-0.0",
+    ]
 
 
 def test_special_values_and_unknown_units_survive():
