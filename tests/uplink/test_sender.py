@@ -146,3 +146,23 @@ async def test_late_ack_still_marks_the_released_claim(rig):
     await asyncio.sleep(0.2)
     assert uplink.readings_acked == 3
     assert (await buf.stats()).pending == 0
+
+
+async def test_a_single_reading_that_can_never_go_is_quarantined_and_the_queue_moves(rig):
+    import os
+    from dataclasses import replace
+
+    uplink, link, buf, service = rig
+    big = f.mixed_readings(1)[0]
+    big = replace(big, raw=(os.urandom(p.MAX_BATCH_BYTES),))  # incompressible: over the limit
+    behind = f.mixed_readings(3, seed=9)
+    await buf.append([big, *behind])
+    link.answer = _answer(uplink, service, p.AckResult.STORED)
+    uplink.sizer.size = 1
+    await uplink._send_next()  # the big one alone: cannot go
+    assert link.sent == []
+    stats = await buf.stats()
+    assert (stats.quarantined, stats.pending) == (1, 3)
+    uplink.sizer.size = 8
+    await uplink._send_next()
+    assert uplink.readings_acked == 3
