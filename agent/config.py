@@ -5,6 +5,25 @@ state_dir = "/var/lib/dho-gateway"      # buffer, keys, identity
 [buffer]
 cap_mb = 2048                           # database cap; spot readings are never refused
 key = "file"                            # or "credential:dho-buffer-kek" (systemd)
+
+[uplink]                                # absent: readings stay buffered (no upload)
+host = "mqtt.dho.example"
+port = 8883
+box_id = "box-0001"                     # the CN of the box certificate
+ca_file = "/etc/dho-gateway/ca.pem"
+cert_file = "/etc/dho-gateway/box.crt"
+key_file = "/etc/dho-gateway/box.key"
+signing_key_file = "/etc/dho-gateway/box-signing.pem"   # Ed25519 private key (PKCS#8 PEM)
+service_key_file = "/etc/dho-gateway/service.pub"       # the service's Ed25519 public key
+
+[ble]
+adapter = "hci0"
+
+[[devices]]                             # one table per assigned device (dho-provision writes them)
+family = "and-bpm"
+patient = "<opaque reference>"
+address = "00:09:1F:4B:6B:01"
+model = "UA-651BLE"
 ```
 
 Patients never see this file; technicians rarely do. Anything missing takes its default.
@@ -13,6 +32,7 @@ Patients never see this file; technicians rarely do. Anything missing takes its 
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,11 +54,32 @@ class BufferSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class UplinkSettings:
+    """The ``[uplink]`` table: broker, TLS identity and signing keys."""
+
+    host: str
+    box_id: str
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    signing_key_file: Path
+    service_key_file: Path
+    port: int = 8883
+
+    def __post_init__(self) -> None:
+        for name in ("ca_file", "cert_file", "key_file", "signing_key_file", "service_key_file"):
+            object.__setattr__(self, name, Path(getattr(self, name)))
+
+
+@dataclass(frozen=True, slots=True)
 class AgentConfig:
     """Everything the agent reads from its configuration file."""
 
     state_dir: Path = DEFAULT_STATE_DIR
     buffer: BufferSettings = field(default_factory=BufferSettings)
+    uplink: UplinkSettings | None = None
+    ble_adapter: str = "hci0"
+    devices: tuple[Mapping[str, Any], ...] = ()
 
     @property
     def buffer_path(self) -> Path:
@@ -79,12 +120,23 @@ class AgentConfig:
             buf = BufferSettings(**data.get("buffer", {}))
         except TypeError as exc:
             raise ConfigError(f"{target}: [buffer]: {exc}") from exc
-        unknown = set(data) - {"state_dir", "buffer"} - _LATER_SECTIONS
+        uplink = None
+        if "uplink" in data:
+            try:
+                uplink = UplinkSettings(**data["uplink"])
+            except TypeError as exc:
+                raise ConfigError(f"{target}: [uplink]: {exc}") from exc
+        unknown = set(data) - {"state_dir", "buffer", "uplink", "ble", "devices"}
         if unknown:
             raise ConfigError(f"{target}: unknown settings {sorted(unknown)}")
+        devices = data.get("devices", [])
+        if not isinstance(devices, list) or not all(isinstance(d, dict) for d in devices):
+            raise ConfigError(f"{target}: devices must be a list of tables ([[devices]])")
         sd = state_dir or Path(data.get("state_dir", DEFAULT_STATE_DIR))
-        return cls(state_dir=sd, buffer=buf)
-
-
-# Tables that other parts of the agent read themselves (uplink, devices).
-_LATER_SECTIONS = frozenset({"uplink", "devices", "identity"})
+        return cls(
+            state_dir=sd,
+            buffer=buf,
+            uplink=uplink,
+            ble_adapter=str(data.get("ble", {}).get("adapter", "hci0")),
+            devices=tuple(devices),
+        )

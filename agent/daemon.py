@@ -10,13 +10,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
 
 from agent import sdnotify
-from agent.buffer import AsyncBuffer
+from agent.buffer import AppendResult, AsyncBuffer
 from agent.config import AgentConfig
-from agent.status import StatusReporter
+from agent.errors import ConfigError
+from agent.model import Reading
+from agent.status import Provider, StatusReporter
 from agent.supervisor import Service, Supervisor
+
+if TYPE_CHECKING:
+    from agent.uplink.sender import Uplink
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -93,12 +99,13 @@ async def run_agent(
         async def services_section() -> Mapping[str, Any]:
             return {name: vars(st) for name, st in supervisor.states.items()}
 
+        providers: dict[str, Provider] = {"buffer": buffer_section, "services": services_section}
+        for service in supervisor.services:
+            section = getattr(service, "status_section", None)
+            if section is not None:
+                providers[service.name] = section
         supervisor.add(
-            StatusReporter(
-                cfg.state_dir / "status.json",
-                {"buffer": buffer_section, "services": services_section},
-                interval=status_interval,
-            )
+            StatusReporter(cfg.state_dir / "status.json", providers, interval=status_interval)
         )
         interval = sdnotify.watchdog_interval()
         if interval is not None:
@@ -114,6 +121,89 @@ async def run_agent(
         await buffer.close()
 
 
+class UplinkService:
+    """The uplink as a supervised service, with its status section."""
+
+    name = "uplink"
+
+    def __init__(self, uplink: Uplink) -> None:
+        self.uplink = uplink
+
+    async def run(self) -> None:
+        """Run the uplink until cancelled."""
+        await self.uplink.run()
+
+    async def status_section(self) -> Mapping[str, Any]:
+        """Link state, last upload, backlog by lane, bytes sent."""
+        return asdict(await self.uplink.status())
+
+
+class WakingSink:
+    """The buffer as a driver's sink, telling the uplink after each append."""
+
+    def __init__(self, buffer: AsyncBuffer, wake: Callable[[], None]) -> None:
+        self.buffer = buffer
+        self.wake = wake
+
+    async def append(self, readings: Sequence[Reading]) -> AppendResult:
+        """Append durably, then wake the uplink."""
+        result = await self.buffer.append(readings)
+        if result.stored:
+            self.wake()
+        return result
+
+
+def _load_uplink(cfg: AgentConfig, buffer: AsyncBuffer) -> Uplink:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
+    from cryptography.hazmat.primitives.serialization import (
+        load_pem_private_key,
+        load_pem_public_key,
+    )
+
+    from agent.uplink.link import LinkConfig
+    from agent.uplink.sender import UplinkConfig
+
+    u = cfg.uplink
+    assert u is not None
+    try:
+        signing = load_pem_private_key(u.signing_key_file.read_bytes(), password=None)
+        service = load_pem_public_key(u.service_key_file.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"uplink keys: {exc}") from exc
+    if not isinstance(signing, Ed25519PrivateKey) or not isinstance(service, Ed25519PublicKey):
+        raise ConfigError("uplink keys must be Ed25519 (signing key private, service key public)")
+    link = LinkConfig(u.host, u.port, u.box_id, u.ca_file, u.cert_file, u.key_file)
+    return Uplink(UplinkConfig(link, signing, service, cfg.state_dir), buffer)
+
+
+def services_from_config(cfg: AgentConfig, buffer: AsyncBuffer) -> list[Service]:
+    """The uplink (when ``[uplink]`` is set) and the BLE driver (when devices are assigned)."""
+    services: list[Service] = []
+    wake: Callable[[], None] = lambda: None  # noqa: E731 - a no-op until there is an uplink
+    if cfg.uplink is not None:
+        uplink = _load_uplink(cfg, buffer)
+        services.append(UplinkService(uplink))
+        wake = uplink.wake
+    if cfg.devices:
+        from agent.drivers.ble import BleDriver, BleDriverOptions, DeviceAssignment
+
+        try:
+            assignments = [DeviceAssignment.from_config(d) for d in cfg.devices]
+        except ValueError as exc:
+            raise ConfigError(f"[[devices]]: {exc}") from exc
+        services.append(
+            BleDriver(
+                assignments,
+                WakingSink(buffer, wake),
+                options=BleDriverOptions(adapter=cfg.ble_adapter),
+            )
+        )
+    return services
+
+
 def default_factories() -> list[ServiceFactory]:
-    """The services the configuration asks for (drivers and uplink are added as they land)."""
-    return []
+    """The services the configuration asks for."""
+    return [services_from_config]
