@@ -15,6 +15,11 @@ for pair in "${needs[@]}"; do
   prog=${pair%%:*}; pkg=${pair#*:}
   command -v "$prog" >/dev/null 2>&1 || [ -x "/usr/sbin/$prog" ] || missing+=("$pkg")
 done
+# PostgreSQL server binaries (initdb, pg_ctl) for the receiver's PostgreSQL tests and benchmark:
+# they start a private throw-away cluster in a temporary directory, never the system one.
+if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+  missing+=("postgresql")
+fi
 # A fresh Debian 12 python3 cannot make a venv without python3-venv.
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
   missing+=("python3-venv")
@@ -26,7 +31,9 @@ if [ "$(id -u)" -eq 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   # --no-install-recommends keeps the set small; policy-rc.d stops services being
-  # started by the package scripts (the tests start their own instances).
+  # started by the package scripts (the tests start their own instances). The postgresql
+  # package creates the system cluster 15/main but starts it through invoke-rc.d, which
+  # policy-rc.d refuses, so it stays down.
   printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d.dho && chmod +x /usr/sbin/policy-rc.d.dho
   if [ ! -e /usr/sbin/policy-rc.d ]; then cp /usr/sbin/policy-rc.d.dho /usr/sbin/policy-rc.d; trap 'rm -f /usr/sbin/policy-rc.d' EXIT; fi
   rm -f /usr/sbin/policy-rc.d.dho

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import ipaddress
+import json
 import os
 import shutil
 import signal
@@ -27,6 +28,7 @@ from cryptography.x509.oid import NameOID
 
 from agent.uplink import protocol
 from agent.uplink.link import LinkConfig
+from tests.uplink.pg_fixtures import pg_dsn, postgres_server  # noqa: F401 - fixtures
 
 REPO = Path(__file__).resolve().parents[2]
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -258,7 +260,9 @@ def broker(pki: PKI, tmp_path: Path) -> Iterator[Broker]:
 class ReceiverProcess:
     """``python -m receiver.cli run`` as a child process (so it can be killed)."""
 
-    def __init__(self, broker: Broker, db: Path, root: Path, n: int = 1) -> None:
+    def __init__(
+        self, broker: Broker, db: Path, root: Path, n: int = 1, postgres_dsn: str | None = None
+    ) -> None:
         self.broker = broker
         self.db = db
         self.n = n
@@ -283,6 +287,7 @@ class ReceiverProcess:
                     f'service_key = "{broker.pki.service_key_file}"',
                     "[store]",
                     f'sqlite = "{db}"',
+                    *([f"postgres = {json.dumps(postgres_dsn)}"] if postgres_dsn else []),
                 ]
             )
             + "\n"
@@ -328,8 +333,12 @@ class ReceiverProcess:
 def receivers(broker: Broker, tmp_path: Path) -> Iterator[Callable[..., ReceiverProcess]]:
     started: list[ReceiverProcess] = []
 
-    def make(n: int = 1, *, db: Path | None = None, start: bool = True) -> ReceiverProcess:
-        r = ReceiverProcess(broker, db or tmp_path / "receiver.db", tmp_path / "receivers", n)
+    def make(
+        n: int = 1, *, db: Path | None = None, start: bool = True, postgres_dsn: str | None = None
+    ) -> ReceiverProcess:
+        r = ReceiverProcess(
+            broker, db or tmp_path / "receiver.db", tmp_path / "receivers", n, postgres_dsn
+        )
         started.append(r)
         if start:
             r.start()

@@ -1,12 +1,12 @@
-"""The same storage rules on every backend: SQLite always, PostgreSQL when configured.
+"""The same storage rules on every backend: SQLite, and PostgreSQL.
 
-PostgreSQL runs only with ``DHO_TEST_POSTGRES_DSN`` set (a throw-away database) and the
-``psycopg`` driver installed; otherwise that half is skipped.
+PostgreSQL is a private throw-away cluster started for the session (or the server named by
+``DHO_TEST_POSTGRES_DSN``), each test in a fresh schema: see ``tests/uplink/pg_fixtures.py``.
+That half skips, with the reason, when the server binaries or the psycopg driver are missing.
 """
 
 from __future__ import annotations
 
-import os
 import uuid
 from dataclasses import replace
 from typing import Any
@@ -20,8 +20,6 @@ from receiver import pg
 from receiver.store import SqliteStore
 from tests.uplink import factories as f
 
-DSN = os.environ.get("DHO_TEST_POSTGRES_DSN")
-
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def store(request, tmp_path):
@@ -29,11 +27,7 @@ def store(request, tmp_path):
     if request.param == "sqlite":
         s = SqliteStore(tmp_path / "r.db")
     else:
-        if not DSN or not pg.available():
-            pytest.skip("PostgreSQL not configured (DHO_TEST_POSTGRES_DSN) or psycopg missing")
-        s = pg.PostgresStore(DSN)
-        s._conn.execute("TRUNCATE boxes, batches, readings")
-        s._conn.commit()
+        s = pg.PostgresStore(request.getfixturevalue("pg_dsn"))
     yield s
     s.close()
 
