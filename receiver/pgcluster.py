@@ -67,6 +67,21 @@ def unavailable_reason() -> str | None:
     return None
 
 
+def _temp_base(other_user: bool) -> str:
+    """Where to make the cluster directory: the usual temporary directory, unless its path is
+    too long for a Unix socket (108 bytes) or, when the server runs as another user, that user
+    could not reach it (a parent without ``o+x``); then ``/tmp``."""
+    base = tempfile.gettempdir()
+    if len(base) > 64:
+        return "/tmp"  # noqa: S108 - a private 0700 directory is made inside
+    if other_user:
+        path = Path(base).resolve()
+        for part in (path, *path.parents):
+            if not part.stat().st_mode & 0o001:
+                return "/tmp"  # noqa: S108
+    return base
+
+
 class PrivateCluster:
     """One running private cluster (see the module docstring). Use :meth:`start`."""
 
@@ -94,7 +109,7 @@ class PrivateCluster:
         if reason is not None or bindir is None:
             raise RuntimeError(reason or "PostgreSQL binaries not found")
         run_as = "postgres" if os.geteuid() == 0 else None
-        root = Path(tempfile.mkdtemp(prefix="dho-pg-"))
+        root = Path(tempfile.mkdtemp(prefix="dho-pg-", dir=_temp_base(run_as is not None)))
         cluster = cls(root, bindir, run_as)
         try:
             if run_as is not None:
