@@ -6,7 +6,8 @@ timings are shortened. Every wait is bounded so a broken driver fails a test, ne
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import faulthandler
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
@@ -53,6 +54,24 @@ def fast_options(**changes: Any) -> BleDriverOptions:
 async def open_store(path: Path) -> AsyncBuffer:
     """A real encrypted buffer in ``path``."""
     return await AsyncBuffer.open(path / "buffer.db", FileKeySource(path / "buffer.kek"))
+
+
+HARD_LIMIT = 120.0  # seconds: beyond this a driver test is hung, whatever the event loop does
+
+
+@pytest.fixture(autouse=True)
+def hang_guard() -> Iterator[None]:
+    """Dump every thread's stack and end the run if one test outlives ``HARD_LIMIT``.
+
+    Every wait in these tests is bounded by ``asyncio`` timeouts, which cannot fire if the
+    event loop itself is blocked; this guard runs on its own thread. Import it into each test
+    module (autouse fixtures apply where they are visible).
+    """
+    faulthandler.dump_traceback_later(HARD_LIMIT, exit=True)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ from tests.ble.driver_support import (
     stored,
     value,
 )
+from tests.ble.driver_support import hang_guard as hang_guard  # autouse fixture
 from tests.ble.driver_support import store as store  # the fixture
 
 RECORDS = [

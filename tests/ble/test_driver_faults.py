@@ -25,6 +25,7 @@ from tests.ble.driver_support import (
     running,
     stored,
 )
+from tests.ble.driver_support import hang_guard as hang_guard  # autouse fixture
 from tests.ble.driver_support import store as store  # the fixture
 
 RECORDS = [

@@ -28,6 +28,7 @@ from tests.ble.driver_support import (
     fast_options,
     running,
 )
+from tests.ble.driver_support import hang_guard as hang_guard  # autouse fixture
 from tests.ble.driver_support import store as store  # the fixture
 
 RECORDS = [
