@@ -81,7 +81,8 @@ async def store(tmp_path: Path) -> AsyncIterator[AsyncBuffer]:
     try:
         yield buffer
     finally:
-        await buffer.close()
+        async with asyncio.timeout(WAIT):
+            await buffer.close()
 
 
 def assignment(
