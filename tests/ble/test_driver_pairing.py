@@ -159,3 +159,15 @@ async def test_no_patient_data_in_log_lines(
     report = str(driver.status())
     for secret in (PATIENT, cuff.address, "SER-998877"):
         assert secret not in report
+
+
+async def test_just_works_asked_as_a_confirmation(bluez: MockBlueZ, store: AsyncBuffer) -> None:
+    bluez.just_works_confirmation = True  # some BlueZ versions ask RequestConfirmation(0)
+    cuff = AndCuff(records=RECORDS)
+    device = bluez.adapter().add_peripheral(cuff)
+    a = assignment(DeviceFamily.AND_BPM, cuff.address, "UA-651BLE")
+    driver = BleDriver([a], store, options=fast_options())
+    status = driver.workers[0].status
+    async with running(driver) as task:
+        await eventually(lambda: status.readings_stored == 3, task=task, driver=driver)
+    assert device.paired
