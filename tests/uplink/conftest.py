@@ -5,246 +5,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
-import ipaddress
-import json
-import os
-import shutil
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.x509.oid import NameOID
 
-from agent.uplink import protocol
-from agent.uplink.link import LinkConfig
+from receiver.localstack import (
+    MOSQUITTO,
+    PKI,
+    Broker,
+    ReceiverProcess,
+    make_pki,
+)
 from tests.uplink.pg_fixtures import pg_dsn, postgres_server  # noqa: F401 - fixtures
-
-REPO = Path(__file__).resolve().parents[2]
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-ACL_FILE = REPO / "receiver" / "mosquitto" / "dho.acl"
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    path.chmod(0o644)  # mosquitto may drop to user "mosquitto"; these are throw-away keys
-
-
-@dataclass
-class CA:
-    """A certificate authority that issues certificates into ``root``."""
-
-    name: str
-    root: Path
-    key: ec.EllipticCurvePrivateKey = field(
-        default_factory=lambda: ec.generate_private_key(ec.SECP256R1())
-    )
-    cert: x509.Certificate | None = None
-
-    def __post_init__(self) -> None:
-        now = dt.datetime.now(dt.UTC)
-        self.cert = (
-            x509.CertificateBuilder()
-            .subject_name(_name(self.name))
-            .issuer_name(_name(self.name))
-            .public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(now + dt.timedelta(days=30))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .sign(self.key, hashes.SHA256())
-        )
-        self.ca_file.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
-
-    @property
-    def ca_file(self) -> Path:
-        return self.root / f"{self.name}.pem"
-
-    def issue(
-        self, cn: str, *, server: bool = False, days: int = 30, not_before_days: int = -1
-    ) -> tuple[Path, Path]:
-        assert self.cert is not None
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.UTC)
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(_name(cn))
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now + dt.timedelta(days=not_before_days))
-            .not_valid_after(now + dt.timedelta(days=days))
-        )
-        if server:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-                ),
-                critical=False,
-            )
-        cert = builder.sign(self.key, hashes.SHA256())
-        tag = f"{self.name}-{cn}-{os.urandom(3).hex()}"
-        cert_path, key_path = self.root / f"{tag}.crt", self.root / f"{tag}.key"
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        _write_key(key_path, key)
-        return cert_path, key_path
-
-
-@dataclass
-class PKI:
-    root: Path
-    ca: CA
-    rogue: CA
-    broker_cert: tuple[Path, Path]
-    service_key: Ed25519PrivateKey
-    service_key_file: Path
-    _clients: dict[str, tuple[Path, Path]] = field(default_factory=dict)
-
-    def client(self, cn: str) -> tuple[Path, Path]:
-        if cn not in self._clients:
-            self._clients[cn] = self.ca.issue(cn)
-        return self._clients[cn]
 
 
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    root = tmp_path_factory.mktemp("pki")
-    root.chmod(0o755)
-    ca = CA("dho-test-ca", root)
-    rogue = CA("rogue-ca", root)
-    service = Ed25519PrivateKey.generate()
-    service_file = root / "service.key"
-    service_file.write_bytes(
-        service.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return PKI(root, ca, rogue, ca.issue("localhost", server=True), service, service_file)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Broker:
-    """A real Mosquitto with the project's ACL, TLS and client certificates required."""
-
-    def __init__(self, pki: PKI, root: Path) -> None:
-        self.pki = pki
-        self.root = root
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        root.mkdir(parents=True, exist_ok=True)
-        root.chmod(0o777)
-        (root / "data").mkdir(exist_ok=True)
-        (root / "data").chmod(0o777)
-        shutil.copy(ACL_FILE, root / "dho.acl")
-        (root / "dho.acl").chmod(0o644)
-        cert, key = pki.broker_cert
-        lines = [
-            "per_listener_settings false",
-            "allow_anonymous false",
-            f"acl_file {root / 'dho.acl'}",
-            "persistence true",
-            f"persistence_location {root / 'data'}/",
-            "autosave_interval 1",
-            f"log_dest file {root / 'mosquitto.log'}",
-            "log_type error",
-            "log_type warning",
-            "log_type notice",
-            "log_type information",
-            f"listener {self.port} 127.0.0.1",
-            f"cafile {pki.ca.ca_file}",
-            f"certfile {cert}",
-            f"keyfile {key}",
-            "tls_version tlsv1.2",
-            "require_certificate true",
-            "use_identity_as_username true",
-            "use_username_as_clientid true",
-        ]
-        if os.geteuid() == 0:
-            lines.insert(0, "user root")
-        (root / "mosquitto.conf").write_text("\n".join(lines) + "\n")
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [MOSQUITTO, "-c", str(self.root / "mosquitto.conf")],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-                raise RuntimeError(f"mosquitto exited: {err} {self.log()}")
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), 0.2),
-            ):
-                return
-            time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start")
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc is not None and self.proc.stderr is not None:
-            self.proc.stderr.close()
-        self.proc = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def log(self) -> str:
-        path = self.root / "mosquitto.log"
-        return path.read_text() if path.exists() else ""
-
-    def link_config(
-        self, cn: str, *, cert: tuple[Path, Path] | None = None, ca_file: Path | None = None
-    ) -> LinkConfig:
-        cert_file, key_file = cert or self.pki.client(cn)
-        return LinkConfig(
-            host="127.0.0.1",
-            port=self.port,
-            box_id=cn,
-            ca_file=ca_file or self.pki.ca.ca_file,
-            cert_file=cert_file,
-            key_file=key_file,
-            keepalive_s=5,
-            connect_timeout_s=5,
-            session_expiry_s=600,
-            stable_after_s=2,
-        )
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture
@@ -255,78 +36,6 @@ def broker(pki: PKI, tmp_path: Path) -> Iterator[Broker]:
     b.start()
     yield b
     b.stop()
-
-
-class ReceiverProcess:
-    """``python -m receiver.cli run`` as a child process (so it can be killed)."""
-
-    def __init__(
-        self, broker: Broker, db: Path, root: Path, n: int = 1, postgres_dsn: str | None = None
-    ) -> None:
-        self.broker = broker
-        self.db = db
-        self.n = n
-        self.cn = f"dho-receiver-{n}"
-        cert, key = broker.pki.client(self.cn)
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-        self.config = root / f"receiver-{n}.toml"
-        self.log_path = root / f"receiver-{n}.log"
-        self.config.write_text(
-            "\n".join(
-                [
-                    "[broker]",
-                    'host = "127.0.0.1"',
-                    f"port = {broker.port}",
-                    f'ca_file = "{broker.pki.ca.ca_file}"',
-                    f'cert_file = "{cert}"',
-                    f'key_file = "{key}"',
-                    f'client_id = "{self.cn}"',
-                    "session_expiry_s = 600",
-                    "[keys]",
-                    f'service_key = "{broker.pki.service_key_file}"',
-                    "[store]",
-                    f'sqlite = "{db}"',
-                    *([f"postgres = {json.dumps(postgres_dsn)}"] if postgres_dsn else []),
-                ]
-            )
-            + "\n"
-        )
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "receiver.cli", "run", "--config", str(self.config)],
-            cwd=REPO,
-            stdout=log,
-            stderr=log,
-        )
-        log.close()
-        self.wait_for("subscribed", 15)
-
-    def log(self) -> str:
-        return self.log_path.read_text() if self.log_path.exists() else ""
-
-    def wait_for(self, text: str, timeout: float, count: int = 1) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.log().count(text) >= count:
-                return
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"receiver exited: {self.log()}")
-            time.sleep(0.05)
-        raise TimeoutError(f"receiver log never said {text!r}: {self.log()[-2000:]}")
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
 
 
 @pytest.fixture
@@ -347,16 +56,6 @@ def receivers(broker: Broker, tmp_path: Path) -> Iterator[Callable[..., Receiver
     yield make
     for r in started:
         r.stop(signal.SIGKILL)
-
-
-def enrol(db: Path, box_id: str, key: Ed25519PrivateKey) -> None:
-    from receiver.store import SqliteStore
-
-    s = SqliteStore(db)
-    try:
-        s.enrol(box_id, protocol.public_key_bytes(key))
-    finally:
-        s.close()
 
 
 async def wait_until(pred: Callable[[], object], limit_s: float, what: str = "condition") -> None:

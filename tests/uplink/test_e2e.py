@@ -18,9 +18,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from agent.buffer import Buffer, FileKeySource
 from agent.model import Lane
 from agent.uplink import protocol
+from receiver.localstack import REPO, enrol
 from receiver.store import SqliteStore
 from tests.uplink import factories as f
-from tests.uplink.conftest import REPO, RawClient, enrol, open_agent, wait_until
+from tests.uplink.conftest import RawClient, open_agent, wait_until
 
 
 def _stored(db: Path) -> list[uuid.UUID]:

@@ -21,9 +21,10 @@ from agent.errors import (
 )
 from agent.uplink import protocol
 from agent.uplink.link import MqttLink, check_clock
+from receiver.localstack import enrol, free_port
 from receiver.store import SqliteStore
 from tests.uplink import factories as f
-from tests.uplink.conftest import RawClient, enrol, free_port, open_agent, wait_until
+from tests.uplink.conftest import RawClient, open_agent, wait_until
 
 
 def _count(db) -> int:
