@@ -17,7 +17,7 @@ from agent.uplink.protocol import load_public_key, public_key_bytes
 from receiver import fhir
 from receiver.core import Receiver
 from receiver.mqtt import ReceiverConfig, ReceiverService, load_service_key, open_store
-from receiver.store import SqliteStore
+from receiver.store import SqliteStore, Store
 
 app = typer.Typer(
     name="dho-receiver",
@@ -28,6 +28,22 @@ app = typer.Typer(
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="receiver TOML file")]
 DbOpt = Annotated[Path, typer.Option("--db", help="SQLite database of the receiver")]
+PgOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--postgres",
+        envvar="DHO_RECEIVER_POSTGRES",
+        help="PostgreSQL connection string (libpq); used instead of --db",
+    ),
+]
+
+
+def _open(db: Path, postgres: str | None) -> Store:
+    if postgres:
+        from receiver.pg import PostgresStore
+
+        return PostgresStore(postgres)
+    return SqliteStore(db)
 
 
 @app.command("new-service-key")
@@ -55,6 +71,7 @@ def enrol(
     box_id: Annotated[str, typer.Argument(help="the box id (its certificate CN)")],
     public_key_hex: Annotated[str, typer.Argument(help="the box's Ed25519 public key, hex")],
     db: DbOpt = Path("receiver.db"),
+    postgres: PgOpt = None,
 ) -> None:
     """Record a box's signing key (re-enrolling replaces the key and resets its window)."""
     try:
@@ -63,7 +80,7 @@ def enrol(
     except ValueError:
         typer.echo("the public key must be 64 hex digits", err=True)
         raise typer.Exit(2) from None
-    store = SqliteStore(db)
+    store = _open(db, postgres)
     try:
         store.enrol(box_id, raw)
     except ValueError as err:
@@ -103,11 +120,12 @@ def run(config: ConfigOpt, verbose: bool = False) -> None:
 @app.command()
 def export(
     db: DbOpt = Path("receiver.db"),
+    postgres: PgOpt = None,
     box: Annotated[str | None, typer.Option(help="only this box")] = None,
     out: Annotated[Path | None, typer.Option(help="write here instead of stdout")] = None,
 ) -> None:
     """Export stored readings as a FHIR R4 transaction Bundle (PHD IG)."""
-    store = SqliteStore(db)
+    store = _open(db, postgres)
     try:
         text = fhir.dumps(fhir.bundle(store.readings(box)), indent=2)
     finally:
@@ -119,9 +137,9 @@ def export(
 
 
 @app.command()
-def stats(db: DbOpt = Path("receiver.db")) -> None:
+def stats(db: DbOpt = Path("receiver.db"), postgres: PgOpt = None) -> None:
     """How many readings are stored."""
-    store = SqliteStore(db)
+    store = _open(db, postgres)
     try:
         typer.echo(f"readings: {store.count()}")
     finally:

@@ -167,3 +167,19 @@ def test_fhir_export_from_postgres_matches_sqlite(pg_dsn, tmp_path):
         ]
 
     assert identifiers(from_pg) == identifiers(from_sqlite)
+
+
+def test_receiver_cli_enrols_and_reports_on_postgres(pg_dsn: str) -> None:
+    from typer.testing import CliRunner
+
+    from receiver.cli import app
+
+    runner = CliRunner()
+    key = Ed25519PrivateKey.generate().public_key().public_bytes_raw().hex()
+    enrolled = runner.invoke(app, ["enrol", "box-0042", key, "--postgres", pg_dsn])
+    assert enrolled.exit_code == 0, enrolled.output
+    stats = runner.invoke(app, ["stats", "--postgres", pg_dsn])
+    assert stats.exit_code == 0, stats.output
+    assert stats.output.strip() == "readings: 0"
+    bad = runner.invoke(app, ["enrol", "box-0042", "zz", "--postgres", pg_dsn])
+    assert bad.exit_code == 2
