@@ -21,7 +21,7 @@ from agent.model import Reading
 from agent.status import Provider, StatusReporter
 from agent.supervisor import Service, Supervisor
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported where used: without [uplink] the agent never loads paho
     from agent.uplink.sender import Uplink
 
 _LOGGER = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ def _load_uplink(cfg: AgentConfig, buffer: AsyncBuffer) -> Uplink:
     )
 
     from agent.uplink.link import LinkConfig
-    from agent.uplink.sender import UplinkConfig
+    from agent.uplink.sender import Uplink, UplinkConfig
 
     u = cfg.uplink
     assert u is not None
