@@ -48,8 +48,10 @@ async def bluez(
         yield mock
     finally:
         watchdog.cancel()
-        await release_bleak_manager()
-        await mock.stop()
+        # Bounded: a teardown that hangs must fail this test, not stall the whole run.
+        async with asyncio.timeout(15):
+            await release_bleak_manager()
+            await mock.stop()
     crashed = [
         (device.peripheral, event.detail)
         for adapter in mock.adapters.values()
