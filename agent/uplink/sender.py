@@ -28,7 +28,7 @@ import os
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,7 +36,7 @@ from typing import Any, Protocol
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from agent.clock import kernel_clock_synced
-from agent.errors import ProtocolError, ReplayError, StoreError, UplinkError
+from agent.errors import AgentError, ProtocolError, ReplayError, StoreError, UplinkError
 from agent.model import Reading
 from agent.uplink import protocol
 from agent.uplink.link import LinkConfig, LinkState, MqttLink
@@ -73,6 +73,7 @@ class BufferLike(Protocol):
     async def ack(self, batch_id: int) -> int: ...
     async def release(self, batch_id: int) -> int: ...
     async def quarantine_batch(self, batch_id: int, reason: str) -> int: ...
+    async def rotate_data_key(self) -> int: ...
     async def purge(self) -> int: ...
     async def stats(self) -> Any: ...
 
@@ -166,6 +167,8 @@ class Uplink:
         self.commands_refused = 0
         self._clock_synced = clock_synced
         self._wake = asyncio.Event()
+        # Work started from broker callbacks; asyncio keeps only weak references to tasks.
+        self._background: set[asyncio.Task[None]] = set()
         self._outstanding: OrderedDict[uuid.UUID, _Outstanding] = OrderedDict()
         link_cfg = replace(
             cfg.link,
@@ -402,7 +405,7 @@ class Uplink:
             out.answer.set_result(ack)
         elif ack.result.delivered:
             # A late acknowledgement for a released claim: mark what was not re-claimed.
-            asyncio.get_running_loop().create_task(self._late_ack(out))
+            self._spawn(self._late_ack(out))
 
     async def _late_ack(self, out: _Outstanding) -> None:
         n = await self.buffer.ack(out.claim_batch)
@@ -422,7 +425,12 @@ class Uplink:
             self.commands_refused += 1
             _LOG.warning("uplink %s: command refused (%s): %s", self.box_id, err.reason, err)
             return
-        asyncio.get_running_loop().create_task(self._run_command(cmd))
+        self._spawn(self._run_command(cmd))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _run_command(self, cmd: protocol.Command) -> None:
         try:
@@ -447,6 +455,14 @@ class Uplink:
                 result["ok"] = True
             else:
                 result["error"] = "idle_poll_s must be an integer from 1 to 86400"
+        elif cmd.name == "rotate-keys":
+            # The box's own data keys; its identity (TLS certificate, signing key) is renewed
+            # by re-provisioning, which needs the service's enrolment as well.
+            try:
+                result["data_key"] = await self.buffer.rotate_data_key()
+                result["ok"] = True
+            except AgentError as err:
+                result["error"] = f"key rotation failed: {type(err).__name__}"
         else:
             result["error"] = "unsupported command"
         with contextlib.suppress(UplinkError):

@@ -166,3 +166,23 @@ async def test_a_single_reading_that_can_never_go_is_quarantined_and_the_queue_m
     uplink.sizer.size = 8
     await uplink._send_next()
     assert uplink.readings_acked == 3
+
+
+async def test_signed_rotate_keys_command_rotates_the_buffer_data_key(rig):
+    import json
+    import uuid
+
+    uplink, link, buf, service = rig
+    before = buf.sync._active_key
+    now = time.time_ns() // 1_000_000
+    cmd = p.Command(BOX, uuid.uuid4(), 1, now, now + 60_000, "rotate-keys", {})
+    uplink._on_command(p.seal_command(cmd, service))
+    for _ in range(100):
+        if link.sent:
+            break
+        await asyncio.sleep(0.01)
+    report = json.loads(link.sent[-1][1])
+    assert report["ok"] is True
+    assert report["data_key"] != before
+    assert uplink.commands_accepted == 1
+    assert not uplink._background  # the task finished and was let go
