@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+from collections.abc import Mapping
+from typing import Annotated, Any
+
 import typer
 
 app = typer.Typer(
@@ -15,6 +20,81 @@ app = typer.Typer(
 @app.callback()
 def _root() -> None:
     """Technician tools for a dho-gateway box."""
+
+
+def _toml_table(name: str, table: Mapping[str, Any]) -> str:
+    """One ``[[name]]`` table of strings, booleans and integers (what an assignment holds)."""
+    lines = [f"[[{name}]]"]
+    for key, value in table.items():
+        if isinstance(value, bool):
+            lines.append(f"{key} = {'true' if value else 'false'}")
+        elif isinstance(value, int):
+            lines.append(f"{key} = {value}")
+        elif value is not None:
+            lines.append(f"{key} = {json.dumps(str(value))}")  # JSON escapes are TOML escapes
+    return "\n".join(lines)
+
+
+@app.command("pair")
+def pair(
+    family: Annotated[
+        str, typer.Argument(help="and-bpm, omron-bpm, bpm (Beurer and plain cuffs), plx, nonin")
+    ],
+    address: Annotated[str, typer.Argument(help="the device's Bluetooth address")],
+    patient: Annotated[str, typer.Option(help="the patient reference from the DHO service")],
+    model: Annotated[str, typer.Option(help="model, if the device does not say")] = "",
+    manufacturer: Annotated[str, typer.Option(help="manufacturer, if the device does not")] = "",
+    adapter: Annotated[str, typer.Option(help="Bluetooth adapter")] = "hci0",
+    scan_timeout: Annotated[float, typer.Option(help="seconds to wait for it to advertise")] = 30,
+    bond: Annotated[bool, typer.Option(help="pair and bond (most devices need it)")] = True,
+) -> None:
+    """Pair one device with this box and print the ``[[devices]]`` table for agent.toml.
+
+    Put the device in pairing mode first. If it shows a passkey, you are asked for it.
+    """
+    from agent.drivers.ble import BleTransportError, DeviceAssignment, DeviceFamily, pair_device
+
+    try:
+        assignment = DeviceAssignment(
+            DeviceFamily(family),
+            patient=patient,
+            address=address,
+            model=model,
+            manufacturer=manufacturer,
+            bond=bond,
+        )
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+    async def ask_passkey(_address: str) -> int | None:
+        text: str = await asyncio.to_thread(
+            typer.prompt, "passkey shown on the device (6 digits, empty to refuse)", default=""
+        )
+        return int(text) if text.strip().isdigit() else None
+
+    try:
+        enrolled = asyncio.run(
+            pair_device(assignment, adapter=adapter, passkey=ask_passkey, scan_timeout=scan_timeout)
+        )
+    except BleTransportError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    final = DeviceAssignment(
+        assignment.family,
+        patient=patient,
+        address=enrolled.address or address,
+        model=enrolled.model or model,
+        manufacturer=enrolled.manufacturer or manufacturer,
+        serial=enrolled.serial,
+        bond=bond,
+    )
+    typer.echo(
+        f"paired {final.log_id}: {final.manufacturer or '?'} {final.model or '?'}, "
+        f"firmware {enrolled.firmware or '?'}, clock {'set' if enrolled.time_set else 'not set'}"
+    )
+    typer.echo("add to /etc/dho-gateway/agent.toml:\n")
+    typer.echo(_toml_table("devices", final.to_config()))
 
 
 def main() -> None:
