@@ -97,6 +97,47 @@ def pair(
     typer.echo(_toml_table("devices", final.to_config()))
 
 
+@app.command("decommission")
+def decommission(
+    yes: Annotated[
+        bool, typer.Option("--yes", help="confirm: every reading on this box becomes unreadable")
+    ] = False,
+    config: Annotated[str | None, typer.Option(help="agent configuration file")] = None,
+    state_dir: Annotated[str | None, typer.Option(help="override the state directory")] = None,
+) -> None:
+    """Crypto-shred the box: destroy the buffer's keys, so no reading on it can be read again.
+
+    Stop the agent first (``systemctl stop dho-agent``). Readings not yet delivered are lost:
+    check ``dho-agent buffer status`` shows nothing pending before you do this.
+    """
+    from pathlib import Path
+
+    from agent.buffer import Buffer
+    from agent.config import AgentConfig
+    from agent.errors import AgentError
+
+    if not yes:
+        typer.echo("refusing without --yes: this destroys every reading on the box", err=True)
+        raise typer.Exit(2)
+    cfg = AgentConfig.load(
+        Path(config) if config else None, state_dir=Path(state_dir) if state_dir else None
+    )
+    try:
+        buf = Buffer.open(cfg.buffer_path, cfg.key_source(), config=cfg.buffer_config())
+    except AgentError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    pending = buf.stats().pending
+    try:
+        buf.shred()
+    except AgentError as exc:  # e.g. a systemd credential, destroyed on the host instead
+        typer.echo(f"data keys destroyed; {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(
+        f"keys destroyed: the store is unreadable ({pending} undelivered readings were on it)"
+    )
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
