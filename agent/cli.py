@@ -79,6 +79,33 @@ def run_command(
         raise typer.Exit(1) from None
 
 
+@app.command("status")
+def status_command(
+    config: Annotated[
+        Path | None, typer.Option("--config", help="Agent configuration file (TOML).")
+    ] = None,
+    state_dir: Annotated[
+        Path | None, typer.Option("--state-dir", help="Override the state directory.")
+    ] = None,
+) -> None:
+    """The running agent's last status report: uplink, devices, buffer, services (JSON)."""
+    import time
+
+    from agent.config import AgentConfig
+    from agent.status import read_status
+
+    cfg = AgentConfig.load(config, state_dir=state_dir)
+    report = read_status(cfg.state_dir / "status.json")
+    if report is None:
+        typer.echo("no status report: the agent has not run here yet", err=True)
+        raise typer.Exit(1)
+    age = time.time() - float(report.get("written_at", 0))
+    report["age_s"] = round(age, 1)
+    if age > 60:
+        report["warning"] = "the report is old: is the agent running? (systemctl status dho-agent)"
+    typer.echo(json.dumps(report, indent=2, sort_keys=True, default=str))
+
+
 buffer_app = typer.Typer(help="Inspect and maintain the encrypted buffer.", no_args_is_help=True)
 app.add_typer(buffer_app, name="buffer")
 

@@ -60,6 +60,16 @@ def test_check_and_rotate(tmp_path: Path) -> None:
     assert "new data key" in rotated.output
 
 
+def test_status_shows_the_agents_report_and_says_when_it_is_old(tmp_path: Path) -> None:
+    assert runner.invoke(app, ["status", "--state-dir", str(tmp_path)]).exit_code == 1
+    write_status(tmp_path / "status.json", {"written_at": 0, "uplink": {"link": "connected"}})
+    result = runner.invoke(app, ["status", "--state-dir", str(tmp_path)])
+    assert result.exit_code == 0
+    data = json.loads(result.output)
+    assert data["uplink"]["link"] == "connected"
+    assert "old" in data["warning"]
+
+
 def test_every_command_has_help() -> None:
     for args in (
         ["--help"],
