@@ -49,14 +49,16 @@ def decode_command(
     typer.echo(text)
 
 
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", help="Agent configuration file (TOML).")
+]
+StateOpt = Annotated[Path | None, typer.Option("--state-dir", help="Override the state directory.")]
+
+
 @app.command("run")
 def run_command(
-    config: Annotated[
-        Path | None, typer.Option("--config", help="Agent configuration file (TOML).")
-    ] = None,
-    state_dir: Annotated[
-        Path | None, typer.Option("--state-dir", help="Override the state directory.")
-    ] = None,
+    config: ConfigOpt = None,
+    state_dir: StateOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Run the agent daemon (under systemd: Type=notify, watchdog, SIGTERM to stop)."""
@@ -81,12 +83,8 @@ def run_command(
 
 @app.command("status")
 def status_command(
-    config: Annotated[
-        Path | None, typer.Option("--config", help="Agent configuration file (TOML).")
-    ] = None,
-    state_dir: Annotated[
-        Path | None, typer.Option("--state-dir", help="Override the state directory.")
-    ] = None,
+    config: ConfigOpt = None,
+    state_dir: StateOpt = None,
 ) -> None:
     """The running agent's last status report: uplink, devices, buffer, services (JSON)."""
     import time
@@ -108,11 +106,6 @@ def status_command(
 
 buffer_app = typer.Typer(help="Inspect and maintain the encrypted buffer.", no_args_is_help=True)
 app.add_typer(buffer_app, name="buffer")
-
-ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", help="Agent configuration file (TOML).")
-]
-StateOpt = Annotated[Path | None, typer.Option("--state-dir", help="Override the state directory.")]
 
 
 def _stats_dict(stats: Any) -> dict[str, Any]:

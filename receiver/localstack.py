@@ -147,6 +147,17 @@ def make_pki(root: Path) -> PKI:
     return PKI(root, ca, rogue, ca.issue("localhost", server=True), service, service_file)
 
 
+def _stop_process(proc: subprocess.Popen[bytes], sig: int) -> None:
+    """Send ``sig``; after 10 s, SIGKILL. Always reaps the child."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -213,13 +224,8 @@ class Broker:
         raise RuntimeError("mosquitto did not start")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            _stop_process(self.proc, sig)
         if self.proc is not None and self.proc.stderr is not None:
             self.proc.stderr.close()
         self.proc = None
@@ -312,13 +318,8 @@ class ReceiverProcess:
         raise TimeoutError(f"receiver log never said {text!r}: {self.log()[-2000:]}")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            _stop_process(self.proc, sig)
         self.proc = None
 
 
