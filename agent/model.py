@@ -32,7 +32,7 @@ from decimal import Decimal
 from enum import IntEnum, StrEnum
 
 from agent import codes
-from agent.clock import CaptureTime
+from agent.clock import CaptureTime, ClockAnchor
 
 
 class Transport(StrEnum):
@@ -211,6 +211,9 @@ class SampleChunk:
 STATUS_COMPACTED = "gateway-compacted"
 """Status flag set by the buffer when disk pressure replaced samples by per-minute summaries."""
 
+STATUS_TIME_CORRECTED = "gateway-time-corrected"
+"""Status flag set when a capture time taken before NTP sync was re-based on the boot clock."""
+
 
 @dataclass(frozen=True, slots=True)
 class Reading:
@@ -280,6 +283,16 @@ class Reading:
         if self.samples is not None:
             parts.append(f"n={self.samples.sample_count}")
         return "\x1f".join(parts).encode()
+
+    def with_time_corrected(self, anchor: ClockAnchor | None) -> Reading:
+        """This reading with its capture time re-based on ``anchor`` (see
+        :meth:`CaptureTime.corrected`), flagged; unchanged if that does not apply."""
+        if anchor is None:
+            return self
+        captured = self.captured.corrected(anchor)
+        if captured is self.captured:
+            return self
+        return replace(self, captured=captured, status=self.status | {STATUS_TIME_CORRECTED})
 
     def compacted(self, period_ms: int = 60_000) -> Reading:
         """This reading with its samples summarised per period and its raw frames dropped."""

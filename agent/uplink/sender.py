@@ -28,14 +28,14 @@ import os
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from agent.clock import kernel_clock_synced
+from agent.clock import ClockAnchor, SystemClock, kernel_clock_synced
 from agent.errors import AgentError, ProtocolError, ReplayError, StoreError, UplinkError
 from agent.model import Reading
 from agent.uplink import protocol
@@ -152,6 +152,7 @@ class Uplink:
         *,
         state: UplinkState | None = None,
         clock_synced: Any = kernel_clock_synced,
+        clock_anchor: Callable[[], ClockAnchor | None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.buffer = buffer
@@ -166,6 +167,7 @@ class Uplink:
         self.commands_accepted = 0
         self.commands_refused = 0
         self._clock_synced = clock_synced
+        self._clock_anchor = clock_anchor or SystemClock().anchor
         self._wake = asyncio.Event()
         # Work started from broker callbacks; asyncio keeps only weak references to tasks.
         self._background: set[asyncio.Task[None]] = set()
@@ -251,12 +253,16 @@ class Uplink:
     async def _send_claim(self, claim: ClaimLike) -> None:
         seq = await asyncio.to_thread(self.state.next_seq)
         created_ms = time.time_ns() // 1_000_000
+        # Captured before NTP sync in this boot, sent after it: the boot clock gives the
+        # true time now. Readings from a boot that never synced stay flagged uncertain.
+        anchor = self._clock_anchor()
+        readings = [r.with_time_corrected(anchor) for r in claim.readings]
         try:
             env, wire = await asyncio.to_thread(
                 protocol.seal_batch,
                 self.box_id,
                 seq,
-                claim.readings,
+                readings,
                 self.cfg.signing_key,
                 created_ms=created_ms,
             )

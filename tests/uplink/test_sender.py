@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -186,3 +187,32 @@ async def test_signed_rotate_keys_command_rotates_the_buffer_data_key(rig):
     assert report["data_key"] != before
     assert uplink.commands_accepted == 1
     assert not uplink._background  # the task finished and was let go
+
+
+async def test_capture_times_from_before_ntp_sync_are_corrected_when_sent(rig, tmp_path):
+    from dataclasses import replace
+
+    from agent.clock import ClockAnchor
+    from agent.model import STATUS_TIME_CORRECTED
+
+    uplink, link, buf, service = rig
+    r = f.mixed_readings(1)[0]
+    early = replace(
+        r, captured=replace(r.captured, wall_ns=1_000, mono_ns=5_000_000_000, synced=False)
+    )
+    other_boot = replace(
+        f.mixed_readings(1, seed=3)[0],
+        captured=replace(r.captured, boot_id=uuid.uuid4(), synced=False),
+    )
+    await buf.append([early, other_boot])
+    offset = 1_790_000_000_000_000_000
+    uplink._clock_anchor = lambda: ClockAnchor(r.captured.boot_id, offset)
+    link.answer = _answer(uplink, service, p.AckResult.STORED)
+    await uplink._send_next()
+    env = p.parse_batch(link.sent[0][1]).envelope
+    sent = {x.id: x for x in p.batch_readings(env)}
+    fixed = sent[early.id]
+    assert fixed.captured.synced
+    assert fixed.captured.wall_ns == 5_000_000_000 + offset
+    assert STATUS_TIME_CORRECTED in fixed.status
+    assert sent[other_boot.id].captured.synced is False  # another boot: stays uncertain
