@@ -12,7 +12,7 @@ Protocol: ``docs/uplink-protocol.md``. Modules:
 """
 
 from agent.uplink.link import LinkConfig, LinkState, MqttLink, check_clock
-from agent.uplink.sender import Uplink, UplinkConfig, UplinkStatus, read_status_file
+from agent.uplink.sender import Uplink, UplinkConfig, UplinkStatus
 
 __all__ = [
     "LinkConfig",
@@ -22,5 +22,4 @@ __all__ = [
     "UplinkConfig",
     "UplinkStatus",
     "check_clock",
-    "read_status_file",
 ]

@@ -24,11 +24,10 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -74,7 +73,6 @@ class BufferLike(Protocol):
     async def release(self, batch_id: int) -> int: ...
     async def quarantine_batch(self, batch_id: int, reason: str) -> int: ...
     async def rotate_data_key(self) -> int: ...
-    async def purge(self) -> int: ...
     async def stats(self) -> Any: ...
 
 
@@ -87,11 +85,10 @@ class UplinkConfig:
         signing_key: the box's Ed25519 key (its public half was enrolled with the service).
         service_key: the service's public key, pinned at enrolment; acknowledgements and
             commands must verify under it.
-        state_dir: where ``uplink-state.json`` and ``uplink-status.json`` live.
+        state_dir: where ``uplink-state.json`` (sequence and command counters) lives.
         max_batch_bytes: bound on a claim's encrypted size (keeps envelopes well under the
             receiver's limit).
         idle_poll_s: how often an empty buffer is looked at again (``set-schedule`` changes it).
-        purge_interval_s: how often delivered rows are deleted from the buffer.
     """
 
     link: LinkConfig
@@ -105,7 +102,6 @@ class UplinkConfig:
     ack_timeout_s: float = 20.0
     ack_timeout_cap_s: float = 300.0
     idle_poll_s: float = 5.0
-    purge_interval_s: float = 600.0
     backoff_base_s: float = 1.0
     backoff_cap_s: float = 300.0
 
@@ -126,10 +122,6 @@ class UplinkStatus:
     batch_size: int
     commands_accepted: int
     commands_refused: int
-
-    def to_json(self) -> str:
-        """The status as one JSON object."""
-        return json.dumps(asdict(self), sort_keys=True)
 
 
 @dataclass
@@ -192,7 +184,6 @@ class Uplink:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.link.run(), name=f"uplink-link-{self.box_id}")
             tg.create_task(self._send_loop(), name=f"uplink-send-{self.box_id}")
-            tg.create_task(self._purge_loop(), name=f"uplink-purge-{self.box_id}")
 
     def wake(self) -> None:
         """Tell the sender new readings are in the buffer (saves waiting for the next poll)."""
@@ -230,7 +221,6 @@ class Uplink:
         except OSError:
             await self.buffer.release(claim.batch_id)
             raise
-        await self._write_status()
 
     async def _unsendable(self, claim: ClaimLike, why: str) -> None:
         """Shrink the batch; a single reading that still cannot go is quarantined (kept)."""
@@ -368,16 +358,6 @@ class Uplink:
         self.readings_acked += n
         self.last_upload_unix = time.time()
 
-    async def _purge_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.cfg.purge_interval_s)
-            try:
-                n = await self.buffer.purge()
-            except (StoreError, OSError) as err:
-                _LOG.warning("uplink %s: purge failed: %s", self.box_id, err)
-            else:
-                _LOG.info("uplink %s: purged %d delivered readings", self.box_id, n)
-
     # -- inbound ------------------------------------------------------------------------
 
     def _on_connected(self) -> None:
@@ -497,32 +477,7 @@ class Uplink:
             commands_refused=self.commands_refused,
         )
 
-    async def _write_status(self) -> None:
-        status = await self.status()
-        try:
-            await asyncio.to_thread(
-                write_status_file, self.cfg.state_dir / "uplink-status.json", status
-            )
-        except OSError as err:
-            _LOG.warning("uplink %s: status file not written: %s", self.box_id, err)
-
     @property
     def connected(self) -> bool:
         """True while the broker connection is up."""
         return self.link.state is LinkState.CONNECTED
-
-
-def write_status_file(path: Path, status: UplinkStatus) -> None:
-    """Write the status atomically for the CLI (``dho-agent status`` reads it)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(status.to_json())
-    os.replace(tmp, path)
-
-
-def read_status_file(path: Path) -> Mapping[str, Any] | None:
-    """The last status written by a running agent, or None."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
