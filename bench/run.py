@@ -2,6 +2,9 @@
 
 Sections: ``buffer`` (issue 2), and ``uplink``/``receiver`` when their benchmark module exists.
 Each figure sits next to its goal; a missed goal is reported, not hidden.
+
+``python -m bench.run SECTION ...`` runs only the named sections (``buffer``, ``uplink``; the
+uplink module also yields ``receiver``) and keeps the other sections of the existing report.
 """
 
 from __future__ import annotations
@@ -25,9 +28,13 @@ def _check(value: float, goal: tuple[str, float]) -> bool:
     return value >= target if op == ">=" else value <= target
 
 
-def main() -> int:
-    """Run the benchmarks and write the report."""
-    report: dict[str, Any] = {
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmarks (all, or the sections named in ``argv``) and write the report."""
+    wanted = set(sys.argv[1:] if argv is None else argv)
+    report: dict[str, Any] = {}
+    if wanted and REPORT.exists():
+        report = json.loads(REPORT.read_text())
+    report |= {
         "machine": {
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
@@ -36,21 +43,25 @@ def main() -> int:
         }
     }
     size = int(os.environ.get("BENCH_BACKLOG", "1000000"))
-    sections: list[tuple[str, dict[str, Any], dict[str, tuple[str, float]]]] = [
-        ("buffer", buffer_bench.run(size), buffer_bench.GOALS)
-    ]
+    sections: list[tuple[str, dict[str, Any], dict[str, tuple[str, float]]]] = []
+    if not wanted or "buffer" in wanted:
+        sections.append(("buffer", buffer_bench.run(size), buffer_bench.GOALS))
     try:
         uplink = importlib.import_module("bench.uplink_bench")
     except ModuleNotFoundError:
         uplink = None
-    if uplink is not None:
+    if uplink is not None and (not wanted or wanted & {"uplink", "receiver"}):
         figures = uplink.run()
         goals = getattr(uplink, "GOALS", {})
         for section in ("uplink", "receiver"):
             keys = {k.split(".", 1)[1]: v for k, v in figures.items() if k.startswith(section)}
             sect_goals = {k.split(".", 1)[1]: v for k, v in goals.items() if k.startswith(section)}
             sections.append((section, keys, sect_goals))
-    missed = []
+    missed = [
+        m
+        for m in report.get("missed_goals", [])
+        if m.split(".", 1)[0] not in {name for name, _, _ in sections}
+    ]
     for name, figures, goals in sections:
         report[name] = figures
         for key, value in figures.items():

@@ -29,7 +29,7 @@ fi
 if [ "$(id -u)" -eq 0 ]; then
   echo "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
+  apt-get -o DPkg::Lock::Timeout=600 update -qq
   # --no-install-recommends keeps the set small; policy-rc.d stops services being
   # started by the package scripts (the tests start their own instances). The postgresql
   # package creates the system cluster 15/main but starts it through invoke-rc.d, which
@@ -37,7 +37,7 @@ if [ "$(id -u)" -eq 0 ]; then
   printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d.dho && chmod +x /usr/sbin/policy-rc.d.dho
   if [ ! -e /usr/sbin/policy-rc.d ]; then cp /usr/sbin/policy-rc.d.dho /usr/sbin/policy-rc.d; trap 'rm -f /usr/sbin/policy-rc.d' EXIT; fi
   rm -f /usr/sbin/policy-rc.d.dho
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 else
   echo "note: not root, so these Debian packages were not installed: ${missing[*]}" >&2
   echo "      tests that need them will be skipped." >&2
