@@ -16,14 +16,10 @@
         ├── BrokerUnreachableError     TCP/DNS failure reaching the broker
         ├── CertificateRejectedError   the broker refused this box's certificate or identity
         ├── BrokerCertificateError     the broker's certificate failed verification
-        ├── ClockImplausibleError      the wall clock is outside any certificate's validity
-        └── ProtocolError              a message of the uplink protocol that cannot be used
-            ├── MalformedMessageError  does not parse (or decompresses past the limits)
-            ├── UnsupportedVersionError
-            ├── MessageTooLargeError
-            ├── SignatureError         signature missing, wrong key, or forged
-            ├── ReplayError            outside the replay window or already used
-            └── UnknownBoxError        no enrolled key for the box id
+        └── ClockImplausibleError      the wall clock is outside any certificate's validity
+
+A message of the uplink protocol that cannot be used raises the protocol's own tree,
+:class:`dho_protocol.errors.ProtocolError` and its leaves, shared with the receiver.
 
 Every message says what happened and, where a technician can act, what to do. No message
 contains a measured value or a patient reference.
@@ -80,55 +76,6 @@ class ClockImplausibleError(UplinkError):
     def __init__(self, message: str, wall_ns: int) -> None:
         super().__init__(message)
         self.wall_ns = wall_ns
-
-
-class ProtocolError(UplinkError):
-    """A message of the uplink protocol (batch, acknowledgement, command) that cannot be used.
-
-    Attributes:
-        reason: a short stable token for logs and metrics (e.g. ``"forged"``).
-    """
-
-    reason = "protocol"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-
-
-class MalformedMessageError(ProtocolError):
-    """The bytes do not parse as the message they claim to be."""
-
-    reason = "malformed"
-
-
-class UnsupportedVersionError(ProtocolError):
-    """The message type or protocol version is not one this code speaks."""
-
-    reason = "version"
-
-
-class MessageTooLargeError(ProtocolError):
-    """The message, or what it decompresses to, exceeds the configured limit."""
-
-    reason = "oversized"
-
-
-class SignatureError(ProtocolError):
-    """The signature does not verify under the expected key: forged, altered or misdirected."""
-
-    reason = "forged"
-
-
-class ReplayError(ProtocolError):
-    """The message was already used, or falls outside the replay window or its expiry."""
-
-    reason = "replayed"
-
-
-class UnknownBoxError(ProtocolError):
-    """No enrolled key exists for the box id the message names."""
-
-    reason = "unknown-box"
 
 
 class StoreError(AgentError):

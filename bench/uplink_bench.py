@@ -36,8 +36,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+import dho_protocol as protocol
 from agent.model import Reading
-from agent.uplink import protocol
 from receiver import pg, pgcluster
 from receiver.core import Receiver
 from receiver.store import SqliteStore, Store

@@ -13,7 +13,7 @@ import typer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.uplink.protocol import load_public_key, public_key_bytes
+from dho_protocol import load_public_key, public_key_bytes
 from receiver import fhir
 from receiver.core import Receiver
 from receiver.mqtt import ReceiverConfig, ReceiverService, load_service_key, open_store

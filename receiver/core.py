@@ -23,14 +23,15 @@ from typing import Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.errors import (
+import dho_protocol as protocol
+from dho_protocol import (
+    Ack,
+    AckResult,
     MalformedMessageError,
     MessageTooLargeError,
     ProtocolError,
     UnknownBoxError,
 )
-from agent.uplink import protocol
-from agent.uplink.protocol import Ack, AckResult
 from receiver.store import Store
 
 _LOG = logging.getLogger("receiver")

@@ -32,7 +32,7 @@ from typing import Any, Final
 
 from agent import codes
 from agent.model import Absent, Channel, DeviceIdentity, Observation, Reading
-from agent.uplink.payload import utc_datetime
+from dho_protocol import utc_datetime
 from receiver.store import StoredReading
 
 PHD: Final = "http://hl7.org/fhir/uv/phd/StructureDefinition"

@@ -30,8 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
-from agent.uplink import protocol
-from agent.uplink.link import LinkConfig
+import dho_protocol as protocol
 
 REPO = Path(__file__).resolve().parents[1]
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -238,22 +237,12 @@ class Broker:
         path = self.root / "mosquitto.log"
         return path.read_text() if path.exists() else ""
 
-    def link_config(
+    def client_files(
         self, cn: str, *, cert: tuple[Path, Path] | None = None, ca_file: Path | None = None
-    ) -> LinkConfig:
+    ) -> protocol.TlsFiles:
+        """TLS files for a client ``cn`` of this broker (a certificate is issued if needed)."""
         cert_file, key_file = cert or self.pki.client(cn)
-        return LinkConfig(
-            host="127.0.0.1",
-            port=self.port,
-            box_id=cn,
-            ca_file=ca_file or self.pki.ca.ca_file,
-            cert_file=cert_file,
-            key_file=key_file,
-            keepalive_s=5,
-            connect_timeout_s=5,
-            session_expiry_s=600,
-            stable_after_s=2,
-        )
+        return protocol.TlsFiles(ca_file or self.pki.ca.ca_file, cert_file, key_file)
 
 
 class ReceiverProcess:

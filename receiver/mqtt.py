@@ -15,7 +15,6 @@ batches that arrive while a receiver restarts wait at the broker.
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
 import tomllib
 from dataclasses import dataclass, field
@@ -30,8 +29,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.uplink import protocol
-from agent.uplink.link import TlsClient
+import dho_protocol as protocol
 from receiver.core import REPLAY_WINDOW, Receiver
 from receiver.pg import PostgresStore
 from receiver.store import SqliteStore, Store
@@ -113,17 +111,15 @@ class ReceiverService:
         self.cfg = cfg
         self.receiver = receiver
         self.connected = threading.Event()
-        self.client = TlsClient(
+        self.client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=cfg.client_id,
             protocol=mqtt.MQTTv5,
             manual_ack=True,
         )
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_verify_locations(cafile=str(cfg.ca_file))
-        ctx.load_cert_chain(certfile=str(cfg.cert_file), keyfile=str(cfg.key_file))
-        self.client.tls_set_context(ctx)
+        self.client.tls_set_context(
+            protocol.client_context(protocol.TlsFiles(cfg.ca_file, cfg.cert_file, cfg.key_file))
+        )
         self.client.reconnect_delay_set(1, 30)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from agent.model import Reading
-from agent.uplink.protocol import AckResult
+from dho_protocol import AckResult
 from receiver.store import CommitResult, StoredReading, decode_one, encode_one, natural_key_hash
 
 if TYPE_CHECKING:

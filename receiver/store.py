@@ -26,8 +26,7 @@ from pathlib import Path
 from typing import Final, Protocol
 
 from agent.model import Reading
-from agent.uplink.payload import decode_readings, encode_readings
-from agent.uplink.protocol import AckResult
+from dho_protocol import AckResult, decode_readings, encode_readings
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS boxes (

@@ -41,6 +41,7 @@ from agent.errors import (
     UplinkError,
 )
 from agent.uplink.policy import Backoff
+from dho_protocol.tls import TlsFiles, client_context
 
 _LOG = logging.getLogger(__name__)
 
@@ -134,18 +135,12 @@ def check_clock(cert_file: Path, *, now: datetime | None = None) -> None:
 
 
 def _tls_context(cfg: LinkConfig) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.check_hostname = True
-    ctx.verify_mode = ssl.CERT_REQUIRED
     try:
-        ctx.load_verify_locations(cafile=str(cfg.ca_file))
-        ctx.load_cert_chain(certfile=str(cfg.cert_file), keyfile=str(cfg.key_file))
+        return client_context(TlsFiles(cfg.ca_file, cfg.cert_file, cfg.key_file))
     except (OSError, ssl.SSLError) as err:
         raise CertificateRejectedError(
             f"cannot load the TLS files ({cfg.ca_file}, {cfg.cert_file}): {err}"
         ) from err
-    return ctx
 
 
 def _classify_connect_error(err: BaseException, cfg: LinkConfig) -> UplinkError:
@@ -186,7 +181,7 @@ MessageHandler = Callable[[str, bytes], None]
 
 
 class TlsClient(mqtt.Client):
-    """paho's client, closing the TLS socket when the handshake fails (used by the receiver too).
+    """paho's client, closing the TLS socket when the handshake fails.
 
     paho 2.x leaves the half-open TLS socket of a failed handshake to the garbage collector
     (a descriptor held for as long as the exception lives, and a ResourceWarning). This

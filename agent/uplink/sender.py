@@ -34,13 +34,14 @@ from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+import dho_protocol as protocol
 from agent.clock import ClockAnchor, SystemClock, kernel_clock_synced
-from agent.errors import AgentError, ProtocolError, ReplayError, StoreError, UplinkError
+from agent.errors import AgentError, StoreError, UplinkError
 from agent.model import Reading
-from agent.uplink import protocol
 from agent.uplink.link import LinkConfig, LinkState, MqttLink
 from agent.uplink.policy import AckTimeout, Backoff, BatchSizer
 from agent.uplink.state import UplinkState
+from dho_protocol import ProtocolError, ReplayError
 
 _LOG = logging.getLogger(__name__)
 

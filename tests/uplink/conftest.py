@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from agent.uplink.link import LinkConfig
 from receiver.localstack import (
     MOSQUITTO,
     PKI,
@@ -67,6 +68,29 @@ async def wait_until(pred: Callable[[], object], limit_s: float, what: str = "co
     raise TimeoutError(f"timed out waiting for {what}")
 
 
+def link_config(
+    broker: Broker,
+    cn: str,
+    *,
+    cert: tuple[Path, Path] | None = None,
+    ca_file: Path | None = None,
+) -> LinkConfig:
+    """The box side's settings for reaching ``broker`` as ``cn`` (short timeouts for tests)."""
+    files = broker.client_files(cn, cert=cert, ca_file=ca_file)
+    return LinkConfig(
+        host="127.0.0.1",
+        port=broker.port,
+        box_id=cn,
+        ca_file=files.ca_file,
+        cert_file=files.cert_file,
+        key_file=files.key_file,
+        keepalive_s=5,
+        connect_timeout_s=5,
+        session_expiry_s=600,
+        stable_after_s=2,
+    )
+
+
 async def open_agent(
     broker: Broker,
     root: Path,
@@ -79,7 +103,7 @@ async def open_agent(
 
     await asyncio.to_thread(root.mkdir, parents=True, exist_ok=True)
     buf = await AsyncBuffer.open(root / "buffer.db", FileKeySource(root / "buffer.kek"))
-    link = overrides.pop("link", None) or broker.link_config(box_id)
+    link = overrides.pop("link", None) or link_config(broker, box_id)
     settings: dict[str, object] = {
         "ack_timeout_s": 3.0,
         "ack_timeout_cap_s": 6.0,

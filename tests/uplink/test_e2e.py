@@ -15,13 +15,13 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+import dho_protocol as protocol
 from agent.buffer import Buffer, FileKeySource
 from agent.model import Lane
-from agent.uplink import protocol
 from receiver.localstack import REPO, enrol
 from receiver.store import SqliteStore
 from tests.uplink import factories as f
-from tests.uplink.conftest import RawClient, open_agent, wait_until
+from tests.uplink.conftest import RawClient, link_config, open_agent, wait_until
 
 
 def _stored(db: Path) -> list[uuid.UUID]:
@@ -311,7 +311,7 @@ async def test_flapping_link_shrinks_batches_and_still_delivers_once(broker, rec
     receivers(1, db=db)
     proxy = FlakyProxy(broker.port)
     await proxy.start()
-    link = replace(broker.link_config("box-0001"), port=proxy.port)
+    link = replace(link_config(broker, "box-0001"), port=proxy.port)
     uplink, buf = await open_agent(
         broker,
         tmp_path / "agent",

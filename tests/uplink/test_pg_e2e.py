@@ -10,7 +10,7 @@ import contextlib
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.uplink import protocol
+import dho_protocol as protocol
 from receiver.pg import PostgresStore
 from tests.uplink import factories as f
 from tests.uplink.conftest import open_agent, wait_until

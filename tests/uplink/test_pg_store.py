@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fhir.resources.R4B.bundle import Bundle
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from agent.uplink.protocol import AckResult, public_key_bytes
+from dho_protocol import AckResult, public_key_bytes
 from receiver import fhir
 from receiver.pg import PostgresStore
 from receiver.store import CommitResult, SqliteStore

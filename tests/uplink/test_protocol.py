@@ -15,18 +15,19 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import dho_protocol as p
 from agent import codes
-from agent.errors import (
+from agent.ids import uuid7
+from agent.model import Absent, Observation, Reading
+from dho_protocol import (
     MalformedMessageError,
     MessageTooLargeError,
     ReplayError,
     SignatureError,
     UnsupportedVersionError,
+    decode_readings,
+    encode_readings,
 )
-from agent.ids import uuid7
-from agent.model import Absent, Observation, Reading
-from agent.uplink import protocol as p
-from agent.uplink.payload import decode_readings, encode_readings
 from tests.uplink import factories as f
 
 BOX = "box-0001"
@@ -223,7 +224,7 @@ def test_topics():
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=400))
 def test_garbage_messages_give_typed_errors_only(data):
-    from agent.errors import ProtocolError
+    from dho_protocol import ProtocolError
 
     with pytest.raises(ProtocolError):
         p.parse_batch(data).verify(KEY.public_key())
@@ -237,7 +238,7 @@ def test_garbage_messages_give_typed_errors_only(data):
 @given(st.data())
 def test_signed_but_mangled_bodies_give_typed_errors_only(data):
     """A box with a bug (or a stolen key) can sign anything: decoding must still be safe."""
-    from agent.errors import ProtocolError
+    from dho_protocol import ProtocolError
 
     _, wire = p.seal_batch(BOX, 1, f.mixed_readings(2), KEY, created_ms=1)
     env = p.parse_batch(wire).envelope

@@ -6,7 +6,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fhir.resources.R4B.bundle import Bundle
 from typer.testing import CliRunner
 
-from agent.uplink import protocol as p
+import dho_protocol as p
 from receiver.cli import app
 from receiver.core import Receiver
 from receiver.mqtt import load_service_key

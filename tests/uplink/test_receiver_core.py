@@ -6,7 +6,7 @@ import msgpack
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.uplink import protocol as p
+import dho_protocol as p
 from receiver.core import Receiver
 from receiver.store import SqliteStore
 from tests.uplink import factories as f

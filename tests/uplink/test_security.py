@@ -13,18 +13,18 @@ from datetime import UTC, datetime
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+import dho_protocol as protocol
 from agent.errors import (
     BrokerCertificateError,
     BrokerUnreachableError,
     CertificateRejectedError,
     ClockImplausibleError,
 )
-from agent.uplink import protocol
 from agent.uplink.link import MqttLink, check_clock
 from receiver.localstack import enrol, free_port
 from receiver.store import SqliteStore
 from tests.uplink import factories as f
-from tests.uplink.conftest import RawClient, open_agent, wait_until
+from tests.uplink.conftest import RawClient, link_config, open_agent, wait_until
 
 
 def _count(db) -> int:
@@ -99,11 +99,11 @@ async def _first_error(link: MqttLink, limit_s: float = 10.0):
 async def test_link_errors_are_typed_and_clear(broker, pki):
     rogue = pki.rogue.issue("box-0001")
     err = await _first_error(
-        MqttLink(broker.link_config("box-0001", cert=rogue), on_message=lambda t, p: None)
+        MqttLink(link_config(broker, "box-0001", cert=rogue), on_message=lambda t, p: None)
     )
     assert isinstance(err, CertificateRejectedError), err
     assert "certificate" in str(err)
-    cfg = broker.link_config("box-0001")
+    cfg = link_config(broker, "box-0001")
     err = await _first_error(MqttLink(replace(cfg, port=free_port()), on_message=lambda t, p: None))
     assert isinstance(err, BrokerUnreachableError), err
     err = await _first_error(

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+import dho_protocol as p
 from agent.buffer import AsyncBuffer, FileKeySource
-from agent.uplink import protocol as p
 from agent.uplink.link import LinkConfig
 from agent.uplink.sender import Uplink, UplinkConfig
 from tests.uplink import factories as f

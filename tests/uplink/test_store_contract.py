@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.ids import uuid7
-from agent.uplink.protocol import AckResult, public_key_bytes
+from dho_protocol import AckResult, public_key_bytes
 from receiver import pg
 from receiver.store import SqliteStore
 from tests.uplink import factories as f

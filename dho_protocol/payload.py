@@ -8,7 +8,7 @@ Pure code: ``readings -> bytes`` and back, no I/O. The layout is described in
 where ``devices``, ``patients`` and ``boots`` are tables that rows refer to by index, and each
 row is one reading with every time stored as a delta from the previous row, decimal values
 as ``(mantissa, exponent)`` integers and sample channels delta-encoded. The caller compresses
-the result with zstd (see :mod:`agent.uplink.protocol`). Reading ids travel in the envelope,
+the result with zstd (see :mod:`dho_protocol.envelope`). Reading ids travel in the envelope,
 in the same order as the rows.
 
 Everything a :class:`~agent.model.Reading` holds survives the round trip exactly (including
@@ -29,7 +29,6 @@ import msgpack
 
 from agent import codes
 from agent.clock import CaptureTime
-from agent.errors import MalformedMessageError
 from agent.model import (
     Absent,
     Channel,
@@ -41,6 +40,7 @@ from agent.model import (
     SampleChunk,
     Transport,
 )
+from dho_protocol.errors import MalformedMessageError
 
 _EPOCH: Final = datetime(1970, 1, 1)
 _EPOCH_UTC: Final = datetime(1970, 1, 1, tzinfo=UTC)

@@ -1,4 +1,4 @@
-"""The uplink protocol v1: topics, signed batch envelopes, acknowledgements and commands.
+"""The uplink protocol v1: signed batch envelopes, acknowledgements and commands.
 
 Pure code (no I/O), shared by the agent and the reference receiver. The normative text is
 ``docs/uplink-protocol.md``; section numbers below refer to it.
@@ -27,21 +27,20 @@ import zstandard
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from agent.errors import (
+from agent.model import Reading
+from dho_protocol.errors import (
     MalformedMessageError,
     MessageTooLargeError,
     ReplayError,
     SignatureError,
     UnsupportedVersionError,
 )
-from agent.model import Reading
-from agent.uplink.payload import decode_readings, encode_readings
+from dho_protocol.payload import decode_readings, encode_readings
+from dho_protocol.topics import check_box_id
 
 VERSION: Final = 1
 DOMAIN: Final = b"dho-uplink\x00"
 SIGNATURE_LEN: Final = 64
-TOPIC_ROOT: Final = "dho/v1"
-SHARE_GROUP: Final = "dho-receivers"
 
 MAX_BATCH_BYTES: Final = 512 * 1024
 """Largest batch envelope on the wire a receiver accepts by default (section 4.4)."""
@@ -59,56 +58,6 @@ _CMD: Final = "dho.cmd"
 
 FLAG_RAW: Final = 1
 """Envelope flag: raw device frames are included for some readings of the payload."""
-
-
-# --- topics (section 3) -------------------------------------------------------------------
-
-
-def _check_box_id(box_id: str) -> str:
-    if not box_id or any(c in box_id for c in "/+#$\x00") or len(box_id) > 64:
-        raise ValueError(f"not a usable box id: {box_id!r}")
-    return box_id
-
-
-def batch_topic(box_id: str) -> str:
-    """Where a box publishes its batches."""
-    return f"{TOPIC_ROOT}/up/{_check_box_id(box_id)}/batch"
-
-
-def status_topic(box_id: str) -> str:
-    """Retained ``online``/``offline`` state of a box (the last will sets ``offline``)."""
-    return f"{TOPIC_ROOT}/up/{_check_box_id(box_id)}/status"
-
-
-def report_topic(box_id: str) -> str:
-    """Status reports a box publishes on request (JSON, no patient data)."""
-    return f"{TOPIC_ROOT}/up/{_check_box_id(box_id)}/report"
-
-
-def ack_topic(box_id: str) -> str:
-    """Where the receiver publishes acknowledgements for one box."""
-    return f"{TOPIC_ROOT}/down/{_check_box_id(box_id)}/ack"
-
-
-def command_topic(box_id: str) -> str:
-    """Where the service publishes signed commands for one box."""
-    return f"{TOPIC_ROOT}/down/{_check_box_id(box_id)}/cmd"
-
-
-SHARED_BATCH_SUBSCRIPTION: Final = f"$share/{SHARE_GROUP}/{TOPIC_ROOT}/up/+/batch"
-"""The receivers' shared subscription: each batch goes to one receiver of the group."""
-
-
-def box_of_batch_topic(topic: str) -> str:
-    """The box id in a batch topic.
-
-    Raises:
-        MalformedMessageError: the topic is not a batch topic.
-    """
-    parts = topic.split("/")
-    if len(parts) != 5 or "/".join(parts[:3]) != f"{TOPIC_ROOT}/up" or parts[4] != "batch":
-        raise MalformedMessageError(f"not a batch topic: {topic!r}")
-    return parts[3]
 
 
 # --- signing and bounded parsing ----------------------------------------------------------
@@ -194,7 +143,7 @@ class BatchEnvelope:
         created_ms: the box's wall clock when it sealed the envelope (informational).
         reading_ids: the ids of the readings in the payload, in row order.
         flags: :data:`FLAG_RAW` when raw frames are included.
-        payload: zstd-compressed output of :func:`agent.uplink.payload.encode_readings`.
+        payload: zstd-compressed output of :func:`dho_protocol.payload.encode_readings`.
     """
 
     box_id: str
@@ -245,7 +194,7 @@ def seal_batch(
     raw_payload = encode_readings(readings)
     payload = zstandard.ZstdCompressor(level=level).compress(raw_payload)
     env = BatchEnvelope(
-        box_id=_check_box_id(box_id),
+        box_id=check_box_id(box_id),
         batch_id=batch_id if batch_id is not None else uuid.uuid4(),
         seq=seq,
         created_ms=created_ms,
@@ -285,7 +234,7 @@ def parse_batch(data: bytes, *, max_bytes: int = MAX_BATCH_BYTES) -> SignedBatch
     if not isinstance(payload, bytes):
         raise MalformedMessageError("payload is not bytes")
     try:
-        box = _check_box_id(_text(box_id, "box id"))
+        box = check_box_id(_text(box_id, "box id"))
     except ValueError as err:
         raise MalformedMessageError(str(err)) from err
     reading_ids = tuple(uuid.UUID(bytes=ids[i : i + 16]) for i in range(0, len(ids), 16))
