@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 
 lint: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check agent dho_protocol provisioning receiver bench tests hw-mocks
+	$(VENV)/bin/ruff format --check agent dho_cli dho_protocol provisioning receiver bench tests hw-mocks
 
 typecheck: setup
 	$(VENV)/bin/mypy

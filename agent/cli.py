@@ -8,17 +8,13 @@ from typing import Annotated, Any
 
 import typer
 
-app = typer.Typer(
-    name="dho-agent",
+from dho_cli import make_app, run_app
+
+app = make_app(
+    "dho-agent",
     help="The dho-gateway agent: run the daemon, inspect the buffer, decode captured payloads.",
-    no_args_is_help=True,
     add_completion=False,
 )
-
-
-@app.callback()
-def _root() -> None:
-    """The dho-gateway agent."""
 
 
 @app.command("decode")
@@ -236,4 +232,4 @@ def buffer_rotate_key(config: ConfigOpt = None, state_dir: StateOpt = None) -> N
 
 def main() -> None:
     """Console-script entry point."""
-    app()
+    run_app(app)

@@ -29,7 +29,22 @@ from __future__ import annotations
 
 
 class AgentError(Exception):
-    """Root of every error the agent raises on purpose."""
+    """Root of every error the agent raises on purpose.
+
+    Attributes:
+        hint: the next step for a technician; a class default, or one the raiser knows
+            better (the CLIs print it: :mod:`dho_cli`).
+        exit_code: the exit code a CLI ends with when this error stops a command
+            (``sysexits.h`` values, :class:`dho_cli.ExitCode`).
+    """
+
+    hint: str | None = None
+    exit_code: int = 1
+
+    def __init__(self, *args: object, hint: str | None = None) -> None:
+        super().__init__(*args)
+        if hint is not None:
+            self.hint = hint
 
 
 class CodecError(AgentError):
@@ -49,21 +64,33 @@ class CodecError(AgentError):
 class ConfigError(AgentError):
     """Configuration that cannot be used."""
 
+    exit_code = 78  # EX_CONFIG
+    hint = "fix the configuration file, then run the command again"
+
 
 class UplinkError(AgentError):
     """A problem on the link to the central service."""
+
+    exit_code = 69  # EX_UNAVAILABLE
 
 
 class BrokerUnreachableError(UplinkError):
     """The broker could not be reached (DNS, TCP refused or timed out, link down)."""
 
+    hint = "check the mobile link and the broker address in the configuration"
+
 
 class CertificateRejectedError(UplinkError):
     """The broker refused this box: its client certificate or identity was not accepted."""
 
+    exit_code = 77  # EX_NOPERM
+    hint = "the service refused this box: check its enrolment (dho-provision status)"
+
 
 class BrokerCertificateError(UplinkError):
     """The broker's certificate did not verify against the pinned CA (wrong broker or CA)."""
+
+    hint = "the broker is not the one this box was enrolled with: check host and CA file"
 
 
 class ClockImplausibleError(UplinkError):
@@ -73,6 +100,9 @@ class ClockImplausibleError(UplinkError):
         wall_ns: the clock reading that was judged implausible.
     """
 
+    exit_code = 1
+    hint = "set the clock or wait for NTP (timedatectl status)"
+
     def __init__(self, message: str, wall_ns: int) -> None:
         super().__init__(message)
         self.wall_ns = wall_ns
@@ -80,6 +110,8 @@ class ClockImplausibleError(UplinkError):
 
 class StoreError(AgentError):
     """The encrypted store refused or could not complete an operation."""
+
+    hint = "see docs/operations.md, section on the buffer"
 
 
 class BufferFullError(StoreError):
@@ -114,6 +146,9 @@ class RowAuthenticationError(StoreError):
 
 class KeyUnavailableError(StoreError):
     """The key-encryption key or a wrapped data key cannot be loaded."""
+
+    exit_code = 77  # EX_NOPERM
+    hint = "check the buffer key source (owner dho-gateway, mode 0600) or the systemd credential"
 
 
 class KeyLostError(KeyUnavailableError):

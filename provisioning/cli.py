@@ -9,16 +9,17 @@ from typing import Annotated, Any
 
 import typer
 
-app = typer.Typer(
-    name="dho-provision",
+from dho_cli import make_app, run_app, version_option
+
+app = make_app(
+    "dho-provision",
     help="Provision a dho-gateway box: identity, enrolment, devices, test, status, decommission.",
-    no_args_is_help=True,
     add_completion=False,
 )
 
 
 @app.callback()
-def _root() -> None:
+def _root(version: Annotated[bool, version_option("dho-provision")] = False) -> None:
     """Technician tools for a dho-gateway box."""
 
 
@@ -140,4 +141,4 @@ def decommission(
 
 def main() -> None:
     """Console-script entry point."""
-    app()
+    run_app(app)

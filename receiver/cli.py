@@ -13,16 +13,16 @@ import typer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from dho_cli import make_app, run_app
 from dho_protocol import load_public_key, public_key_bytes
 from receiver import fhir
 from receiver.core import Receiver
 from receiver.mqtt import ReceiverConfig, ReceiverService, load_service_key, open_store
 from receiver.store import SqliteStore, Store
 
-app = typer.Typer(
-    name="dho-receiver",
+app = make_app(
+    "dho-receiver",
     help="Reference receiver for the DHO service: verify, de-duplicate, acknowledge, export FHIR.",
-    no_args_is_help=True,
     add_completion=False,
 )
 
@@ -148,7 +148,7 @@ def stats(db: DbOpt = Path("receiver.db"), postgres: PgOpt = None) -> None:
 
 def main() -> None:
     """Console-script entry point (``dho-receiver``)."""
-    app()
+    run_app(app)
 
 
 if __name__ == "__main__":
