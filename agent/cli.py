@@ -20,29 +20,39 @@ app = make_app(
 @app.command("decode")
 def decode_command(
     profile: Annotated[
-        str, typer.Argument(metavar="PROFILE", help="Payload profile, e.g. ble.bpm, ble.plx-cont.")
+        str,
+        typer.Argument(
+            metavar="PROFILE", help="Profile, e.g. ble.bpm, ble.plx-cont, serial.contec-a."
+        ),
     ],
     payload: Annotated[
-        list[str], typer.Argument(metavar="HEX", help="The captured bytes in hex; spaces allowed.")
+        list[str],
+        typer.Argument(
+            metavar="HEX|PATH",
+            help="The captured bytes in hex (spaces allowed), or a PATH for file profiles.",
+        ),
     ],
     model: Annotated[
         str | None, typer.Option("--model", help="Advertised device name, for model quirks.")
     ] = None,
 ) -> None:
-    """Decode one captured payload and print it as JSON (exit 2 if it does not parse)."""
+    """Decode captured bytes (or a card) and print JSON, one document a line (exit 2 if none)."""
     # Imported here so the daemon and other commands do not load every codec.
     from agent.drivers import decode as codec
     from agent.errors import CodecError
 
     try:
-        text = codec.decode_to_json(profile, codec.parse_hex(" ".join(payload)), model)
+        out = codec.decode_input(profile, payload, model)
     except (CodecError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     except KeyError as exc:
         typer.echo(f"error: {exc.args[0]}", err=True)
         raise typer.Exit(2) from None
-    typer.echo(text)
+    for line in out.lines:
+        typer.echo(line)
+    for skipped in out.skipped:
+        typer.echo(f"skipped {len(skipped.raw)} bytes: {skipped.error}", err=True)
 
 
 ConfigOpt = Annotated[

@@ -20,6 +20,7 @@ service_key_file = "/etc/dho-gateway/service.pub"       # the service's Ed25519 
 adapter = "hci0"
 
 [[devices]]                             # one table per assigned device (dho-provision writes them)
+transport = "ble"                       # "ble" | "serial" | "cpap-card"; absent means "ble"
 family = "and-bpm"
 patient = "<opaque reference>"
 address = "00:09:1F:4B:6B:01"

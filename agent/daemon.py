@@ -180,7 +180,11 @@ def _load_uplink(cfg: AgentConfig, buffer: AsyncBuffer) -> Uplink:
 
 
 def services_from_config(cfg: AgentConfig, buffer: AsyncBuffer) -> list[Service]:
-    """The uplink (when ``[uplink]`` is set) and the BLE driver (when devices are assigned)."""
+    """The uplink (when ``[uplink]`` is set) and one driver per transport of ``[[devices]]``.
+
+    Drivers are built by :func:`agent.drivers.registry.create_drivers` (a table without
+    ``transport`` is a BLE device); a bad table is a ConfigError naming its key.
+    """
     services: list[Service] = []
     wake: Callable[[], None] = lambda: None  # noqa: E731 - a no-op until there is an uplink
     if cfg.uplink is not None:
@@ -188,17 +192,14 @@ def services_from_config(cfg: AgentConfig, buffer: AsyncBuffer) -> list[Service]
         services.append(UplinkService(uplink))
         wake = uplink.wake
     if cfg.devices:
-        from agent.drivers.ble import BleDriver, BleDriverOptions, DeviceAssignment
+        from agent.drivers.registry import create_drivers
 
-        try:
-            assignments = [DeviceAssignment.from_config(d) for d in cfg.devices]
-        except ValueError as exc:
-            raise ConfigError(f"[[devices]]: {exc}") from exc
-        services.append(
-            BleDriver(
-                assignments,
+        services.extend(
+            create_drivers(
+                cfg.devices,
                 WakingSink(buffer, wake),
-                options=BleDriverOptions(adapter=cfg.ble_adapter),
+                state_dir=cfg.state_dir,
+                settings={"ble": {"adapter": cfg.ble_adapter}},
             )
         )
     return services

@@ -1,9 +1,17 @@
-"""The registry of payload profiles and the JSON view behind ``dho-agent decode``.
+"""The JSON view behind ``dho-agent decode``, over the one profile registry.
 
-A profile names one wire format (``ble.bpm``, ``ble.plx-cont``, ...) and its pure decoder.
-:func:`decode_payload` runs one captured payload through it and returns everything a Reading
-needs (observations, device time, status flags) plus the decoded fields; :func:`to_json`
-renders that as the JSON the technician's tool prints::
+The profiles themselves live in :mod:`agent.drivers.profiles` (re-exported here:
+``PROFILES``, ``profile``, ``decode_payload``, ...). :func:`decode_input` runs the command's
+input through a profile of any form and returns the lines to print, one JSON document each:
+
+* a **payload** profile (``ble.bpm``): the hex payload gives exactly one document;
+* a **stream** profile (``serial.contec-a``): the hex bytes are fed to a fresh stream
+  decoder, and every reading it yields is one document, in stream order; the bytes it skipped
+  are reported separately (the command prints them on stderr);
+* a **path** profile (``cpap.resmed``): the reader's documents, one per line (one per night).
+
+Input that yields nothing is a :class:`~agent.errors.CodecError` (the command exits 2 with a
+one-line error). A reading's document has the same shape for every transport::
 
     {"profile": ..., "observations": [{"code": <LOINC or null>, "mdc": <int>,
      "value": <number or null>, "unit": <UCUM>, "time": <ISO 8601 or null>}, ...],
@@ -12,7 +20,8 @@ renders that as the JSON the technician's tool prints::
 Numbers are written from the exact :class:`~decimal.Decimal` (``8.90`` stays ``8.90``), never
 through a binary float. A special value is ``null`` where it appears, and named under
 ``fields.specials`` by its path (``{"mean_arterial": "nan"}``); ``fields.decoded_as`` names
-the dataclass.
+the dataclass. A decoded dataclass may name derived properties to show in ``fields`` with a
+class attribute ``JSON_EXTRAS: ClassVar[tuple[str, ...]]``.
 """
 
 from __future__ import annotations
@@ -22,156 +31,41 @@ import datetime as dt
 import enum
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Final, TypeAlias
+from pathlib import Path
+from typing import Final
 
-from agent.drivers.gatt import aandd, bps, dis, nonin, observations, plx, racp, times, uuids
-from agent.errors import CodecError
-from agent.model import Absent, Observation
-
-Decoder: TypeAlias = Callable[[bytes, str | None], object]
-
-JsonValue: TypeAlias = (
-    bool | int | str | Decimal | list["JsonValue"] | dict[str, "JsonValue"] | None
+from agent.drivers.contract import Decoded, JsonValue, Profile, Undecodable
+from agent.drivers.gatt import aandd, bps, nonin, plx, racp, times
+from agent.drivers.profiles import (
+    BY_CHARACTERISTIC,
+    PROFILES,
+    decode_payload,
+    profile,
+    profile_for_characteristic,
 )
+from agent.errors import CodecError
+from agent.model import Absent
 
-
-@dataclass(frozen=True, slots=True)
-class Profile:
-    """One decodable wire format."""
-
-    name: str
-    characteristic: str
-    """The characteristic UUID the payload is read from (128-bit, lower case)."""
-    summary: str
-    decode: Decoder
-
-
-PROFILES: Final[dict[str, Profile]] = {
-    p.name: p
-    for p in (
-        Profile(
-            bps.PROFILE_BPM,
-            uuids.BLOOD_PRESSURE_MEASUREMENT,
-            "Blood Pressure Measurement 0x2A35",
-            bps.decode_bpm,
-        ),
-        Profile(
-            bps.PROFILE_ICP,
-            uuids.INTERMEDIATE_CUFF_PRESSURE,
-            "Intermediate Cuff Pressure 0x2A36",
-            bps.decode_icp,
-        ),
-        Profile(
-            bps.PROFILE_BP_FEATURE,
-            uuids.BLOOD_PRESSURE_FEATURE,
-            "Blood Pressure Feature 0x2A49",
-            bps.decode_bp_feature,
-        ),
-        Profile(
-            plx.PROFILE_PLX_SPOT,
-            uuids.PLX_SPOT_CHECK_MEASUREMENT,
-            "PLX Spot-check Measurement 0x2A5E",
-            plx.decode_plx_spot,
-        ),
-        Profile(
-            plx.PROFILE_PLX_CONT,
-            uuids.PLX_CONTINUOUS_MEASUREMENT,
-            "PLX Continuous Measurement 0x2A5F",
-            plx.decode_plx_cont,
-        ),
-        Profile(
-            plx.PROFILE_PLX_FEATURES,
-            uuids.PLX_FEATURES,
-            "PLX Features 0x2A60",
-            plx.decode_plx_features,
-        ),
-        Profile(
-            racp.PROFILE_RACP,
-            uuids.RECORD_ACCESS_CONTROL_POINT,
-            "Record Access Control Point 0x2A52 (request or response)",
-            racp.decode_racp,
-        ),
-        Profile(
-            times.PROFILE_DATE_TIME,
-            uuids.DATE_TIME,
-            "Date Time 0x2A08",
-            times.decode_date_time,
-        ),
-        Profile(
-            times.PROFILE_CURRENT_TIME,
-            uuids.CURRENT_TIME,
-            "Current Time 0x2A2B",
-            times.decode_current_time,
-        ),
-        Profile(
-            times.PROFILE_LOCAL_TIME,
-            uuids.LOCAL_TIME_INFORMATION,
-            "Local Time Information 0x2A0F",
-            times.decode_local_time,
-        ),
-        Profile(
-            dis.PROFILE_DIS,
-            uuids.MODEL_NUMBER,
-            "Device Information string (0x2A24-0x2A29)",
-            dis.decode_dis_string,
-        ),
-        Profile(dis.PROFILE_PNP_ID, uuids.PNP_ID, "PnP ID 0x2A50", dis.decode_pnp_id),
-        Profile(dis.PROFILE_SYSTEM_ID, uuids.SYSTEM_ID, "System ID 0x2A23", dis.decode_system_id),
-        Profile(
-            dis.PROFILE_BATTERY,
-            uuids.BATTERY_LEVEL,
-            "Battery Level 0x2A19",
-            dis.decode_battery_level,
-        ),
-        Profile(
-            nonin.PROFILE_NONIN_OXIMETRY,
-            uuids.NONIN_CONTINUOUS_OXIMETRY,
-            "Nonin continuous oximetry (data format 19)",
-            nonin.decode_nonin_oximetry,
-        ),
-        Profile(
-            aandd.PROFILE_AND_COMMAND,
-            uuids.AND_CUSTOM_COMMAND,
-            "A&D vendor command frame (UA-651BLE family)",
-            aandd.decode_and_command,
-        ),
-        Profile(
-            nonin.PROFILE_NONIN_CONTROL,
-            uuids.NONIN_CONTROL_POINT,
-            "Nonin control point command",
-            nonin.decode_nonin_control,
-        ),
-    )
-}
-"""Profile name -> profile."""
-
-
-BY_CHARACTERISTIC: Final[dict[str, Profile]] = {
-    **{p.characteristic: p for p in PROFILES.values()},
-    **dict.fromkeys(dis.STRING_CHARACTERISTICS, PROFILES[dis.PROFILE_DIS]),
-}
-"""Characteristic UUID (128-bit, lower case) -> profile, for the transport code."""
-
-
-def profile_for_characteristic(uuid: str) -> Profile | None:
-    """The profile that decodes values of characteristic ``uuid`` (any spelling), if any."""
-    return BY_CHARACTERISTIC.get(uuids.normalise(uuid))
-
-
-@dataclass(frozen=True, slots=True)
-class Decoded:
-    """One payload run through its profile."""
-
-    profile: str
-    value: object
-    """The frozen dataclass the codec returned."""
-    observations: tuple[Observation, ...]
-    device_time: dt.datetime | None
-    status: tuple[str, ...]
-    raw: bytes
+__all__ = [
+    "BY_CHARACTERISTIC",
+    "PROFILES",
+    "DecodeOutput",
+    "Decoded",
+    "JsonValue",
+    "Profile",
+    "decode_input",
+    "decode_payload",
+    "decode_to_json",
+    "document",
+    "fields_of",
+    "parse_hex",
+    "profile",
+    "profile_for_characteristic",
+    "to_json",
+]
 
 
 _HEX_NOISE: Final = re.compile(r"[\s:_-]+")
@@ -192,39 +86,6 @@ def parse_hex(text: str) -> bytes:
     except ValueError:
         bad = next((c for c in cleaned if c not in "0123456789abcdefABCDEF"), "?")
         raise ValueError(f"hex payload contains the non-hex character {bad!r}") from None
-
-
-def profile(name: str) -> Profile:
-    """The profile called ``name``; :class:`KeyError` with the known names otherwise."""
-    try:
-        return PROFILES[name]
-    except KeyError:
-        known = ", ".join(sorted(PROFILES))
-        raise KeyError(f"unknown profile {name!r}; known profiles: {known}") from None
-
-
-def decode_payload(name: str, data: bytes, model: str | None = None) -> Decoded:
-    """Decode ``data`` with profile ``name`` (and the advertised ``model`` for quirks).
-
-    Raises :class:`~agent.errors.CodecError` for a malformed payload (its ``raw`` keeps the
-    bytes) and :class:`KeyError` for an unknown profile. Any other exception out of a codec
-    would be a bug; it is turned into a :class:`CodecError` so a driver never crashes on input.
-    """
-    prof = profile(name)
-    try:
-        value = prof.decode(bytes(data), model)
-    except CodecError:
-        raise
-    except Exception as exc:  # a codec bug must not take the driver down
-        raise CodecError(name, f"decoder failed unexpectedly ({type(exc).__name__})", data) from exc
-    return Decoded(
-        profile=name,
-        value=value,
-        observations=observations.observations(value),
-        device_time=observations.device_time(value),
-        status=observations.status_names(value),
-        raw=bytes(data),
-    )
 
 
 # Derived properties worth showing next to the raw fields of these classes.
@@ -272,7 +133,7 @@ def _jsonable(value: object, path: str, specials: dict[str, JsonValue]) -> JsonV
         for f in dataclasses.fields(value):
             key = f"{path}.{f.name}" if path else f.name
             out[f.name] = _jsonable(getattr(value, f.name), key, specials)
-        for name in _EXTRAS.get(type(value), ()):
+        for name in _EXTRAS.get(type(value), ()) or getattr(type(value), "JSON_EXTRAS", ()):
             key = f"{path}.{name}" if path else name
             out[name] = _jsonable(_extra(value, name), key, specials)
         return out
@@ -339,3 +200,67 @@ def to_json(value: JsonValue) -> str:
 def decode_to_json(name: str, data: bytes, model: str | None = None) -> str:
     """Decode one payload and render the ``dho-agent decode`` JSON for it."""
     return to_json(document(decode_payload(name, data, model)))
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeOutput:
+    """What ``dho-agent decode`` prints: JSON lines, and what a stream decoder skipped."""
+
+    lines: tuple[str, ...]
+    skipped: tuple[Undecodable, ...] = ()
+
+
+def _stream(prof: Profile, data: bytes) -> DecodeOutput:
+    assert prof.stream is not None
+    try:
+        decoder = prof.stream()
+        results = [*decoder.feed(data), *decoder.close()]
+    except CodecError:
+        raise
+    except Exception as exc:  # a decoder bug: one line, like any bad input
+        raise CodecError(
+            prof.name, f"decoder failed unexpectedly ({type(exc).__name__})", data
+        ) from exc
+    decoded = [r for r in results if isinstance(r, Decoded)]
+    skipped = tuple(r for r in results if isinstance(r, Undecodable))
+    if not decoded:
+        if skipped:
+            raise CodecError(
+                prof.name, f"no reading in {len(data)} bytes ({skipped[0].error})", data
+            )
+        raise CodecError(prof.name, f"no reading in {len(data)} bytes", data)
+    return DecodeOutput(tuple(to_json(document(d)) for d in decoded), skipped)
+
+
+def _path(prof: Profile, args: Sequence[str]) -> DecodeOutput:
+    assert prof.read_path is not None
+    if len(args) != 1:
+        raise ValueError(f"{prof.name} takes one PATH, not {len(args)} arguments")
+    path = Path(args[0])
+    try:
+        docs = prof.read_path(path)
+    except CodecError:
+        raise
+    except OSError as exc:
+        raise CodecError(prof.name, f"cannot read {path}: {exc.strerror or exc}") from exc
+    except Exception as exc:  # a reader bug: one line, like any bad input
+        raise CodecError(prof.name, f"reader failed unexpectedly ({type(exc).__name__})") from exc
+    if not docs:
+        raise CodecError(prof.name, f"nothing to decode in {path}")
+    return DecodeOutput(tuple(to_json(dict(doc)) for doc in docs))
+
+
+def decode_input(name: str, args: Sequence[str], model: str | None = None) -> DecodeOutput:
+    """Run ``dho-agent decode NAME ARGS...`` (see the module docstring).
+
+    Raises :class:`~agent.errors.CodecError` for input that does not decode (or yields
+    nothing), :class:`ValueError` for unusable arguments (bad hex), and :class:`KeyError` for
+    an unknown profile.
+    """
+    prof = profile(name)
+    if prof.read_path is not None:
+        return _path(prof, args)
+    data = parse_hex(" ".join(args))
+    if prof.stream is not None:
+        return _stream(prof, data)
+    return DecodeOutput((decode_to_json(name, data, model),))

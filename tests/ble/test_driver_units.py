@@ -235,10 +235,10 @@ def test_assignment_config_round_trip() -> None:
     assert table["family"] == "omron-bpm"
     assert "name" not in table
     assert DeviceAssignment.from_config(table) == a
-    with pytest.raises(ValueError, match="family must be one of"):
+    with pytest.raises(ValueError, match="family: must be one of"):
         DeviceAssignment.from_config({**table, "family": "toaster"})
-    with pytest.raises(ValueError, match="unknown device assignment keys"):
+    with pytest.raises(ValueError, match="colour: unknown key"):
         DeviceAssignment.from_config({**table, "colour": "red"})
-    with pytest.raises(ValueError, match="bond must be true or false") as excinfo:
+    with pytest.raises(ValueError, match="bond: must be true or false") as excinfo:
         DeviceAssignment.from_config({**table, "bond": "yes"})
     assert PATIENT not in str(excinfo.value)

@@ -56,7 +56,7 @@ MODELS = st.one_of(
 
 
 def test_every_registered_profile_is_covered() -> None:
-    assert set(CODECS) == set(decode.PROFILES)
+    assert set(CODECS) == {name for name in decode.PROFILES if name.startswith("ble.")}
 
 
 def _check_decode(profile: str, data: bytes, model: str | None) -> None:

@@ -14,7 +14,11 @@ from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any, Final
 
+from agent.drivers.contract import DeviceTableError
 from agent.model import DeviceIdentity, DeviceKind, Transport
+
+TRANSPORT_NAME: Final = "ble"
+"""The value of ``transport`` in a BLE ``[[devices]]`` table (and the default)."""
 
 _ADDRESS: Final = re.compile(r"^[0-9A-F]{2}(:[0-9A-F]{2}){5}$")
 
@@ -78,13 +82,16 @@ class DeviceAssignment:
     delete_after_transfer: bool = False
 
     def __post_init__(self) -> None:
+        # DeviceTableError is a ValueError that names the key (see from_config)
         address = self.address.strip().upper()
         if address and not _ADDRESS.match(address):
-            raise ValueError("address must look like AA:BB:CC:DD:EE:FF")
+            raise DeviceTableError("address", "must look like AA:BB:CC:DD:EE:FF")
         if not address and not self.name:
-            raise ValueError("an assignment needs an address or an advertised name")
+            raise DeviceTableError(
+                "address", "an assignment needs an address or an advertised name"
+            )
         if not self.patient:
-            raise ValueError("an assignment needs a patient reference")
+            raise DeviceTableError("patient", "an assignment needs a patient reference")
         object.__setattr__(self, "address", address)
 
     def matches(self, address: str, name: str | None) -> bool:
@@ -110,8 +117,11 @@ class DeviceAssignment:
         return self.identity.log_id
 
     def to_config(self) -> dict[str, Any]:
-        """The assignment as a plain table (for the agent's ``[devices]`` configuration)."""
-        out: dict[str, Any] = {}
+        """The assignment as a ``[[devices]]`` table for the agent's configuration.
+
+        It starts with ``transport = "ble"`` (a table without ``transport`` means BLE too).
+        """
+        out: dict[str, Any] = {"transport": TRANSPORT_NAME}
         for f in fields(self):
             value = getattr(self, f.name)
             if value is None or value == "":
@@ -121,26 +131,35 @@ class DeviceAssignment:
 
     @classmethod
     def from_config(cls, table: Mapping[str, Any]) -> DeviceAssignment:
-        """Build an assignment from :meth:`to_config` output (e.g. a TOML table).
+        """Build an assignment from a ``[[devices]]`` table (:meth:`to_config` output).
 
         Raises:
-            ValueError: an unknown key, an unknown family, or a failed validation; the
-                message names the key, never the value of a patient-linked field.
+            DeviceTableError: (a :class:`ValueError`) an unknown key, an unknown family, or a
+                failed validation; the message starts with the key, and never holds the value
+                of a patient-linked field.
         """
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(table) - known)
-        if unknown:
-            raise ValueError(f"unknown device assignment keys: {unknown}")
         data = dict(table)
+        transport = data.pop("transport", TRANSPORT_NAME)
+        if transport != TRANSPORT_NAME:
+            raise DeviceTableError("transport", f'must be "{TRANSPORT_NAME}" for a BLE device')
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(str(k) for k in set(data) - known)
+        if unknown:
+            also = f" (also unknown: {', '.join(unknown[1:])})" if unknown[1:] else ""
+            raise DeviceTableError(
+                unknown[0],
+                f"unknown key{also}; a BLE device table has "
+                f"{', '.join(sorted(known | {'transport'}))}",
+            )
         try:
             data["family"] = DeviceFamily(data.get("family", ""))
         except ValueError:
             families = ", ".join(f.value for f in DeviceFamily)
-            raise ValueError(f"device family must be one of {families}") from None
+            raise DeviceTableError("family", f"must be one of {families}") from None
         for key in ("bond", "delete_after_transfer"):
             if key in data and not isinstance(data[key], bool):
-                raise ValueError(f"{key} must be true or false")
+                raise DeviceTableError(key, "must be true or false")
         for key in ("patient", "address", "name", "model", "manufacturer", "serial"):
             if key in data and not isinstance(data[key], str):
-                raise ValueError(f"{key} must be a string")
+                raise DeviceTableError(key, "must be a string")
         return cls(**data)

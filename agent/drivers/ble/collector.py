@@ -1,7 +1,9 @@
 """From notification bytes to readings in the encrypted buffer.
 
 The :class:`Collector` of one device session receives every measurement payload from bleak's
-notification callback (synchronously, on the event loop), decodes it with the pure codecs,
+notification callback (synchronously, on the event loop), decodes it with the profile of its
+characteristic (:mod:`agent.drivers.profiles`: the profile's lane says whether it carries
+readings and where they go; ``dedupe_repeats`` whether a repeat is a re-send),
 and queues a :class:`~agent.model.Reading`. A flusher appends the queue to the buffer in small
 batches (``AsyncBuffer.append`` runs on the buffer's own thread), so the loop never blocks and
 a reading is durable within milliseconds of arriving.
@@ -30,15 +32,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Final, Protocol
+from typing import Final
 
-from agent.buffer import AppendResult
 from agent.clock import CaptureTime, Clock
 from agent.drivers.ble.assignment import DeviceAssignment
 from agent.drivers.ble.resilience import BackoffPolicy, ErrorClass, FailureCounter
 from agent.drivers.ble.status import DeviceStatus
-from agent.drivers.decode import decode_payload
-from agent.drivers.gatt import bps, nonin, plx, uuids
+from agent.drivers.contract import ReadingSink
+from agent.drivers.profiles import decode_payload, measurement_for_characteristic
 from agent.errors import BufferFullError, CodecError
 from agent.ids import uuid7
 from agent.model import Channel, Lane, Observation, Reading, SampleChunk
@@ -46,26 +47,7 @@ from agent.model import Channel, Lane, Observation, Reading, SampleChunk
 _LOGGER = logging.getLogger(__name__)
 
 
-class ReadingSink(Protocol):
-    """Where readings go: :class:`agent.buffer.AsyncBuffer` (or a test's fake)."""
-
-    async def append(self, readings: Sequence[Reading]) -> AppendResult:
-        """Store readings durably; duplicates by natural key are skipped and counted."""
-        ...
-
-
-MEASUREMENTS: Final[dict[str, tuple[str, Lane, bool]]] = {
-    uuids.BLOOD_PRESSURE_MEASUREMENT: (bps.PROFILE_BPM, Lane.SPOT, True),
-    uuids.PLX_SPOT_CHECK_MEASUREMENT: (plx.PROFILE_PLX_SPOT, Lane.SPOT, True),
-    uuids.PLX_CONTINUOUS_MEASUREMENT: (plx.PROFILE_PLX_CONT, Lane.CONTINUOUS, False),
-    uuids.NONIN_CONTINUOUS_OXIMETRY: (nonin.PROFILE_NONIN_OXIMETRY, Lane.CONTINUOUS, True),
-}
-"""Measurement characteristic -> (codec profile, lane, repeats are re-sends).
-
-A repeated PLX continuous frame is not a re-send: SpO2 and pulse often stay the same from one
-second to the next, and the frame has no counter. Nonin frames carry a counter, so an
-identical frame is a repeat.
-"""
+__all__ = ["Collector", "ReadingSink"]  # ReadingSink lives in agent.drivers.contract
 
 _WINDOW: Final = 4096
 _GAP_FACTOR: Final = 2.5
@@ -180,13 +162,13 @@ class Collector:
         Never raises on bad input: an undecodable payload is queued as such.
         """
         self.touch()
-        entry = MEASUREMENTS.get(uuid)
-        if entry is None:
+        measured = measurement_for_characteristic(uuid)
+        if measured is None or measured.lane is None:
             return None
-        profile, lane, dedupe = entry
+        profile, lane = measured.name, measured.lane
         data = bytes(data)
         self.received += 1
-        if dedupe and self._repeat(uuid, data):
+        if measured.dedupe_repeats and self._repeat(uuid, data):
             self.status.duplicates += 1
             return None
         captured = self.clock.now()

@@ -1,7 +1,8 @@
 """Turn decoded GATT measurements into :class:`agent.model.Observation` values.
 
 The transport code builds a :class:`agent.model.Reading` from these three pieces:
-:func:`observations`, :func:`device_time` and :func:`status_names`. Codes come from
+:func:`observations`, :func:`device_time` and :func:`status_names`
+(together: :func:`observed`, the ``observe`` of every GATT measurement profile). Codes come from
 :mod:`agent.codes`; units are UCUM, as the device reported them (mmHg or kPa are never
 converted). A special value (NaN, NRes, infinity, reserved, missing) becomes an observation
 with ``value=None`` and ``absent`` saying which, never a number.
@@ -27,6 +28,7 @@ import datetime as dt
 from typing import Final
 
 from agent import codes
+from agent.drivers.contract import Observed
 from agent.drivers.gatt.bps import BloodPressureMeasurement, IntermediateCuffPressure
 from agent.drivers.gatt.dis import BatteryLevel
 from agent.drivers.gatt.nonin import NoninOximetry
@@ -99,3 +101,8 @@ def status_names(decoded: object) -> tuple[str, ...]:
     if isinstance(decoded, NoninOximetry):
         return tuple(str(f) for f in decoded.flags)
     return ()
+
+
+def observed(decoded: object) -> Observed:
+    """:func:`observations`, :func:`device_time` and :func:`status_names` of one value."""
+    return Observed(observations(decoded), device_time(decoded), status_names(decoded))
