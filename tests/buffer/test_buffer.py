@@ -181,3 +181,65 @@ def test_an_undeliverable_batch_goes_to_quarantine_not_away(
     rest = buf.claim(10)
     assert rest is not None
     assert stuck.readings[0].id not in {r.id for r in rest.readings}
+
+
+async def test_a_cancelled_append_that_committed_is_not_stored_again(
+    store_path: Path, keys: FileKeySource, config: BufferConfig, factory: ReadingFactory
+) -> None:
+    """Cancelling ``await abuf.append`` cannot stop the job on the buffer's thread; a caller
+    that puts the readings back and appends them again must not store them twice, also for
+    continuous chunks, which have no natural key (issue 8: 300 chunks gave 600 rows)."""
+    import asyncio
+    import threading
+
+    ab = await AsyncBuffer.open(store_path, keys, config=config)
+    real_append = ab.sync._outbox.append
+    started, go = threading.Event(), threading.Event()
+
+    def held_append(readings):  # runs on the buffer's thread
+        started.set()
+        assert go.wait(60), "the test never let the append go on"
+        return real_append(readings)
+
+    try:
+        chunks = [factory.oximetry_chunk(60) for _ in range(300)]
+        duplicates = 0
+        for chunk in chunks:
+            started.clear()
+            go.clear()
+            ab.sync._outbox.append = held_append  # type: ignore[method-assign]
+            task = asyncio.create_task(ab.append([chunk]))
+            assert await asyncio.to_thread(started.wait, 60)  # the job is running now
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            go.set()  # ... and commits although its caller was cancelled
+            ab.sync._outbox.append = real_append  # type: ignore[method-assign]
+            duplicates += (await ab.append([chunk])).duplicates  # the collector's retry
+        s = await ab.stats()
+        assert s.pending == 300
+        assert duplicates == 300  # every cancelled append did commit
+        got = []
+        while (c := await ab.claim(500)) is not None:
+            got += [r.id for r in c.readings]
+            await ab.ack(c.batch_id)
+        assert sorted(got) == sorted(r.id for r in chunks)
+    finally:
+        await ab.close()
+
+
+def test_same_reading_id_is_a_duplicate_without_natural_key(
+    buf: Buffer, factory: ReadingFactory
+) -> None:
+    chunk = factory.oximetry_chunk(60)
+    spot = factory.spo2_spot(97)  # no device clock: no natural key either
+    assert chunk.natural_key is None
+    assert spot.natural_key is None
+    assert buf.append([chunk, spot]).stored == 2
+    again = buf.append([chunk, spot, replace(spot, id=uuid7())])
+    assert (again.stored, again.duplicates) == (1, 2)
+    c = buf.claim(10)
+    assert c is not None
+    buf.ack(c.batch_id)
+    buf.purge()
+    assert buf.append([chunk]).duplicates == 1  # also after delivery

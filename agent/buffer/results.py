@@ -1,0 +1,62 @@
+"""The buffer's tunables and the values its operations return (``docs/buffer-api.md``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agent.errors import RowAuthenticationError
+from agent.model import Reading
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """What an append did: readings stored, and readings skipped as duplicates."""
+
+    stored: int
+    duplicates: int
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A batch of readings handed to the uplink."""
+
+    batch_id: int
+    readings: tuple[Reading, ...]
+    quarantined: tuple[RowAuthenticationError, ...] = ()
+    encrypted_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BufferStats:
+    """Counts and health for the status command and the uplink. No patient data."""
+
+    pending_by_lane: dict[str, int]
+    claimed: int
+    acknowledged: int
+    quarantined: int
+    used_bytes: int
+    file_bytes: int
+    cap_bytes: int | None
+    alarms: tuple[str, ...]
+    set_aside: tuple[str, ...] = ()
+
+    @property
+    def pending(self) -> int:
+        """All readings waiting to be sent."""
+        return sum(self.pending_by_lane.values())
+
+
+@dataclass
+class BufferConfig:
+    """Tunables. Defaults suit a Raspberry Pi with a 16 GB card."""
+
+    cap_bytes: int | None = None
+    compact_at: float = 0.9  # fraction of the cap where compaction starts
+    compact_to: float = 0.8  # ... and where it stops
+    compact_period_ms: int = 60_000
+    reserve_bytes: int = 4 * 2**20  # given back to the filesystem on SQLITE_FULL
+    # Pages the WAL may hold before SQLite checkpoints them into the database. Must stay well
+    # under half the reserve: on a full disk, the checkpoint needs that much room to run.
+    wal_autocheckpoint_pages: int = 256
+    seen_generations: int = 32  # de-duplication memory: 32 * 65,536 readings
+    check_integrity: bool = True
