@@ -1,26 +1,256 @@
-"""``dho-provision``: the technician's CLI for identity, enrolment, pairing and decommissioning."""
+"""``dho-provision``: the technician's CLI: install, identity, enrolment, devices, status, test,
+decommission. See ``docs/operations.md``; exit codes are :class:`provisioning.ui.ExitCode`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from dho_cli import make_app, run_app, version_option
+from provisioning.layout import BoxLayout
+from provisioning.ui import ExitCode, ProvisionError, console, echo_json
 
 app = make_app(
     "dho-provision",
-    help="Provision a dho-gateway box: identity, enrolment, devices, test, status, decommission.",
-    add_completion=False,
+    help="Provision a dho-gateway box: install, identity, enrolment, devices, test, status, "
+    "decommission.",
+    add_completion=True,
+    rich_markup_mode=None,
 )
+
+RootOpt = Annotated[
+    Path,
+    typer.Option(
+        "--root",
+        envvar="DHO_ROOT",
+        help="Work on the box installed under this directory (an image being built).",
+        file_okay=False,
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts).")]
 
 
 @app.callback()
 def _root(version: Annotated[bool, version_option("dho-provision")] = False) -> None:
     """Technician tools for a dho-gateway box."""
+
+
+def _steps_table(title: str, steps: list[Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("step", "path", "result"):
+        table.add_column(col)
+    for s in steps:
+        table.add_row(s.what, s.path, s.result)
+    console().print(table)
+
+
+@app.command("install")
+def install_command(
+    root: RootOpt = Path("/"),
+    enable: Annotated[bool, typer.Option(help="Enable dho-agent.service at boot.")] = True,
+    enrol_host: Annotated[
+        str | None, typer.Option(help="The service's enrolment address (written once).")
+    ] = None,
+    enrol_port: Annotated[int, typer.Option(help="Its port.")] = 8884,
+    enrol_ca: Annotated[
+        Path | None, typer.Option(help="The CA of the service's broker (PEM).", dir_okay=False)
+    ] = None,
+    enrol_user: Annotated[
+        str, typer.Option(help="The restricted enrolment account.")
+    ] = "dho-enrol",
+    enrol_password: Annotated[
+        str | None, typer.Option(envvar="DHO_ENROL_PASSWORD", help="Its password.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Install the agent's unit, system user, directories, udev rules and D-Bus policy.
+
+    Safe to run again: only what differs is changed. With --root DIR, installs into an
+    image being built (users go into DIR/etc/passwd; this machine is not touched).
+    With --enrol-host and --enrol-ca, also records where the service's enrolment desk is,
+    so that in the patient's home only the token is needed.
+    """
+    from provisioning.enroll import Desk, write_desk
+    from provisioning.install import Step, changed, install_box
+
+    layout = BoxLayout(root)
+    if (enrol_host is None) != (enrol_ca is None):
+        raise ProvisionError("--enrol-host and --enrol-ca go together", code=ExitCode.USAGE)
+    steps = install_box(layout, enable=enable)
+    if enrol_host is not None and enrol_ca is not None:
+        desk = Desk(enrol_host, enrol_port, enrol_ca, enrol_user, enrol_password or "")
+        write_desk(layout, desk, enrol_ca.read_bytes())
+        steps.append(Step("enrolment desk", f"{enrol_host}:{enrol_port}", "written"))
+    if as_json:
+        echo_json(
+            {"root": str(root), "changed": changed(steps), "steps": [asdict(s) for s in steps]}
+        )
+        return
+    _steps_table(f"dho-gateway installed under {root}", steps)
+    n = changed(steps)
+    console().print(f"{n} change(s). next: dho-provision init" + _root_hint(layout))
+
+
+def _root_hint(layout: BoxLayout) -> str:
+    return f" --root {layout.root}" if layout.rooted else ""
+
+
+@app.command("init")
+def init_command(
+    box_id: Annotated[
+        str | None,
+        typer.Option(
+            "--box-id", help="The box id the service knows (default: derived from machine-id)."
+        ),
+    ] = None,
+    replace: Annotated[
+        bool,
+        typer.Option("--replace", help="Make a new identity (the box must then enrol again)."),
+    ] = False,
+    root: RootOpt = Path("/"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Give the box its identity: TLS key and certificate request, Ed25519 signing key.
+
+    The keys are made here and never leave the box; only the certificate request and the
+    public key are sent at enrolment.
+    """
+    from provisioning import boxconfig
+    from provisioning.identity import check_box_id, create_identity, default_box_id, load_identity
+
+    layout = BoxLayout(root)
+    boxconfig.read(layout)  # installed?
+    current = load_identity(layout)
+    wanted = check_box_id(box_id) if box_id else None
+    created = False
+    if current is not None and not replace:
+        if wanted is not None and wanted != current.box_id:
+            raise ProvisionError(
+                f"this box already has the identity {current.box_id}",
+                next_step=f"to make a new one: dho-provision init --box-id {wanted} --replace"
+                " (the box must then be enrolled again)",
+                code=ExitCode.NOT_READY,
+            )
+        ident = current
+    else:
+        chosen = wanted or (current.box_id if current else None) or default_box_id(layout)
+        if chosen is None:
+            raise ProvisionError(
+                "no box id given and /etc/machine-id is missing",
+                next_step="dho-provision init --box-id ID (the id the service issued)",
+                code=ExitCode.USAGE,
+            )
+        if current is not None and current.enrolled:
+            doc = boxconfig.read(layout)
+            if boxconfig.remove_uplink(doc):
+                boxconfig.write(layout, doc)
+        ident = create_identity(layout, chosen)
+        created = True
+    if as_json:
+        echo_json({"created": created, **ident.public()})
+        return
+    out = console()
+    out.print(
+        f"{'new identity' if created else 'already initialised'}: box {ident.box_id}",
+        markup=False,
+    )
+    out.print(f"signing key (Ed25519): {ident.signing_public_key}", markup=False)
+    out.print(f"TLS key SHA-256:       {ident.tls_key_sha256}", markup=False)
+    if ident.enrolled:
+        out.print(f"enrolled {ident.enrolled_at} with {ident.broker_host}:{ident.broker_port}")
+    else:
+        out.print(
+            "next: dho-provision enroll TOKEN (online), or "
+            "dho-provision enroll --export-request FILE (offline)" + _root_hint(layout),
+            markup=False,
+        )
+
+
+@app.command("enroll")
+def enroll_command(
+    token: Annotated[
+        str | None, typer.Argument(help="The one-time enrolment token from the service.")
+    ] = None,
+    export_request: Annotated[
+        Path | None,
+        typer.Option(help="Offline: write the enrolment request to this file.", dir_okay=False),
+    ] = None,
+    import_bundle: Annotated[
+        Path | None,
+        typer.Option(
+            "--import", help="Offline: install the bundle the service returned.", dir_okay=False
+        ),
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="The service's enrolment address.")] = None,
+    port: Annotated[int | None, typer.Option(help="Its port (default 8884).")] = None,
+    ca: Annotated[
+        Path | None, typer.Option(help="The CA of the service's broker.", dir_okay=False)
+    ] = None,
+    user: Annotated[str | None, typer.Option(help="The restricted enrolment account.")] = None,
+    password: Annotated[
+        str | None, typer.Option(envvar="DHO_ENROL_PASSWORD", help="Its password.")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the service.")] = 30.0,
+    root: RootOpt = Path("/"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Enrol the box with the DHO service.
+
+    Online (the usual way): dho-provision enroll TOKEN. The service signs the box's
+    certificate, records its signing key, and the box pins the service's CA and key.
+    Offline: --export-request FILE, take the file to the service, then
+    dho-provision enroll TOKEN --import BUNDLE with what the service gives back.
+    """
+    from provisioning import enroll
+    from provisioning.identity import require_identity
+
+    layout = BoxLayout(root)
+    if export_request is not None:
+        ident = enroll.export_request(layout, export_request)
+        if as_json:
+            echo_json({"box_id": ident.box_id, "request": str(export_request)})
+            return
+        console().print(
+            f"enrolment request of {ident.box_id} written to {export_request}; the service "
+            "answers it with: dho-receiver enrol-offline FILE --out BUNDLE",
+            markup=False,
+        )
+        return
+    if token is None:
+        raise ProvisionError(
+            "enroll needs the enrolment token the service issued for this box",
+            next_step="dho-provision enroll TOKEN (or --export-request FILE to enrol offline)",
+            code=ExitCode.USAGE,
+        )
+    if import_bundle is not None:
+        done = enroll.import_bundle(layout, import_bundle, token)
+    else:
+        require_identity(layout)
+        desk = enroll.load_desk(
+            layout, host=host, port=port, ca_file=ca, username=user, password=password
+        )
+        with console().status(f"enrolling with {desk.host}:{desk.port} ..."):
+            done = enroll.enroll_online(layout, token, desk, timeout=timeout)
+    if as_json:
+        echo_json(done.public())
+        return
+    out = console()
+    out.print(
+        f"enrolled: box {done.box_id} uploads to {done.broker_host}:{done.broker_port}",
+        markup=False,
+    )
+    out.print(f"service key SHA-256: {done.service_key_sha256}", markup=False)
+    out.print(f"patients bound at the service: {len(done.patients)}", markup=False)
+    out.print("next: dho-provision assign ... for each device, then dho-provision selftest")
 
 
 def _toml_table(name: str, table: Mapping[str, Any]) -> str:

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dho_cli import make_app, run_app
 from dho_protocol import load_public_key, public_key_bytes
-from receiver import fhir
+from receiver import desk_cli, fhir
 from receiver.core import Receiver
 from receiver.mqtt import ReceiverConfig, ReceiverService, load_service_key, open_store
 from receiver.store import SqliteStore, Store
@@ -100,13 +100,15 @@ def run(config: ConfigOpt, verbose: bool = False) -> None:
     )
     cfg = ReceiverConfig.load(config)
     store = open_store(cfg)
+    service_key = load_service_key(cfg.service_key_file)
+    desk, checked = desk_cli.desk_for(config, store, service_key)
     receiver = Receiver(
-        store,
-        load_service_key(cfg.service_key_file),
+        checked,
+        service_key,
         max_batch_bytes=cfg.max_batch_bytes,
         replay_window=cfg.replay_window,
     )
-    service = ReceiverService(cfg, receiver)
+    service = ReceiverService(cfg, receiver, desk)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -144,6 +146,9 @@ def stats(db: DbOpt = Path("receiver.db"), postgres: PgOpt = None) -> None:
         typer.echo(f"readings: {store.count()}")
     finally:
         store.close()
+
+
+desk_cli.register(app)
 
 
 def main() -> None:

@@ -82,6 +82,14 @@ class CA:
     def ca_file(self) -> Path:
         return self.root / f"{self.name}.pem"
 
+    @property
+    def key_file(self) -> Path:
+        """The CA's private key as a PEM file (written on first use; for the enrolment desk)."""
+        path = self.root / f"{self.name}.key"
+        if not path.exists():
+            _write_key(path, self.key)
+        return path
+
     def issue(
         self, cn: str, *, server: bool = False, days: int = 30, not_before_days: int = -1
     ) -> tuple[Path, Path]:
@@ -157,19 +165,43 @@ def _stop_process(proc: subprocess.Popen[bytes], sig: int) -> None:
             proc.wait()
 
 
+def _write_password_file(path: Path) -> bool:
+    """The enrolment account's password file (False when mosquitto_passwd is missing)."""
+    tool = shutil.which("mosquitto_passwd")
+    if tool is None:
+        return False
+    path.unlink(missing_ok=True)
+    subprocess.run(
+        [tool, "-c", "-b", str(path), ENROL_USER, ENROL_PASSWORD],
+        check=True,
+        capture_output=True,
+    )
+    path.chmod(0o644)
+    return True
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
+ENROL_USER = "dho-enrol"
+ENROL_PASSWORD = "dho-enrol-test-password"  # noqa: S105 - a throw-away test broker's
+
+
 class Broker:
-    """A real Mosquitto with the project's ACL, TLS and client certificates required."""
+    """A real Mosquitto with the project's ACL, TLS and client certificates required.
+
+    A second listener, :attr:`enrol_port`, is the enrolment desk's: TLS without a client
+    certificate, the restricted account ``dho-enrol`` (:data:`ENROL_PASSWORD`) only.
+    """
 
     def __init__(self, pki: PKI, root: Path) -> None:
         self.pki = pki
         self.root = root
         self.port = free_port()
+        self.enrol_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         root.mkdir(parents=True, exist_ok=True)
         root.chmod(0o777)
@@ -199,6 +231,17 @@ class Broker:
             "use_identity_as_username true",
             "use_username_as_clientid true",
         ]
+        passwd = root / "passwd"
+        if _write_password_file(passwd):
+            lines.insert(lines.index("allow_anonymous false") + 1, f"password_file {passwd}")
+            lines += [
+                f"listener {self.enrol_port} 127.0.0.1",
+                f"cafile {pki.ca.ca_file}",
+                f"certfile {cert}",
+                f"keyfile {key}",
+                "tls_version tlsv1.2",
+                "require_certificate false",
+            ]
         if os.geteuid() == 0:
             lines.insert(0, "user root")
         (root / "mosquitto.conf").write_text("\n".join(lines) + "\n")
@@ -249,7 +292,14 @@ class ReceiverProcess:
     """``python -m receiver.cli run`` as a child process (so it can be killed)."""
 
     def __init__(
-        self, broker: Broker, db: Path, root: Path, n: int = 1, postgres_dsn: str | None = None
+        self,
+        broker: Broker,
+        db: Path,
+        root: Path,
+        n: int = 1,
+        postgres_dsn: str | None = None,
+        *,
+        enrolment: bool = False,
     ) -> None:
         self.broker = broker
         self.db = db
@@ -276,11 +326,30 @@ class ReceiverProcess:
                     "[store]",
                     f'sqlite = "{db}"',
                     *([f"postgres = {json.dumps(postgres_dsn)}"] if postgres_dsn else []),
+                    *(self._enrolment_table(db) if enrolment else []),
                 ]
             )
             + "\n"
         )
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def _enrolment_table(self, db: Path) -> list[str]:
+        """``[enrolment]``: this receiver answers enrolment requests (docs/enrolment.md)."""
+        ca = self.broker.pki.ca
+        return [
+            "[enrolment]",
+            f'ca_cert = "{ca.ca_file}"',
+            f'ca_key = "{ca.key_file}"',
+            'broker_host = "127.0.0.1"',
+            f"broker_port = {self.broker.port}",
+            f'db = "{db.with_name("desk.db")}"',
+            f'crl_file = "{self.root / "boxes.crl"}"',
+        ]
+
+    @property
+    def desk_db(self) -> Path:
+        """The enrolment desk's database (when started with ``enrolment=True``)."""
+        return self.db.with_name("desk.db")
 
     def start(self) -> None:
         log = self.log_path.open("ab")

@@ -19,7 +19,7 @@ import threading
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives import serialization
@@ -35,6 +35,14 @@ from receiver.pg import PostgresStore
 from receiver.store import SqliteStore, Store
 
 _LOG = logging.getLogger("receiver")
+
+
+class Desk(Protocol):
+    """The enrolment desk's side of the subscription (:class:`receiver.enrolment.Registrar`)."""
+
+    @property
+    def subscriptions(self) -> tuple[str, ...]: ...
+    def handle(self, topic: str, payload: bytes) -> tuple[str, bytes] | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,9 +115,10 @@ def open_store(cfg: ReceiverConfig) -> Store:
 class ReceiverService:
     """One receiver process: MQTT session plus :class:`~receiver.core.Receiver`."""
 
-    def __init__(self, cfg: ReceiverConfig, receiver: Receiver) -> None:
+    def __init__(self, cfg: ReceiverConfig, receiver: Receiver, desk: Desk | None = None) -> None:
         self.cfg = cfg
         self.receiver = receiver
+        self.desk = desk
         self.connected = threading.Event()
         self.client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -137,6 +146,8 @@ class ReceiverService:
             _LOG.error("broker refused the receiver: %s", reason.getName())
             return
         client.subscribe(self.cfg.subscription, qos=1)
+        for topic in self.desk.subscriptions if self.desk is not None else ():
+            client.subscribe(topic, qos=1)
         _LOG.info(
             "receiver %s connected, subscribed to %s", self.cfg.client_id, self.cfg.subscription
         )
@@ -154,6 +165,9 @@ class ReceiverService:
         _LOG.warning("receiver %s disconnected: %s", self.cfg.client_id, reason.getName())
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        if self.desk is not None and not msg.topic.endswith("/batch"):
+            self._on_desk_message(client, msg)
+            return
         try:
             outcome = self.receiver.handle(msg.topic, bytes(msg.payload))
         except Exception:  # noqa: BLE001 - any failure: no PUBACK, the broker resends
@@ -161,6 +175,18 @@ class ReceiverService:
             return
         if outcome.ack is not None and outcome.ack_topic is not None:
             client.publish(outcome.ack_topic, outcome.ack, qos=1)
+        client.ack(msg.mid, msg.qos)
+
+    def _on_desk_message(self, client: mqtt.Client, msg: mqtt.MQTTMessage) -> None:
+        """Enrolment and retirement requests (receiver/enrolment.py); answered, then PUBACKed."""
+        assert self.desk is not None
+        try:
+            answer = self.desk.handle(msg.topic, bytes(msg.payload))
+        except Exception:  # noqa: BLE001 - a bad request must not stop the receiver
+            _LOG.exception("enrolment desk failed on a message; dropped")
+            answer = None
+        if answer is not None:
+            client.publish(answer[0], answer[1], qos=1)
         client.ack(msg.mid, msg.qos)
 
     def start(self) -> None:

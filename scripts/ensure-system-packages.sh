@@ -9,6 +9,8 @@ needs=(
   "dbus-daemon:dbus-daemon"
   "mosquitto:mosquitto"
   "openssl:openssl"
+  "dbus-send:dbus-bin"
+  "systemd-analyze:systemd"
 )
 missing=()
 for pair in "${needs[@]}"; do
