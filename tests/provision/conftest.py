@@ -29,12 +29,12 @@ from receiver.localstack import (
 runner = CliRunner()
 
 
-def provision(*args: str, input: str | None = None) -> Result:
+def provision(*args: str | Path, input: str | None = None) -> Result:
     """Run ``dho-provision ARGS``."""
     return runner.invoke(provision_app, [str(a) for a in args], input=input)
 
 
-def receiver(*args: str) -> Result:
+def receiver(*args: str | Path) -> Result:
     """Run ``dho-receiver ARGS``."""
     return runner.invoke(receiver_app, [str(a) for a in args])
 
