@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any, Final
 
+from agent.drivers.ble.family import family_names
 from agent.drivers.contract import DeviceTableError
 from agent.model import DeviceIdentity, DeviceKind, Transport
 
@@ -24,7 +25,12 @@ _ADDRESS: Final = re.compile(r"^[0-9A-F]{2}(:[0-9A-F]{2}){5}$")
 
 
 class DeviceFamily(StrEnum):
-    """How a device must be driven over GATT (``docs/ble.md`` has one section per family)."""
+    """The built-in BLE families, by name (``docs/ble.md`` has one section per family).
+
+    A family is a module in :mod:`agent.drivers.ble.families` and an assignment's ``family``
+    is its name as a string; these members are names for code and tests that mean one of
+    the built-ins. A new family needs no member here.
+    """
 
     AND_BPM = "and-bpm"
     """A&D UA-651BLE style: write Date Time 0x2A08, then the stored records arrive as
@@ -41,10 +47,15 @@ class DeviceFamily(StrEnum):
 
     @property
     def kind(self) -> DeviceKind:
-        """The clinical device kind of this family."""
-        if self in (DeviceFamily.PLX, DeviceFamily.NONIN):
-            return DeviceKind.PULSE_OXIMETER
-        return DeviceKind.BP_CUFF
+        """The clinical device kind of this family (declared by its module)."""
+        return family_kind(self)
+
+
+def family_kind(name: str) -> DeviceKind:
+    """What a device of family ``name`` is, clinically (from the family's module)."""
+    from agent.drivers.ble.families import family  # the families import this module
+
+    return family(name).kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +67,8 @@ class DeviceAssignment:
     exact advertised name for a device with a changing private address.
 
     Attributes:
-        family: how to drive the device.
+        family: how to drive the device: the name of a family in
+            :mod:`agent.drivers.ble.families` (a :class:`DeviceFamily` member or a string).
         patient: the opaque patient reference set at provisioning (never logged).
         address: Bluetooth address ``AA:BB:CC:DD:EE:FF`` (upper-cased on creation).
         name: exact advertised local name to match when no address is given.
@@ -71,7 +83,7 @@ class DeviceAssignment:
             are durable in the buffer.
     """
 
-    family: DeviceFamily
+    family: str
     patient: str = field(repr=False)
     address: str = field(default="", repr=False)
     name: str = field(default="", repr=False)
@@ -83,6 +95,10 @@ class DeviceAssignment:
 
     def __post_init__(self) -> None:
         # DeviceTableError is a ValueError that names the key (see from_config)
+        names = family_names()
+        if self.family not in names:
+            raise DeviceTableError("family", f"must be one of {', '.join(names)}")
+        object.__setattr__(self, "family", str(self.family))
         address = self.address.strip().upper()
         if address and not _ADDRESS.match(address):
             raise DeviceTableError("address", "must look like AA:BB:CC:DD:EE:FF")
@@ -104,7 +120,7 @@ class DeviceAssignment:
     def identity(self) -> DeviceIdentity:
         """The device identity stored with every reading (stable for the assignment)."""
         return DeviceIdentity(
-            kind=self.family.kind,
+            kind=family_kind(self.family),
             manufacturer=self.manufacturer,
             model=self.model,
             serial=self.serial or self.address or self.name,
@@ -126,7 +142,7 @@ class DeviceAssignment:
             value = getattr(self, f.name)
             if value is None or value == "":
                 continue
-            out[f.name] = str(value) if isinstance(value, DeviceFamily) else value
+            out[f.name] = value
         return out
 
     @classmethod
@@ -151,11 +167,8 @@ class DeviceAssignment:
                 f"unknown key{also}; a BLE device table has "
                 f"{', '.join(sorted(known | {'transport'}))}",
             )
-        try:
-            data["family"] = DeviceFamily(data.get("family", ""))
-        except ValueError:
-            families = ", ".join(f.value for f in DeviceFamily)
-            raise DeviceTableError("family", f"must be one of {families}") from None
+        if not isinstance(data.get("family"), str):
+            raise DeviceTableError("family", f"must be one of {', '.join(family_names())}")
         for key in ("bond", "delete_after_transfer"):
             if key in data and not isinstance(data[key], bool):
                 raise DeviceTableError(key, "must be true or false")

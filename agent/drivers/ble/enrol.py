@@ -22,8 +22,9 @@ from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
 from bleak_retry_connector import establish_connection
 
-from agent.drivers.ble.assignment import DeviceAssignment, DeviceFamily
+from agent.drivers.ble.assignment import DeviceAssignment
 from agent.drivers.ble.bluez import BluezBus
+from agent.drivers.ble.families import family
 from agent.drivers.ble.pairing import PairingAgent, PasskeyCallback
 from agent.drivers.ble.resilience import BleTransportError, ErrorClass, classify
 from agent.drivers.gatt import uuids
@@ -129,7 +130,7 @@ async def pair_device(
             time_set = False
             when = device_time()
             if (
-                assignment.family is DeviceFamily.AND_BPM
+                family(assignment.family).set_time_at_pairing
                 and when is not None
                 and client.services.get_characteristic(uuids.DATE_TIME) is not None
             ):

@@ -33,22 +33,6 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final
 
-from bleak.exc import (
-    BleakBluetoothNotAvailableError,
-    BleakCharacteristicNotFoundError,
-    BleakDBusError,
-    BleakDeviceNotFoundError,
-    BleakError,
-    BleakGATTProtocolError,
-)
-from bleak_retry_connector import (
-    BleakAbortedError,
-    BleakConnectionError,
-    BleakNotFoundError,
-    BleakOutOfConnectionSlotsError,
-)
-from dbus_fast import DBusError
-
 from agent.errors import AgentError, StoreError
 
 
@@ -109,6 +93,9 @@ _ADAPTER_ERRORS: Final = (
 
 def _text(exc: BaseException) -> str:
     """The exception and its causes as one string (bleak-retry-connector wraps the cause)."""
+    from bleak.exc import BleakDBusError
+    from dbus_fast import DBusError
+
     parts: list[str] = []
     seen: set[int] = set()
     current: BaseException | None = exc
@@ -125,6 +112,23 @@ def _text(exc: BaseException) -> str:
 
 def classify(exc: BaseException) -> ErrorClass:
     """Map any exception from bleak, bleak-retry-connector, dbus-fast or the buffer."""
+    # imported here: the error types above and the back-off below are used by code that
+    # must load without bleak (the family procedures, configuration checks)
+    from bleak.exc import (
+        BleakBluetoothNotAvailableError,
+        BleakCharacteristicNotFoundError,
+        BleakDeviceNotFoundError,
+        BleakError,
+        BleakGATTProtocolError,
+    )
+    from bleak_retry_connector import (
+        BleakAbortedError,
+        BleakConnectionError,
+        BleakNotFoundError,
+        BleakOutOfConnectionSlotsError,
+    )
+    from dbus_fast import DBusError
+
     if isinstance(exc, BleTransportError):
         return exc.error_class
     if isinstance(exc, StoreError):

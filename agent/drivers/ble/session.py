@@ -1,21 +1,12 @@
-"""One connection to one device: the GATT steps each device family needs.
+"""One connection to one device: what every BLE family procedure uses.
 
 A :class:`Link` wraps the connected :class:`bleak.BleakClient` with what every family uses:
 subscribe (always ``use_start_notify``, ``ble-gatt.md`` section 3.4), write, wait for the end
-of a transfer (peer disconnect or idle timer), and the settle delay some models need. The
-family procedures (:func:`run_family`) are small and follow the device behaviour in
-``ble-gatt.md`` section 2:
-
-* ``and-bpm``: write Date Time 0x2A08, enable BPM indications; the stored records arrive as
-  an indication burst and the cuff disconnects.
-* ``bpm`` (Beurer and plain cuffs): enable BPM indications (after the model's settle delay);
-  the burst arrives, the cuff disconnects.
-* ``omron-bpm``: subscribe Current Time, write the time back on its first notification (ATT
-  error 0x80 means "some fields ignored" and counts as done), then download the stored
-  records through RACP, optionally delete them once durable, and hang up.
-* ``plx``: subscribe spot-check and continuous, download stored spot-checks through RACP,
-  then stream until the oximeter goes quiet or disconnects.
-* ``nonin``: set the clock through the control point (NMI ``DTM=``), then stream.
+of a transfer (peer disconnect or idle timer), and the settle delay some models need;
+:func:`download_records` is the RACP download that Omron cuffs and PLX oximeters share.
+The procedures themselves are declared by the families, one module each in
+:mod:`agent.drivers.ble.families` (``and-bpm``, ``bpm``, ``omron-bpm``, ``plx``, ``nonin``);
+:func:`run_family` runs the assignment's. This module imports no bleak at import time.
 """
 
 from __future__ import annotations
@@ -27,17 +18,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from bleak import BleakClient
-from bleak.backends.characteristic import BleakGATTCharacteristic
-from bleak.exc import BleakGATTProtocolError
-
-from agent.drivers.ble.assignment import DeviceAssignment, DeviceFamily
-from agent.drivers.ble.collector import Collector
+from agent.drivers.ble.assignment import DeviceAssignment
 from agent.drivers.ble.resilience import BleTransportError, ErrorClass, LinkLostError
 from agent.drivers.gatt import quirks_for, uuids
-from agent.drivers.gatt.nonin import NoninCommand, encode_nonin_control
 from agent.drivers.gatt.racp import (
     RacpFilterType,
     RacpOpCode,
@@ -49,13 +34,13 @@ from agent.drivers.gatt.racp import (
     decode_racp_response,
     encode_racp_request,
 )
-from agent.drivers.gatt.times import (
-    AdjustReason,
-    CurrentTime,
-    encode_current_time,
-    encode_date_time,
-)
 from agent.errors import CodecError
+
+if TYPE_CHECKING:  # bleak is loaded by the driver; the families import this module without it
+    from bleak import BleakClient
+    from bleak.backends.characteristic import BleakGATTCharacteristic
+
+    from agent.drivers.ble.collector import Collector
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -219,61 +204,13 @@ class Link:
             gone.cancel()
 
 
-def _local_now(now: Callable[[], datetime | None]) -> datetime | None:
+def local_now(now: Callable[[], datetime | None]) -> datetime | None:
+    """``now()``, or ``None`` if the time source fails (it must not stop the transfer)."""
     try:
         return now()
     except Exception:  # a broken time source must not stop the transfer
         _LOGGER.exception("device time source failed")
         return None
-
-
-async def _and_bpm(link: Link, now: Callable[[], datetime | None]) -> SessionResult:
-    # A&D's own sample writes Date Time before enabling indications; the cuff sends nothing
-    # (and hangs up after a few seconds) without it, so an unsynchronised clock is written too.
-    await link.settle()
-    when = _local_now(now) or datetime.now()
-    if link.has(uuids.DATE_TIME):
-        await link.write(uuids.DATE_TIME, encode_date_time(when))
-        link.time_set = True
-    await link.subscribe(uuids.BLOOD_PRESSURE_MEASUREMENT)
-    ended = await link.until_quiet()
-    return SessionResult(ended, link.time_set, records_complete=False)
-
-
-async def _bpm(link: Link, now: Callable[[], datetime | None]) -> SessionResult:
-    await link.settle()
-    await link.subscribe(uuids.BLOOD_PRESSURE_MEASUREMENT)
-    ended = await link.until_quiet()
-    return SessionResult(ended, False, records_complete=False)
-
-
-async def _current_time(link: Link, now: Callable[[], datetime | None]) -> None:
-    """Omron: on the first Current Time notification, write the time back (10 bytes)."""
-    if not link.has(uuids.CURRENT_TIME):
-        return
-    first: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-
-    def on_time(data: bytes) -> None:
-        if not first.done():
-            first.set_result(data)
-
-    await link.subscribe(uuids.CURRENT_TIME, on_time)
-    with contextlib.suppress(TimeoutError):
-        await link.wait_for(first, link.options.time_notify_wait)
-    when = _local_now(now)
-    if when is None:
-        _LOGGER.info("%s: clock not synchronised, device time left alone", link.assignment.log_id)
-        return
-    try:
-        await link.write(
-            uuids.CURRENT_TIME,
-            encode_current_time(CurrentTime.from_datetime(when, (AdjustReason.MANUAL,))),
-        )
-    except BleakGATTProtocolError as exc:
-        if exc.code != ATT_APPLICATION_ERROR:
-            raise
-        # Omron answers 0x80 when it ignored some fields; the time is set (SpeziDevices)
-    link.time_set = True
 
 
 class _Racp:
@@ -327,7 +264,7 @@ def _first_new(link: Link) -> int | None:
     return done + 1
 
 
-async def _download(link: Link, delete_after: bool) -> bool:
+async def download_records(link: Link, delete_after: bool) -> bool:
     """Download stored records through RACP; True when the device reported completion.
 
     When the device advertises the sequence number of its newest record (Omron) and an
@@ -374,51 +311,6 @@ async def _download(link: Link, delete_after: bool) -> bool:
     return True
 
 
-async def _omron_bpm(link: Link, now: Callable[[], datetime | None]) -> SessionResult:
-    await link.settle()
-    await _current_time(link, now)
-    await link.subscribe(uuids.BLOOD_PRESSURE_MEASUREMENT)
-    complete = await _download(link, link.assignment.delete_after_transfer)
-    if not complete:
-        return SessionResult(await link.until_quiet(), link.time_set, False)
-    return SessionResult("complete", link.time_set, True)
-
-
-async def _plx(link: Link, now: Callable[[], datetime | None]) -> SessionResult:
-    await link.settle()
-    if link.has(uuids.PLX_SPOT_CHECK_MEASUREMENT):
-        await link.subscribe(uuids.PLX_SPOT_CHECK_MEASUREMENT)
-    complete = await _download(link, link.assignment.delete_after_transfer)
-    if link.has(uuids.PLX_CONTINUOUS_MEASUREMENT):
-        await link.subscribe(uuids.PLX_CONTINUOUS_MEASUREMENT)
-    ended = await link.until_quiet(link.options.stream_limit)
-    return SessionResult(ended, False, complete)
-
-
-async def _nonin(link: Link, now: Callable[[], datetime | None]) -> SessionResult:
-    await link.settle()
-    if link.has(uuids.NONIN_CONTROL_POINT):
-        await link.subscribe(uuids.NONIN_CONTROL_POINT, lambda _data: None)
-        when = _local_now(now)
-        if when is not None:
-            await link.write(
-                uuids.NONIN_CONTROL_POINT, encode_nonin_control(NoninCommand.set_date_time(when))
-            )
-            link.time_set = True
-    await link.subscribe(uuids.NONIN_CONTINUOUS_OXIMETRY)
-    ended = await link.until_quiet(link.options.stream_limit)
-    return SessionResult(ended, link.time_set, False)
-
-
-_FAMILIES: Final = {
-    DeviceFamily.AND_BPM: _and_bpm,
-    DeviceFamily.BPM: _bpm,
-    DeviceFamily.OMRON_BPM: _omron_bpm,
-    DeviceFamily.PLX: _plx,
-    DeviceFamily.NONIN: _nonin,
-}
-
-
 async def run_family(link: Link, now: Callable[[], datetime | None]) -> SessionResult:
     """Run the procedure of the link's device family (see the module docstring).
 
@@ -426,4 +318,6 @@ async def run_family(link: Link, now: Callable[[], datetime | None]) -> SessionR
     box's clock is not trustworthy (not synchronised); only the A&D family writes an
     unsynchronised time, because it sends nothing otherwise.
     """
-    return await _FAMILIES[link.assignment.family](link, now)
+    from agent.drivers.ble.families import family
+
+    return await family(link.assignment.family).procedure(link, now)

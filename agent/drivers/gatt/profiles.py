@@ -3,7 +3,8 @@
 One :class:`~agent.drivers.contract.Profile` per characteristic format: its name, the
 characteristic it is read from, the pure decoder, and, for the formats that carry readings,
 the lane the BLE collector stores them in. ``observe`` is :func:`.observations.observed` for
-all of them (an empty result for formats without observations).
+all of them (an empty result for formats without observations). Vendor formats are declared
+by the BLE family that brings them (:mod:`agent.drivers.ble.families`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from typing import Final
 
 from agent.drivers.contract import PayloadDecoder, Profile
-from agent.drivers.gatt import aandd, bps, dis, nonin, plx, racp, times, uuids
+from agent.drivers.gatt import bps, dis, plx, racp, times, uuids
 from agent.drivers.gatt.observations import observed
 from agent.model import Lane
 
@@ -120,25 +121,5 @@ PROFILES: Final[tuple[Profile, ...]] = (
         uuids.BATTERY_LEVEL,
         "Battery Level 0x2A19",
         dis.decode_battery_level,
-    ),
-    # Nonin frames carry a counter, so an identical frame is a repeat.
-    gatt_profile(
-        nonin.PROFILE_NONIN_OXIMETRY,
-        uuids.NONIN_CONTINUOUS_OXIMETRY,
-        "Nonin continuous oximetry (data format 19)",
-        nonin.decode_nonin_oximetry,
-        lane=Lane.CONTINUOUS,
-    ),
-    gatt_profile(
-        aandd.PROFILE_AND_COMMAND,
-        uuids.AND_CUSTOM_COMMAND,
-        "A&D vendor command frame (UA-651BLE family)",
-        aandd.decode_and_command,
-    ),
-    gatt_profile(
-        nonin.PROFILE_NONIN_CONTROL,
-        uuids.NONIN_CONTROL_POINT,
-        "Nonin control point command",
-        nonin.decode_nonin_control,
     ),
 )
