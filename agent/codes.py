@@ -47,6 +47,147 @@ PLETH: Final = Code(150452, None, "MDC_PULS_OXIM_PLETH", "Plethysmogram")
 # Device state.
 BATTERY: Final = Code(67996, None, "MDC_ATTR_VAL_BATT_CHARGE", "Battery charge")
 
+# CPAP: sleep apnoea breathing therapy equipment (SABTE, IEEE 11073-10424), partition 128
+# (MDC_PART_PHD_DM). Term codes from the 11073-10101 nomenclature table of an open-source PHD
+# encoder (class ``Mdc``, PHD_DM partition: MDC_SABTE_* 22100..22571), each one checked
+# against a second source that agrees: the HL7 Belgium patient-monitoring CPAP care-path draft
+# (its SABTE tables) and the T-CABS IG (BIH-CEI/T-CABS: MDC_SABTE_AHI_TOTAL 8410792). Where
+# the sources disagree (the programmed-pressure ``_SET`` codes, and whether +1/+2 is MIN or
+# MAX) a local code below is used instead. No LOINC code for these was verified: None.
+CPAP_USAGE: Final = Code(8410712, None, "MDC_SABTE_TIME_PD_USAGE_TOTAL", "CPAP usage time")
+CPAP_AHI: Final = Code(8410792, None, "MDC_SABTE_AHI_TOTAL", "Apnoea-hypopnoea index")
+CPAP_CSR_TIME: Final = Code(
+    8410728, None, "MDC_SABTE_TIME_PD_CSR_TOTAL", "Cheyne-Stokes respiration time"
+)
+CPAP_RAMP_TIME_SET: Final = Code(8410744, None, "MDC_SABTE_TIME_PD_RAMP_SET", "Ramp time setting")
+CPAP_MODE: Final = Code(8410888, None, "MDC_SABTE_MODE_THERAPY_SET", "Therapy mode")
+"""Its value is the MDC code of the mode (one of ``CPAP_MODE_VALUES``), unit ``1``."""
+CPAP_LEAK_P50: Final = Code(8411047, None, "MDC_SABTE_VOL_LEAK_P50", "Leak, median")
+CPAP_LEAK_P95: Final = Code(8411050, None, "MDC_SABTE_VOL_LEAK_P95", "Leak, 95th percentile")
+CPAP_PRESS_P50: Final = Code(8410951, None, "MDC_SABTE_PRESS_P50", "Mask pressure, median")
+CPAP_PRESS_P95: Final = Code(8410954, None, "MDC_SABTE_PRESS_P95", "Mask pressure, 95th percentile")
+CPAP_PRESS: Final = Code(8410944, None, "MDC_SABTE_PRESS", "Mask pressure")
+CPAP_LEAK: Final = Code(8411040, None, "MDC_SABTE_VOL_LEAK", "Leak")
+CPAP_RESP_RATE: Final = Code(8410992, None, "MDC_SABTE_RESP_RATE", "Respiratory rate")
+CPAP_TIDAL_VOLUME: Final = Code(8411072, None, "MDC_SABTE_VOL_TIDAL", "Tidal volume")
+CPAP_MINUTE_VENTILATION: Final = Code(8411056, None, "MDC_SABTE_VOL_MINUTE", "Minute ventilation")
+AIRWAY_FLOW: Final = Code(151764, None, "MDC_FLOW_AWAY", "Airway flow")
+"""Partition 2 term 20692, from the same nomenclature table (single source)."""
+
+CPAP_MODE_VALUES: Final[dict[str, int]] = {
+    "undetermined": 8410889,  # MDC_SABTE_MODE_THERAPY_UNDETERMINED (nomenclature table only)
+    "cpap": 8410890,  # MDC_SABTE_MODE_THERAPY_CPAP
+    "cpap-auto": 8410891,  # MDC_SABTE_MODE_THERAPY_CPAP_AUTO
+    "bpap-s": 8410892,  # MDC_SABTE_MODE_THERAPY_BPAP_S
+    "bpap-t": 8410893,  # MDC_SABTE_MODE_THERAPY_BPAP_T
+    "bpap-st": 8410894,  # MDC_SABTE_MODE_THERAPY_BPAP_ST
+    "bpap-s-auto": 8410895,  # MDC_SABTE_MODE_THERAPY_BPAP_S_AUTO
+    "bpap-t-auto": 8410896,  # MDC_SABTE_MODE_THERAPY_BPAP_T_AUTO
+    "bpap-st-auto": 8410897,  # MDC_SABTE_MODE_THERAPY_BPAP_ST_AUTO
+    "acsv": 8410898,  # MDC_SABTE_MODE_THERAPY_ACSV (adaptive servo-ventilation)
+}
+
+# Local codes (dho-gateway), for CPAP quantities with no agreed MDC code: the private term
+# range 0xF000..0xFFFF of partition 128, block 0xF100. Source of each quantity: the ResMed
+# STR.edf / PLD.edf / EVE.edf signal or annotation named in docs/cpap.md (section "Codes").
+_LOCAL_CPAP: Final = 128 * 65536 + 0xF100
+CPAP_AI: Final = Code(_LOCAL_CPAP + 0, None, "DHO_CPAP_APNEA_INDEX", "Apnoea index")
+CPAP_HI: Final = Code(_LOCAL_CPAP + 1, None, "DHO_CPAP_HYPOPNEA_INDEX", "Hypopnoea index")
+CPAP_OAI: Final = Code(
+    _LOCAL_CPAP + 2, None, "DHO_CPAP_OBSTRUCTIVE_APNEA_INDEX", "Obstructive apnoea index"
+)
+CPAP_CAI: Final = Code(
+    _LOCAL_CPAP + 3, None, "DHO_CPAP_CENTRAL_APNEA_INDEX", "Central apnoea index"
+)
+CPAP_UAI: Final = Code(
+    _LOCAL_CPAP + 4, None, "DHO_CPAP_UNCLASSIFIED_APNEA_INDEX", "Unclassified apnoea index"
+)
+CPAP_RERA_INDEX: Final = Code(
+    _LOCAL_CPAP + 5, None, "DHO_CPAP_RERA_INDEX", "Respiratory effort-related arousal index"
+)
+CPAP_MASK_EVENTS: Final = Code(_LOCAL_CPAP + 6, None, "DHO_CPAP_MASK_EVENTS", "Mask on/off events")
+CPAP_MASK_ON_PERIOD: Final = Code(
+    _LOCAL_CPAP + 7, None, "DHO_CPAP_MASK_ON_PERIOD", "Mask-on period"
+)
+CPAP_OBSTRUCTIVE_APNEAS: Final = Code(
+    _LOCAL_CPAP + 8, None, "DHO_CPAP_OBSTRUCTIVE_APNEA_COUNT", "Obstructive apnoeas"
+)
+CPAP_CENTRAL_APNEAS: Final = Code(
+    _LOCAL_CPAP + 9, None, "DHO_CPAP_CENTRAL_APNEA_COUNT", "Central apnoeas"
+)
+CPAP_HYPOPNEAS: Final = Code(_LOCAL_CPAP + 10, None, "DHO_CPAP_HYPOPNEA_COUNT", "Hypopnoeas")
+CPAP_UNCLASSIFIED_APNEAS: Final = Code(
+    _LOCAL_CPAP + 11, None, "DHO_CPAP_UNCLASSIFIED_APNEA_COUNT", "Unclassified apnoeas"
+)
+CPAP_AROUSALS: Final = Code(
+    _LOCAL_CPAP + 12, None, "DHO_CPAP_RERA_COUNT", "Respiratory effort-related arousals"
+)
+CPAP_SET_PRESSURE: Final = Code(
+    _LOCAL_CPAP + 16, None, "DHO_CPAP_PRESS_CPAP_SET", "CPAP pressure setting"
+)
+CPAP_SET_MIN_PRESSURE: Final = Code(
+    _LOCAL_CPAP + 17, None, "DHO_CPAP_PRESS_AUTO_MIN_SET", "APAP minimum pressure setting"
+)
+CPAP_SET_MAX_PRESSURE: Final = Code(
+    _LOCAL_CPAP + 18, None, "DHO_CPAP_PRESS_AUTO_MAX_SET", "APAP maximum pressure setting"
+)
+CPAP_SET_START_PRESSURE: Final = Code(
+    _LOCAL_CPAP + 19, None, "DHO_CPAP_PRESS_START_SET", "Ramp start pressure setting"
+)
+CPAP_SET_EPR_LEVEL: Final = Code(
+    _LOCAL_CPAP + 20, None, "DHO_CPAP_EPR_LEVEL_SET", "Expiratory pressure relief setting"
+)
+CPAP_THERAPY_PRESSURE: Final = Code(
+    _LOCAL_CPAP + 24, None, "DHO_CPAP_PRESS_THERAPY", "Therapy pressure (device target)"
+)
+CPAP_EPR_PRESSURE: Final = Code(
+    _LOCAL_CPAP + 25, None, "DHO_CPAP_PRESS_EPR", "Expiratory pressure (EPR)"
+)
+CPAP_SNORE: Final = Code(_LOCAL_CPAP + 26, None, "DHO_CPAP_SNORE_INDEX", "Snore index")
+CPAP_FLOW_LIMITATION: Final = Code(
+    _LOCAL_CPAP + 27, None, "DHO_CPAP_FLOW_LIMITATION", "Flow limitation index"
+)
+
+CPAP_CODES: Final[tuple[Code, ...]] = (
+    CPAP_USAGE,
+    CPAP_AHI,
+    CPAP_CSR_TIME,
+    CPAP_RAMP_TIME_SET,
+    CPAP_MODE,
+    CPAP_LEAK_P50,
+    CPAP_LEAK_P95,
+    CPAP_PRESS_P50,
+    CPAP_PRESS_P95,
+    CPAP_PRESS,
+    CPAP_LEAK,
+    CPAP_RESP_RATE,
+    CPAP_TIDAL_VOLUME,
+    CPAP_MINUTE_VENTILATION,
+    AIRWAY_FLOW,
+    CPAP_AI,
+    CPAP_HI,
+    CPAP_OAI,
+    CPAP_CAI,
+    CPAP_UAI,
+    CPAP_RERA_INDEX,
+    CPAP_MASK_EVENTS,
+    CPAP_MASK_ON_PERIOD,
+    CPAP_OBSTRUCTIVE_APNEAS,
+    CPAP_CENTRAL_APNEAS,
+    CPAP_HYPOPNEAS,
+    CPAP_UNCLASSIFIED_APNEAS,
+    CPAP_AROUSALS,
+    CPAP_SET_PRESSURE,
+    CPAP_SET_MIN_PRESSURE,
+    CPAP_SET_MAX_PRESSURE,
+    CPAP_SET_START_PRESSURE,
+    CPAP_SET_EPR_LEVEL,
+    CPAP_THERAPY_PRESSURE,
+    CPAP_EPR_PRESSURE,
+    CPAP_SNORE,
+    CPAP_FLOW_LIMITATION,
+)
+
 ALL_CODES: Final[tuple[Code, ...]] = (
     BP_PANEL,
     BP_SYSTOLIC,
@@ -59,6 +200,7 @@ ALL_CODES: Final[tuple[Code, ...]] = (
     PERFUSION_INDEX,
     PLETH,
     BATTERY,
+    *CPAP_CODES,
 )
 
 BY_MDC: Final[dict[int, Code]] = {code.mdc: code for code in ALL_CODES}

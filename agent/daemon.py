@@ -200,6 +200,7 @@ def services_from_config(cfg: AgentConfig, buffer: AsyncBuffer) -> list[Service]
                 WakingSink(buffer, wake),
                 state_dir=cfg.state_dir,
                 settings={"ble": {"adapter": cfg.ble_adapter}},
+                key_source=cfg.key_source(),
             )
         )
     return services

@@ -268,6 +268,9 @@ class Reading:
         Device + device time + values: a cuff that sends its stored records again produces the
         same key. Without a device timestamp there is no safe natural key (two equal readings a
         minute apart are two measurements), so ``None``: such readings are never de-duplicated.
+        A sample chunk adds its sample count, interval and channel codes, so two different
+        signals of one device that start at the same second (a CPAP's PLD and SAD files) never
+        share a key.
         """
         if self.device_time is None or self.decode_error is not None:
             return None
@@ -282,6 +285,8 @@ class Reading:
         ]
         if self.samples is not None:
             parts.append(f"n={self.samples.sample_count}")
+            parts.append(f"dt={self.samples.interval_ms}")
+            parts.extend(f"ch={c.mdc}" for c in self.samples.channels)
         return "\x1f".join(parts).encode()
 
     def with_time_corrected(self, anchor: ClockAnchor | None) -> Reading:

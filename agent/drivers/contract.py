@@ -53,7 +53,7 @@ from agent.errors import ConfigError
 from agent.model import Lane, Observation, Reading
 
 if TYPE_CHECKING:  # the buffer (sqlite, cryptography) is not needed to describe the contract
-    from agent.buffer import AppendResult
+    from agent.buffer import AppendResult, KeySource
     from agent.clock import Clock
 
 # --------------------------------------------------------------------------------------------
@@ -151,11 +151,16 @@ class DriverContext:
         settings: the transport's own top-level table of the agent configuration (``[ble]``
             for ``ble``), empty when there is none; the transport reads what it knows.
         clock: capture times (``None``: the system clock).
+        key_source: the box's key-encryption key (the buffer's), for a transport that keeps
+            patient data in its own state (the CPAP import state is encrypted under a key
+            derived from it); load it in ``run``. ``None``: the default
+            ``FileKeySource(state_dir / "buffer.kek")``.
     """
 
     state_dir: Path
     settings: Mapping[str, Any] = field(default_factory=dict)
     clock: Clock | None = None
+    key_source: KeySource | None = None
 
 
 class TransportFactory(Protocol[S_co]):

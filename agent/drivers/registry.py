@@ -41,6 +41,7 @@ from agent.drivers.contract import (
 )
 
 if TYPE_CHECKING:
+    from agent.buffer import KeySource
     from agent.clock import Clock
 
 DEFAULT_TRANSPORT: Final = "ble"
@@ -117,6 +118,7 @@ def create_drivers(
     state_dir: Path,
     settings: Mapping[str, Mapping[str, Any]] | None = None,
     clock: Clock | None = None,
+    key_source: KeySource | None = None,
 ) -> list[Driver]:
     """One driver per transport for these ``[[devices]]`` tables (no I/O; none started).
 
@@ -126,12 +128,13 @@ def create_drivers(
         state_dir: the agent's state directory (see :class:`DriverContext`).
         settings: per transport name, its own top-level table (``{"ble": {"adapter": ...}}``).
         clock: capture times for every driver (``None``: the system clock).
+        key_source: the box's key-encryption key source (see :class:`DriverContext`).
     """
     grouped: dict[str, list[DeviceTable]] = {}
     for device in validate_device_tables(tables):
         grouped.setdefault(device.transport, []).append(device)
     drivers: list[Driver] = []
     for name, devices in grouped.items():
-        context = DriverContext(state_dir, (settings or {}).get(name, {}), clock)
+        context = DriverContext(state_dir, (settings or {}).get(name, {}), clock, key_source)
         drivers.append(transport(name).create(devices, sink, context))
     return drivers

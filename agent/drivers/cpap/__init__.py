@@ -1,0 +1,1 @@
+"""CPAP from the SD card: see docs/cpap.md."""
