@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from dho_cli import make_app, run_app
+from dho_cli import CliError, ExitCode, make_app, make_group, run_app
+
+if TYPE_CHECKING:
+    from agent.buffer import Buffer
+    from agent.config import AgentConfig
 
 app = make_app(
     "dho-agent",
@@ -55,36 +60,128 @@ def decode_command(
         typer.echo(f"skipped {len(skipped.raw)} bytes: {skipped.error}", err=True)
 
 
+# readable=False: the commands check the paths themselves and say what to do (exit 77/78).
 ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", help="Agent configuration file (TOML).")
+    Path | None,
+    typer.Option(
+        "--config",
+        readable=False,
+        help="Agent configuration (default /etc/dho-gateway/agent.toml).",
+    ),
 ]
-StateOpt = Annotated[Path | None, typer.Option("--state-dir", help="Override the state directory.")]
+StateOpt = Annotated[
+    Path | None,
+    typer.Option("--state-dir", readable=False, help="Override the state directory."),
+]
+
+
+def _load(config: Path | None, state_dir: Path | None) -> AgentConfig:
+    from agent.config import AgentConfig
+
+    return AgentConfig.load(config, state_dir=state_dir)
+
+
+def _existing_state(cfg: AgentConfig) -> Path:
+    """The state directory, which must already exist: read-only commands never create it."""
+    sd = cfg.state_dir
+    if not sd.exists():
+        raise CliError(
+            f"no agent state at {sd}: the directory does not exist",
+            hint="check --state-dir (or state_dir in the configuration); the agent creates "
+            "it on its first start",
+            code=ExitCode.NOINPUT,
+        )
+    if not sd.is_dir():
+        raise CliError(
+            f"state directory {sd} is not a directory",
+            hint="check --state-dir (or state_dir in the configuration)",
+            code=ExitCode.NOINPUT,
+        )
+    return sd
+
+
+def _existing_store(cfg: AgentConfig) -> Path:
+    """The buffer file, which must already exist: these commands never create a store."""
+    _existing_state(cfg)
+    path = cfg.buffer_path
+    if not path.exists():
+        raise CliError(
+            f"no buffer in {cfg.state_dir}: {path.name} does not exist",
+            hint="check --state-dir (or state_dir in the configuration); the agent creates "
+            "the store on its first start",
+            code=ExitCode.NOINPUT,
+        )
+    if not path.is_file():
+        raise CliError(
+            f"{path} is not a file", hint="it must be the agent's store", code=ExitCode.DATAERR
+        )
+    return path
+
+
+def _open_store(cfg: AgentConfig, *, check_integrity: bool) -> Buffer:
+    from dataclasses import replace
+
+    from agent.buffer import Buffer
+    from agent.errors import StoreError
+
+    path = _existing_store(cfg)
+    try:
+        return Buffer.open(
+            path,
+            cfg.key_source(),
+            config=replace(cfg.buffer_config(), check_integrity=check_integrity),
+        )
+    except StoreError as exc:
+        if "another process" in str(exc):
+            raise CliError(
+                "the agent is running and holds the store",
+                hint="stop it first: systemctl stop dho-agent",
+                code=ExitCode.UNAVAILABLE,
+            ) from None
+        raise
+    except sqlite3.Error as exc:
+        raise CliError(
+            f"the store {path} cannot be opened: {exc}",
+            hint="check that the state directory is writable by this user and the disk "
+            "is not full (df -h)",
+            code=ExitCode.IOERR,
+        ) from None
 
 
 @app.command("run")
 def run_command(
     config: ConfigOpt = None,
     state_dir: StateOpt = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Debug logging (of the agent's own code).")
+    ] = False,
 ) -> None:
     """Run the agent daemon (under systemd: Type=notify, watchdog, SIGTERM to stop)."""
     import asyncio
-    import logging
 
-    from agent.config import AgentConfig
     from agent.daemon import default_factories, run_agent
-    from agent.errors import AgentError
+    from agent.logs import setup_logging
 
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
+    setup_logging(verbose=verbose)
+    cfg = _load(config, state_dir)
+    asyncio.run(run_agent(cfg, default_factories()))
+
+
+config_app = make_group(help="Check the agent configuration.")
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("check")
+def config_check(config: ConfigOpt = None, state_dir: StateOpt = None) -> None:
+    """Validate the whole configuration file and the files it names (as the agent does)."""
+    cfg = _load(config, state_dir)
+    cfg.preflight()
+    where = (
+        f"uplink to {cfg.uplink.host}:{cfg.uplink.port} as {cfg.uplink.box_id}"
+        if cfg.uplink is not None
+        else "no uplink (readings stay buffered)"
     )
-    try:
-        cfg = AgentConfig.load(config, state_dir=state_dir)
-        asyncio.run(run_agent(cfg, default_factories()))
-    except AgentError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+    typer.echo(f"configuration ok: {len(cfg.devices)} devices, {where}, state in {cfg.state_dir}")
 
 
 @app.command("status")
@@ -95,14 +192,16 @@ def status_command(
     """The running agent's last status report: uplink, devices, buffer, services (JSON)."""
     import time
 
-    from agent.config import AgentConfig
     from agent.status import read_status
 
-    cfg = AgentConfig.load(config, state_dir=state_dir)
-    report = read_status(cfg.state_dir / "status.json")
+    cfg = _load(config, state_dir)
+    report = read_status(_existing_state(cfg) / "status.json")
     if report is None:
-        typer.echo("no status report: the agent has not run here yet", err=True)
-        raise typer.Exit(1)
+        raise CliError(
+            f"no status report in {cfg.state_dir}: the agent has not run here yet",
+            hint="start it (systemctl start dho-agent) or check --state-dir",
+            code=ExitCode.FAILED,
+        )
     age = time.time() - float(report.get("written_at", 0))
     report["age_s"] = round(age, 1)
     if age > 60:
@@ -110,7 +209,7 @@ def status_command(
     typer.echo(json.dumps(report, indent=2, sort_keys=True, default=str))
 
 
-buffer_app = typer.Typer(help="Inspect and maintain the encrypted buffer.", no_args_is_help=True)
+buffer_app = make_group(help="Inspect and maintain the encrypted buffer.")
 app.add_typer(buffer_app, name="buffer")
 
 
@@ -135,32 +234,22 @@ def buffer_status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Backlog by lane, disk use and alarms. While the agent runs, its last status report."""
-    from dataclasses import replace
-
-    from agent.buffer import Buffer
-    from agent.config import AgentConfig
-    from agent.errors import AgentError, StoreError
     from agent.status import read_status
 
-    cfg = AgentConfig.load(config, state_dir=state_dir)
+    cfg = _load(config, state_dir)
     try:
-        buf = Buffer.open(
-            cfg.buffer_path,
-            cfg.key_source(),
-            config=replace(cfg.buffer_config(), check_integrity=False),
-        )
-    except StoreError as exc:
-        if "another process" not in str(exc):
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(1) from None
+        buf = _open_store(cfg, check_integrity=False)
+    except CliError as exc:
+        if exc.code != ExitCode.UNAVAILABLE:
+            raise
         report = read_status(cfg.state_dir / "status.json")
         if report is None or "buffer" not in report:
-            typer.echo("the agent is running and has not written a status report yet", err=True)
-            raise typer.Exit(1) from None
+            raise CliError(
+                "the agent is running and has not written a status report yet",
+                hint="wait ten seconds and run this again",
+                code=ExitCode.TEMPFAIL,
+            ) from None
         data = {"source": "agent status report", **report["buffer"]}
-    except AgentError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
     else:
         try:
             data = {"source": "store", **_stats_dict(buf.stats())}
@@ -196,50 +285,42 @@ def _print_status(data: dict[str, Any]) -> None:
 @buffer_app.command("check")
 def buffer_check(config: ConfigOpt = None, state_dir: StateOpt = None) -> None:
     """Run SQLite's integrity_check on the store (the agent must be stopped)."""
-    from agent.buffer import Buffer
-    from agent.config import AgentConfig
-    from agent.errors import AgentError
-
-    cfg = AgentConfig.load(config, state_dir=state_dir)
-    try:
-        buf = Buffer.open(cfg.buffer_path, cfg.key_source(), config=cfg.buffer_config())
-    except AgentError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+    cfg = _load(config, state_dir)
+    buf = _open_store(cfg, check_integrity=True)
     try:
         ok = buf.integrity_ok()
         aside = buf.stats().set_aside
     finally:
         buf.close()
     if aside:
-        typer.echo(
-            f"the store was damaged and set aside as {', '.join(aside)}; a fresh one is in use"
+        raise CliError(
+            f"the store was damaged and set aside as {', '.join(aside)}; a fresh one is in use",
+            hint="keep the set-aside files: their readings are delivered later if the key "
+            "still opens them (docs/operations.md)",
+            code=ExitCode.FAILED,
         )
-        raise typer.Exit(1)
-    typer.echo("integrity ok" if ok else "integrity check FAILED")
-    raise typer.Exit(0 if ok else 1)
+    if not ok:
+        raise CliError(
+            "integrity check FAILED", hint="see docs/operations.md", code=ExitCode.FAILED
+        )
+    typer.echo("integrity ok")
 
 
 @buffer_app.command("rotate-key")
 def buffer_rotate_key(config: ConfigOpt = None, state_dir: StateOpt = None) -> None:
     """Start a new data key (old rows stay readable; the old key goes once they are delivered)."""
-    from agent.buffer import Buffer
-    from agent.config import AgentConfig
-    from agent.errors import AgentError
-
-    cfg = AgentConfig.load(config, state_dir=state_dir)
+    cfg = _load(config, state_dir)
+    buf = _open_store(cfg, check_integrity=True)
     try:
-        buf = Buffer.open(cfg.buffer_path, cfg.key_source(), config=cfg.buffer_config())
-        try:
-            key_id = buf.rotate_data_key()
-        finally:
-            buf.close()
-    except AgentError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        key_id = buf.rotate_data_key()
+    finally:
+        buf.close()
     typer.echo(f"new data key {key_id} active")
 
 
 def main() -> None:
     """Console-script entry point."""
+    from agent.logs import setup_cli_logging
+
+    setup_cli_logging()
     run_app(app)

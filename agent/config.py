@@ -1,16 +1,17 @@
-"""Agent configuration: one TOML file, typed, with defaults that suit a provisioned box.
+"""Agent configuration: one TOML file, validated whole at start; defaults suit a provisioned box.
 
 ```toml
-state_dir = "/var/lib/dho-gateway"      # buffer, keys, identity
+state_dir = "/var/lib/dho-gateway"      # buffer, keys, status report (absolute path)
 [buffer]
-cap_mb = 2048                           # database cap; spot readings are never refused
+cap_mb = 2048                           # database cap in MiB (1 .. 1048576)
+reserve_mb = 4                          # space held back for a full disk, MiB (0 .. 4096)
 key = "file"                            # or "credential:dho-buffer-kek" (systemd)
 
 [uplink]                                # absent: readings stay buffered (no upload)
 host = "mqtt.dho.example"
 port = 8883
-box_id = "box-0001"                     # the CN of the box certificate
-ca_file = "/etc/dho-gateway/ca.pem"
+box_id = "box-0001"                     # must be the CN of the box certificate
+ca_file = "/etc/dho-gateway/ca.pem"     # relative paths are relative to this file
 cert_file = "/etc/dho-gateway/box.crt"
 key_file = "/etc/dho-gateway/box.key"
 signing_key_file = "/etc/dho-gateway/box-signing.pem"   # Ed25519 private key (PKCS#8 PEM)
@@ -28,15 +29,35 @@ model = "UA-651BLE"
 ```
 
 Patients never see this file; technicians rarely do. Anything missing takes its default.
+
+Validation (issue 9, "Logs and inputs"): :meth:`AgentConfig.load` checks the whole file, every
+key's type and range, unknown keys, and every ``[[devices]]`` table, and raises one
+:class:`~agent.errors.ConfigError` listing one line per bad key, each naming it
+(``buffer.cap_mb: must be a whole number, not a string``). Values are never echoed: a device
+table holds patient references and serials. :meth:`AgentConfig.preflight` (run by the daemon
+before it opens anything) then checks what only the machine can tell: that the files exist and
+are readable, that the state directory can be written, that the box certificate's CN is
+``uplink.box_id`` and its key belongs to it, and that the signing keys are Ed25519.
+
+The schema is pydantic dataclasses (strict: ``cap_mb = "64"`` is an error, not 64; they stay
+frozen dataclasses for code, ``dataclasses.replace`` included, and validate when constructed).
+To add a setting, add a field with its type, range and description to one of the classes
+below; an unknown key is an error, so a new table must be declared here before a box can use it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import re
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import typing
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Final
+
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic.dataclasses import dataclass
 
 from agent.buffer import BufferConfig, CredentialKeySource, FileKeySource, KeySource
 from agent.errors import ConfigError
@@ -44,43 +65,90 @@ from agent.errors import ConfigError
 DEFAULT_STATE_DIR = Path("/var/lib/dho-gateway")
 DEFAULT_CONFIG_PATH = Path("/etc/dho-gateway/agent.toml")
 
+BOX_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+"""A box id is one MQTT topic level and a certificate CN: no ``/``, ``+``, ``#``, spaces."""
 
-@dataclass(frozen=True, slots=True)
+_HOST: Final = re.compile(r"^[A-Za-z0-9._:\[\]-]{1,253}$")
+
+_Strict = ConfigDict(extra="forbid")  # strictness per field: a table may come as a dict
+
+FilePath = Annotated[Path, Field(strict=False)]
+"""A path given as a TOML string (or a Path from code)."""
+
+
+@dataclass(frozen=True, config=_Strict)
 class BufferSettings:
     """The ``[buffer]`` table."""
 
-    cap_mb: int | None = 2048
-    key: str = "file"
-    reserve_mb: int = 4
+    cap_mb: Annotated[int, Field(strict=True, ge=1, le=1_048_576)] | None = 2048
+    """Database cap in MiB; continuous and bulk data are compacted, then refused, past it."""
+    key: Annotated[str, Field(strict=True, min_length=1)] = "file"
+    """Where the key-encryption key comes from: ``file`` or ``credential:NAME``."""
+    reserve_mb: Annotated[int, Field(strict=True, ge=0, le=4096)] = 4
+    """Space held in reserve and given back to the filesystem when the disk fills, MiB."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, config=_Strict)
 class UplinkSettings:
     """The ``[uplink]`` table: broker, TLS identity and signing keys."""
 
-    host: str
-    box_id: str
-    ca_file: Path
-    cert_file: Path
-    key_file: Path
-    signing_key_file: Path
-    service_key_file: Path
-    port: int = 8883
+    host: Annotated[str, Field(strict=True, min_length=1, max_length=253)]
+    box_id: Annotated[str, Field(strict=True, pattern=BOX_ID_PATTERN)]
+    ca_file: FilePath
+    cert_file: FilePath
+    key_file: FilePath
+    signing_key_file: FilePath
+    service_key_file: FilePath
+    port: Annotated[int, Field(strict=True, ge=1, le=65535)] = 8883
 
-    def __post_init__(self) -> None:
-        for name in ("ca_file", "cert_file", "key_file", "signing_key_file", "service_key_file"):
-            object.__setattr__(self, name, Path(getattr(self, name)))
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        if not _HOST.match(value):
+            raise ValueError("must be a host name or an IP address")
+        return value
+
+    def files(self) -> dict[str, Path]:
+        """The file settings by key name."""
+        return {
+            "ca_file": self.ca_file,
+            "cert_file": self.cert_file,
+            "key_file": self.key_file,
+            "signing_key_file": self.signing_key_file,
+            "service_key_file": self.service_key_file,
+        }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, config=_Strict)
+class BleSettings:
+    """The ``[ble]`` table."""
+
+    adapter: Annotated[str, Field(strict=True, pattern=r"^hci[0-9]{1,2}$")] = "hci0"
+    """The Bluetooth adapter BlueZ knows the radio as."""
+
+
+@dataclass(frozen=True, config=_Strict)
 class AgentConfig:
     """Everything the agent reads from its configuration file."""
 
-    state_dir: Path = DEFAULT_STATE_DIR
-    buffer: BufferSettings = field(default_factory=BufferSettings)
+    state_dir: FilePath = DEFAULT_STATE_DIR
+    buffer: BufferSettings = Field(default_factory=BufferSettings)
     uplink: UplinkSettings | None = None
-    ble_adapter: str = "hci0"
-    devices: tuple[Mapping[str, Any], ...] = ()
+    ble: BleSettings = Field(default_factory=BleSettings)
+    devices: Annotated[tuple[Any, ...], Field(strict=False)] = ()
+    """The ``[[devices]]`` tables, checked by their transports (:func:`check_device_tables`)."""
+
+    @field_validator("state_dir")
+    @classmethod
+    def _absolute_state_dir(cls, value: Path) -> Path:
+        if not value.is_absolute():
+            raise ValueError("must be an absolute path (e.g. /var/lib/dho-gateway)")
+        return value
+
+    @property
+    def ble_adapter(self) -> str:
+        """The Bluetooth adapter (``[ble] adapter``)."""
+        return self.ble.adapter
 
     @property
     def buffer_path(self) -> Path:
@@ -89,12 +157,7 @@ class AgentConfig:
 
     def key_source(self) -> KeySource:
         """The KEK source named by ``buffer.key``."""
-        spec = self.buffer.key
-        if spec == "file":
-            return FileKeySource(self.state_dir / "buffer.kek")
-        if spec.startswith("credential:") and len(spec) > len("credential:"):
-            return CredentialKeySource(spec.split(":", 1)[1])
-        raise ConfigError(f'buffer.key must be "file" or "credential:NAME", not {spec!r}')
+        return key_source_for(self.buffer.key, self.state_dir)
 
     def buffer_config(self) -> BufferConfig:
         """Tunables for :class:`agent.buffer.Buffer`."""
@@ -105,39 +168,357 @@ class AgentConfig:
         )
 
     @classmethod
-    def load(cls, path: Path | None = None, *, state_dir: Path | None = None) -> AgentConfig:
-        """Read the TOML file (a missing default file means defaults); ``state_dir`` overrides."""
-        data: dict[str, Any] = {}
+    def load(
+        cls,
+        path: Path | None = None,
+        *,
+        state_dir: Path | None = None,
+        check_devices: bool = True,
+    ) -> AgentConfig:
+        """Read and validate the TOML file; ``state_dir`` (e.g. ``--state-dir``) overrides.
+
+        A missing default file means defaults; a missing named file is an error.
+        ``check_devices=False`` skips the ``[[devices]]`` tables (for tools that must work on
+        a box whose device list is broken, e.g. decommissioning).
+
+        Raises:
+            ConfigError: the file cannot be read or parsed, or has bad keys (one line each).
+        """
         target = path or DEFAULT_CONFIG_PATH
+        data = _read_toml(target, explicit=path is not None)
+        problems: list[str] = []
         try:
-            with open(target, "rb") as f:
-                data = tomllib.load(f)
-        except FileNotFoundError:
-            if path is not None:
-                raise ConfigError(f"configuration file {path} does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{target}: {exc}") from exc
-        try:
-            buf = BufferSettings(**data.get("buffer", {}))
-        except TypeError as exc:
-            raise ConfigError(f"{target}: [buffer]: {exc}") from exc
-        uplink = None
-        if "uplink" in data:
+            cfg = TypeAdapter(cls).validate_python(_resolve_relative(data, target.parent))
+        except ValidationError as exc:
+            problems.extend(_explain(exc))
+            cfg = None
+        key = data.get("buffer", {}).get("key") if isinstance(data.get("buffer"), dict) else None
+        if isinstance(key, str) and key:
             try:
-                uplink = UplinkSettings(**data["uplink"])
-            except TypeError as exc:
-                raise ConfigError(f"{target}: [uplink]: {exc}") from exc
-        unknown = set(data) - {"state_dir", "buffer", "uplink", "ble", "devices"}
-        if unknown:
-            raise ConfigError(f"{target}: unknown settings {sorted(unknown)}")
-        devices = data.get("devices", [])
-        if not isinstance(devices, list) or not all(isinstance(d, dict) for d in devices):
-            raise ConfigError(f"{target}: devices must be a list of tables ([[devices]])")
-        sd = state_dir or Path(data.get("state_dir", DEFAULT_STATE_DIR))
-        return cls(
-            state_dir=sd,
-            buffer=buf,
-            uplink=uplink,
-            ble_adapter=str(data.get("ble", {}).get("adapter", "hci0")),
-            devices=tuple(devices),
+                key_source_for(key, DEFAULT_STATE_DIR)
+            except ConfigError as exc:
+                problems.append(f"buffer.key: {exc}")
+        devices = data.get("devices")
+        if check_devices and isinstance(devices, list):  # checked even if the rest is bad
+            problems.extend(check_device_tables(devices))
+        if problems:
+            raise ConfigError(
+                f"{target}: {_plural(len(problems), 'bad setting')}:\n" + "\n".join(problems),
+                hint=f"fix {'it' if len(problems) == 1 else 'them'} in {target} "
+                "(agent/config.py documents every setting), then run "
+                f"`dho-agent config check --config {target}`",
+            )
+        assert cfg is not None
+        if state_dir is not None:
+            cfg = dataclasses.replace(cfg, state_dir=Path(state_dir).absolute())
+        return cfg
+
+    def preflight(self) -> None:
+        """Check what the file alone cannot say, before the agent opens anything.
+
+        The uplink files exist, are regular and readable; the box certificate's CN is
+        ``uplink.box_id`` and ``uplink.key_file`` is its private key; the signing key is an
+        Ed25519 private key and the service key an Ed25519 public key; the state directory is
+        a directory this user can write (or can be created). Blocking: call it off the loop.
+
+        Raises:
+            ConfigError: one line per problem found.
+        """
+        problems = list(_check_state_dir(self.state_dir))
+        if self.uplink is not None:
+            problems.extend(_check_uplink(self.uplink))
+        if problems:
+            raise ConfigError(
+                f"{_plural(len(problems), 'problem')} with the configured files:\n"
+                + "\n".join(problems),
+                hint="fix the files or the paths in the configuration, then run "
+                "`dho-agent config check`",
+            )
+
+
+def key_source_for(spec: str, state_dir: Path) -> KeySource:
+    """The :class:`KeySource` a ``buffer.key`` value names.
+
+    Raises:
+        ConfigError: an unknown form (the message lists the known ones).
+    """
+    if spec == "file":
+        return FileKeySource(state_dir / "buffer.kek")
+    if spec.startswith("credential:") and len(spec) > len("credential:"):
+        return CredentialKeySource(spec.split(":", 1)[1])
+    raise ConfigError('must be "file" or "credential:NAME"')
+
+
+def check_device_tables(devices: Sequence[object]) -> list[str]:
+    """One line per ``[[devices]]`` table that its transport refuses, naming the bad key.
+
+    Each transport validates its own tables (:func:`agent.drivers.registry.validate_device_table`;
+    importing the registry loads no transport). Messages never hold a patient-linked value.
+    """
+    from agent.drivers.contract import DeviceTableError
+    from agent.drivers.registry import validate_device_table
+
+    problems: list[str] = []
+    for i, table in enumerate(devices):
+        try:
+            validate_device_table(i, table)
+        except DeviceTableError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+# -- reading and explaining ---------------------------------------------------------------
+
+
+def _read_toml(target: Path, *, explicit: bool) -> dict[str, Any]:
+    try:
+        with open(target, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(
+                f"configuration file {target} does not exist",
+                hint=f"pass --config with the path of agent.toml (default {DEFAULT_CONFIG_PATH})",
+            ) from None
+        return {}
+    except IsADirectoryError:
+        raise ConfigError(
+            f"configuration path {target} is a directory, not a file",
+            hint="pass --config with the path of agent.toml, not its directory",
+        ) from None
+    except PermissionError:
+        raise ConfigError(
+            f"configuration file {target} is not readable by this user",
+            hint="run as the dho-gateway user (sudo -u dho-gateway ...) or as root",
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"configuration file {target}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{target} is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            f"{target} is not valid TOML: {exc}",
+            hint=f"fix the syntax in {target} (https://toml.io)",
+        ) from None
+
+
+_PATH_KEYS: Final = ("ca_file", "cert_file", "key_file", "signing_key_file", "service_key_file")
+
+
+def _resolve_relative(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Relative uplink file paths are taken relative to the configuration file's directory."""
+    uplink = data.get("uplink")
+    if not isinstance(uplink, dict):
+        return data
+    fixed = dict(uplink)
+    for key in _PATH_KEYS:
+        value = fixed.get(key)
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            fixed[key] = str(base.absolute() / value)
+    return {**data, "uplink": fixed}
+
+
+_TOML_TYPES: Final = {
+    "str": "a string",
+    "int": "a whole number",
+    "float": "a decimal number",
+    "bool": "true or false",
+    "dict": "a table",
+    "list": "an array",
+    "datetime": "a date-time",
+    "date": "a date",
+    "time": "a time",
+}
+
+
+def _toml_type(value: Any) -> str:
+    return _TOML_TYPES.get(type(value).__name__, type(value).__name__)
+
+
+def _where(loc: Iterable[int | str]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _known_keys(loc: Sequence[int | str]) -> list[str]:
+    model: type = AgentConfig
+    for part in loc[:-1]:
+        hint = typing.get_type_hints(model).get(str(part))
+        if hint is None:
+            return []
+        candidates = [hint, *typing.get_args(hint)]
+        sub = next((c for c in candidates if dataclasses.is_dataclass(c)), None)
+        if not isinstance(sub, type):
+            return []
+        model = sub
+    return sorted(f.name for f in dataclasses.fields(model))
+
+
+_EXPECTED: Final = {
+    "int_type": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "string_type": "must be a string (in quotes)",
+    "bool_type": "must be true or false",
+    "dict_type": "must be a table",
+    "model_type": "must be a table",
+    "dataclass_type": "must be a table",
+    "tuple_type": "must be an array of tables ([[devices]])",
+    "list_type": "must be an array",
+    "path_type": "must be a path (a string)",
+}
+
+
+def _explain(exc: ValidationError) -> list[str]:
+    """One line per bad key: where it is and what it must be, never its value."""
+    lines: dict[str, str] = {}
+    for err in exc.errors(include_url=False):
+        loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+        where = _where(loc)
+        kind = err["type"]
+        ctx = err.get("ctx", {})
+        if kind in ("extra_forbidden", "unexpected_keyword_argument"):
+            known = _known_keys(loc)
+            text = "unknown setting" + (f" (known here: {', '.join(known)})" if known else "")
+        elif kind in ("missing", "missing_argument"):
+            text = "is required"
+        elif kind in _EXPECTED:
+            text = f"{_EXPECTED[kind]}, not {_toml_type(err.get('input'))}"
+        elif kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+            bound = next(iter(ctx.values()), "?")
+            word = {
+                "greater_than_equal": "at least",
+                "greater_than": "more than",
+                "less_than_equal": "at most",
+                "less_than": "less than",
+            }[kind]
+            text = f"must be {word} {bound}"
+        elif kind == "string_too_short":
+            text = "must not be empty"
+        elif kind == "string_too_long":
+            text = f"is too long (at most {ctx.get('max_length')} characters)"
+        elif kind == "string_pattern_mismatch":
+            text = _pattern_message(loc)
+        elif kind == "value_error":
+            text = str(ctx.get("error", err["msg"]))
+        else:
+            text = err["msg"][0].lower() + err["msg"][1:]
+        lines.setdefault(where, f"{where}: {text}")
+    return list(lines.values())
+
+
+def _pattern_message(loc: Sequence[int | str]) -> str:
+    key = str(loc[-1]) if loc else ""
+    if key == "box_id":
+        return (
+            "must be 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or "
+            "digit (it is an MQTT topic level: no '/', '+' or '#')"
         )
+    if key == "adapter":
+        return "must be an adapter name like hci0"
+    return "has the wrong form"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+# -- preflight ------------------------------------------------------------------------------
+
+
+def _check_state_dir(state_dir: Path) -> Iterable[str]:
+    probe = state_dir
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        yield f"state_dir: {probe} is not a directory"
+    elif not os.access(probe, os.W_OK | os.X_OK):
+        what = "state directory" if probe == state_dir else f"parent {probe} of the state directory"
+        yield (
+            f"state_dir: the {what} is not writable by this user "
+            "(systemd creates it through StateDirectory=; run as the dho-gateway user)"
+        )
+
+
+def _check_uplink(u: UplinkSettings) -> Iterable[str]:
+    readable: dict[str, bytes] = {}
+    for key, path in u.files().items():
+        try:
+            if not path.is_file():
+                kind = "does not exist" if not path.exists() else "is not a regular file"
+                yield f"uplink.{key}: {path} {kind}"
+                continue
+            with open(path, "rb") as f:
+                readable[key] = f.read(1 << 20)
+        except PermissionError:
+            yield f"uplink.{key}: {path} is not readable by this user"
+        except OSError as exc:
+            yield f"uplink.{key}: {path}: {exc.strerror}"
+    yield from _check_identity(u, readable)
+
+
+def _check_identity(u: UplinkSettings, files: Mapping[str, bytes]) -> Iterable[str]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
+    from cryptography.x509.oid import NameOID
+
+    if "ca_file" in files:
+        try:
+            x509.load_pem_x509_certificates(files["ca_file"])
+        except ValueError:
+            yield f"uplink.ca_file: {u.ca_file} holds no PEM certificate"
+    cert = None
+    if "cert_file" in files:
+        try:
+            cert = x509.load_pem_x509_certificates(files["cert_file"])[0]
+        except ValueError:
+            yield f"uplink.cert_file: {u.cert_file} holds no PEM certificate"
+    if cert is not None:
+        names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        cn = str(names[0].value) if names else None
+        if cn != u.box_id:
+            yield (
+                f"uplink.box_id {u.box_id!r} does not match the CN {cn!r} of the box "
+                f"certificate {u.cert_file}: set box_id to the certificate's CN, or install "
+                "the certificate issued for this box"
+            )
+    if "key_file" in files:
+        try:
+            key = serialization.load_pem_private_key(files["key_file"], password=None)
+        except (ValueError, TypeError):
+            yield f"uplink.key_file: {u.key_file} holds no unencrypted PEM private key"
+        else:
+            if cert is not None and key.public_key() != cert.public_key():
+                yield (
+                    f"uplink.key_file: {u.key_file} is not the private key of the box "
+                    f"certificate {u.cert_file}"
+                )
+    if "signing_key_file" in files:
+        try:
+            signing = serialization.load_pem_private_key(files["signing_key_file"], None)
+        except (ValueError, TypeError):
+            signing = None
+        if not isinstance(signing, Ed25519PrivateKey):
+            yield (
+                f"uplink.signing_key_file: {u.signing_key_file} is not an Ed25519 private "
+                "key (PKCS#8 PEM)"
+            )
+    if "service_key_file" in files:
+        try:
+            service = serialization.load_pem_public_key(files["service_key_file"])
+        except (ValueError, TypeError):
+            service = None
+        if not isinstance(service, Ed25519PublicKey):
+            yield (
+                f"uplink.service_key_file: {u.service_key_file} is not an Ed25519 public key (PEM)"
+            )

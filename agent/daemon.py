@@ -8,7 +8,9 @@ systemd watchdog, and, from the configuration, the device drivers and the uplink
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
@@ -17,8 +19,9 @@ from agent import sdnotify
 from agent.buffer import AppendResult, AsyncBuffer
 from agent.config import AgentConfig
 from agent.errors import ConfigError
+from agent.logs import fields
 from agent.model import Reading
-from agent.status import Provider, StatusReporter
+from agent.status import Provider, StatusReporter, status_line
 from agent.supervisor import Service, Supervisor
 
 if TYPE_CHECKING:  # imported where used: without [uplink] the agent never loads paho
@@ -37,31 +40,109 @@ class BufferMaintenance:
     def __init__(self, buffer: AsyncBuffer, interval: float = 60) -> None:
         self.buffer = buffer
         self.interval = interval
+        # A purge can take a while on a big backlog; a purge loop silent for 10 intervals
+        # (at least 15 minutes) is stuck.
+        self.stall_after = max(900.0, 10 * interval)
+        self._progress: float | None = None
+
+    def progress(self) -> float | None:
+        """When the last purge finished (``time.monotonic()``)."""
+        return self._progress
 
     async def run(self) -> None:
         """Purge every interval until cancelled."""
+        self._progress = time.monotonic()
         while True:
             await asyncio.sleep(self.interval)
             purged = await self.buffer.purge()
+            self._progress = time.monotonic()
             if purged:
-                _LOGGER.info("purged %d delivered readings", purged)
+                _LOGGER.info("purged %d delivered readings", purged, extra=fields(purged=purged))
 
 
 class Watchdog:
-    """Pings systemd's watchdog only while the loop turns and the store answers."""
+    """Pings systemd's watchdog only after real progress checks pass.
+
+    Every ``interval`` (half of ``WatchdogSec=``) it checks that
+
+    * the event loop turns: the ping is sent from the loop, so a blocked loop sends none; the
+      lag of the check's own sleep is kept for the status report;
+    * the store answers: ``stats()`` must return within half an interval;
+    * no service is wedged (:meth:`Supervisor.wedged`): a wedged service is restarted at once;
+      one still wedged at the next check (its cancellation did not take) fails the check.
+
+    Only then ``WATCHDOG=1``. A failed check sends none and says why in ``STATUS=``, so systemd
+    restarts the agent after ``WatchdogSec=`` if the fault persists.
+    """
 
     name = "watchdog"
 
-    def __init__(self, buffer: AsyncBuffer, interval: float) -> None:
+    def __init__(self, buffer: AsyncBuffer, supervisor: Supervisor, interval: float) -> None:
         self.buffer = buffer
+        self.supervisor = supervisor
         self.interval = interval
+        self.pings = 0
+        self.missed = 0
+        self.max_lag = 0.0
+        self.last_problem: str | None = None
+        self._restarted: set[str] = set()
+
+    async def check(self) -> list[str]:
+        """The problems found now (empty: healthy)."""
+        problems: list[str] = []
+        try:
+            await asyncio.wait_for(self.buffer.stats(), timeout=self.interval / 2)
+        except TimeoutError:
+            problems.append(f"the store did not answer within {self.interval / 2:.0f} s")
+        except Exception as exc:  # noqa: BLE001 - any failure of the store fails the check
+            problems.append(f"the store failed ({type(exc).__name__})")
+        wedged = set(self.supervisor.wedged())
+        for name in sorted(wedged - self._restarted):
+            _LOGGER.error(
+                "service %s made no progress: restarting it",
+                name,
+                extra=fields(service=name, event="service-wedged"),
+            )
+            self.supervisor.restart(name, "made no progress")
+        for name in sorted(wedged & self._restarted):
+            problems.append(f"service {name} is wedged and did not restart")
+        self._restarted = wedged
+        return problems
 
     async def run(self) -> None:
-        """Check liveness, ping, sleep; until cancelled."""
+        """Check, ping (or not), sleep; until cancelled."""
+        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.wait_for(self.buffer.stats(), timeout=self.interval)
-            sdnotify.notify("WATCHDOG=1")
+            problems = await self.check()
+            if problems:
+                self.missed += 1
+                self.last_problem = "; ".join(problems)
+                _LOGGER.error(
+                    "watchdog not fed: %s",
+                    self.last_problem,
+                    extra=fields(event="watchdog-missed"),
+                )
+                sdnotify.status("fault: " + self.last_problem)
+            else:
+                self.pings += 1
+                sdnotify.notify("WATCHDOG=1")
+            before = loop.time()
             await asyncio.sleep(self.interval)
+            self.max_lag = max(self.max_lag, loop.time() - before - self.interval)
+
+    async def status_section(self) -> Mapping[str, Any]:
+        """Pings sent and missed, the worst loop lag seen, the last problem."""
+        return {
+            "interval_s": self.interval,
+            "pings": self.pings,
+            "missed": self.missed,
+            "max_loop_lag_s": round(self.max_lag, 3),
+            "last_problem": self.last_problem,
+        }
+
+
+READY_TIMEOUT = 30.0
+"""How long READY waits for the first status report once every service has started."""
 
 
 async def run_agent(
@@ -73,9 +154,22 @@ async def run_agent(
     started: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
-    """Run the agent until SIGTERM/SIGINT (or ``stop`` is set)."""
+    """Run the agent until SIGTERM/SIGINT (or ``stop`` is set).
+
+    Start-up, each step shown in systemd's ``STATUS=``: check the configured files and the box
+    identity (:meth:`AgentConfig.preflight`), open the store, build and start every service;
+    ``READY=1`` once they have all started and the first status report is written.
+
+    Raises:
+        ConfigError: the configuration or the files it names cannot be used.
+        StoreError: the store cannot be opened.
+    """
+    sdnotify.status("starting: checking the configuration and the box identity")
+    await asyncio.to_thread(cfg.preflight)
+    sdnotify.status("starting: opening the encrypted store")
     buffer = await AsyncBuffer.open(cfg.buffer_path, cfg.key_source(), config=cfg.buffer_config())
     try:
+        sdnotify.status("starting: starting services")
         supervisor = Supervisor(stop=stop)
         supervisor.add(BufferMaintenance(buffer, maintenance_interval))
         for factory in factories:
@@ -99,26 +193,55 @@ async def run_agent(
         async def services_section() -> Mapping[str, Any]:
             return {name: vars(st) for name, st in supervisor.states.items()}
 
+        interval = sdnotify.watchdog_interval()
+        if interval is not None:
+            supervisor.add(Watchdog(buffer, supervisor, interval))
         providers: dict[str, Provider] = {"buffer": buffer_section, "services": services_section}
         for service in supervisor.services:
             section = getattr(service, "status_section", None)
             if section is not None:
                 providers[service.name] = section
-        supervisor.add(
-            StatusReporter(cfg.state_dir / "status.json", providers, interval=status_interval)
+        ready = asyncio.Event()
+
+        def on_report(report: Mapping[str, Any]) -> None:
+            if ready.is_set():
+                sdnotify.status(status_line(report))
+
+        reporter = StatusReporter(
+            cfg.state_dir / "status.json", providers, interval=status_interval, on_report=on_report
         )
-        interval = sdnotify.watchdog_interval()
-        if interval is not None:
-            supervisor.add(Watchdog(buffer, interval))
+        supervisor.add(reporter)
         supervisor.install_signal_handlers()
-        sdnotify.notify("READY=1")
-        _LOGGER.info("agent running with %d services", len(supervisor.services))
-        if started is not None:
-            started.set()
-        await supervisor.run()
+
+        async def announce() -> None:
+            await supervisor.started.wait()
+            try:
+                await asyncio.wait_for(reporter.written.wait(), READY_TIMEOUT)
+                line = status_line(await reporter.collect())
+            except TimeoutError:
+                line = "attention: running, but no status report could be written"
+            ready.set()
+            sdnotify.notify("READY=1", "STATUS=" + line)
+            _LOGGER.info(
+                "agent ready with %d services",
+                len(supervisor.services),
+                extra=fields(event="ready", services=len(supervisor.services)),
+            )
+            if started is not None:
+                started.set()
+
+        # A short-lived helper of the start-up, not a service: it ends once READY is sent.
+        announcer = asyncio.create_task(announce(), name="announce-ready")
+        try:
+            await supervisor.run()
+        finally:
+            announcer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await announcer
     finally:
-        sdnotify.notify("STOPPING=1")
+        sdnotify.notify("STOPPING=1", "STATUS=stopping: closing the encrypted store")
         await buffer.close()
+        _LOGGER.info("agent stopped", extra=fields(event="stopped"))
 
 
 class UplinkService:

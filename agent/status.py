@@ -50,15 +50,103 @@ def read_status(path: Path) -> dict[str, Any] | None:
     return data
 
 
+def _ago(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(seconds, 0):.0f} s ago"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 129_600:
+        return f"{seconds / 3600:.0f} h ago"
+    return f"{seconds / 86400:.0f} days ago"
+
+
+def status_line(report: Mapping[str, Any], now: float | None = None) -> str:
+    """One line for ``systemctl status`` (systemd ``STATUS=``): health first, then the facts.
+
+    ``ok: uplink connected, last upload 12 s ago; nothing waiting; 3 services running`` or
+    ``attention: uplink backing-off (broker unreachable); 42 readings buffered safely;
+    service ble backing off (restart 3, BleTransportError); alarms: storage-low``.
+    Counts and states only, like the report it is made from.
+    """
+    now = time.time() if now is None else now
+    parts: list[str] = []
+    trouble = False
+    uplink = report.get("uplink")
+    if isinstance(uplink, Mapping) and "link" in uplink:
+        link = str(uplink.get("link"))
+        text = f"uplink {link}"
+        if link != "connected":
+            trouble = True
+            if uplink.get("last_error"):
+                text += f" ({str(uplink['last_error'])[:60]})"
+        last = uplink.get("last_upload_unix")
+        if isinstance(last, int | float):
+            text += f", last upload {_ago(now - last)}"
+        parts.append(text)
+    elif isinstance(uplink, Mapping) and "error" in uplink:
+        trouble = True
+        parts.append(f"uplink status unavailable ({uplink['error']})")
+    else:
+        parts.append("no uplink configured")
+    buffer = report.get("buffer")
+    if isinstance(buffer, Mapping):
+        pending = buffer.get("pending")
+        waiting = sum(v for v in pending.values() if isinstance(v, int)) if pending else 0
+        parts.append(f"{waiting} readings buffered safely" if waiting else "nothing waiting")
+        alarms = list(buffer.get("alarms") or [])
+        if buffer.get("error"):
+            trouble = True
+            parts.append(f"store status unavailable ({buffer['error']})")
+    else:
+        alarms = []
+    services = report.get("services")
+    if isinstance(services, Mapping):
+        running = 0
+        for name, st in services.items():
+            state = st.get("state") if isinstance(st, Mapping) else None
+            if state == "running":
+                running += 1
+            elif state in ("backoff", "starting"):
+                trouble = True
+                err = str(st.get("last_error") or "").split(":", 1)[0]
+                parts.append(
+                    f"service {name} {'backing off' if state == 'backoff' else state}"
+                    f" (restart {st.get('restarts', 0)}{', ' + err if err else ''})"
+                )
+        parts.append(f"{running} services running")
+    if alarms:
+        trouble = True
+        parts.append("alarms: " + ", ".join(str(a) for a in alarms))
+    return ("attention: " if trouble else "ok: ") + "; ".join(parts)
+
+
 class StatusReporter:
-    """A supervised service that writes the status file every ``interval`` seconds."""
+    """A supervised service that writes the status file every ``interval`` seconds.
+
+    ``on_report`` (e.g. the systemd ``STATUS=`` line) is called with every report written.
+    """
 
     name = "status"
 
-    def __init__(self, path: Path, providers: Mapping[str, Provider], interval: float = 10) -> None:
+    def __init__(
+        self,
+        path: Path,
+        providers: Mapping[str, Provider],
+        interval: float = 10,
+        on_report: Callable[[Mapping[str, Any]], None] | None = None,
+    ) -> None:
         self.path = path
         self.providers = dict(providers)
         self.interval = interval
+        self.on_report = on_report
+        self.written = asyncio.Event()
+        """Set once the first report is on disk."""
+        self.stall_after = max(60.0, 6 * interval)
+        self._progress: float | None = None
+
+    def progress(self) -> float | None:
+        """When the last report was written (``time.monotonic()``), for the watchdog."""
+        return self._progress
 
     async def collect(self) -> dict[str, Any]:
         """Ask every provider for its section; a failing provider reports its error type."""
@@ -72,7 +160,13 @@ class StatusReporter:
 
     async def run(self) -> None:
         """Write the report now and then every interval, until cancelled."""
+        if self._progress is None:
+            self._progress = time.monotonic()  # starting counts as progress
         while True:
             report = await self.collect()
             await asyncio.to_thread(write_status, self.path, report)
+            self._progress = time.monotonic()
+            self.written.set()
+            if self.on_report is not None:
+                self.on_report(report)
             await asyncio.sleep(self.interval)

@@ -5,6 +5,17 @@ supervised loop: if it raises, the error is logged with its type (never with pat
 service's state shows it, and it is restarted after a back-off that grows with consecutive
 failures. One device misbehaving must not stop the others or the uplink. Cancellation
 (SIGTERM, Ctrl-C) stops every service and the supervisor returns after they have cleaned up.
+
+Start and progress (what systemd's READY and WATCHDOG rest on, :mod:`agent.daemon`):
+
+* :attr:`Supervisor.started` is set once every service has been started: its ``run()`` was
+  entered and ran to its first ``await`` (or failed on its first attempt and is backing off).
+* A service may report progress: a ``progress()`` method returning the
+  ``time.monotonic()`` of its last step forward (or ``None`` before the first), and a
+  ``stall_after`` attribute in seconds. :meth:`Supervisor.wedged` names the running services
+  whose last progress is older than that; :meth:`Supervisor.restart` cancels one and restarts
+  it like a failed service. A service without ``progress()`` is never called wedged (the loop
+  and store checks of the watchdog still cover it). Drivers and the uplink can add it.
 """
 
 from __future__ import annotations
@@ -15,11 +26,17 @@ import logging
 import random
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from agent.logs import fields
+
 _LOGGER = logging.getLogger(__name__)
+
+
+class WedgedError(Exception):
+    """A service made no progress for longer than its ``stall_after`` and was restarted."""
 
 
 class Service(Protocol):
@@ -44,6 +61,7 @@ class ServiceState:
     restarts: int = 0
     last_error: str | None = None
     since: float = field(default_factory=time.time)
+    started: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +89,9 @@ class Supervisor:
         self.states: dict[str, ServiceState] = {}
         self.backoff = backoff or Backoff()
         self._stop = stop or asyncio.Event()
+        self.started = asyncio.Event()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._restart_requests: dict[str, str] = {}
         for service in services:
             self.add(service)
 
@@ -81,6 +102,26 @@ class Supervisor:
         self.services.append(service)
         self.states[service.name] = ServiceState(service.name)
 
+    def _mark_started(self, st: ServiceState) -> None:
+        if not st.started:
+            st.started = True
+            if all(s.started for s in self.states.values()):
+                self.started.set()
+
+    async def _run_once(self, service: Service, st: ServiceState) -> None:
+        run = service.run()
+        loop = asyncio.get_running_loop()
+        # Mark it started once its first step has run (the next loop iteration).
+        loop.call_soon(self._mark_started, st)
+        try:
+            await run
+        except asyncio.CancelledError:
+            reason = self._restart_requests.pop(service.name, None)
+            task = asyncio.current_task()
+            if reason is not None and task is not None and task.uncancel() == 0:
+                raise WedgedError(reason) from None
+            raise
+
     async def _supervise(self, service: Service) -> None:
         st = self.states[service.name]
         failures = 0
@@ -88,11 +129,12 @@ class Supervisor:
             st.state, st.since = "running", time.time()
             started = time.monotonic()
             try:
-                await service.run()
+                await self._run_once(service, st)
             except asyncio.CancelledError:
                 st.state = "stopped"
                 raise
             except Exception as exc:  # a service must never take the agent down
+                self._mark_started(st)
                 if time.monotonic() - started > 60:
                     failures = 0  # it ran for a while: this is a new problem, not a crash loop
                 failures += 1
@@ -106,21 +148,51 @@ class Supervisor:
                     st.restarts,
                     delay,
                     exc_info=_LOGGER.isEnabledFor(logging.DEBUG),
+                    extra=fields(service=service.name, event="service-failed"),
                 )
                 st.state, st.since = "backoff", time.time()
                 await asyncio.sleep(delay)
             else:
+                self._mark_started(st)
                 st.state = "done"
                 return
 
+    def wedged(self, now: float | None = None) -> list[str]:
+        """Running services whose ``progress()`` is older than their ``stall_after``."""
+        now = time.monotonic() if now is None else now
+        out = []
+        for service in self.services:
+            progress: Callable[[], float | None] | None = getattr(service, "progress", None)
+            limit = getattr(service, "stall_after", None)
+            if progress is None or limit is None or self.states[service.name].state != "running":
+                continue
+            last = progress()
+            if last is not None and now - last > float(limit):
+                out.append(service.name)
+        return out
+
+    def restart(self, name: str, reason: str) -> bool:
+        """Cancel service ``name``'s current run; it is restarted like a failed one.
+
+        Returns False when it is not running (nothing to do).
+        """
+        task = self._tasks.get(name)
+        if task is None or task.done() or self.states[name].state != "running":
+            return False
+        if name not in self._restart_requests:
+            self._restart_requests[name] = reason
+            task.cancel()
+        return True
+
     async def run(self) -> None:
         """Run every service until :meth:`stop` is called or the task is cancelled."""
+        if not self.services:
+            self.started.set()
         async with asyncio.TaskGroup() as tg:
-            tasks = [
-                tg.create_task(self._supervise(s), name=f"service:{s.name}") for s in self.services
-            ]
+            for s in self.services:
+                self._tasks[s.name] = tg.create_task(self._supervise(s), name=f"service:{s.name}")
             await self._stop.wait()
-            for t in tasks:
+            for t in self._tasks.values():
                 t.cancel()
 
     def stop(self) -> None:

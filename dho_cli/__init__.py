@@ -58,6 +58,7 @@ __all__ = [
     "ExitCode",
     "describe",
     "make_app",
+    "make_group",
     "package_version",
     "register_error",
     "report",
@@ -137,6 +138,14 @@ def _one_line(text: str, limit: int = 400) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
+def _lines(text: str, max_lines: int = 40) -> str:
+    """Each line tidied and bounded; a message with one line per problem keeps its lines."""
+    lines = [_one_line(line) for line in text.splitlines() if line.strip()]
+    if len(lines) > max_lines:
+        lines = [*lines[: max_lines - 1], f"... and {len(lines) - max_lines + 1} more"]
+    return "\n".join(lines)
+
+
 def describe(exc: BaseException) -> CliError:
     """The :class:`CliError` a command reports for ``exc``."""
     if isinstance(exc, CliError):
@@ -165,7 +174,7 @@ def describe(exc: BaseException) -> CliError:
         message = f"{where}{exc.strerror or type(exc).__name__}"
     else:
         message = str(exc) or type(exc).__name__
-    return CliError(_one_line(message), hint=hint, code=code)
+    return CliError(_lines(message), hint=hint, code=code)
 
 
 def report(error: CliError) -> None:
@@ -256,6 +265,14 @@ def make_app(name: str, *, help: str, **kwargs: Any) -> typer.Typer:
     root.__doc__ = help
     app.callback()(root)
     return app
+
+
+def make_group(*, help: str, **kwargs: Any) -> typer.Typer:
+    """A sub-command group (``app.add_typer(group, name=...)``); the root reports its errors."""
+    kwargs.setdefault("no_args_is_help", True)
+    return typer.Typer(
+        help=help, pretty_exceptions_enable=False, pretty_exceptions_show_locals=False, **kwargs
+    )
 
 
 def run_app(app: typer.Typer) -> NoReturn:

@@ -13,7 +13,7 @@ from typing import Any, cast
 import pytest
 
 from agent.buffer import AppendResult, AsyncBuffer
-from agent.config import AgentConfig
+from agent.config import AgentConfig, BleSettings
 from agent.daemon import services_from_config
 from agent.drivers import registry
 from agent.drivers.contract import (
@@ -235,7 +235,7 @@ def test_the_daemon_builds_drivers_through_the_registry(tmp_path: Path) -> None:
     from agent.drivers.ble import BleDriver
 
     buffer = cast(AsyncBuffer, object())  # only handed to the sink; nothing is appended
-    cfg = AgentConfig(state_dir=tmp_path, ble_adapter="hci3", devices=(ble(),))
+    cfg = AgentConfig(state_dir=tmp_path, ble=BleSettings(adapter="hci3"), devices=(ble(),))
     (service,) = services_from_config(cfg, buffer)
     assert isinstance(service, BleDriver)
     assert service.options.adapter == "hci3"

@@ -175,4 +175,8 @@ class DeviceAssignment:
         for key in ("patient", "address", "name", "model", "manufacturer", "serial"):
             if key in data and not isinstance(data[key], str):
                 raise DeviceTableError(key, "must be a string")
+        if "patient" not in data:  # the constructor would raise a TypeError
+            raise DeviceTableError(
+                "patient", "is required (the patient reference from the service)"
+            )
         return cls(**data)
