@@ -326,3 +326,56 @@ async def test_the_state_is_encrypted(card_dir: Path, buf: AsyncBuffer, tmp_path
     assert report.stored == 0
     assert report.duplicates == REAL_SPOT + REAL_CHUNKS
     assert path.with_suffix(".bad").exists()
+
+
+async def test_a_file_from_another_machine_is_never_filed_here(
+    mock_card: MockCard, buf: AsyncBuffer, tmp_path: Path
+) -> None:
+    day = date(2026, 8, 1)
+    mock_card.add_night(day, detail_minutes=5)
+    mock_card.write()
+    pld = mock_card.files(day, "PLD")[0]
+    data = bytearray(pld.read_bytes())
+    at = data.index(b"SRN=") + 4
+    data[at : at + 11] = b"99999999999"
+    pld.write_bytes(bytes(data))
+    imp = importer(mock_card.root, buf, tmp_path / "state")
+    report = await imp.scan()
+    assert "SerialMismatch" in report.problems
+    assert report.files_rejected == 1
+    assert report.files_waiting == 0
+    got = await stored(buf)
+    assert not flagged(got, "cpap-pld")
+    assert not [r for r in got if r.decode_error is not None]  # not even for audit: not ours
+    assert (await imp.scan()).files_read == 0
+
+
+class RefusingSink:
+    """Refuses bulk data once, as a full buffer does."""
+
+    def __init__(self, buf: AsyncBuffer) -> None:
+        self.buf = buf
+        self.refused = 0
+
+    async def append(self, items: Sequence[Reading]) -> AppendResult:
+        from agent.errors import BufferFullError
+
+        if not self.refused and any(r.lane is Lane.BULK for r in items):
+            self.refused += 1
+            raise BufferFullError("bulk", 100, 100)
+        return await self.buf.append(items)
+
+
+async def test_bulk_refused_by_a_full_buffer_is_read_again(
+    mock_card: MockCard, buf: AsyncBuffer, tmp_path: Path
+) -> None:
+    mock_card.add_night(date(2026, 8, 2), detail_minutes=5)
+    mock_card.write()
+    imp = importer(mock_card.root, buf, tmp_path / "state")
+    imp.sink = RefusingSink(buf)
+    first = await imp.scan()
+    assert first.refused > 0
+    assert first.summaries == 1  # spot data is never refused
+    second = await imp.scan()
+    assert second.chunks == 2  # BRP and PLD, now accepted
+    assert len(by_lane(await stored(buf), Lane.BULK)) == 2

@@ -259,6 +259,12 @@ class CardWatcher:
         self._failures = 0
         self._scanned = signature
         self._next_rescan = time.monotonic() + self.options.rescan_interval
+        if report.refused:
+            # The buffer refused bulk data (full): read those files again after a while even
+            # though the card did not change.
+            self._scanned = None
+            self._seen = (signature, time.monotonic())
+            self._backoff_until = time.monotonic() + self.options.rescan_interval
         st = self.status
         st.readings_stored += report.stored
         st.duplicates += report.duplicates

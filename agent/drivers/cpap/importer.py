@@ -191,6 +191,30 @@ class CardImporter:
             attempts=(old.attempts if same and old is not None else 0) + 1,
         )
 
+    async def _unusable(
+        self,
+        f: card.FileStat,
+        old: FileEntry | None,
+        kind: str,
+        result: edf.EdfFile | edf.EdfError,
+        src: readings.Source,
+        report: ScanReport,
+    ) -> None:
+        """A file whose header is unusable, or that another machine wrote."""
+        state = await self._state()
+        night = old.night if old else ""
+        if not isinstance(result, edf.EdfError):
+            # Another machine's SRN= in a file on this card: never filed under this patient.
+            report.problems.append("SerialMismatch")
+            state.files[f.path] = FileEntry(f.size, f.mtime_ns, night, kind, FileStatus.REJECTED)
+            return
+        report.problems.append(type(result).__name__)
+        if self._grace_over(old):
+            await self._append([readings.undecodable_reading(result, src)], report)
+            state.files[f.path] = FileEntry(f.size, f.mtime_ns, night, kind, FileStatus.REJECTED)
+        else:
+            state.files[f.path] = self._waiting(old, f, night, kind)
+
     # -- the scan -------------------------------------------------------------------------
 
     async def scan(self) -> ScanReport:
@@ -305,16 +329,7 @@ class CardImporter:
             result = await self._read_file(listing, f)
             kind = str(_kind(f.path))
             if isinstance(result, edf.EdfError) or not self._check_serial(result, ident):
-                report.problems.append(
-                    type(result).__name__ if isinstance(result, edf.EdfError) else "SerialMismatch"
-                )
-                if self._grace_over(old) and isinstance(result, edf.EdfError):
-                    await self._append([readings.undecodable_reading(result, src)], report)
-                    state.files[f.path] = FileEntry(
-                        f.size, f.mtime_ns, old.night if old else "", kind, FileStatus.REJECTED
-                    )
-                else:
-                    state.files[f.path] = self._waiting(old, f, old.night if old else "", kind)
+                await self._unusable(f, old, kind, result, src, report)
                 continue
             night = resmed.sleep_day(result.header.start).isoformat()
             touched.add(night)
@@ -407,16 +422,7 @@ class CardImporter:
             report.files_read += 1
             result = await self._read_file(listing, f)
             if isinstance(result, edf.EdfError) or not self._check_serial(result, ident):
-                report.problems.append(
-                    type(result).__name__ if isinstance(result, edf.EdfError) else "SerialMismatch"
-                )
-                if self._grace_over(old) and isinstance(result, edf.EdfError):
-                    await self._append([readings.undecodable_reading(result, src)], report)
-                    state.files[f.path] = FileEntry(
-                        f.size, f.mtime_ns, old.night if old else "", str(kind), FileStatus.REJECTED
-                    )
-                else:
-                    state.files[f.path] = self._waiting(old, f, old.night if old else "", str(kind))
+                await self._unusable(f, old, str(kind), result, src, report)
                 continue
             session = resmed.place_file(f.path, result.header)
             night = session.night.isoformat()
@@ -459,12 +465,12 @@ class CardImporter:
             return
         on_card = {f.path for f in listing.datalog}
         nights = [d for e in state.files.values() if (d := _date(e.night)) is not None]
-        if not nights:
-            return
-        cutoff = max(nights).toordinal() - RETENTION_DAYS
+        cutoff = max(nights).toordinal() - RETENTION_DAYS if nights else 0
         for path in [p for p in state.files if p not in on_card]:
-            night = _date(state.files[path].night)
-            if night is None or night.toordinal() < cutoff:
+            entry = state.files[path]
+            night = _date(entry.night)
+            # A waiting file that left the card is forgotten (it is new if it comes back).
+            if entry.status == FileStatus.WAITING or night is None or night.toordinal() < cutoff:
                 del state.files[path]
 
 
