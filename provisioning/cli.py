@@ -328,45 +328,120 @@ def pair(
     typer.echo(_toml_table("devices", final.to_config()))
 
 
-@app.command("decommission")
-def decommission(
-    yes: Annotated[
-        bool, typer.Option("--yes", help="confirm: every reading on this box becomes unreadable")
-    ] = False,
-    config: Annotated[str | None, typer.Option(help="agent configuration file")] = None,
-    state_dir: Annotated[str | None, typer.Option(help="override the state directory")] = None,
-) -> None:
-    """Crypto-shred the box: destroy the buffer's keys, so no reading on it can be read again.
+@app.command("status")
+def status_command(root: RootOpt = Path("/"), as_json: JsonOpt = False) -> None:
+    """The box now: devices with their last reading, backlog per lane, delivery, link,
+    clock, disk, alarms, and what to do about each problem.
 
-    Stop the agent first (``systemctl stop dho-agent``). Readings not yet delivered are lost:
-    check ``dho-agent buffer status`` shows nothing pending before you do this.
+    Read from the running agent's report; when the agent has stopped, says so and how old
+    everything shown is. Never opens or creates the store.
     """
-    from pathlib import Path
+    from provisioning import status
 
-    from agent.buffer import Buffer
-    from agent.config import AgentConfig
-    from agent.errors import AgentError
+    data = status.collect(BoxLayout(root))
+    if as_json:
+        echo_json(data)
+        return
+    status.render(data)
 
-    if not yes:
-        typer.echo("refusing without --yes: this destroys every reading on the box", err=True)
-        raise typer.Exit(2)
-    cfg = AgentConfig.load(
-        Path(config) if config else None, state_dir=Path(state_dir) if state_dir else None
-    )
-    try:
-        buf = Buffer.open(cfg.buffer_path, cfg.key_source(), config=cfg.buffer_config())
-    except AgentError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
-    pending = buf.stats().pending
-    try:
-        buf.shred()
-    except AgentError as exc:  # e.g. a systemd credential, destroyed on the host instead
-        typer.echo(f"data keys destroyed; {exc}", err=True)
-        raise typer.Exit(1) from None
-    typer.echo(
-        f"keys destroyed: the store is unreadable ({pending} undelivered readings were on it)"
-    )
+
+@app.command("selftest")
+def selftest_command(
+    root: RootOpt = Path("/"),
+    timeout: Annotated[float, typer.Option(help="Seconds for each network or D-Bus check.")] = 10,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check every part of the box, each with pass/fail and a next step.
+
+    Bluetooth adapter, serial ports, broker reachability with TLS and this box's identity,
+    clock, disk and reserve, keys. Exit 1 when any check fails.
+    """
+    from rich.table import Table
+
+    from provisioning.selftest import FAIL, Selftest, failed
+
+    with console().status("testing the box ..."):
+        results = Selftest(BoxLayout(root), timeout=timeout).run()
+    bad = failed(results)
+    if as_json:
+        echo_json({"ok": not bad, "checks": [asdict(c) for c in results]})
+    else:
+        table = Table(title="selftest")
+        for col in ("check", "result", "detail", "next step"):
+            table.add_column(col, overflow="fold")
+        marks = {
+            "pass": "[green]pass[/green]",
+            FAIL: "[red]FAIL[/red]",
+            "warn": "[yellow]warn[/yellow]",
+        }
+        for c in results:
+            table.add_row(c.name, marks.get(c.result, c.result), c.detail, c.next_step)
+        console().print(table)
+        console().print(f"{len(bad)} check(s) failed" if bad else "all checks passed", markup=False)
+    if bad:
+        raise typer.Exit(ExitCode.FAILED)
+
+
+@app.command("decommission")
+def decommission_command(
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Do not ask (scripts): everything listed is destroyed.")
+    ] = False,
+    revoke: Annotated[
+        bool, typer.Option(help="Ask the service to revoke the box first (when reachable).")
+    ] = True,
+    root: RootOpt = Path("/"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Take the box out of service: revoke it, unpair its devices, crypto-shred the buffer,
+    wipe its identity and every patient reference.
+
+    Stop the agent first (systemctl stop dho-agent). Readings not yet delivered are lost:
+    they are counted and shown before anything is done.
+    """
+    from provisioning import decommission as dec
+    from provisioning.ui import confirm
+
+    layout = BoxLayout(root)
+    p = dec.plan(layout)
+    out = console()
+    if not as_json or not yes:
+        out.print(
+            f"box {p.box_id or '(no identity)'}: {len(p.devices)} device(s) assigned", markup=False
+        )
+        if p.undelivered is None:
+            out.print(
+                f"the store cannot be read ({p.store_error}); its readings are lost anyway",
+                markup=False,
+            )
+        elif p.undelivered_total:
+            lanes = ", ".join(f"{k} {v}" for k, v in p.undelivered.items() if v)
+            out.print(
+                f"[bold red]WARNING: {p.undelivered_total} readings were never delivered[/] "
+                f"({lanes}); they will be lost for good"
+            )
+        else:
+            out.print("every reading on the box was delivered")
+    confirm(f"destroy box {p.box_id or ''} and everything of its patients?", yes=yes)
+    done = dec.run(layout, p, revoke=revoke)
+    if as_json:
+        echo_json(
+            {
+                "box_id": p.box_id,
+                "undelivered_lost": p.undelivered_total,
+                "steps": [asdict(d) for d in done],
+            }
+        )
+        return
+    for d in done:
+        out.print(f"{d.step}: {d.result}", markup=False)
+    revoked = done[0].result
+    if p.enrolled and revoke and not revoked.startswith("the service revoked"):
+        out.print(
+            f"next: ask the service to revoke it: dho-receiver revoke {p.box_id} --yes",
+            markup=False,
+        )
+    out.print("the box holds nothing of its patients now", markup=False)
 
 
 def main() -> None:
