@@ -175,7 +175,7 @@ def test_selftest_names_an_unreachable_broker(
     box = enrolled_box(service, tmp_path, "box-selftest-3")
     layout = BoxLayout(box)
     doc = boxconfig.read(layout)
-    doc["uplink"]["port"] = free_port()  # type: ignore[index]
+    doc["uplink"]["port"] = free_port()
     boxconfig.write(layout, doc)
     done = provision("selftest", "--root", box, "--json")
     assert done.exit_code == ExitCode.FAILED
@@ -209,7 +209,7 @@ def test_selftest_says_when_box_id_and_certificate_disagree(
     box = enrolled_box(service, tmp_path, "box-selftest-5")
     layout = BoxLayout(box)
     doc = boxconfig.read(layout)
-    doc["uplink"]["box_id"] = "box-typo"  # type: ignore[index]
+    doc["uplink"]["box_id"] = "box-typo"
     boxconfig.write(layout, doc)
     cert = _checks(provision("selftest", "--root", box, "--json"))["certificate"]
     assert cert["result"] == "fail"
@@ -303,7 +303,7 @@ def test_decommission_without_the_service_says_what_remains(
     box = enrolled_box(service, tmp_path, "box-decom-3")
     layout = BoxLayout(box)
     doc = boxconfig.read(layout)
-    doc["uplink"]["port"] = free_port()  # type: ignore[index]
+    doc["uplink"]["port"] = free_port()
     boxconfig.write(layout, doc)
     done = provision("decommission", "--root", box, "--yes")
     assert done.exit_code == 0, done.output
