@@ -17,6 +17,7 @@ import logging
 import os
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Final
 
 from cryptography.exceptions import InvalidTag
@@ -24,7 +25,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from agent.buffer.keys import KEY_BYTES, NONCE_BYTES, KeySource, unwrap_key, wrap_key
 from agent.buffer.schema import Db, Tx
-from agent.errors import KeyLostError, KeyUnavailableError, RowAuthenticationError
+from agent.errors import KeyLostError, RowAuthenticationError
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -38,62 +39,179 @@ def aad(table: str, seq: int, key_id: int, lane: int) -> bytes:
     return b"dho-buffer/v1/" + table.encode() + struct.pack(">QIB", seq, key_id, lane)
 
 
+@dataclass
+class LoadReport:
+    """What loading the keys found: rows repaired, key ids lost, a replaced index key."""
+
+    repaired: int = 0
+    lost: list[int] = field(default_factory=list)
+    index_replaced: bool = False
+
+
+def _unwrap(kek: bytes, wrapped: object, key_id: int, purpose: object) -> bytes | None:
+    if type(wrapped) is not bytes or type(purpose) is not str or len(wrapped) < NONCE_BYTES + 16:
+        return None
+    try:
+        return unwrap_key(kek, wrapped, key_id, purpose)
+    except KeyLostError:
+        return None
+
+
+def _unwrap_any(
+    kek: bytes, key_id: int, purpose: object, blobs: tuple[object, ...]
+) -> tuple[str, bytes, int] | None:
+    """(purpose, key, index of the blob that opened), trying the stated purpose first."""
+    purposes = [PURPOSE_DATA, PURPOSE_INDEX]
+    if purpose in purposes:
+        purposes.sort(key=lambda p: p != purpose)
+    for p in purposes:
+        for i, blob in enumerate(blobs):
+            dek = _unwrap(kek, blob, key_id, p)
+            if dek is not None and len(dek) == KEY_BYTES:
+                return p, dek, i
+    return None
+
+
 class Keyring:
     """Unwrapped data keys of one open store. Never written anywhere in clear."""
 
     def __init__(self) -> None:
         self._data: dict[int, ChaCha20Poly1305] = {}
+        self._raw: dict[int, bytes] = {}
         self._index = b""
+        self._index_id = 0
         self.active = 0
         self.permissions_fixed = False
 
     # -- loading ------------------------------------------------------------------------
 
-    def load(self, db: Db, source: KeySource) -> None:
-        """Load the KEK and unwrap the data keys, creating both for a new store; finish or
-        undo a KEK rotation that a crash interrupted.
+    def load(self, db: Db, source: KeySource, *, writable: bool = True) -> LoadReport:
+        """Load the KEK and unwrap the data keys, creating both for a new store.
+
+        Each key row holds two wrappings (``wrapped``, ``wrapped_copy``) and, while a KEK
+        rotation is under way, a third under the new KEK (``wrapped_next``). Whichever opens
+        with the current KEK is used; with ``writable`` the row is then rewritten whole
+        (a damaged wrapping, purpose or state repaired; a rotation a crash interrupted finished
+        or undone). A key row that opens under neither wrapping is lost: its rows will be
+        quarantined when claimed. A lost index key is replaced (``LoadReport.index_replaced``:
+        the caller re-blinds what depends on it).
 
         Raises:
-            KeyLostError: the KEK is gone or is not this store's (the caller sets it aside).
+            KeyLostError: no key row opens: the KEK is gone or is not this store's (the caller
+                sets the store aside).
             KeyUnavailableError: the key source cannot deliver the KEK now (configuration).
         """
         conn = db.conn
-        query = "SELECT key_id, purpose, state, wrapped, wrapped_next FROM keys"
+        query = "SELECT key_id, purpose, state, wrapped, wrapped_next, wrapped_copy FROM keys"
         rows = conn.execute(query).fetchall()
         has_data = conn.execute("SELECT EXISTS (SELECT 1 FROM readings)").fetchone()[0]
-        kek = source.load(create=not rows and not has_data)
+        kek = source.load(create=writable and not rows and not has_data)
         self.permissions_fixed = bool(getattr(source, "permissions_fixed", False))
+        report = LoadReport()
         if not rows:
             if has_data:
                 raise KeyLostError("store has readings but no data keys (shredded)")
+            if not writable:
+                raise KeyLostError("store has no keys")
             with db.tx():
                 self.add_key(db, kek, PURPOSE_INDEX, "active")
                 self.add_key(db, kek, PURPOSE_DATA, "active")
             rows = conn.execute(query).fetchall()
-        pending_rotation = any(r[4] is not None for r in rows)
-        try:
-            plain = {r[0]: unwrap_key(kek, r[3], r[0], r[1]) for r in rows}
-        except KeyLostError:
-            if not pending_rotation:
-                raise
-            # A KEK rotation stopped after the new KEK was stored but before the rows were
-            # switched over: the current KEK opens the "next" wrapping. Finish it.
-            plain = {r[0]: unwrap_key(kek, r[4], r[0], r[1]) for r in rows}
+        ids = {r[0] for r in rows}
+        opened: dict[int, tuple[str, bytes]] = {}
+        rewrite: set[int] = set()
+        renumber: dict[int, int] = {}
+        for key_id, purpose, _state, wrapped, nxt, copy in rows:
+            found = _unwrap_any(kek, key_id, purpose, (wrapped, copy, nxt))
+            if found is None:
+                # A damaged key id: the wrapping is bound to the id, so try the few ids a
+                # store of this size can have.
+                for other in range(1, max(ids) + 16):
+                    if other in ids:
+                        continue
+                    found = _unwrap_any(kek, other, purpose, (wrapped, copy, nxt))
+                    if found is not None:
+                        renumber[key_id] = other
+                        ids.add(other)
+                        break
+            if found is None:
+                report.lost.append(key_id)
+                continue
+            true_purpose, dek, which = found
+            opened[renumber.get(key_id, key_id)] = (true_purpose, dek)
+            rotating = nxt is not None
+            damaged = (
+                true_purpose != purpose
+                or key_id in renumber
+                or (not rotating and (which != 0 or _unwrap(kek, copy, key_id, purpose) is None))
+            )
+            if copy is None and not rotating and which == 0:
+                damaged = False  # a store from before the second copy: fill it in
+            if damaged:
+                report.repaired += 1
+            if damaged or rotating or copy is None or which != 0:
+                rewrite.add(renumber.get(key_id, key_id))
+        if not opened:
+            raise KeyLostError(
+                "no data key of this store opens with this key-encryption key: the key "
+                "belongs to another store, or was replaced"
+            )
+        data_ids = sorted(k for k, (p, _) in opened.items() if p == PURPOSE_DATA)
+        index_ids = [k for k, (p, _) in opened.items() if p == PURPOSE_INDEX]
+        states = {r[0]: r[2] for r in rows}
+        for k in data_ids:
+            want = "active" if k == data_ids[-1] else "retired"
+            if states.get(k) != want and k not in renumber.values():
+                report.repaired += 1
+                rewrite.add(k)
+        for k in index_ids:
+            if states.get(k) != "active":
+                rewrite.add(k)
+        if writable and (rewrite or renumber or not data_ids or not index_ids):
             with db.tx():
-                conn.execute("UPDATE keys SET wrapped = wrapped_next, wrapped_next = NULL")
-        else:
-            if pending_rotation:  # rotation stopped before the new KEK was stored: undo it
-                with db.tx():
-                    conn.execute("UPDATE keys SET wrapped_next = NULL")
-        for key_id, purpose, state, *_ in rows:
-            if purpose == PURPOSE_INDEX:
-                self._index = plain[key_id]
-            else:
-                self._data[key_id] = ChaCha20Poly1305(plain[key_id])
-                if state == "active":
-                    self.active = key_id
-        if not self._index or not self.active:
-            raise KeyUnavailableError("store has no active data key or no index key")
+                for old, new in renumber.items():
+                    conn.execute("UPDATE keys SET key_id = ? WHERE key_id = ?", (new, old))
+                for k in sorted(rewrite):
+                    purpose, dek = opened[k]
+                    state = "active" if k in index_ids or k == data_ids[-1] else "retired"
+                    conn.execute(
+                        "UPDATE keys SET purpose = ?, state = ?, wrapped = ?, wrapped_copy = ?,"
+                        " wrapped_next = NULL WHERE key_id = ?",
+                        (
+                            purpose,
+                            state,
+                            wrap_key(kek, dek, k, purpose),
+                            wrap_key(kek, dek, k, purpose),
+                            k,
+                        ),
+                    )
+                if not index_ids:
+                    conn.execute("DELETE FROM keys WHERE purpose = ?", (PURPOSE_INDEX,))
+                    k, dek = self.add_key(db, kek, PURPOSE_INDEX, "active")
+                    opened[k] = (PURPOSE_INDEX, dek)
+                    index_ids = [k]
+                    report.index_replaced = True
+                if not data_ids:
+                    conn.execute(
+                        "UPDATE keys SET state = 'retired' WHERE purpose = ?", (PURPOSE_DATA,)
+                    )
+                    k, dek = self.add_key(db, kek, PURPOSE_DATA, "active")
+                    opened[k] = (PURPOSE_DATA, dek)
+                    data_ids = [k]
+        if not index_ids or not data_ids:
+            raise KeyLostError("store has no usable data key or no index key")
+        for k, (purpose, dek) in opened.items():
+            if purpose == PURPOSE_DATA:
+                self._raw[k] = dek
+                self._data[k] = ChaCha20Poly1305(dek)
+        self._index_id = index_ids[0]
+        self._index = opened[self._index_id][1]
+        self.active = data_ids[-1]
+        if report.lost:
+            _LOGGER.error("store keys %s do not open: rows sealed with them are lost", report.lost)
+        if report.repaired:
+            _LOGGER.warning("repaired %d damaged key rows", report.repaired)
+        return report
 
     def add_key(self, db: Db, kek: bytes, purpose: str, state: str) -> tuple[int, bytes]:
         """Insert a new wrapped key (inside the caller's transaction); returns id and key."""
@@ -101,12 +219,23 @@ class Keyring:
         key_id = int(conn.execute("SELECT coalesce(max(key_id), 0) + 1 FROM keys").fetchone()[0])
         dek = os.urandom(KEY_BYTES)
         conn.execute(
-            "INSERT INTO keys (key_id, purpose, state, wrapped) VALUES (?, ?, ?, ?)",
-            (key_id, purpose, state, wrap_key(kek, dek, key_id, purpose)),
+            "INSERT INTO keys (key_id, purpose, state, wrapped, wrapped_copy)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (
+                key_id,
+                purpose,
+                state,
+                wrap_key(kek, dek, key_id, purpose),
+                wrap_key(kek, dek, key_id, purpose),
+            ),
         )
         return key_id, dek
 
     # -- using --------------------------------------------------------------------------
+
+    def data_key_ids(self) -> list[int]:
+        """Ids of the data keys this store can open."""
+        return sorted(self._data)
 
     def has(self, key_id: object) -> bool:
         """Whether ``key_id`` names a data key of this store."""
@@ -124,9 +253,13 @@ class Keyring:
         Raises:
             RowAuthenticationError: the row does not open (edited, moved, or its key is gone).
         """
-        aead = self._data.get(key_id)
+        aead = self._data.get(key_id) if type(key_id) is int else None
         if aead is None:
-            raise RowAuthenticationError(seq, f"{table} row names data key {key_id}, not in store")
+            raise RowAuthenticationError(
+                seq, f"{table} row names data key {key_id!r}, not in store"
+            )
+        if type(blob) is not bytes or len(blob) < NONCE_BYTES + TAG_BYTES:
+            raise RowAuthenticationError(seq, f"{table} row has no ciphertext")
         try:
             nonce, body = blob[:NONCE_BYTES], blob[NONCE_BYTES:]
             return aead.decrypt(nonce, body, aad(table, seq, key_id, lane))
@@ -150,10 +283,12 @@ class Keyring:
         new_id, dek = self.add_key(db, kek, PURPOSE_DATA, "active")
         old_active = self.active
         self._data[new_id] = ChaCha20Poly1305(dek)
+        self._raw[new_id] = dek
         self.active = new_id
 
         def undo() -> None:
             self._data.pop(new_id, None)
+            self._raw.pop(new_id, None)
             self.active = old_active
 
         tx.on_rollback(undo)
@@ -167,19 +302,24 @@ class Keyring:
         any point finishes or undoes the rotation (see :meth:`load`).
         """
         conn = db.conn
-        old = source.load(create=False)
+        source.load(create=False)  # the current KEK must still be there
         new = new_kek or os.urandom(KEY_BYTES)
-        rows = conn.execute("SELECT key_id, purpose, wrapped FROM keys").fetchall()
+        keys = [(k, PURPOSE_DATA, dek) for k, dek in self._raw.items()]
+        keys.append((self._index_id, PURPOSE_INDEX, self._index))
         with db.tx():
-            for key_id, purpose, wrapped in rows:
-                dek = unwrap_key(old, wrapped, key_id, purpose)
+            for key_id, purpose, dek in keys:
                 conn.execute(
                     "UPDATE keys SET wrapped_next = ? WHERE key_id = ?",
                     (wrap_key(new, dek, key_id, purpose), key_id),
                 )
         source.replace(new)
         with db.tx():
-            conn.execute("UPDATE keys SET wrapped = wrapped_next, wrapped_next = NULL")
+            for key_id, purpose, dek in keys:
+                conn.execute(
+                    "UPDATE keys SET wrapped = wrapped_next, wrapped_copy = ?, wrapped_next = NULL"
+                    " WHERE key_id = ?",
+                    (wrap_key(new, dek, key_id, purpose), key_id),
+                )
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def retire_unused(self, db: Db, tx: Tx, in_use: Callable[[int], bool]) -> None:
@@ -195,9 +335,12 @@ class Keyring:
             if not in_use(key_id):
                 conn.execute("DELETE FROM keys WHERE key_id = ?", (key_id,))
                 tx.after_commit(functools.partial(self._data.pop, key_id, None))
+                tx.after_commit(functools.partial(self._raw.pop, key_id, None))
 
     def clear(self) -> None:
         """Forget every key (after a shred)."""
         self._data.clear()
+        self._raw.clear()
         self._index = b""
+        self._index_id = 0
         self.active = 0

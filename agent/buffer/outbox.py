@@ -13,16 +13,22 @@ transaction's changes to them are collected in a :class:`Delta` and applied only
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Final
 
-from agent.buffer import alarms, codec
+from agent.buffer import alarms, codec, integrity
 from agent.buffer.dedup import GENERATION_SHIFT, Seen
-from agent.buffer.keyring import Keyring
-from agent.buffer.lanes import CLAIM_ORDER, lane_of
+from agent.buffer.integrity import Anchor, Ledger, state_tag, tag_ok
+from agent.buffer.keyring import TAG_BYTES, Keyring
+from agent.buffer.keys import NONCE_BYTES
+from agent.buffer.lanes import CLAIM_ORDER, POLICIES, lane_of
 from agent.buffer.refs import Refs
 from agent.buffer.results import AppendResult, BufferConfig, Claim
 from agent.buffer.schema import Db, Tx
@@ -35,6 +41,8 @@ PENDING: Final = 0
 CLAIMED: Final = 1
 ACKED: Final = 2
 STATES: Final = (PENDING, CLAIMED, ACKED)
+_MIN_BLOB: Final = NONCE_BYTES + TAG_BYTES
+_LANE_VALUES: Final = ",".join(str(int(ln)) for ln in POLICIES)
 
 
 @dataclass
@@ -54,6 +62,11 @@ class Counts:
         """Rows in ``state``, all lanes."""
         return sum(n for (_, st), n in self.rows.items() if st == state)
 
+    @property
+    def live(self) -> int:
+        """Rows in the outbox, any state."""
+        return sum(self.rows.values())
+
     def apply(self, delta: Delta) -> None:
         """Add a committed transaction's changes."""
         for key, n in delta.rows.items():
@@ -67,6 +80,13 @@ class Delta:
 
     rows: dict[tuple[Lane, int], int] = field(default_factory=dict)
     quarantined: int = 0
+    # Rows changed behind the buffer's back while it ran: the counters cannot be trusted to
+    # know their old state, so the transaction counts the table again before it commits.
+    recount: bool = False
+
+    def total(self, state: int | None = None) -> int:
+        """Net change of rows (in ``state``, or in any state)."""
+        return sum(n for (_, st), n in self.rows.items() if state is None or st == state)
 
     def move(self, lane: Lane | None, old: int | None, new: int | None, n: int = 1) -> None:
         """``n`` rows of ``lane`` went from state ``old`` to ``new`` (``None``: in/out)."""
@@ -89,8 +109,10 @@ class Outbox:
         seen: Seen,
         config: BufferConfig,
         alarm_set: set[str],
+        store_path: Path,
     ) -> None:
         self._db = db
+        self._path = store_path
         self._keyring = keyring
         self._refs = refs
         self._seen = seen
@@ -98,41 +120,311 @@ class Outbox:
         self._alarms = alarm_set
         self.counts = Counts()
         self.next_seq = 1
+        self.next_batch = 1
+        self.ledger = Ledger(store_id=os.urandom(16))
+        self._anchored = (-1, 0.0)
         self._inflight: dict[uuid.UUID, int] = {}
 
+    def _tag(self, seq: int, state: int, batch: int | None) -> bytes:
+        return state_tag(self._keyring, seq, state, batch)
+
     def _commit(self, tx: Tx, delta: Delta) -> None:
-        tx.after_commit(lambda: self.counts.apply(delta))
+        """Apply ``delta`` to the counters after ``COMMIT``, and rewrite the ledger before it."""
+        new: list[Ledger] = []
+        recounted: list[Counts] = []
 
-    # -- restart ------------------------------------------------------------------------
+        def write() -> None:
+            if delta.recount:
+                recounted.append(self.count_rows())
+                c, d = recounted[0], Delta()
+            else:
+                c, d = self.counts, delta
+            ledger = dataclasses.replace(
+                self.ledger,
+                tx=self.ledger.tx + 1,
+                live=c.live + d.total(),
+                acked=c.state(ACKED) + d.total(ACKED),
+                quarantined=c.quarantined + d.quarantined,
+                next_batch=self.next_batch,
+                next_ref=self._refs.next_id,
+                sticky=set(self.ledger.sticky),
+            )
+            self._write_ledger(ledger)
+            new.append(ledger)
 
-    def recover(self) -> None:
-        """Restart recovery: claimed rows go back to pending; counters are rebuilt once."""
+        def applied() -> None:
+            if recounted:
+                self.counts = recounted[0]
+            else:
+                self.counts.apply(delta)
+            self.ledger = new[-1]
+
+        tx.before_commit(write)
+        tx.after_commit(applied)
+
+    def count_rows(self) -> Counts:
+        """Count the table (a scan): rows by valid lane and state, quarantined readings."""
         conn = self._db.conn
-        with self._db.tx():
-            conn.execute("UPDATE readings SET state = 0 WHERE state = 1")
-        seq_row = conn.execute(
-            "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'readings'), 0),"
-            " coalesce((SELECT max(seq) FROM quarantine WHERE source = 'readings'), 0))"
-        ).fetchone()
-        self.next_seq = int(seq_row[0]) + 1
         counts = Counts()
         for lane_value, state, n in conn.execute(
             "SELECT lane, state, count(*) FROM readings GROUP BY lane, state"
         ):
             lane = lane_of(lane_value)
-            if lane is not None and state in STATES:
-                counts.rows[lane, state] = n
-        counts.quarantined = conn.execute("SELECT count(*) FROM quarantine").fetchone()[0]
-        if counts.quarantined:
-            self._alarms.add(alarms.ROWS_QUARANTINED)
+            if lane is not None and type(state) is int and state in STATES:
+                counts.rows[lane, state] += n
+        counts.quarantined = conn.execute(
+            "SELECT count(*) FROM quarantine WHERE source = 'readings'"
+        ).fetchone()[0]
+        return counts
+
+    def _write_ledger(self, ledger: Ledger) -> None:
+        body, mac = ledger.pack(self._keyring)
+        self._db.conn.execute(
+            "INSERT OR REPLACE INTO ledger (id, body, mac) VALUES (1, ?, ?)", (body, mac)
+        )
+
+    def raise_sticky(self, tx: Tx, name: str) -> None:
+        """Raise an alarm that is kept in the ledger (written by this transaction)."""
+
+        def add() -> None:
+            self._alarms.add(name)
+            self.ledger.sticky.add(name)
+
+        tx.after_commit(add)
+        self.ledger.sticky.add(name)  # so this transaction's ledger write carries it
+        tx.on_rollback(lambda: self.ledger.sticky.discard(name))
+
+    def write_anchor(self) -> None:
+        """Record the ledger's transaction counter outside the database."""
+        anchor = Anchor(self.ledger.store_id, self.ledger.tx, self.next_batch)
+        integrity.write_anchor(self._path, self._keyring, anchor)
+        self._anchored = (self.ledger.tx, time.monotonic())
+
+    def maybe_anchor(self, *, force: bool = False) -> None:
+        """Write the anchor when the ledger moved on and the last one is old enough."""
+        tx, at = self._anchored
+        due = force or time.monotonic() - at >= self._config.anchor_interval_s
+        if tx != self.ledger.tx and due:
+            try:
+                self.write_anchor()
+            except OSError as exc:  # a full disk: the next one will do
+                _LOGGER.warning("store anchor not written: %s", exc.strerror)
+
+    # -- restart ------------------------------------------------------------------------
+
+    def recover(self, *, keys_repaired: int = 0, reblind: bool = False) -> None:
+        """Restart recovery, one scan of the outbox and one transaction.
+
+        * Rows whose cleartext columns are not what this buffer writes (an unknown lane,
+          state or data key, a batch or ciphertext of the wrong type) are quarantined: they
+          cannot be delivered, and must not stop the rest.
+        * The file is counted against the ledger: rows deleted, or marked delivered, behind
+          the buffer's back raise sticky alarms; delivered rows whose state tag does not say
+          so go back to pending.
+        * Claimed rows go back to pending (at-least-once; the receiver de-duplicates).
+        * The anchor says whether committed transactions were lost (a truncated WAL).
+        """
+        conn = self._db.conn
+        kr = self._keyring
+        body, mac = conn.execute("SELECT body, mac FROM ledger WHERE id = 1").fetchone() or (
+            None,
+            None,
+        )
+        fresh = body == b"" and mac == b""  # new store, or one from before the ledger
+        stored = None if fresh else Ledger.unpack(kr, body, mac)
+        groups = conn.execute(
+            "SELECT lane, state, key_id, typeof(blob) = 'blob' AND length(blob) >= ?,"
+            " batch IS NULL OR typeof(batch) = 'integer', count(*) FROM readings"
+            " GROUP BY 1, 2, 3, 4, 5",
+            (_MIN_BLOB,),
+        ).fetchall()
+        actual_live = sum(g[5] for g in groups)
+        actual_acked = sum(g[5] for g in groups if g[1] == ACKED and type(g[1]) is int)
+        actual_q = conn.execute(
+            "SELECT count(*) FROM quarantine WHERE source = 'readings'"
+        ).fetchone()[0]
+        counts = Counts(quarantined=actual_q)
+        bad = False
+        for lane_value, state, key_id, blob_ok, batch_ok, n in groups:
+            lane = lane_of(lane_value)
+            if (
+                lane is None
+                or type(state) is not int
+                or state not in STATES
+                or not kr.has(key_id)
+                or not blob_ok
+                or not batch_ok
+            ):
+                bad = True
+                continue
+            counts.rows[lane, state] += n
         self.counts = counts
+        delta = Delta()
+        with self._db.tx() as tx:
+            if bad:
+                self._quarantine_bad_rows(tx, delta)
+            if stored is not None:
+                self.ledger = dataclasses.replace(stored, sticky=set(stored.sticky))
+                self._check_against_ledger(tx, stored, actual_live, actual_acked, actual_q)
+            elif not fresh:
+                _LOGGER.error("the store's ledger row was altered or removed; counting anew")
+                self.raise_sticky(tx, "store.ledger-invalid")
+            if fresh:  # tag every row once, trusting the states as they are
+                conn.executemany(
+                    "UPDATE readings SET tag = ? WHERE seq = ?",
+                    [
+                        (self._tag(seq, st, b), seq)
+                        for seq, st, b in conn.execute(
+                            "SELECT seq, state, batch FROM readings WHERE tag IS NULL"
+                        ).fetchall()
+                    ],
+                )
+            self._recheck_acked(tx, delta)
+            claimed = conn.execute(
+                "SELECT seq, lane, batch FROM readings WHERE state = 1"
+            ).fetchall()
+            conn.executemany(
+                "UPDATE readings SET state = 0, tag = ? WHERE seq = ?",
+                [(self._tag(seq, PENDING, b), seq) for seq, _, b in claimed],
+            )
+            for _, lane_value, _ in claimed:
+                delta.move(lane_of(lane_value), CLAIMED, PENDING)
+            self._refs.refresh(tx, reblind=reblind)
+            if keys_repaired or self._refs.repaired or self._refs.replaced:
+                _LOGGER.warning(
+                    "damage repaired at open: %d key rows, %d reference copies, %d references lost",
+                    keys_repaired,
+                    self._refs.repaired,
+                    self._refs.replaced,
+                )
+                self.raise_sticky(tx, "store.repaired")
+            self._restore_numbers(tx, stored)
+            self._commit(tx, delta)
+        self.write_anchor()
+        for name in self.ledger.sticky:
+            self._alarms.add(name)
+        if self.counts.quarantined:
+            self._alarms.add(alarms.ROWS_QUARANTINED)
+
+    def _quarantine_bad_rows(self, tx: Tx, delta: Delta) -> None:
+        conn = self._db.conn
+        keys = ",".join(str(k) for k in self._keyring.data_key_ids()) or "NULL"
+        rows = conn.execute(
+            "SELECT seq, lane, state, batch, key_id, blob FROM readings WHERE NOT ("  # noqa: S608
+            f" typeof(lane) = 'integer' AND lane IN ({_LANE_VALUES})"
+            " AND typeof(state) = 'integer' AND state IN (0, 1, 2)"
+            f" AND typeof(key_id) = 'integer' AND key_id IN ({keys})"
+            " AND typeof(blob) = 'blob' AND length(blob) >= ?"
+            " AND (batch IS NULL OR typeof(batch) = 'integer'))",
+            (_MIN_BLOB,),
+        ).fetchall()
+        for seq, lane_value, state, batch, key_id, blob in rows:
+            lane = lane_of(lane_value)
+            if lane is None:
+                why = f"cleartext lane {lane_value!r} is not a lane"
+            elif type(state) is not int or state not in STATES:
+                why = f"cleartext state {state!r} is not a state"
+            elif not self._keyring.has(key_id):
+                why = f"data key {key_id!r} is not in this store (lost or damaged)"
+            elif type(batch) not in (int, type(None)):
+                why = f"cleartext batch {batch!r} is not a batch number"
+            else:
+                why = "no ciphertext"
+            # Counted under no lane: the recount above left these rows out already.
+            self.quarantine(tx, delta, seq, None, None, key_id, why, blob, lane_value=lane_value)
+        if rows:
+            _LOGGER.error("%d rows with damaged cleartext columns quarantined", len(rows))
+
+    def _check_against_ledger(
+        self, tx: Tx, stored: Ledger, live: int, acked: int, quarantined: int
+    ) -> None:
+        """Compare the file with what the ledger says the buffer left in it.
+
+        Undelivered rows that are gone raise ``rows.missing``; rows whose state changed raise
+        ``rows.state-altered`` (those marked delivered go back to pending by their tags);
+        rows the ledger does not account for raise ``store.ledger-invalid``. Delivered rows
+        that were deleted lose nothing and are only logged.
+        """
+        to_acked = max(0, acked - stored.acked)
+        missing = (stored.live - stored.acked) - (live - acked) - to_acked
+        if missing > 0:
+            _LOGGER.error("%d undelivered rows were removed behind the store's back", missing)
+            self.raise_sticky(tx, "rows.missing")
+        if to_acked or (acked < stored.acked and live == stored.live):
+            _LOGGER.error(
+                "%d rows changed state behind the store's back", abs(acked - stored.acked)
+            )
+            self.raise_sticky(tx, "rows.state-altered")
+        elif live < stored.live and missing <= 0:
+            _LOGGER.warning(
+                "%d delivered rows were deleted behind the store's back", stored.live - live
+            )
+        if live > stored.live or quarantined != stored.quarantined:
+            _LOGGER.error("the store holds rows its ledger does not account for")
+            self.raise_sticky(tx, "store.ledger-invalid")
+
+    def _recheck_acked(self, tx: Tx, delta: Delta) -> None:
+        """Delivered rows whose tag does not say "delivered" go back to pending."""
+        conn = self._db.conn
+        back = [
+            (seq, lane_value, batch)
+            for seq, lane_value, batch, tag in conn.execute(
+                "SELECT seq, lane, batch, tag FROM readings WHERE state = 2"
+            ).fetchall()
+            if not tag_ok(self._keyring, seq, ACKED, batch, tag)
+        ]
+        if not back:
+            return
+        conn.executemany(
+            "UPDATE readings SET state = 0, tag = ? WHERE seq = ?",
+            [(self._tag(seq, PENDING, b), seq) for seq, _, b in back],
+        )
+        for _, lane_value, _ in back:
+            delta.move(lane_of(lane_value), ACKED, PENDING)
+        _LOGGER.error("%d rows marked delivered without delivery: back to pending", len(back))
+        self.raise_sticky(tx, "rows.state-altered")
+
+    def _restore_numbers(self, tx: Tx, stored: Ledger | None) -> None:
+        """Sequence, batch and reference numbers never go back (a reused batch number could
+        let a late acknowledgement mark the wrong rows delivered)."""
+        conn = self._db.conn
+        seq_row = conn.execute(
+            "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'readings'), 0),"
+            " coalesce((SELECT max(seq) FROM quarantine WHERE source = 'readings'), 0))"
+        ).fetchone()
+        self.next_seq = int(seq_row[0]) + 1
+        meta = conn.execute("SELECT v FROM meta WHERE k = 'next_batch'").fetchone()
+        top_batch = conn.execute("SELECT max(batch) FROM readings").fetchone()[0]
+        candidates = [1]
+        if meta is not None and type(meta[0]) is int:
+            candidates.append(meta[0])
+        if type(top_batch) is int:
+            candidates.append(top_batch + 1)
+        if stored is not None:
+            candidates.append(stored.next_batch)
+        anchor = integrity.read_anchor(self._path, self._keyring)
+        if anchor is not None and anchor.store_id == self.ledger.store_id:
+            candidates.append(anchor.next_batch)
+            if stored is not None and anchor.tx > stored.tx:
+                _LOGGER.error(
+                    "the store is %d transactions older than its anchor: committed changes "
+                    "were lost (a truncated WAL, or an older copy of the file)",
+                    anchor.tx - stored.tx,
+                )
+                self.raise_sticky(tx, "store.rolled-back")
+        self.next_batch = max(candidates)
+        top_ref = conn.execute(
+            "SELECT max(coalesce((SELECT max(ref_id) FROM refs), 0),"
+            " coalesce((SELECT max(seq) FROM quarantine WHERE source = 'refs'), 0))"
+        ).fetchone()[0]
+        self._refs.next_id = max(int(top_ref) + 1, stored.next_ref if stored else 1)
 
     # -- append -------------------------------------------------------------------------
 
     def append(self, readings: Sequence[Reading]) -> AppendResult:
         """Store readings durably in one transaction; duplicates are skipped."""
         first_seq = seq = self.next_seq
-        rows: list[tuple[int, int, int, bytes]] = []
+        rows: list[tuple[int, int, int, bytes, bytes]] = []
         delta = Delta()
         duplicates = 0
         gen = seq >> GENERATION_SHIFT
@@ -150,12 +442,14 @@ class Outbox:
                 boot_ref = self._refs.boot_ref(tx, r.captured.boot_id)
                 pt = codec.encode_reading(r, ctx_ref, boot_ref)
                 blob = self._keyring.seal("readings", seq, r.lane, pt)
-                rows.append((seq, int(r.lane), self._keyring.active, blob))
+                tag = self._tag(seq, PENDING, None)
+                rows.append((seq, int(r.lane), self._keyring.active, blob, tag))
                 delta.move(r.lane, None, PENDING)
                 seq += 1
             self._seen.add(fresh)
             self._db.conn.executemany(
-                "INSERT INTO readings (seq, lane, state, key_id, blob) VALUES (?, ?, 0, ?, ?)",
+                "INSERT INTO readings (seq, lane, state, key_id, blob, tag)"
+                " VALUES (?, ?, 0, ?, ?, ?)",
                 rows,
             )
             self._commit(tx, delta)
@@ -172,7 +466,7 @@ class Outbox:
         """
         conn = self._db.conn
         with self._db.tx() as tx:
-            batch_id = int(conn.execute("SELECT v FROM meta WHERE k = 'next_batch'").fetchone()[0])
+            batch_id = self.next_batch
             selected: list[tuple[int, Lane, int, bytes]] = []
             size = 0
             full = False
@@ -184,21 +478,22 @@ class Outbox:
                     " ORDER BY seq LIMIT ?",
                     (int(lane), max_readings - len(selected)),
                 ):
-                    if max_bytes is not None and selected and size + len(blob) > max_bytes:
+                    n = len(blob) if type(blob) is bytes else 0
+                    if max_bytes is not None and selected and size + n > max_bytes:
                         full = True
                         break
                     selected.append((seq, lane, key_id, blob))
-                    size += len(blob)
+                    size += n
             if not selected:
                 return None
             readings: list[Reading] = []
             failed: list[RowAuthenticationError] = []
-            claimed: list[tuple[int, int]] = []
+            claimed: list[tuple[int, bytes, int]] = []
             delta = Delta()
             for seq, lane, key_id, blob in selected:
                 try:
                     readings.append(self.decode_row(seq, lane, key_id, blob))
-                    claimed.append((batch_id, seq))
+                    claimed.append((batch_id, self._tag(seq, CLAIMED, batch_id), seq))
                     delta.move(lane, PENDING, CLAIMED)
                 except RowAuthenticationError as exc:
                     self.quarantine(tx, delta, seq, lane, PENDING, key_id, exc.reason, blob)
@@ -207,12 +502,18 @@ class Outbox:
                     err = RowAuthenticationError(seq, f"undecodable plaintext: {exc}")
                     self.quarantine(tx, delta, seq, lane, PENDING, key_id, err.reason, blob)
                     failed.append(err)
-            conn.executemany("UPDATE readings SET state = 1, batch = ? WHERE seq = ?", claimed)
-            conn.execute("UPDATE meta SET v = v + 1 WHERE k = 'next_batch'")
+            conn.executemany(
+                "UPDATE readings SET state = 1, batch = ?, tag = ? WHERE seq = ?", claimed
+            )
+            self.next_batch = batch_id + 1
+            tx.on_rollback(lambda: setattr(self, "next_batch", batch_id))
+            conn.execute(
+                "INSERT OR REPLACE INTO meta (k, v) VALUES ('next_batch', ?)", (self.next_batch,)
+            )
             self._commit(tx, delta)
 
             def track() -> None:
-                for r, (_, s) in zip(readings, claimed, strict=True):
+                for r, (_, _, s) in zip(readings, claimed, strict=True):
                     self._inflight[r.id] = s
 
             tx.after_commit(track)
@@ -287,17 +588,18 @@ class Outbox:
     # -- acknowledge and release --------------------------------------------------------
 
     def ack(self, batch_id: int) -> int:
-        """Mark a batch delivered (also a released batch whose acknowledgement came late)."""
+        """Mark a batch delivered (also a released batch whose acknowledgement came late).
+
+        Only rows whose state tag says they were given this batch are marked: a pending row
+        whose ``batch`` column was changed to this number is not.
+        """
         conn = self._db.conn
         with self._db.tx() as tx:
             rows = conn.execute(
-                "SELECT seq, lane, state FROM readings WHERE batch = ? AND state != 2", (batch_id,)
+                "SELECT seq, lane, state, batch, tag FROM readings WHERE batch = ? AND state != 2",
+                (batch_id,),
             ).fetchall()
-            conn.execute(
-                "UPDATE readings SET state = 2 WHERE batch = ? AND state != 2", (batch_id,)
-            )
-            self._count_acked(tx, rows)
-        return len(rows)
+            return self._mark_acked(tx, rows)
 
     def ack_ids(self, ids: Iterable[uuid.UUID]) -> int:
         """Mark readings delivered by id (they must have been claimed by this process)."""
@@ -306,26 +608,43 @@ class Outbox:
             return 0
         conn = self._db.conn
         with self._db.tx() as tx:
-            rows: list[tuple[int, int, int]] = []
+            rows: list[tuple[int, object, object, object, object]] = []
             for i in range(0, len(seqs), 500):
                 part = seqs[i : i + 500]
                 marks = ",".join("?" * len(part))
                 rows += conn.execute(
-                    f"SELECT seq, lane, state FROM readings WHERE seq IN ({marks})"  # noqa: S608
+                    f"SELECT seq, lane, state, batch, tag FROM readings WHERE seq IN ({marks})"  # noqa: S608
                     " AND state != 2",
                     part,
                 ).fetchall()
-            conn.executemany("UPDATE readings SET state = 2 WHERE seq = ?", [(r[0],) for r in rows])
-            self._count_acked(tx, rows)
+            done = self._mark_acked(tx, rows)
             tx.after_commit(lambda: self._forget_inflight(set(seqs)))
-        return len(rows)
+        return done
 
-    def _count_acked(self, tx: Tx, rows: Sequence[tuple[int, int, int]]) -> None:
+    def _mark_acked(
+        self, tx: Tx, rows: Sequence[tuple[int, object, object, object, object]]
+    ) -> int:
+        kr = self._keyring
+        good = [r for r in rows if tag_ok(kr, r[0], r[2], r[3], r[4])]
+        if len(good) < len(rows):
+            _LOGGER.error(
+                "%d rows named in an acknowledgement were not given that batch: left as they are",
+                len(rows) - len(good),
+            )
+            self.raise_sticky(tx, "rows.state-altered")
+        self._db.conn.executemany(
+            "UPDATE readings SET state = 2, tag = ? WHERE seq = ?",
+            [
+                (self._tag(seq, ACKED, batch if type(batch) is int else None), seq)
+                for seq, _, _, batch, _ in good
+            ],
+        )
         delta = Delta()
-        for _, lane_value, state in rows:
+        for _, lane_value, state, _, _ in good:
             delta.move(lane_of(lane_value), state if state in STATES else None, ACKED)
         self._commit(tx, delta)
-        tx.after_commit(lambda: self._forget_inflight({r[0] for r in rows}))
+        tx.after_commit(lambda: self._forget_inflight({r[0] for r in good}))
+        return len(good)
 
     def _forget_inflight(self, seqs: set[int]) -> None:
         if seqs:
@@ -336,33 +655,44 @@ class Outbox:
         conn = self._db.conn
         with self._db.tx() as tx:
             rows = conn.execute(
-                "SELECT lane, count(*) FROM readings WHERE batch = ? AND state = 1 GROUP BY lane",
-                (batch_id,),
+                "SELECT seq, lane FROM readings WHERE batch = ? AND state = 1", (batch_id,)
             ).fetchall()
-            conn.execute("UPDATE readings SET state = 0 WHERE batch = ? AND state = 1", (batch_id,))
+            conn.executemany(
+                "UPDATE readings SET state = 0, tag = ? WHERE seq = ?",
+                [(self._tag(seq, PENDING, batch_id), seq) for seq, _ in rows],
+            )
             delta = Delta()
-            for lane_value, n in rows:
-                delta.move(lane_of(lane_value), CLAIMED, PENDING, n)
+            for _, lane_value in rows:
+                delta.move(lane_of(lane_value), CLAIMED, PENDING)
             self._commit(tx, delta)
-        return sum(n for _, n in rows)
+        return len(rows)
 
     # -- purge and compaction -----------------------------------------------------------
 
     def purge_rows(self) -> int:
-        """Delete acknowledged rows, old de-duplication keys and unused retired data keys."""
+        """Delete delivered rows, old de-duplication keys and unused retired data keys.
+
+        A row is deleted only when its state tag says it was delivered; one whose ``state``
+        column says so without a matching tag goes back to pending instead.
+        """
         conn = self._db.conn
+        kr = self._keyring
         with self._db.tx() as tx:
             acked = conn.execute(
-                "SELECT lane, count(*) FROM readings WHERE state = 2 GROUP BY lane"
+                "SELECT seq, lane, batch, tag FROM readings WHERE state = 2"
             ).fetchall()
-            n = conn.execute("DELETE FROM readings WHERE state = 2").rowcount
+            delta = Delta()
+            gone = [r for r in acked if tag_ok(kr, r[0], ACKED, r[2], r[3])]
+            conn.executemany("DELETE FROM readings WHERE seq = ?", [(r[0],) for r in gone])
+            for _, lane_value, _, _ in gone:
+                delta.move(lane_of(lane_value), ACKED, None)
+            if len(gone) < len(acked):
+                self._recheck_acked(tx, delta)
+                delta.recount = True
             self._seen.forget_before(self.next_seq, self._config.seen_generations)
             self._keyring.retire_unused(self._db, tx, self._key_in_use)
-            delta = Delta()
-            for lane_value, count in acked:
-                delta.move(lane_of(lane_value), ACKED, None, count)
             self._commit(tx, delta)
-        return int(n)
+        return len(gone)
 
     def _key_in_use(self, key_id: int) -> bool:
         return bool(

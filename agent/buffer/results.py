@@ -60,3 +60,6 @@ class BufferConfig:
     wal_autocheckpoint_pages: int = 256
     seen_generations: int = 32  # de-duplication memory: 32 * 65,536 readings
     check_integrity: bool = True
+    # At most this often (after a change), record the ledger's transaction counter outside the
+    # database, so that committed transactions lost with the WAL are noticed at the next open.
+    anchor_interval_s: float = 10.0

@@ -78,6 +78,38 @@ def m001_initial(db: Database) -> None:
     )
 
 
+@MIGRATIONS()
+def m002_redundancy_and_ledger(db: Database) -> None:
+    """Second copies of wrapped keys and refs, state tags, and the MAC'd ledger.
+
+    * ``keys.wrapped_copy``: a second wrapping of each data key (its own nonce), so one
+      damaged byte does not lose every row sealed with that key.
+    * ``refs.copy``: a second sealed copy of each reference (``key_id (4) || nonce || ct``,
+      its own key id), and ``h`` no longer unique: a damaged reference is replaced by a new
+      row with the same blind index while the rows that depend on the old one keep it.
+    * ``readings.tag``: HMAC of (seq, state, batch), see :mod:`agent.buffer.integrity`.
+    * ``ledger``: one row; an empty body means "not written yet" (a store from before this
+      migration), which the first open fills in from the file.
+
+    Single statements, not ``executescript`` (which would commit half-way): the whole
+    migration and its record are one transaction.
+    """
+    for sql in (
+        "ALTER TABLE keys ADD COLUMN wrapped_copy BLOB",
+        "CREATE TABLE refs_v2 (ref_id INTEGER PRIMARY KEY, h BLOB NOT NULL,"
+        " key_id INTEGER NOT NULL, blob BLOB NOT NULL, copy BLOB)",
+        "INSERT INTO refs_v2 (ref_id, h, key_id, blob) SELECT ref_id, h, key_id, blob FROM refs",
+        "DROP TABLE refs",
+        "ALTER TABLE refs_v2 RENAME TO refs",
+        "CREATE INDEX refs_h ON refs(h)",
+        "ALTER TABLE readings ADD COLUMN tag BLOB",
+        "CREATE TABLE ledger (id INTEGER PRIMARY KEY CHECK (id = 1),"
+        " body BLOB NOT NULL, mac BLOB NOT NULL)",
+        "INSERT INTO ledger (id, body, mac) VALUES (1, x'', x'')",
+    ):
+        db.execute(sql)
+
+
 def error_code(exc: BaseException) -> int | None:
     """The primary SQLite result code of an exception, if it carries one."""
     code = getattr(exc, "sqlite_errorcode", None)
@@ -147,6 +179,11 @@ class StoreLock:
         except BlockingIOError:
             os.close(self._fd)
             raise StoreError(f"store {path.stem} is open in another process") from None
+
+    @property
+    def held(self) -> bool:
+        """Whether this process still holds the lock."""
+        return self._fd >= 0
 
     def release(self) -> None:
         """Drop the lock (closing the descriptor releases the flock). Safe to call twice."""

@@ -66,7 +66,9 @@ class Buffer:
         self._keyring = Keyring()
         self._refs = Refs(self._db, self._keyring)
         self._seen = Seen(self._db, self._keyring)
-        self._outbox = Outbox(self._db, self._keyring, self._refs, self._seen, config, self._alarms)
+        self._outbox = Outbox(
+            self._db, self._keyring, self._refs, self._seen, config, self._alarms, path
+        )
         reserve = Reserve(path, config.reserve_bytes, self._alarms)
         self._pressure = Pressure(self._db, self._outbox, config, reserve, self._alarms)
 
@@ -116,7 +118,7 @@ class Buffer:
                     continue
                 buf = cls(path, conn, keys, cfg, lock, aside)
                 try:
-                    buf._keyring.load(buf._db, keys)
+                    report = buf._keyring.load(buf._db, keys)
                 except KeyLostError as exc:
                     conn.close()
                     if attempt:
@@ -129,7 +131,10 @@ class Buffer:
                     raise
                 if buf._keyring.permissions_fixed:
                     buf._alarms.add(alarms.KEY_PERMISSIONS)
-                buf._outbox.recover()
+                buf._outbox.recover(
+                    keys_repaired=report.repaired + len(report.lost),
+                    reblind=report.index_replaced,
+                )
                 buf._pressure.reserve.ensure()
                 return buf
             raise AssertionError("unreachable")
@@ -157,14 +162,19 @@ class Buffer:
             self._pressure.reserve.release(keep=self.config.reserve_bytes // 2)
             self._pressure.relieve(readings, force=True)
             return self._outbox.append(readings)
+        finally:
+            self._outbox.maybe_anchor()
 
     def _maintenance(self, fn: Callable[[], _T]) -> _T:
         """Run a state change that frees or keeps space; on a full disk, use the reserve."""
         try:
-            return fn()
-        except StorageFullError:
-            self._pressure.reserve.release(keep=0)
-            return fn()
+            try:
+                return fn()
+            except StorageFullError:
+                self._pressure.reserve.release(keep=0)
+                return fn()
+        finally:
+            self._outbox.maybe_anchor()
 
     def claim(self, max_readings: int = 500, max_bytes: int | None = None) -> Claim | None:
         """Move pending rows into a new batch, highest priority and oldest first.
@@ -290,7 +300,10 @@ class Buffer:
         return bool(self._db.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok")
 
     def close(self) -> None:
-        """Checkpoint and close. Safe to call twice."""
+        """Anchor, checkpoint and close. Safe to call twice."""
+        if self._lock.held:
+            with contextlib.suppress(OSError, sqlite3.Error):
+                self._outbox.maybe_anchor(force=True)
         with contextlib.suppress(sqlite3.Error):
             self._db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         with contextlib.suppress(sqlite3.Error):
