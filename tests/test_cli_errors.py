@@ -164,6 +164,7 @@ def test_an_unwritable_state_directory(shared: Path, command: list[str]) -> None
         _assert_reported(out, ExitCode.NOPERM, str(state))
     assert sorted(p.name for p in state.iterdir()) == [
         "buffer.db",
+        "buffer.db.anchor",
         "buffer.db.lock",
         "buffer.db.reserve",
         "buffer.kek",
