@@ -379,3 +379,23 @@ async def test_bulk_refused_by_a_full_buffer_is_read_again(
     second = await imp.scan()
     assert second.chunks == 2  # BRP and PLD, now accepted
     assert len(by_lane(await stored(buf), Lane.BULK)) == 2
+
+
+async def test_an_s9_card_with_files_directly_in_datalog(
+    mock_card: MockCard, buf: AsyncBuffer, tmp_path: Path
+) -> None:
+    mock_card.product = "S9_AutoSet"
+    day = date(2026, 9, 1)
+    mock_card.add_night(day, detail_minutes=5)
+    mock_card.write()
+    folder = mock_card.root / mock_card.nights[day].folder
+    for f in folder.iterdir():
+        f.rename(mock_card.root / "DATALOG" / f.name)
+    folder.rmdir()
+    listing = card.list_card(mock_card.root)
+    assert all(f.path.count("/") == 1 for f in listing.datalog)
+    report = await importer(mock_card.root, buf, tmp_path / "state").scan()
+    assert (report.summaries, report.event_nights, report.chunks) == (1, 1, 2)
+    got = await stored(buf)
+    assert {r.device.model for r in got} == {"S9 AutoSet"}
+    assert flagged(got, "cpap-mode=apap")

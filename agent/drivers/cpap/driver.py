@@ -78,7 +78,10 @@ class CpapCardOptions:
 class CpapStatus:
     """Mutable status of one card driver; :meth:`snapshot` for reports (no patient data)."""
 
+    reader: str
+    """The card reader's log id (a hash of its mount point), as in the log lines."""
     device: str
+    """The machine's log id once a card was read (the reader's id before)."""
     state: CardState = CardState.NO_CARD
     since: float = field(default_factory=time.time)
     card_present: bool = False
@@ -127,7 +130,7 @@ class CardWatcher:
         self._name = name
         self.importer = card_importer
         self.options = options or CpapCardOptions()
-        self.status = CpapStatus(device=name)
+        self.status = CpapStatus(reader=name, device=name)
         self._scanned: bytes | None = None
         self._seen: tuple[bytes, float] | None = None
         self._next_rescan = 0.0
@@ -357,5 +360,10 @@ class CpapDriver:
     async def status_section(self) -> Mapping[str, Any]:
         """One entry per card reader (log ids, states and counts only)."""
         if not self.watchers:
-            return {"cards": [{"device": a.log_id, "state": "starting"} for a in self.assignments]}
+            return {
+                "cards": [
+                    {"reader": a.log_id, "device": a.log_id, "state": "starting"}
+                    for a in self.assignments
+                ]
+            }
         return {"cards": [w.status.snapshot() for w in self.watchers]}
