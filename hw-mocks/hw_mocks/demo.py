@@ -2,7 +2,8 @@
 
 Three simulated devices in a patient's home (an A&D cuff and a Beurer cuff holding stored
 measurements, a pulse oximeter with stored spot-checks and a 1 Hz stream) are read by the real
-agent over the real bleak (against a mock BlueZ), buffered encrypted, uploaded over MQTT v5 with
+agent over the real bleak (against a mock BlueZ), and a ResMed CPAP card with two nights is
+read from its card reader (a directory), buffered encrypted, uploaded over MQTT v5 with
 mutual TLS to a real Mosquitto, and stored by the reference receiver, which exports FHIR.
 All of it runs in a temporary directory and on loopback; nothing is left behind.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from hw_mocks.pipeline import PATIENT, Pipeline, pipeline, summarize
+from hw_mocks.pipeline import CPAP_SERIAL, PATIENT, Pipeline, pipeline, summarize
 from receiver import fhir
 
 console = Console()
@@ -37,6 +38,14 @@ def _agent_table(p: Pipeline) -> Table:
             str(dev.get("duplicates")),
             str(dev.get("decode_errors")),
         )
+    for card in status.get("cpap-card", {}).get("cards", []):
+        t.add_row(
+            f"{card.get('device')} (SD card)",
+            str(card.get("state")),
+            str(card.get("readings_stored")),
+            str(card.get("duplicates")),
+            str(card.get("files_rejected")),
+        )
     return t
 
 
@@ -47,7 +56,7 @@ def _leaks(p: Pipeline) -> list[str]:
         for n in ("buffer.db", "buffer.db-wal", "buffer.db-shm")
         if (state / n).exists()
     )
-    markers = [PATIENT, *(a.serial or a.address for a in p.home.assignments)]
+    markers = [PATIENT, CPAP_SERIAL, *(a.serial or a.address for a in p.home.assignments)]
     return [m for m in markers if m.encode() in data]
 
 
@@ -55,8 +64,8 @@ async def _run(root: Path) -> int:
     async with pipeline(root) as p:
         console.rule("[bold]1. devices in the home")
         console.print(
-            f"{len(p.home.devices)} simulated devices on a mock BlueZ; "
-            f"{p.home.stored_records} stored measurements waiting in their memories, "
+            f"{len(p.home.devices)} simulated devices on a mock BlueZ and a CPAP SD card with "
+            f"{p.home.cpap_nights} nights; {p.home.stored_records} stored measurements waiting, "
             "and the oximeter streams 1 Hz SpO2 + pulse"
         )
 

@@ -1,10 +1,11 @@
 """The whole chain on one machine: simulated devices -> agent -> Mosquitto -> receiver.
 
 Only what cannot exist here is simulated: the radio and the devices (a mock ``org.bluez`` on a
-private D-Bus). Everything else is the real software: the unmodified bleak, the agent's BLE
-driver, the encrypted buffer, the uplink over MQTT v5 with mutual TLS to a real Mosquitto, and
-the reference receiver as a separate process writing SQLite. Used by ``make demo`` and by
-``tests/test_pipeline.py``.
+private D-Bus), and the CPAP's SD card (a directory written by :mod:`hw_mocks.cpap`).
+Everything else is the real software: the unmodified bleak, the agent's BLE driver and CPAP
+card importer, the encrypted buffer, the uplink over MQTT v5 with mutual TLS to a real
+Mosquitto, and the reference receiver as a separate process writing SQLite. Used by
+``make demo`` and by ``tests/test_pipeline.py``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +32,13 @@ from hw_mocks.bluez.devices import AndCuff, BeurerCuff, PlxOximeter
 from hw_mocks.bluez.payloads import BloodPressureRecord, PlxContinuousSample, PlxSpotRecord
 from hw_mocks.bluez.peripheral import SimPeripheral
 from hw_mocks.bluez.service import MockBlueZ
+from hw_mocks.cpap import MockCard
 from receiver.localstack import Broker, ReceiverProcess, enrol, make_pki
 from receiver.store import SqliteStore, StoredReading
 
 BOX_ID = "box-demo-0001"
 PATIENT = "urn:dho:patient:demo-7f3a9c21"
+CPAP_SERIAL = "23161234567"
 
 
 @dataclass
@@ -45,11 +48,25 @@ class Household:
     devices: list[SimPeripheral]
     assignments: list[DeviceAssignment]
     stored_records: int  # timestamped records waiting in the devices' memories
+    cpap_nights: int = 0
+    """Nights on the CPAP card in the home's card reader (0: no CPAP)."""
+
+    def cpap_card(self, root: Path, today: date | None = None) -> tuple[MockCard, dict[str, Any]]:
+        """Write the card (nights up to last night) under ``root``; its ``[[devices]]`` table."""
+        card = MockCard(root / "cpap-card", serial=CPAP_SERIAL)
+        last = (today or date.today()) - timedelta(days=1)
+        for i in range(self.cpap_nights):
+            card.add_night(last - timedelta(days=self.cpap_nights - 1 - i), detail_minutes=10)
+        card.write()
+        table = {"transport": "cpap-card", "patient": PATIENT, "path": str(card.root)}
+        return card, {**table, "serial": CPAP_SERIAL}
 
 
 def household(now: datetime | None = None) -> Household:
-    """An A&D cuff with three stored measurements, a Beurer cuff with one, and a standard
-    pulse oximeter with two stored spot-checks that also streams 1 Hz continuous data."""
+    """An A&D cuff with three stored measurements, a Beurer cuff with one, a standard pulse
+    oximeter with two stored spot-checks that also streams 1 Hz continuous data, and a ResMed
+    CPAP card with two nights (each: a summary, a mask-on period and the event counts, plus
+    10 minutes of detail chunks)."""
     now = (now or datetime.now()).replace(microsecond=0)
     and_records = [
         BloodPressureRecord(128, 82, pulse=64, timestamp=now - timedelta(hours=20)),
@@ -93,8 +110,12 @@ def household(now: datetime | None = None) -> Household:
             manufacturer="PLX demo",
         ),
     ]
+    nights = 2
     return Household(
-        [cuff, beurer, oximeter], assignments, len(and_records) + len(beurer_records) + len(spots)
+        [cuff, beurer, oximeter],
+        assignments,
+        len(and_records) + len(beurer_records) + len(spots) + 3 * nights,
+        cpap_nights=nights,
     )
 
 
@@ -188,7 +209,8 @@ def _service_side(root: Path, home: Household) -> tuple[Broker, ReceiverProcess,
             signing_key_file=signing_file,
             service_key_file=service_file,
         ),
-        devices=tuple(a.to_config() for a in home.assignments),
+        devices=tuple(a.to_config() for a in home.assignments)
+        + ((home.cpap_card(root)[1],) if home.cpap_nights else ()),
     )
     return broker, receiver, cfg
 
