@@ -82,7 +82,7 @@ def _wire_per_reading(batches: Sequence[Sequence[Reading]], key: Ed25519PrivateK
 
 
 def _ingest_rate(store: Store, key: Ed25519PrivateKey, service: Ed25519PrivateKey) -> float:
-    store.enrol(BOX, protocol.public_key_bytes(key))
+    store.enrol(BOX, protocol.public_key_bytes(key), ["pt-0001"])
     per_batch = 250
     readings = f.mixed_readings(per_batch * 24, seed=7)
     wires = [

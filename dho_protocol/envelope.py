@@ -297,6 +297,13 @@ class AckResult(IntEnum):
     """``seq`` falls outside the replay window; ``high_water`` tells the box where to go on."""
     REJECTED_TOO_LARGE = 12
     """The decompressed payload exceeded the receiver's limit; send smaller batches."""
+    REJECTED_FORBIDDEN = 13
+    """Signed and well formed, but it holds something this box may not deliver: a reading for
+    a patient the box is not assigned to, or a reading id another box delivered. Nothing was
+    stored; the service raised an alarm."""
+    REJECTED_FAILED = 14
+    """Signed, but the receiver failed to process it (bounded retries exhausted). Nothing was
+    stored; the batch is kept for audit. Send again later, in smaller batches."""
 
     @property
     def delivered(self) -> bool:

@@ -739,6 +739,12 @@ class RevocationFilter:
         key: bytes | None = self._store.box_key(box_id)
         return key
 
+    def box(self, box_id: str) -> Any:
+        """The enrolled box (key and patients, what the receiver checks), unless revoked."""
+        if self._db.revoked(box_id) is not None:
+            return None
+        return self._store.box(box_id)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 

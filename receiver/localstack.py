@@ -2,10 +2,12 @@
 
 A throw-away PKI made with ``cryptography`` (a test CA, a rogue CA for negative tests, the
 broker's certificate, client certificates on demand, the service's Ed25519 key), a real
-Mosquitto using the project's ACL file (``receiver/mosquitto/dho.acl``) with TLS and client
-certificates required, and reference receivers run as child processes (so tests can kill
-them). Everything listens on 127.0.0.1 only. Nothing here is for production: keys are written
-world-readable because Mosquitto may drop to its own user.
+Mosquitto using the project's ACL file (``receiver/mosquitto/dho.acl``) and subscription check
+(the ``dho_subscribe_acl`` plugin, built on first use into ``build/``, see
+:mod:`receiver.brokerplugin`) with TLS and client certificates required, and reference
+receivers run as child processes (so tests can kill them). Everything listens on 127.0.0.1
+only. Nothing here is for production: keys are written world-readable because Mosquitto may
+drop to its own user.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -31,10 +35,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
 import dho_protocol as protocol
+from receiver import brokerplugin
+
+if TYPE_CHECKING:
+    from receiver.mqtt import ReceiverConfig
 
 REPO = Path(__file__).resolve().parents[1]
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 ACL_FILE = REPO / "receiver" / "mosquitto" / "dho.acl"
+PLUGIN_CACHE = REPO / "build" / "mosquitto"
 
 
 def _name(cn: str) -> x509.Name:
@@ -210,10 +219,12 @@ class Broker:
         shutil.copy(ACL_FILE, root / "dho.acl")
         (root / "dho.acl").chmod(0o644)
         cert, key = pki.broker_cert
+        plugin = brokerplugin.build(PLUGIN_CACHE)
         lines = [
             "per_listener_settings false",
             "allow_anonymous false",
             f"acl_file {root / 'dho.acl'}",
+            *brokerplugin.config_lines(plugin, brokerplugin.service_users_of(ACL_FILE)),
             "persistence true",
             f"persistence_location {root / 'data'}/",
             "autosave_interval 1",
@@ -381,11 +392,32 @@ class ReceiverProcess:
         self.proc = None
 
 
-def enrol(db: Path, box_id: str, key: Ed25519PrivateKey) -> None:
+def receiver_config(broker: Broker, db: Path, n: int = 1, **overrides: Any) -> ReceiverConfig:
+    """Settings for an in-process receiver ``dho-receiver-<n>`` on this broker (tests)."""
+    from receiver.mqtt import ReceiverConfig
+
+    cert, key = broker.pki.client(f"dho-receiver-{n}")
+    settings: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": broker.port,
+        "ca_file": broker.pki.ca.ca_file,
+        "cert_file": cert,
+        "key_file": key,
+        "service_key_file": broker.pki.service_key_file,
+        "sqlite_path": db,
+        "client_id": f"dho-receiver-{n}",
+        "session_expiry_s": 600,
+    }
+    settings.update(overrides)
+    return ReceiverConfig(**settings)
+
+
+def enrol(db: Path, box_id: str, key: Ed25519PrivateKey, patients: Iterable[str]) -> None:
+    """Enrol a box in the SQLite store ``db`` with its signing key and assigned patients."""
     from receiver.store import SqliteStore
 
     s = SqliteStore(db)
     try:
-        s.enrol(box_id, protocol.public_key_bytes(key))
+        s.enrol(box_id, protocol.public_key_bytes(key), patients)
     finally:
         s.close()

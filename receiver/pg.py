@@ -1,9 +1,9 @@
 """PostgreSQL storage for the receiver (the central service at scale).
 
-Same rules and the same three tables as :class:`receiver.store.SqliteStore`:
+Same rules and the same tables as :class:`receiver.store.SqliteStore`:
 
-* ``readings.reading_id`` is the primary key and ``readings.natural_key`` (SHA-256 of the PHD
-  natural key) is ``UNIQUE``; a batch's readings go in with one
+* ``readings.reading_id`` is the primary key and ``(box_id, natural_key)`` (SHA-256 of the PHD
+  natural key, scoped to the box) is ``UNIQUE``; a batch's readings go in with one
   ``INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING``, so the database itself decides,
   under its unique indexes, which readings are new: two receivers storing overlapping batches at
   the same moment store each reading once (no check-then-insert anywhere).
@@ -16,6 +16,8 @@ Same rules and the same three tables as :class:`receiver.store.SqliteStore`:
 * A lost connection is re-opened (with growing waits, about 3 s in all) and the operation
   retried; a deadlock or serialisation failure is retried. Every operation is idempotent, so a
   commit whose outcome was lost with the connection is answered ``DUPLICATE`` on the retry.
+  When the server stays away longer, the operation raises
+  :class:`~receiver.errors.StoreUnavailableError` (the receiver backs off and tries again).
 
 Needs the ``psycopg`` (v3) driver, which is not a dependency of the gateway: install the
 ``postgres`` extra on the service host (``pip install '.[postgres]'``). It is imported only when
@@ -29,12 +31,29 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from agent.model import Reading
 from dho_protocol import AckResult
-from receiver.store import CommitResult, StoredReading, decode_one, encode_one, natural_key_hash
+from receiver.errors import (
+    BoxNotEnrolledError,
+    ReceiverConfigError,
+    StoreError,
+    StoreUnavailableError,
+)
+from receiver.registry import Box, check_box_id, check_patient_refs
+from receiver.store import (
+    AuditLimits,
+    CommitResult,
+    RefusedBatch,
+    RefusedEntry,
+    StoredReading,
+    cut_for_audit,
+    decode_one,
+    encode_one,
+    natural_key_hash,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -65,7 +84,7 @@ _SCHEMA: Final = (
     """CREATE TABLE IF NOT EXISTS readings (
     n           BIGINT GENERATED ALWAYS AS IDENTITY,
     reading_id  BYTEA PRIMARY KEY,
-    natural_key BYTEA UNIQUE,
+    natural_key BYTEA,
     box_id      TEXT NOT NULL,
     batch_seq   BIGINT NOT NULL,
     patient     TEXT NOT NULL,
@@ -75,6 +94,33 @@ _SCHEMA: Final = (
     body        BYTEA NOT NULL
 )""",
     "CREATE INDEX IF NOT EXISTS readings_box ON readings (box_id, n)",
+    # Natural keys are unique per box (the first layout had them unique across all boxes).
+    """DO $$ BEGIN
+    IF EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'readings_natural_key_key'
+               AND conrelid = 'readings'::regclass) THEN
+        ALTER TABLE readings DROP CONSTRAINT readings_natural_key_key;
+    END IF;
+END $$""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS readings_box_natural_key ON readings (box_id, natural_key)",
+    """CREATE TABLE IF NOT EXISTS box_patients (
+    box_id      TEXT NOT NULL,
+    patient     TEXT NOT NULL,
+    assigned_at BIGINT NOT NULL,
+    PRIMARY KEY (box_id, patient)
+)""",
+    """CREATE TABLE IF NOT EXISTS refused (
+    n           BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    received_at BIGINT NOT NULL,
+    box_id      TEXT NOT NULL,
+    batch_id    BYTEA,
+    seq         BIGINT,
+    reason      TEXT NOT NULL,
+    detail      TEXT NOT NULL,
+    size        BIGINT NOT NULL,
+    truncated   BOOLEAN NOT NULL,
+    wire        BYTEA NOT NULL
+)""",
+    "CREATE INDEX IF NOT EXISTS refused_box ON refused (box_id, n)",
 )
 
 _INSERT_READINGS: Final = (
@@ -93,6 +139,20 @@ _RECONNECT_CAP_S: Final = 2.0
 """Waits between reconnection attempts: 0.2, 0.4, 0.8, 1.6 s (a server restart is absorbed)."""
 
 
+class _ForeignReadingIdError(Exception):
+    """Raised inside a commit to roll it back: a reading id belongs to another box."""
+
+    def __init__(self, high_water: int) -> None:
+        super().__init__("a reading id another box delivered")
+        self.high_water = high_water
+
+
+def _first_line(err: BaseException) -> str:
+    """The first line of a driver error (libpq messages run over several lines)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def available() -> bool:
     """True when the psycopg driver can be imported."""
     return importlib.util.find_spec("psycopg") is not None
@@ -104,23 +164,49 @@ class PostgresStore:
     Several processes (or several stores in one process) may share one database.
     """
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, *, create: bool = True) -> None:
+        """Connect and (with ``create``) create or upgrade the tables.
+
+        Raises:
+            ReceiverConfigError: no psycopg driver, or ``dsn`` is not a connection string.
+            StoreUnavailableError: the server cannot be reached or refuses the connection.
+            NotAStoreError: without ``create``, the database holds no receiver store.
+        """
         try:
-            import psycopg  # noqa: F401 - fail early with a clear message
+            import psycopg
         except ImportError as err:
-            raise RuntimeError(
-                "the PostgreSQL store needs the psycopg driver: pip install 'psycopg[binary]'"
+            raise ReceiverConfigError(
+                "the PostgreSQL store needs the psycopg driver",
+                hint="install it on the service host: pip install 'dho-gateway[postgres]'",
+            ) from err
+        try:
+            psycopg.conninfo.conninfo_to_dict(dsn)
+        except psycopg.ProgrammingError as err:
+            raise ReceiverConfigError(
+                f"the PostgreSQL connection string is not valid: {_first_line(err)}"
             ) from err
         self._dsn = dsn
         self._lock = threading.Lock()
         self._conn = self._connect()
-        with self._lock:
-            self._run(self._create_schema)
+        try:
+            with self._lock:
+                if create:
+                    self._run(self._create_schema)
+                else:
+                    self._run(self._check_schema)
+        except BaseException:
+            self._conn.close()
+            raise
 
     def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
         import psycopg
 
-        conn = psycopg.connect(self._dsn, autocommit=True)
+        try:
+            conn = psycopg.connect(self._dsn, autocommit=True)
+        except psycopg.OperationalError as err:
+            raise StoreUnavailableError(
+                f"cannot connect to PostgreSQL: {_first_line(err)}"
+            ) from err
         try:
             sync = conn.execute("SHOW synchronous_commit").fetchone()
             if sync is not None and sync[0] in ("off", "local"):
@@ -139,6 +225,20 @@ class PostgresStore:
         for stmt in _SCHEMA:
             conn.execute(stmt)
 
+    @staticmethod
+    def _check_schema(conn: psycopg.Connection[tuple[Any, ...]]) -> None:
+        from receiver.errors import NotAStoreError
+
+        row = conn.execute(
+            "SELECT to_regclass('boxes') IS NOT NULL AND to_regclass('box_patients') IS NOT NULL"
+        ).fetchone()
+        if row is None or not row[0]:
+            raise NotAStoreError(
+                "this PostgreSQL database (and search_path) holds no receiver store of the"
+                " current layout",
+                hint="check --postgres, or start `dho-receiver run` on it once",
+            )
+
     def _run(self, work: Callable[[psycopg.Connection[tuple[Any, ...]]], _T]) -> _T:
         """Run ``work`` in one transaction; retry on deadlock, serialisation failure or a
         lost connection (re-opened). The caller holds ``self._lock``."""
@@ -155,17 +255,34 @@ class PostgresStore:
                 if attempt == _RETRIES:
                     raise
                 _LOG.warning("PostgreSQL transaction retried (%s)", type(err).__name__)
-            except psycopg.OperationalError:
-                if attempt == _RETRIES or not (self._conn.closed or self._conn.broken):
+            except StoreUnavailableError:
+                if attempt == _RETRIES:
                     raise
+                _LOG.warning("PostgreSQL unreachable; trying again (attempt %d)", attempt)
+                time.sleep(min(_RECONNECT_CAP_S, _RECONNECT_BASE_S * 2**attempt))
+            except psycopg.OperationalError as err:
+                if attempt == _RETRIES or not (self._conn.closed or self._conn.broken):
+                    raise StoreUnavailableError(
+                        f"PostgreSQL cannot be used now: {_first_line(err)}"
+                    ) from err
                 _LOG.warning("PostgreSQL connection lost; reconnecting (attempt %d)", attempt)
                 time.sleep(min(_RECONNECT_CAP_S, _RECONNECT_BASE_S * 2**attempt))
+            except psycopg.Error as err:
+                raise StoreError(f"PostgreSQL refused an operation: {_first_line(err)}") from err
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def enrol(self, box_id: str, public_key: bytes) -> None:
-        """Record (or replace) a box's public key; replacing resets its replay window."""
+    # -- box registry ----------------------------------------------------------------------
+
+    def enrol(self, box_id: str, public_key: bytes, patients: Iterable[str] = ()) -> None:
+        """Record (or replace) a box's public key and assign ``patients`` to it.
+
+        Replacing the key resets its replay window. See :class:`receiver.registry.BoxRegistry`.
+        """
+        check_box_id(box_id)
+        refs = sorted(check_patient_refs(patients))
         if len(public_key) != 32:
             raise ValueError("an Ed25519 public key is 32 bytes")
+        now = int(time.time())
 
         def work(conn: psycopg.Connection[tuple[Any, ...]]) -> None:
             conn.execute(
@@ -173,12 +290,91 @@ class PostgresStore:
                 " VALUES (%s, %s, %s, 0) ON CONFLICT (box_id) DO UPDATE SET"
                 " public_key = excluded.public_key, enrolled_at = excluded.enrolled_at,"
                 " high_water = 0",
-                (box_id, public_key, int(time.time())),
+                (box_id, public_key, now),
             )
             conn.execute("DELETE FROM batches WHERE box_id = %s", (box_id,))
+            self._add_patients(conn, box_id, refs, now)
 
         with self._lock:
             self._run(work)
+
+    @staticmethod
+    def _add_patients(
+        conn: psycopg.Connection[tuple[Any, ...]], box_id: str, refs: list[str], now: int
+    ) -> None:
+        conn.execute(
+            "INSERT INTO box_patients (box_id, patient, assigned_at)"
+            " SELECT %s, p, %s FROM unnest(%s::text[]) AS p ON CONFLICT DO NOTHING",
+            (box_id, now, refs),
+        )
+
+    @staticmethod
+    def _require_box(conn: psycopg.Connection[tuple[Any, ...]], box_id: str) -> None:
+        row = conn.execute("SELECT 1 FROM boxes WHERE box_id = %s FOR UPDATE", (box_id,)).fetchone()
+        if row is None:
+            raise BoxNotEnrolledError(f"box {box_id} is not enrolled")
+
+    def assign(self, box_id: str, patients: Iterable[str]) -> None:
+        """Let an enrolled box deliver readings for ``patients`` too."""
+        check_box_id(box_id)
+        refs = sorted(check_patient_refs(patients))
+        now = int(time.time())
+
+        def work(conn: psycopg.Connection[tuple[Any, ...]]) -> None:
+            self._require_box(conn, box_id)
+            self._add_patients(conn, box_id, refs, now)
+
+        with self._lock:
+            self._run(work)
+
+    def unassign(self, box_id: str, patients: Iterable[str]) -> None:
+        """Stop accepting new readings from the box for ``patients`` (stored ones stay)."""
+        check_box_id(box_id)
+        refs = sorted(check_patient_refs(patients))
+
+        def work(conn: psycopg.Connection[tuple[Any, ...]]) -> None:
+            self._require_box(conn, box_id)
+            conn.execute(
+                "DELETE FROM box_patients WHERE box_id = %s AND patient = ANY(%s::text[])",
+                (box_id, refs),
+            )
+
+        with self._lock:
+            self._run(work)
+
+    def _boxes(self, box_id: str | None) -> list[Box]:
+        where, args = ("WHERE box_id = %s", (box_id,)) if box_id is not None else ("", ())
+
+        def work(
+            conn: psycopg.Connection[tuple[Any, ...]],
+        ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+            rows = conn.execute(
+                f"SELECT box_id, public_key, enrolled_at FROM boxes {where} ORDER BY box_id",  # noqa: S608
+                args,
+            ).fetchall()
+            pats = conn.execute(
+                f"SELECT box_id, patient FROM box_patients {where}",  # noqa: S608
+                args,
+            ).fetchall()
+            return rows, pats
+
+        with self._lock:
+            rows, pats = self._run(work)
+        by_box: dict[str, set[str]] = {}
+        for b, p in pats:
+            by_box.setdefault(str(b), set()).add(str(p))
+        return [
+            Box(str(b), bytes(k), int(t), frozenset(by_box.get(str(b), ()))) for b, k, t in rows
+        ]
+
+    def box(self, box_id: str) -> Box | None:
+        """The enrolled box, or None."""
+        found = self._boxes(box_id)
+        return found[0] if found else None
+
+    def boxes(self) -> list[Box]:
+        """Every enrolled box, by id."""
+        return self._boxes(None)
 
     def box_key(self, box_id: str) -> bytes | None:
         """The enrolled public key of a box, or None."""
@@ -205,8 +401,9 @@ class PostgresStore:
 
         The rules of :meth:`receiver.store.SqliteStore.commit_batch`: ``DUPLICATE`` for an
         envelope already committed, ``REJECTED_REPLAY`` for another envelope under a committed
-        ``(box, seq)`` or one below the window, otherwise each reading is stored unless its id
-        or natural key already is.
+        ``(box, seq)`` or one below the window, ``REJECTED_FORBIDDEN`` for a reading id another
+        box delivered, otherwise each reading is stored unless this box already delivered its
+        id or natural key.
         """
         ids = [r.id.bytes for r in readings]
         keys = [natural_key_hash(r) for r in readings]
@@ -242,6 +439,15 @@ class PostgresStore:
                 (box_id, seq, now_ms, ids, keys, patients, lanes, captured, bodies),
             )
             stored = max(0, cur.rowcount)
+            # After the insert, not before: ON CONFLICT waited for any concurrent transaction
+            # inserting one of these ids, and this statement's snapshot sees its commit.
+            clash = conn.execute(
+                "SELECT 1 FROM readings WHERE reading_id = ANY(%b::bytea[]) AND box_id <> %s"
+                " LIMIT 1",
+                (ids, box_id),
+            ).fetchone()
+            if clash is not None:
+                raise _ForeignReadingIdError(high_water)
             conn.execute(
                 "INSERT INTO batches (box_id, seq, digest, batch_id, readings, stored,"
                 " received_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
@@ -257,7 +463,110 @@ class PostgresStore:
             return CommitResult(AckResult.STORED, stored, len(readings) - stored, new_hw)
 
         with self._lock:
+            try:
+                return self._run(work)
+            except _ForeignReadingIdError as err:  # the transaction was rolled back
+                return CommitResult(
+                    AckResult.REJECTED_FORBIDDEN,
+                    0,
+                    0,
+                    err.high_water,
+                    "a reading id another box delivered",
+                )
+
+    # -- refused batches (audit) -------------------------------------------------------------
+
+    def keep_refused(self, entry: RefusedBatch, limits: AuditLimits) -> None:
+        """Keep a refused batch for audit, then drop the oldest beyond ``limits``."""
+        e = cut_for_audit(entry, limits)
+
+        def work(conn: psycopg.Connection[tuple[Any, ...]]) -> None:
+            conn.execute(
+                "INSERT INTO refused (received_at, box_id, batch_id, seq, reason, detail, size,"
+                " truncated, wire) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    e.received_at_ms,
+                    e.box_id,
+                    None if e.batch_id is None else e.batch_id.bytes,
+                    e.seq,
+                    e.reason,
+                    e.detail,
+                    e.size,
+                    e.truncated,
+                    e.wire,
+                ),
+            )
+            conn.execute(
+                "DELETE FROM refused WHERE box_id = %s AND n NOT IN"
+                " (SELECT n FROM refused WHERE box_id = %s ORDER BY n DESC LIMIT %s)",
+                (e.box_id, e.box_id, limits.per_box),
+            )
+            conn.execute(
+                "DELETE FROM refused WHERE n NOT IN"
+                " (SELECT n FROM refused ORDER BY n DESC LIMIT %s)",
+                (limits.max_rows,),
+            )
+            conn.execute(
+                "DELETE FROM refused WHERE n <= (SELECT n FROM (SELECT n, SUM(length(wire))"
+                " OVER (ORDER BY n DESC) AS total FROM refused) AS t WHERE total > %s"
+                " ORDER BY n DESC LIMIT 1)",
+                (limits.max_bytes,),
+            )
+
+        with self._lock:
+            self._run(work)
+
+    def refused(self, box_id: str | None = None, limit: int = 100) -> list[RefusedEntry]:
+        """The latest kept refusals, newest first (optionally of one box)."""
+        where, args = ("WHERE box_id = %s", (box_id,)) if box_id is not None else ("", ())
+
+        def work(conn: psycopg.Connection[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+            return conn.execute(
+                "SELECT n, received_at, box_id, batch_id, seq, reason, detail, size, truncated"  # noqa: S608
+                f" FROM refused {where} ORDER BY n DESC LIMIT %s",
+                (*args, limit),
+            ).fetchall()
+
+        with self._lock:
+            rows = self._run(work)
+        return [
+            RefusedEntry(
+                n=int(n),
+                received_at_ms=int(received),
+                box_id=str(box),
+                batch_id=None if batch_id is None else uuid.UUID(bytes=bytes(batch_id)),
+                seq=None if seq is None else int(seq),
+                reason=str(reason),
+                detail=str(detail),
+                size=int(size),
+                truncated=bool(truncated),
+            )
+            for n, received, box, batch_id, seq, reason, detail, size, truncated in rows
+        ]
+
+    def refused_counts(self) -> dict[str, int]:
+        """How many refusals are kept, by reason."""
+
+        def work(conn: psycopg.Connection[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+            return conn.execute(
+                "SELECT reason, count(*) FROM refused GROUP BY reason ORDER BY reason"
+            ).fetchall()
+
+        with self._lock:
+            rows = self._run(work)
+        return {str(r): int(n) for r, n in rows}
+
+    def refused_wire(self, n: int) -> bytes | None:
+        """The kept bytes of refusal ``n`` (for audit tools), or None."""
+
+        def work(conn: psycopg.Connection[tuple[Any, ...]]) -> bytes | None:
+            row = conn.execute("SELECT wire FROM refused WHERE n = %s", (n,)).fetchone()
+            return None if row is None else bytes(row[0])
+
+        with self._lock:
             return self._run(work)
+
+    # -- reading ---------------------------------------------------------------------------
 
     def readings(self, box_id: str | None = None) -> Iterator[StoredReading]:
         """Every stored reading in arrival order (optionally of one box)."""

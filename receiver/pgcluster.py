@@ -224,6 +224,11 @@ class PrivateCluster:
         next start PostgreSQL replays its write-ahead log, so every commit that was
         acknowledged must still be there.
         """
+        self.halt(mode, timeout_s=timeout_s)
+        self._start_server(timeout_s)
+
+    def halt(self, mode: str = "immediate", *, timeout_s: float = 60.0) -> None:
+        """Stop the server but keep its data, for an outage of any length (see :meth:`resume`)."""
         if mode not in ("smart", "fast", "immediate"):
             raise ValueError(f"unknown shutdown mode {mode!r}")
         self._run(
@@ -231,7 +236,11 @@ class PrivateCluster:
         )
         self.running = False
         self._wait_gone(10.0)
-        self._start_server(timeout_s)
+
+    def resume(self, *, timeout_s: float = 60.0) -> None:
+        """Start a server stopped by :meth:`halt` again on the same data."""
+        if not self.running:
+            self._start_server(timeout_s)
 
     def stop(self) -> None:
         """Stop the server (fast shutdown) and remove the directory; safe to call twice."""

@@ -22,6 +22,11 @@ done
 if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
   missing+=("postgresql")
 fi
+# The broker's subscription check (receiver/mosquitto/dho_subscribe_acl.c) is a Mosquitto
+# plugin compiled on first use: a C compiler and Mosquitto's plugin headers.
+command -v cc >/dev/null 2>&1 || missing+=("gcc" "libc6-dev")
+[ -e /usr/include/mosquitto_plugin.h ] || missing+=("mosquitto-dev")
+[ -e /usr/include/mosquitto.h ] || missing+=("libmosquitto-dev")
 # A fresh Debian 12 python3 cannot make a venv without python3-venv.
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
   missing+=("python3-venv")

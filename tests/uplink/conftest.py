@@ -14,6 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.uplink.link import LinkConfig
+from receiver import brokerplugin
 from receiver.localstack import (
     MOSQUITTO,
     PKI,
@@ -33,6 +34,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
 def broker(pki: PKI, tmp_path: Path) -> Iterator[Broker]:
     if not Path(MOSQUITTO).exists():
         pytest.skip("mosquitto is not installed (make test installs it when run as root)")
+    reason = brokerplugin.unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"{reason} (make test installs it when run as root)")
     b = Broker(pki, tmp_path / "broker")
     b.start()
     yield b

@@ -41,7 +41,7 @@ async def _stop(task: asyncio.Task[None]) -> None:
 async def test_delivery_end_to_end_with_acknowledgements(broker, receivers, tmp_path):
     key = Ed25519PrivateKey.generate()
     db = tmp_path / "receiver.db"
-    enrol(db, "box-0001", key)
+    enrol(db, "box-0001", key, ["pt-0001"])
     receivers(1, db=db)
     watcher = RawClient(broker, "dho-service", subscribe=(protocol.status_topic("box-0001"),))
     uplink, buf = await open_agent(broker, tmp_path / "agent", "box-0001", key, batch_start=5)
@@ -78,7 +78,7 @@ async def test_delivery_end_to_end_with_acknowledgements(broker, receivers, tmp_
 async def test_same_batch_twice_stores_once(broker, receivers, tmp_path, pki):
     key = Ed25519PrivateKey.generate()
     db = tmp_path / "receiver.db"
-    enrol(db, "box-0001", key)
+    enrol(db, "box-0001", key, ["pt-0001"])
     receivers(1, db=db)
     box = RawClient(broker, "box-0001", subscribe=(protocol.ack_topic("box-0001"),))
     readings = f.mixed_readings(10)
@@ -97,7 +97,7 @@ async def test_same_batch_twice_stores_once(broker, receivers, tmp_path, pki):
 async def test_broker_restart_loses_nothing_and_stores_nothing_twice(broker, receivers, tmp_path):
     key = Ed25519PrivateKey.generate()
     db = tmp_path / "receiver.db"
-    enrol(db, "box-0001", key)
+    enrol(db, "box-0001", key, ["pt-0001"])
     receivers(1, db=db)
     uplink, buf = await open_agent(
         broker, tmp_path / "agent", "box-0001", key, batch_start=5, batch_max=5
@@ -126,7 +126,7 @@ async def test_broker_restart_loses_nothing_and_stores_nothing_twice(broker, rec
 async def test_receiver_killed_and_restarted_loses_nothing(broker, receivers, tmp_path):
     key = Ed25519PrivateKey.generate()
     db = tmp_path / "receiver.db"
-    enrol(db, "box-0001", key)
+    enrol(db, "box-0001", key, ["pt-0001"])
     rx = receivers(1, db=db)
     uplink, buf = await open_agent(
         broker, tmp_path / "agent", "box-0001", key, batch_start=5, batch_max=5
@@ -184,7 +184,7 @@ def _child_config(broker, pki, root: Path, key: Ed25519PrivateKey, *, append: bo
 def test_agent_killed_between_publish_and_ack(broker, receivers, tmp_path, pki):
     key = Ed25519PrivateKey.generate()
     db = tmp_path / "receiver.db"
-    enrol(db, "box-0003", key)
+    enrol(db, "box-0003", key, ["pt-0001"])
     rx = receivers(1, db=db)
     rx.stop()  # the receiver's session (and shared subscription) stays at the broker
     root = tmp_path / "child"
@@ -245,8 +245,8 @@ async def test_two_receivers_share_the_load_and_store_each_reading_once(
 ):
     db = tmp_path / "receiver.db"
     keys = {f"box-00{i:02d}": Ed25519PrivateKey.generate() for i in range(10, 13)}
-    for box, key in keys.items():
-        enrol(db, box, key)
+    for i, (box, key) in enumerate(keys.items()):
+        enrol(db, box, key, [f"pt-{i}"])
     rx1 = receivers(1, db=db)
     rx2 = receivers(2, db=db)
     agents = []
@@ -272,7 +272,7 @@ async def test_two_receivers_share_the_load_and_store_each_reading_once(
 async def test_no_acknowledgement_means_release_shrink_and_resend(broker, receivers, tmp_path):
     key = Ed25519PrivateKey.generate()
     db = tmp_path / "receiver.db"
-    enrol(db, "box-0001", key)
+    enrol(db, "box-0001", key, ["pt-0001"])
     uplink, buf = await open_agent(
         broker,
         tmp_path / "agent",
@@ -307,7 +307,7 @@ async def test_flapping_link_shrinks_batches_and_still_delivers_once(broker, rec
 
     key = Ed25519PrivateKey.generate()
     db = tmp_path / "receiver.db"
-    enrol(db, "box-0001", key)
+    enrol(db, "box-0001", key, ["pt-0001"])
     receivers(1, db=db)
     proxy = FlakyProxy(broker.port)
     await proxy.start()

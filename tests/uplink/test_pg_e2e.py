@@ -23,8 +23,8 @@ async def test_two_receivers_on_postgres_store_each_reading_once_across_a_databa
         pytest.skip("needs the private cluster (DHO_TEST_POSTGRES_DSN names another server)")
     keys = {f"box-00{i:02d}": Ed25519PrivateKey.generate() for i in range(20, 23)}
     store = PostgresStore(pg_dsn)
-    for box, key in keys.items():
-        store.enrol(box, protocol.public_key_bytes(key))
+    for i, (box, key) in enumerate(keys.items()):
+        store.enrol(box, protocol.public_key_bytes(key), [f"pt-{i}"])
     rx1 = receivers(1, postgres_dsn=pg_dsn)
     rx2 = receivers(2, postgres_dsn=pg_dsn)
     agents = []

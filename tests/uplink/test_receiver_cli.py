@@ -26,7 +26,10 @@ def test_keys_enrolment_and_export(tmp_path):
 
     db = tmp_path / "r.db"
     box = Ed25519PrivateKey.generate()
-    res = runner.invoke(app, ["enrol", "box-0001", p.public_key_bytes(box).hex(), "--db", str(db)])
+    res = runner.invoke(
+        app,
+        ["enrol", "box-0001", p.public_key_bytes(box).hex(), "--db", str(db), "-p", "pt-0001"],
+    )
     assert res.exit_code == 0, res.output
     assert runner.invoke(app, ["enrol", "box-0002", "zz", "--db", str(db)]).exit_code == 2
 

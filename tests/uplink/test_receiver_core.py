@@ -28,8 +28,8 @@ def service_key():
 @pytest.fixture
 def store(tmp_path, box_key):
     s = SqliteStore(tmp_path / "r.db")
-    s.enrol(BOX, p.public_key_bytes(box_key))
-    s.enrol(OTHER, p.public_key_bytes(Ed25519PrivateKey.generate()))
+    s.enrol(BOX, p.public_key_bytes(box_key), ["pt-0001"])
+    s.enrol(OTHER, p.public_key_bytes(Ed25519PrivateKey.generate()), ["pt-0002"])
     yield s
     s.close()
 
@@ -164,3 +164,87 @@ def test_forged_unknown_misrouted_oversized_malformed_never_stored(
     assert _ack(out, service_key).result is p.AckResult.REJECTED_MALFORMED
     assert store.count() == 0
     assert receiver.counters["forged"] == 2
+
+
+def test_a_reading_for_an_unassigned_patient_refuses_the_batch_with_an_alarm(
+    receiver, store, box_key, service_key, caplog
+):
+    readings = [*f.mixed_readings(3), f.bp_reading(7, patient="pt-0002")]  # OTHER's patient
+    env, wire = p.seal_batch(BOX, 1, readings, box_key, created_ms=1)
+    out = receiver.handle(p.batch_topic(BOX), wire)
+    assert (out.accepted, out.reason) == (False, "forbidden")
+    assert _ack(out, service_key).result is p.AckResult.REJECTED_FORBIDDEN
+    assert store.count() == 0  # all or nothing: the batch is refused as a whole
+    assert receiver.alarms == 1
+    assert "ALARM batch refused (forbidden)" in caplog.text
+    assert "pt-000" not in caplog.text  # the alarm names no patient
+    (kept,) = store.refused(BOX)
+    assert (kept.reason, kept.batch_id, kept.seq) == ("forbidden", env.batch_id, 1)
+    assert store.refused_wire(kept.n) == wire
+    # the service assigns the patient: the same envelope is now stored
+    store.assign(BOX, ["pt-0002"])
+    assert receiver.handle(p.batch_topic(BOX), wire).reason == "stored"
+    # and unassigns it again: new readings for it are refused, stored ones stay
+    store.unassign(BOX, ["pt-0002"])
+    _, again = p.seal_batch(BOX, 2, [f.bp_reading(8, patient="pt-0002")], box_key, created_ms=2)
+    assert receiver.handle(p.batch_topic(BOX), again).reason == "forbidden"
+    assert store.count() == 4
+
+
+def test_deduplication_is_scoped_to_the_box(tmp_path, service_key):
+    # Two boxes of one household, both assigned the patient. Box A sends a copy of the cuff's
+    # measurement first (same device, time and values: the same natural key, another id).
+    # Box B's genuine reading is still stored, not answered as a duplicate of A's.
+    from dataclasses import replace
+
+    from agent.ids import uuid7
+
+    a_key, b_key = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    store = SqliteStore(tmp_path / "r.db")
+    store.enrol("box-a", p.public_key_bytes(a_key), ["pt-0001"])
+    store.enrol("box-b", p.public_key_bytes(b_key), ["pt-0001"])
+    rx = Receiver(store, service_key)
+    genuine = f.bp_reading(3)
+    copy = replace(genuine, id=uuid7())
+    out = rx.handle(
+        p.batch_topic("box-a"), p.seal_batch("box-a", 1, [copy], a_key, created_ms=1)[1]
+    )
+    assert (out.stored, out.duplicates) == (1, 0)
+    out = rx.handle(
+        p.batch_topic("box-b"), p.seal_batch("box-b", 1, [genuine], b_key, created_ms=1)[1]
+    )
+    assert (out.reason, out.stored, out.duplicates) == ("stored", 1, 0)
+    assert [s.box_id for s in store.readings()] == ["box-a", "box-b"]
+    # within one box the natural key still de-duplicates a device's resend
+    resend = replace(genuine, id=uuid7())
+    out = rx.handle(
+        p.batch_topic("box-b"), p.seal_batch("box-b", 2, [resend], b_key, created_ms=2)[1]
+    )
+    assert (out.stored, out.duplicates) == (0, 1)
+    # a reading id another box delivered refuses the batch, with an alarm
+    out = rx.handle(
+        p.batch_topic("box-a"), p.seal_batch("box-a", 2, [genuine], a_key, created_ms=2)[1]
+    )
+    assert out.reason == "forbidden"
+    assert _ack(out, service_key, "box-a").result is p.AckResult.REJECTED_FORBIDDEN
+    assert rx.alarms == 1
+    assert store.count() == 2
+    store.close()
+
+
+def test_every_refusal_is_kept_for_audit(receiver, store, box_key):
+    readings = f.mixed_readings(2)
+    _, forged = p.seal_batch(BOX, 1, readings, Ed25519PrivateKey.generate(), created_ms=1)
+    receiver.handle(p.batch_topic(BOX), forged)
+    receiver.handle(p.batch_topic(BOX), b"\x93garbage" + bytes(70))
+    receiver.handle("dho/v1/up/box-0001/wrong", b"x" * 100)
+    _, stranger = p.seal_batch("box-7777", 1, readings, box_key, created_ms=1)
+    receiver.handle(p.batch_topic("box-7777"), stranger)
+    reasons = {(e.box_id, e.reason) for e in store.refused()}
+    assert reasons == {
+        (BOX, "forged"),
+        (BOX, "malformed"),
+        ("", "malformed"),
+        ("box-7777", "unknown-box"),
+    }
+    assert store.refused_counts() == {"forged": 1, "malformed": 2, "unknown-box": 1}

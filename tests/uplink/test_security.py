@@ -47,20 +47,21 @@ async def _no_message_async(client: RawClient, wait: float = 1.0) -> None:
 async def test_box_cannot_publish_or_listen_under_another_box_id(broker, receivers, tmp_path, pki):
     db = tmp_path / "receiver.db"
     k1, k2 = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
-    enrol(db, "box-0001", k1)
-    enrol(db, "box-0002", k2)
+    enrol(db, "box-0001", k1, ["pt-0001"])
+    enrol(db, "box-0002", k2, ["pt-0001"])
     receivers(1, db=db)
     mallory = RawClient(broker, "box-0001")
     # even with box-0002's signing key, box-0001's certificate cannot publish under box-0002
     _, wire = protocol.seal_batch("box-0002", 1, f.mixed_readings(3), k2, created_ms=1)
     assert mallory.publish(protocol.batch_topic("box-0002"), wire) == 0x87  # not authorised
-    # Mosquitto grants the subscriptions but the ACL filters every delivery (checked below)
+    # the broker's subscription check refuses them (SUBACK 0x87), and the ACL would filter
+    # every delivery anyway (checked below)
     for topic in (
         protocol.ack_topic("box-0002"),
         protocol.command_topic("box-0002"),
         "dho/v1/down/#",
     ):
-        mallory.subscribe(topic)
+        assert mallory.subscribe(topic) == [0x87]
     await asyncio.sleep(1.0)
     assert _count(db) == 0
     # the same batch from box-0002's own connection is stored: the ACL made the difference
@@ -69,10 +70,55 @@ async def test_box_cannot_publish_or_listen_under_another_box_id(broker, receive
     ack = protocol.open_ack(owner.get()[1], pki.service_key.public_key(), "box-0002")
     assert ack.result is protocol.AckResult.STORED
     service = RawClient(broker, "dho-service")
-    assert service.publish(protocol.command_topic("box-0002"), b"for box-0002 only") == 0
+    # accepted; 0x10 "no matching subscribers": nobody could subscribe to box-0002's commands
+    assert service.publish(protocol.command_topic("box-0002"), b"for box-0002 only") == 0x10
     _no_message(mallory, 1.0)  # box-0001 saw neither the acknowledgement nor the command
     assert _count(db) == 3
     service.close()
+    mallory.close()
+    owner.close()
+
+
+async def test_box_cannot_join_the_receivers_shared_subscription(broker, receivers, tmp_path, pki):
+    # A box that joins the receivers' share group would take its turn in the group's round
+    # robin and the ACL would then drop what it was handed: every n-th batch of every box would
+    # vanish. The broker refuses such subscriptions, and every batch reaches a receiver.
+    db = tmp_path / "receiver.db"
+    key = Ed25519PrivateKey.generate()
+    enrol(db, "box-0002", key, ["pt-0001"])
+    receivers(1, db=db)
+    mallory = RawClient(broker, "box-0001")
+    hostile = (
+        protocol.SHARED_BATCH_SUBSCRIPTION,
+        f"$share/{protocol.SHARE_GROUP}/dho/v1/up/box-0002/batch",
+        "$share/other-group/dho/v1/up/+/batch",
+        "$share/g/dho/v1/down/box-0001/ack",  # even a share of its own topic
+        "dho/v1/up/+/batch",
+        "dho/v1/down/box-0001/+",
+        "dho/v1/down/box-00011/ack",
+        "#",
+        "$SYS/#",
+    )
+    for topic in hostile:
+        assert mallory.subscribe(topic) == [0x87], topic
+    assert mallory.subscribe(protocol.ack_topic("box-0001")) == [1]
+    assert mallory.subscribe(protocol.command_topic("box-0001")) == [1]
+    owner = RawClient(broker, "box-0002", subscribe=(protocol.ack_topic("box-0002"),))
+    readings = f.mixed_readings(24)
+    for seq in range(1, 13):
+        _, wire = protocol.seal_batch(
+            "box-0002", seq, readings[2 * seq - 2 : 2 * seq], key, created_ms=seq
+        )
+        assert owner.publish(protocol.batch_topic("box-0002"), wire) == 0
+    acks = [
+        protocol.open_ack(owner.get(10)[1], pki.service_key.public_key(), "box-0002")
+        for _ in range(12)
+    ]
+    assert sorted(a.seq for a in acks) == list(range(1, 13))
+    assert all(a.result is protocol.AckResult.STORED for a in acks)
+    assert _count(db) == 24
+    _no_message(mallory, 1.0)
+    assert "refused subscription of box-0001" in broker.log()
     mallory.close()
     owner.close()
 
@@ -125,7 +171,7 @@ async def test_link_errors_are_typed_and_clear(broker, pki):
 async def test_forged_and_replayed_batches_are_never_stored(broker, receivers, tmp_path, pki):
     db = tmp_path / "receiver.db"
     key = Ed25519PrivateKey.generate()
-    enrol(db, "box-0001", key)
+    enrol(db, "box-0001", key, ["pt-0001"])
     receivers(1, db=db)
     box = RawClient(broker, "box-0001", subscribe=(protocol.ack_topic("box-0001"),))
     readings = f.mixed_readings(6)
