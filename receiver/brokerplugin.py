@@ -25,8 +25,10 @@ from pathlib import Path
 from typing import Final
 
 SOURCE: Final = Path(__file__).resolve().parent / "mosquitto" / "dho_subscribe_acl.c"
-BOX_FILTERS: Final = ("dho/v1/down/%u/ack", "dho/v1/down/%u/cmd")
-"""The only subscriptions a box may make (``%u`` is its username, the certificate CN)."""
+BOX_FILTERS: Final = ("dho/v1/down/%u/ack", "dho/v1/down/%u/cmd", "dho/v1/enrol/%c/reply")
+"""The only subscriptions a box may make: ``%u`` is its username (the certificate CN),
+``%c`` its client id (a box enrolling logs in as ``dho-enrol`` with its token id as client id,
+``docs/enrolment.md``). They match the ``pattern read`` lines of ``dho.acl``."""
 HEADERS: Final = ("/usr/include/mosquitto_plugin.h", "/usr/include/mosquitto.h")
 
 

@@ -58,6 +58,7 @@ from receiver.store import AuditLimits, SqliteStore, Store
 
 _LOG = logging.getLogger("receiver")
 
+
 class Desk(Protocol):
     """The enrolment desk's side of the subscription (:class:`receiver.enrolment.Registrar`)."""
 
@@ -355,7 +356,7 @@ class _Inbound:
 
 class ReceiverService:
     """One receiver process: MQTT session, a worker thread, :class:`Receiver` and, when
-configured, the enrolment desk (its requests go through the same worker)."""
+    configured, the enrolment desk (its requests go through the same worker)."""
 
     def __init__(
         self,

@@ -11,13 +11,13 @@
  *
  * What: a box (any user not named in service_users) may subscribe only to the exact filters
  * in box_filters, where "%u" stands for its username (its certificate CN, which is its box
- * id). Anything else, every wildcard and every "$share/..." included, is refused with
+ * id) and "%c" for its client id (the enrolment account logs in with its token id). Anything else, every wildcard and every "$share/..." included, is refused with
  * SUBACK 0x87 (not authorised). Service users' subscriptions, all publishes and all
  * deliveries are left to the ACL file (MOSQ_ERR_PLUGIN_DEFER).
  *
  * Configuration (mosquitto.conf), see docs/receiver.md:
  *   plugin /usr/lib/mosquitto/dho_subscribe_acl.so
- *   plugin_opt_box_filters dho/v1/down/%u/ack dho/v1/down/%u/cmd
+ *   plugin_opt_box_filters dho/v1/down/%u/ack dho/v1/down/%u/cmd dho/v1/enrol/%c/reply
  *   plugin_opt_service_users dho-receiver-1 dho-receiver-2 dho-service
  *
  * Build: cc -O2 -Wall -Wextra -Werror -fPIC -shared -o dho_subscribe_acl.so
@@ -65,15 +65,21 @@ static int split(struct words *out, const char *value)
 	return MOSQ_ERR_SUCCESS;
 }
 
-/* True when topic equals pattern with every "%u" replaced by username. */
-static bool matches(const char *pattern, const char *username, const char *topic)
+/* True when topic equals pattern with every "%u" replaced by username and every "%c" by
+ * client id. A name that holds a topic separator or a wildcard never matches. */
+static bool matches(const char *pattern, const char *username, const char *client_id,
+		const char *topic)
 {
-	size_t ulen = strlen(username);
+	const char *name;
+	size_t len;
 
 	while(*pattern){
-		if(pattern[0] == '%' && pattern[1] == 'u'){
-			if(strncmp(topic, username, ulen) != 0) return false;
-			topic += ulen;
+		if(pattern[0] == '%' && (pattern[1] == 'u' || pattern[1] == 'c')){
+			name = pattern[1] == 'u' ? username : client_id;
+			if(name == NULL || name[0] == '\0' || strpbrk(name, "/+#") != NULL) return false;
+			len = strlen(name);
+			if(strncmp(topic, name, len) != 0) return false;
+			topic += len;
 			pattern += 2;
 		}else{
 			if(*topic != *pattern) return false;
@@ -111,7 +117,9 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 	if(strpbrk(username, "/+#") != NULL) return MOSQ_ERR_ACL_DENIED;
 
 	for(i = 0; i < cfg.box_filters.count; i++){
-		if(matches(cfg.box_filters.word[i], username, ed->topic)) return MOSQ_ERR_PLUGIN_DEFER;
+		if(matches(cfg.box_filters.word[i], username, mosquitto_client_id(ed->client), ed->topic)){
+			return MOSQ_ERR_PLUGIN_DEFER;
+		}
 	}
 	mosquitto_log_printf(MOSQ_LOG_NOTICE,
 			"dho_subscribe_acl: refused subscription of %s to %s", username, ed->topic);

@@ -96,6 +96,8 @@ async def test_box_cannot_join_the_receivers_shared_subscription(broker, receive
         "dho/v1/up/+/batch",
         "dho/v1/down/box-0001/+",
         "dho/v1/down/box-00011/ack",
+        "dho/v1/enrol/+/reply",
+        "dho/v1/enrol/#",
         "#",
         "$SYS/#",
     )
