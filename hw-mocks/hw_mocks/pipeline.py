@@ -190,7 +190,7 @@ def _service_side(root: Path, home: Household) -> tuple[Broker, ReceiverProcess,
         agent_root = root / "agent"
         agent_root.mkdir(mode=0o700)
         signing, signing_file, service_file = _write_keys(agent_root, service_pub)
-        enrol(db, BOX_ID, signing, [PATIENT])
+        enrol(db, BOX_ID, signing, sorted({a.patient for a in home.assignments}))
         receiver.start()
     except BaseException:
         broker.stop()

@@ -35,7 +35,7 @@ def _delivered(db: Path) -> list[StoredReading]:
 async def test_card_to_receiver(broker, receivers, tmp_path):  # noqa: F811
     key = Ed25519PrivateKey.generate()
     db = tmp_path / "receiver.db"
-    enrol(db, BOX, key)
+    enrol(db, BOX, key, [PATIENT])
     receivers(1, db=db)
     agent_dir = tmp_path / "agent"
     uplink, buf = await open_agent(broker, agent_dir, BOX, key, batch_start=20, batch_max=50)
