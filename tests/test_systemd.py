@@ -31,3 +31,15 @@ def test_unit_runs_the_agent_as_its_own_user_with_a_sealed_key() -> None:
     assert "User=dho-gateway" in text
     assert "LoadCredentialEncrypted=dho-buffer-kek" in text
     assert "UMask=0077" in text
+
+
+def test_unit_has_the_hardening_of_issue_9() -> None:
+    """MemoryDenyWriteExecute, PrivateUsers and an IP allow-list (tests/test_sandbox.py shows
+    the agent works under the first two; the broker's addresses come as a drop-in)."""
+    lines = {line.strip() for line in UNIT.read_text().splitlines()}
+    assert "MemoryDenyWriteExecute=yes" in lines
+    assert "PrivateUsers=yes" in lines
+    assert "IPAddressDeny=any" in lines
+    assert "IPAddressAllow=localhost" in lines
+    assert "Type=notify" in lines
+    assert "WatchdogSec=60" in lines
