@@ -8,7 +8,7 @@ are the box's runtime paths; :func:`agent_config` loads it for a box under a roo
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -81,7 +81,7 @@ def devices(doc: TOMLDocument) -> list[dict[str, Any]]:
     return [dict(t.unwrap()) if isinstance(t, Table) else dict(t) for t in value]
 
 
-def set_devices(doc: TOMLDocument, tables: list[Mapping[str, Any]]) -> None:
+def set_devices(doc: TOMLDocument, tables: Sequence[Mapping[str, Any]]) -> None:
     """Replace every ``[[devices]]`` table."""
     if not tables:
         doc.pop("devices", None)

@@ -5,8 +5,6 @@ decommission. See ``docs/operations.md``; exit codes are :class:`provisioning.ui
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
@@ -253,79 +251,267 @@ def enroll_command(
     out.print("next: dho-provision assign ... for each device, then dho-provision selftest")
 
 
-def _toml_table(name: str, table: Mapping[str, Any]) -> str:
-    """One ``[[name]]`` table of strings, booleans and integers (what an assignment holds)."""
-    lines = [f"[[{name}]]"]
-    for key, value in table.items():
-        if isinstance(value, bool):
-            lines.append(f"{key} = {'true' if value else 'false'}")
-        elif isinstance(value, int):
-            lines.append(f"{key} = {value}")
-        elif value is not None:
-            lines.append(f"{key} = {json.dumps(str(value))}")  # JSON escapes are TOML escapes
-    return "\n".join(lines)
+FamilyArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="FAMILY",
+        help="and-bpm, omron-bpm, bpm (Beurer and plain cuffs), plx, nonin",
+    ),
+]
+PatientOpt = Annotated[
+    str, typer.Option("--patient", "-p", help="The patient reference from the DHO service.")
+]
+
+
+def _ble_assignment(family: str, address: str, patient: str, **extra: Any) -> Any:
+    from agent.drivers.ble import DeviceAssignment
+    from agent.drivers.ble.families import FAMILIES
+
+    if family not in FAMILIES:
+        raise ProvisionError(
+            f"unknown device family {family!r}",
+            next_step=f"use one of: {', '.join(FAMILIES)}",
+            code=ExitCode.USAGE,
+        )
+    try:
+        return DeviceAssignment(family, patient=patient, address=address, **extra)
+    except ValueError as exc:
+        raise ProvisionError(str(exc), code=ExitCode.USAGE) from None
 
 
 @app.command("pair")
 def pair(
-    family: Annotated[
-        str, typer.Argument(help="and-bpm, omron-bpm, bpm (Beurer and plain cuffs), plx, nonin")
-    ],
-    address: Annotated[str, typer.Argument(help="the device's Bluetooth address")],
-    patient: Annotated[str, typer.Option(help="the patient reference from the DHO service")],
-    model: Annotated[str, typer.Option(help="model, if the device does not say")] = "",
-    manufacturer: Annotated[str, typer.Option(help="manufacturer, if the device does not")] = "",
-    adapter: Annotated[str, typer.Option(help="Bluetooth adapter")] = "hci0",
-    scan_timeout: Annotated[float, typer.Option(help="seconds to wait for it to advertise")] = 30,
-    bond: Annotated[bool, typer.Option(help="pair and bond (most devices need it)")] = True,
+    family: FamilyArg,
+    address: Annotated[str, typer.Argument(metavar="ADDRESS", help="The device's address.")],
+    patient: PatientOpt,
+    model: Annotated[str, typer.Option(help="Model, if the device does not say.")] = "",
+    manufacturer: Annotated[str, typer.Option(help="Manufacturer, if it does not.")] = "",
+    adapter: Annotated[str | None, typer.Option(help="Bluetooth adapter (default hci0).")] = None,
+    scan_timeout: Annotated[float, typer.Option(help="Seconds to wait for it to advertise.")] = 30,
+    bond: Annotated[bool, typer.Option(help="Pair and bond (most devices need it).")] = True,
+    root: RootOpt = Path("/"),
+    as_json: JsonOpt = False,
 ) -> None:
-    """Pair one device with this box and print the ``[[devices]]`` table for agent.toml.
+    """Pair a Bluetooth device and assign it to a patient: writes its [[devices]] table.
 
-    Put the device in pairing mode first. If it shows a passkey, you are asked for it.
+    Put the device in pairing mode first. If it shows a passkey, you are asked for it. The
+    device must be of the family given (a cuff is refused as an oximeter). A running agent
+    holds the devices: on a systemd box it is stopped for the pairing and started again.
     """
-    from agent.drivers.ble import BleTransportError, DeviceAssignment, DeviceFamily, pair_device
+    from agent.drivers.ble import DeviceAssignment, pair_device
+    from provisioning import devices
 
+    layout = BoxLayout(root)
+    cfg = boxconfig_config(layout)
+    wanted = _ble_assignment(
+        family, address, patient, model=model, manufacturer=manufacturer, bond=bond
+    )
+    devices.check_patient(layout, patient)
+    adapter = devices.environment_adapter(cfg, adapter)
+    stopped = False
+    running = devices.agent_running(layout)
+    if running is not None:
+        if not devices.systemd_manages(layout):
+            raise ProvisionError(
+                f"the agent is running (pid {running}) and holds the Bluetooth devices, so the "
+                "device cannot be paired now",
+                next_step="stop the agent (systemctl stop dho-agent), pair, start it again; or "
+                "dho-provision assign (the agent pairs Just Works devices itself)",
+                code=ExitCode.BUSY,
+            )
+        console().print("stopping the agent for the pairing (it holds the devices) ...")
+        devices.systemctl("stop", "dho-agent.service")
+        stopped = True
     try:
-        assignment = DeviceAssignment(
-            DeviceFamily(family),
+        devices.adapter_present(adapter)
+
+        async def ask_passkey(_address: str) -> int | None:
+            text: str = await asyncio.to_thread(
+                typer.prompt, "passkey shown on the device (6 digits, empty to refuse)", default=""
+            )
+            return int(text) if text.strip().isdigit() else None
+
+        if not as_json:
+            console().print(
+                f"looking for {wanted.log_id} ({scan_timeout:.0f} s): put it in pairing mode",
+                markup=False,
+            )
+        try:
+            enrolled = asyncio.run(
+                pair_device(wanted, adapter=adapter, passkey=ask_passkey, scan_timeout=scan_timeout)
+            )
+        except Exception as exc:  # noqa: BLE001 - every Bluetooth failure gets its own message
+            raise devices.ble_error(exc, adapter) from None
+        final = DeviceAssignment(
+            wanted.family,
             patient=patient,
-            address=address,
-            model=model,
-            manufacturer=manufacturer,
+            address=enrolled.address or address,
+            model=enrolled.model or model,
+            manufacturer=enrolled.manufacturer or manufacturer,
+            serial=enrolled.serial,
             bond=bond,
         )
-    except ValueError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-
-    async def ask_passkey(_address: str) -> int | None:
-        text: str = await asyncio.to_thread(
-            typer.prompt, "passkey shown on the device (6 digits, empty to refuse)", default=""
+        log_id, replaced = devices.assign(layout, final.to_config())
+    finally:
+        if stopped:
+            devices.systemctl("start", "dho-agent.service")
+    note = "the agent was started again" if stopped else devices.restart_agent(layout)
+    if as_json:
+        echo_json(
+            {
+                "device": log_id,
+                "family": family,
+                "model": final.model,
+                "manufacturer": final.manufacturer,
+                "firmware": enrolled.firmware,
+                "clock_set": enrolled.time_set,
+                "replaced": replaced,
+            }
         )
-        return int(text) if text.strip().isdigit() else None
-
-    try:
-        enrolled = asyncio.run(
-            pair_device(assignment, adapter=adapter, passkey=ask_passkey, scan_timeout=scan_timeout)
-        )
-    except BleTransportError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
-    final = DeviceAssignment(
-        assignment.family,
-        patient=patient,
-        address=enrolled.address or address,
-        model=enrolled.model or model,
-        manufacturer=enrolled.manufacturer or manufacturer,
-        serial=enrolled.serial,
-        bond=bond,
-    )
-    typer.echo(
-        f"paired {final.log_id}: {final.manufacturer or '?'} {final.model or '?'}, "
+        return
+    console().print(
+        f"paired and assigned {log_id}: {final.manufacturer or '?'} {final.model or '?'}, "
         f"firmware {enrolled.firmware or '?'}, clock {'set' if enrolled.time_set else 'not set'}"
+        f"; written to agent.toml{' (replacing its old table)' if replaced else ''}; {note}",
+        markup=False,
     )
-    typer.echo("add to /etc/dho-gateway/agent.toml:\n")
-    typer.echo(_toml_table("devices", final.to_config()))
+
+
+def boxconfig_config(layout: BoxLayout) -> Any:
+    """The box's agent configuration (paths under the root)."""
+    from provisioning import boxconfig
+
+    return boxconfig.agent_config(layout)
+
+
+def _value(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ProvisionError(f"--set takes KEY=VALUE, not {text!r}", code=ExitCode.USAGE)
+    key, value = text.split("=", 1)
+    if value.lower() in ("true", "false"):
+        return key, value.lower() == "true"
+    if value.lstrip("-").isdigit():
+        return key, int(value)
+    return key, value
+
+
+@app.command("assign")
+def assign_command(
+    kind: Annotated[
+        str,
+        typer.Argument(
+            metavar="KIND",
+            help="A Bluetooth family (and-bpm, omron-bpm, bpm, plx, nonin), serial, or cpap-card.",
+        ),
+    ],
+    target: Annotated[
+        str,
+        typer.Argument(
+            metavar="DEVICE",
+            help="Bluetooth address, serial port (/dev/serial/by-path/...), or the card's "
+            "mount directory.",
+        ),
+    ],
+    patient: PatientOpt,
+    model: Annotated[str, typer.Option(help="Model.")] = "",
+    manufacturer: Annotated[str, typer.Option(help="Manufacturer.")] = "",
+    serial_number: Annotated[
+        str, typer.Option("--serial-number", help="Serial number (BLE; read at pairing).")
+    ] = "",
+    settings: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="More KEY=VALUE for the device's table (repeat)."),
+    ] = None,
+    root: RootOpt = Path("/"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Assign a device to a patient without pairing: writes its [[devices]] table.
+
+    For Bluetooth devices that pair by Just Works (the agent pairs them itself), serial
+    devices and the CPAP's SD card. The table is checked as the agent checks it; an error
+    names the key.
+    """
+    from provisioning import devices
+
+    layout = BoxLayout(root)
+    extra = dict(_value(s) for s in settings or [])
+    table: dict[str, Any]
+    if kind == "serial":
+        table = {"transport": "serial", "port": target, "patient": patient, **extra}
+    elif kind in ("cpap-card", "cpap"):
+        table = {"transport": "cpap-card", "family": "resmed", "path": target, "patient": patient}
+        table.update(extra)
+    else:
+        wanted = _ble_assignment(
+            kind,
+            target,
+            patient,
+            model=model,
+            manufacturer=manufacturer,
+            serial=serial_number or None,
+        )
+        table = {**wanted.to_config(), **extra}
+    for key, value in (("model", model), ("manufacturer", manufacturer)):
+        if value and kind in ("serial", "cpap-card", "cpap"):
+            table[key] = value
+    log_id, replaced = devices.assign(layout, table)
+    note = devices.restart_agent(layout)
+    if as_json:
+        echo_json({"device": log_id, "replaced": replaced, "table": {**table, "patient": "…"}})
+        return
+    console().print(
+        f"assigned {log_id}; written to agent.toml"
+        f"{' (replacing its old table)' if replaced else ''}; {note}",
+        markup=False,
+    )
+
+
+@app.command("unassign")
+def unassign_command(
+    device: Annotated[
+        str,
+        typer.Argument(
+            metavar="DEVICE", help="The device's id (dho-provision status), address or port."
+        ),
+    ],
+    root: RootOpt = Path("/"),
+) -> None:
+    """Stop reading a device: remove its [[devices]] table (its readings stay buffered)."""
+    from provisioning import devices
+
+    layout = BoxLayout(root)
+    log_id, _ = devices.unassign(layout, device)
+    console().print(
+        f"unassigned {log_id}; {devices.restart_agent(layout)}; readings already captured "
+        "are still delivered",
+        markup=False,
+    )
+
+
+@app.command("scan")
+def scan_command(
+    timeout: Annotated[float, typer.Option(help="Seconds to listen.")] = 10.0,
+    adapter: Annotated[str | None, typer.Option(help="Bluetooth adapter (default hci0).")] = None,
+    root: RootOpt = Path("/"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Bluetooth devices nearby, with what they look like, as they are heard (live table)."""
+    from provisioning import devices
+    from provisioning.scan import scan
+
+    layout = BoxLayout(root)
+    try:
+        cfg = boxconfig_config(layout)
+    except ProvisionError:
+        cfg = None
+    adapter = devices.environment_adapter(cfg, adapter)
+    devices.adapter_present(adapter)
+    assigned = {
+        str(d.get("address", "")).upper() for d in (cfg.devices if cfg else ()) if d.get("address")
+    }
+    found = scan(adapter, timeout, assigned, live=not as_json)
+    if as_json:
+        echo_json(found)
 
 
 @app.command("status")

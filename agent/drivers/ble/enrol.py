@@ -39,6 +39,46 @@ PAIRING_ADVICE = (
 )
 
 
+def family_characteristics(name: str) -> set[str]:
+    """The measurement characteristics a family reads (lower-case UUIDs)."""
+    from agent.drivers.profiles import profile
+
+    found: set[str] = set()
+    for prof in family(name).reads:
+        p = profile(prof)
+        found.update(u.lower() for u in (p.characteristic, *p.aliases) if u)
+    return found
+
+
+def families_served(characteristics: set[str]) -> list[str]:
+    """The families whose measurement characteristics a device has."""
+    from agent.drivers.ble.families import FAMILIES
+
+    return [n for n in FAMILIES if family_characteristics(n) & characteristics]
+
+
+def check_family(assignment: DeviceAssignment, characteristics: set[str]) -> None:
+    """Refuse a device that does not have what its family reads (an A&D cuff as ``nonin``).
+
+    Raises:
+        BleTransportError: ``wrong-device``, naming what the device looks like instead.
+    """
+    have = {c.lower() for c in characteristics}
+    if family_characteristics(assignment.family) & have:
+        return
+    words = {"bp-cuff": "blood-pressure cuff", "pulse-oximeter": "pulse oximeter"}
+    kinds = sorted(
+        {words.get(str(family(n).kind), str(family(n).kind)) for n in families_served(have)}
+    )
+    looks = f"it is a {' or '.join(kinds)}" if kinds else "it has no measurement we know"
+    fit = ", ".join(families_served(have))
+    raise BleTransportError(
+        ErrorClass.WRONG_DEVICE,
+        f"that device is not a {assignment.family} device: {looks}"
+        + (f" (families that fit: {fit})" if fit else ""),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class EnrolledDevice:
     """What pairing learned about a device (for the technician to build the assignment)."""
@@ -118,6 +158,21 @@ async def pair_device(
                 error_class, f"pairing {assignment.log_id} failed ({error_class}){advice}"
             ) from exc
         try:
+            chars = {c.uuid for svc in client.services for c in svc.characteristics}
+            try:
+                check_family(assignment, chars)
+            except BleTransportError:
+                with contextlib.suppress(Exception):  # no bond with the wrong device stays
+                    async with asyncio.timeout(10):
+                        await client.disconnect()
+                    await bus.call(
+                        bus.adapter_path,
+                        "org.bluez.Adapter1",
+                        "RemoveDevice",
+                        "o",
+                        [f"{bus.adapter_path}/dev_{device.address.upper().replace(':', '_')}"],
+                    )
+                raise
             info = [
                 await _read_text(client, u)
                 for u in (

@@ -47,6 +47,8 @@ class ErrorClass(StrEnum):
     GATT = "gatt"
     LINK_LOST = "link-lost"
     STORE = "store"
+    WRONG_DEVICE = "wrong-device"
+    """The device is not of the family it is assigned as (found when pairing)."""
     UNEXPECTED = "unexpected"
 
 
@@ -167,6 +169,7 @@ _DEFAULT_BASE: Final[dict[ErrorClass, float]] = {
     ErrorClass.GATT: 5.0,
     ErrorClass.LINK_LOST: 0.5,
     ErrorClass.STORE: 5.0,
+    ErrorClass.WRONG_DEVICE: 60.0,
     ErrorClass.UNEXPECTED: 10.0,
 }
 
