@@ -143,7 +143,7 @@ def _uplink(up: Mapping[str, Any], now: float) -> Iterable[Problem]:
 
 def _devices(report: Mapping[str, Any]) -> Iterable[Problem]:
     for name, section in report.items():
-        if not isinstance(section, Mapping) or not isinstance(section.get("devices"), list):
+        if not isinstance(section, Mapping):
             continue
         adapter = section.get("adapter")
         if (
@@ -157,9 +157,13 @@ def _devices(report: Mapping[str, Any]) -> Iterable[Problem]:
                 "dho-provision selftest checks the adapter",
                 Concern.FAULT,
             )
-        for dev in section["devices"]:
-            if not isinstance(dev, Mapping):
-                continue
+        entries = [
+            dev
+            for key in ("devices", "ports", "cards")
+            for dev in (section.get(key) or ())
+            if isinstance(dev, Mapping)
+        ]
+        for dev in entries:
             state = str(dev.get("state", ""))
             ident = dev.get("device", "?")
             if state in ("re-pair-needed", "unplugged", "missing", "port-missing"):

@@ -23,16 +23,25 @@ from provisioning.layout import BoxLayout
 from provisioning.ui import ExitCode, ProvisionError
 
 
+def reported_devices(report: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """Every device entry of the report's driver sections, by log id (BLE ``devices``,
+    serial ``ports``, CPAP ``cards``)."""
+    found: dict[str, Mapping[str, Any]] = {}
+    for section in report.values():
+        if not isinstance(section, Mapping):
+            continue
+        for key in ("devices", "ports", "cards"):
+            for dev in section.get(key) or ():
+                if isinstance(dev, Mapping) and "device" in dev:
+                    found[str(dev["device"])] = dev
+    return found
+
+
 def _device_rows(layout: BoxLayout, cfg: Any, report: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Each assigned device (from the configuration), with what the agent reports about it."""
     from agent.drivers.registry import validate_device_table
 
-    reported: dict[str, Mapping[str, Any]] = {}
-    for section in report.values():
-        if isinstance(section, Mapping) and isinstance(section.get("devices"), list):
-            for dev in section["devices"]:
-                if isinstance(dev, Mapping) and "device" in dev:
-                    reported[str(dev["device"])] = dev
+    reported = reported_devices(report)
     rows: list[dict[str, Any]] = []
     for i, table in enumerate(cfg.devices):
         try:
@@ -44,7 +53,7 @@ def _device_rows(layout: BoxLayout, cfg: Any, report: Mapping[str, Any]) -> list
             continue
         family = str(table.get("family", table.get("protocol", transport)))
         dev = reported.get(log_id, {})
-        last = dev.get("last_transfer") or dev.get("last_reading")
+        last = dev.get("last_transfer") or dev.get("last_reading") or dev.get("last_import")
         rows.append(
             {
                 "device": log_id,

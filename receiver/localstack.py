@@ -311,10 +311,12 @@ class ReceiverProcess:
         postgres_dsn: str | None = None,
         *,
         enrolment: bool = False,
+        box_port: int | None = None,
     ) -> None:
         self.broker = broker
         self.db = db
         self.n = n
+        self.box_port = box_port
         self.cn = f"dho-receiver-{n}"
         cert, key = broker.pki.client(self.cn)
         self.root = root
@@ -352,7 +354,7 @@ class ReceiverProcess:
             f'ca_cert = "{ca.ca_file}"',
             f'ca_key = "{ca.key_file}"',
             'broker_host = "127.0.0.1"',
-            f"broker_port = {self.broker.port}",
+            f"broker_port = {self.box_port or self.broker.port}",
             f'db = "{db.with_name("desk.db")}"',
             f'crl_file = "{self.root / "boxes.crl"}"',
         ]
