@@ -27,7 +27,7 @@ host stops after the announced length or after silence.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import ClassVar, Final
 
 from agent.drivers.serial._stream import (
     Garbage,
@@ -78,6 +78,8 @@ class ContecALive:
 class ContecAHeader:
     """A stored-download header trio ``F2 hh mm``: the recording's start time of day."""
 
+    JSON_EXTRAS: ClassVar[tuple[str, ...]] = ("has_clock",)
+
     hour: int
     minute: int
     raw: bytes
@@ -91,6 +93,8 @@ class ContecAHeader:
 @dataclass(frozen=True, slots=True)
 class ContecALength:
     """The stored-download length announcement."""
+
+    JSON_EXTRAS: ClassVar[tuple[str, ...]] = ("samples",)
 
     length_bytes: int
     raw: bytes
@@ -218,8 +222,8 @@ class StoredDecoder(StreamDecoder[ContecAItem]):
     """The answer to ``F5 F5``: live leftovers, header trios, the length, then data trios.
 
     Live frames before the first header are decoded as live frames (the transport ignores
-    them). :attr:`expected_samples` is set once the length arrived; :attr:`samples` counts the
-    data trios decoded so far.
+    them), so this decoder also reads a plain live stream. :attr:`expected_samples` is set
+    once the length arrived; :attr:`samples` counts the data trios decoded so far.
     """
 
     profile = PROFILE
@@ -232,8 +236,10 @@ class StoredDecoder(StreamDecoder[ContecAItem]):
 
     def _parse(self) -> bool:
         buf = self._buf
-        if self.headers == 0 and buf[0] != 0xF2:
-            if buf[0] & 0x80 and buf[0] & 0xF0 != 0xF0:
+        if len(buf) < 2 and buf[0] == 0xF2:
+            return False
+        if self.headers == 0 and not (buf[0] == 0xF2 and buf[1] & 0x80):
+            if buf[0] & 0x80:
                 # a live frame left over from before the mode switch
                 for i in range(1, min(5, len(buf))):
                     if buf[i] & 0x80:
@@ -246,7 +252,7 @@ class StoredDecoder(StreamDecoder[ContecAItem]):
             return False
         b0, b1, b2 = buf[0], buf[1], buf[2]
         if b0 == 0xF2 and b1 & 0x80 and self.samples == 0:
-            hour, minute = b1 & 0x7F, b2 & 0x7F
+            hour, minute = b1 & 0x7F, b2 & 0x7F  # F2 80 00: no clock
             if hour > 23 or minute > 59:
                 return self._reject(1, "header time out of range")
             self.headers += 1
@@ -271,10 +277,5 @@ class StoredDecoder(StreamDecoder[ContecAItem]):
 
 
 def decode_capture(data: bytes) -> list[ContecAItem | Garbage]:
-    """Decode a capture for ``dho-agent decode``: stored-download bytes if it holds a header
-    trio (``F2`` followed by a byte with bit 7), live frames otherwise."""
-    raw = bytes(data)
-    stored = any(raw[i] == 0xF2 and raw[i + 1] & 0x80 for i in range(len(raw) - 1))
-    if stored:
-        return decode_all(StoredDecoder(), raw)
-    return [*decode_all(LiveDecoder(), raw)]
+    """Decode a capture for ``dho-agent decode``: live frames, or a stored download."""
+    return decode_all(StoredDecoder(), bytes(data))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Final
+from typing import ClassVar, Final
 
 from agent.drivers.serial._stream import (
     Garbage,
@@ -231,6 +231,8 @@ class ContecBText:
 class ContecBSessionDate:
     """0x07: the start date of stored segment ``segment`` of user ``user``."""
 
+    JSON_EXTRAS: ClassVar[tuple[str, ...]] = ("date",)
+
     user: int
     segment: int
     year: int
@@ -292,6 +294,8 @@ class ContecBCount:
 class ContecBFeedback:
     """0x0B: the answer to a command (``reason`` 0 = completed)."""
 
+    JSON_EXTRAS: ClassVar[tuple[str, ...]] = ("reason_name",)
+
     command: int
     reason: int
     raw: bytes
@@ -308,6 +312,8 @@ class ContecBFeedback:
 @dataclass(frozen=True, slots=True)
 class ContecBCommand:
     """A host command (0x7D), e.g. from a capture of the vendor software."""
+
+    JSON_EXTRAS: ClassVar[tuple[str, ...]] = ("command_name",)
 
     command: int
     args: bytes
