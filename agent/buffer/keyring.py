@@ -247,14 +247,14 @@ class Keyring:
         aead = self._data[self.active]
         return nonce + aead.encrypt(nonce, plaintext, aad(table, seq, self.active, lane))
 
-    def open(self, table: str, seq: int, key_id: int, lane: int, blob: bytes) -> bytes:
+    def open(self, table: str, seq: int, key_id: object, lane: int, blob: object) -> bytes:
         """Decrypt a row.
 
         Raises:
             RowAuthenticationError: the row does not open (edited, moved, or its key is gone).
         """
-        aead = self._data.get(key_id) if type(key_id) is int else None
-        if aead is None:
+        aead = self._data.get(key_id) if isinstance(key_id, int) else None
+        if aead is None or not isinstance(key_id, int) or type(key_id) is bool:
             raise RowAuthenticationError(
                 seq, f"{table} row names data key {key_id!r}, not in store"
             )

@@ -98,6 +98,26 @@ class Delta:
             self.rows[lane, new] = self.rows.get((lane, new), 0) + n
 
 
+def decode_row(
+    keyring: Keyring, refs: Refs, seq: int, lane: Lane, key_id: object, blob: object
+) -> tuple[Reading, codec.PackedReading]:
+    """Decrypt and decode one row of a store, resolving its references.
+
+    Raises:
+        RowAuthenticationError: the row or a reference it needs does not open.
+        codec.FormatError: authenticated plaintext this version cannot decode.
+    """
+    packed = codec.decode_reading(keyring.open("readings", seq, key_id, lane, blob))
+    try:
+        ctx = refs.resolve(packed.context_ref)
+        boot = refs.resolve(packed.boot_ref)
+    except RowAuthenticationError as exc:
+        raise RowAuthenticationError(seq, f"its reference {exc.reason}") from None
+    if not isinstance(ctx, codec.Context) or not isinstance(boot, uuid.UUID):
+        raise RowAuthenticationError(seq, "reference of the wrong kind")
+    return packed.build(ctx, boot, Lane(lane)), packed
+
+
 class Outbox:
     """Append, claim, acknowledge, release, quarantine, compact and purge rows."""
 
@@ -529,15 +549,7 @@ class Outbox:
         self, seq: int, lane: Lane, key_id: int, blob: bytes
     ) -> tuple[Reading, codec.PackedReading]:
         """Decrypt and decode one row; also return its packed form (for compaction)."""
-        packed = codec.decode_reading(self._keyring.open("readings", seq, key_id, lane, blob))
-        try:
-            ctx = self._refs.resolve(packed.context_ref)
-            boot = self._refs.resolve(packed.boot_ref)
-        except RowAuthenticationError as exc:
-            raise RowAuthenticationError(seq, f"its reference {exc.reason}") from None
-        if not isinstance(ctx, codec.Context) or not isinstance(boot, uuid.UUID):
-            raise RowAuthenticationError(seq, "reference of the wrong kind")
-        return packed.build(ctx, boot, Lane(lane)), packed
+        return decode_row(self._keyring, self._refs, seq, lane, key_id, blob)
 
     # -- quarantine ---------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ import os
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Final
 
 from agent.buffer import alarms
 from agent.buffer.lanes import COMPACTION_ORDER, refused_when_full
@@ -31,42 +32,68 @@ from agent.model import Reading
 _LOGGER = logging.getLogger(__name__)
 
 
+MIN_RESERVE: Final = 128 * 1024  # below this a reserve would not even open the store
+FS_FRACTION: Final = 4  # the reserve never takes more than a quarter of the filesystem
+
+
 class Reserve:
-    """A file of real blocks (``<store>.reserve``) kept for when the filesystem fills up."""
+    """A file of real blocks (``<store>.reserve``) kept for when the filesystem fills up.
+
+    Its size follows what exists: the configured size, but at most a quarter of the
+    filesystem and at most half of the space free when it is made (a 4 MiB default on a
+    3 MiB filesystem used to mean no reserve at all). It grows back toward that size whenever
+    space allows (after every purge).
+    """
 
     def __init__(self, store_path: Path, size: int, alarm_set: set[str]) -> None:
         self.path = store_path.with_name(store_path.name + ".reserve")
         self.size = size
         self._alarms = alarm_set
 
+    def target(self) -> int:
+        """The size this filesystem allows (0: no reserve)."""
+        if self.size <= 0:
+            return 0
+        st = os.statvfs(self.path.parent)
+        return min(self.size, st.f_blocks * st.f_frsize // FS_FRACTION)
+
+    def have(self) -> int:
+        """The reserve's current size."""
+        try:
+            return self.path.lstat().st_size
+        except FileNotFoundError:
+            return 0
+
     def ensure(self) -> None:
-        """(Re-)create the reserve when it would take at most half of the free space."""
-        size = self.size
-        have = self.path.stat().st_size if self.path.exists() else 0
-        if size <= 0 or have >= size:
+        """(Re-)create or grow the reserve, never taking more than half of the free space."""
+        target = self.target()
+        have = self.have()
+        if have >= target:
             return
         st = os.statvfs(self.path.parent)
-        if st.f_bavail * st.f_frsize < 2 * (size - have):
+        size = min(target, have + st.f_bavail * st.f_frsize // 2) // 4096 * 4096
+        if size < MIN_RESERVE or size <= have:
             return
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
             try:
-                os.write(fd, b"\0" * size)  # real blocks, not a sparse file
-                self._alarms.discard(alarms.STORAGE_FULL)
+                os.lseek(fd, have, os.SEEK_SET)
+                os.write(fd, b"\0" * (size - have))  # real blocks, not a sparse file
                 os.fsync(fd)
             finally:
                 os.close(fd)
+            self._alarms.discard(alarms.STORAGE_FULL)
         except OSError as exc:
             if exc.errno != errno.ENOSPC:
                 raise
-            self.path.unlink(missing_ok=True)
+            if have:
+                os.truncate(self.path, have)
+            else:
+                self.path.unlink(missing_ok=True)
 
     def release(self, keep: int) -> None:
         """Give all but ``keep`` bytes of the reserve back to the filesystem."""
-        try:
-            size = self.path.stat().st_size
-        except FileNotFoundError:
-            return
+        size = self.have()
         if size <= keep:
             return  # what is left is not this caller's to use
         if keep:
@@ -74,6 +101,14 @@ class Reserve:
         else:
             self.path.unlink()
         _LOGGER.error("disk full: released %d bytes of the reserve", size - keep)
+
+    def checkpoint_pages(self, configured: int, page_size: int) -> int:
+        """WAL pages between checkpoints: a checkpoint grows the database by that much, which
+        on a full disk must fit in half of the reserve."""
+        target = self.target()
+        if target <= 0:
+            return configured
+        return max(16, min(configured, target // (4 * page_size)))
 
 
 class Pressure:
@@ -140,3 +175,11 @@ class Pressure:
                 _LOGGER.warning("disk full: WAL checkpoint deferred")
                 return
         self.reserve.ensure()
+        self.tune_checkpoints()
+
+    def tune_checkpoints(self) -> None:
+        """Keep the WAL checkpoint threshold under half of the reserve this disk allows."""
+        conn = self._db.conn
+        page = conn.execute("PRAGMA page_size").fetchone()[0]
+        pages = self.reserve.checkpoint_pages(self._config.wal_autocheckpoint_pages, page)
+        conn.execute(f"PRAGMA wal_autocheckpoint = {int(pages)}")

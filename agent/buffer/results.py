@@ -38,7 +38,8 @@ class BufferStats:
     file_bytes: int
     cap_bytes: int | None
     alarms: tuple[str, ...]
-    set_aside: tuple[str, ...] = ()
+    set_aside: tuple[str, ...] = ()  # every store set aside next to this one (kept)
+    salvaged: int = 0  # readings imported from set-aside stores by this process
 
     @property
     def pending(self) -> int:
@@ -63,3 +64,4 @@ class BufferConfig:
     # At most this often (after a change), record the ledger's transaction counter outside the
     # database, so that committed transactions lost with the WAL are noticed at the next open.
     anchor_interval_s: float = 10.0
+    salvage_batch: int = 5_000  # readings imported from set-aside stores per open or purge

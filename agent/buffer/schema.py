@@ -28,6 +28,7 @@ from agent.errors import StorageFullError, StoreCorruptError, StoreError
 SQLITE_IOERR: Final = 10
 SQLITE_CORRUPT: Final = 11
 SQLITE_FULL: Final = 13
+SQLITE_CANTOPEN: Final = 14
 SQLITE_NOTADB: Final = 26
 
 MIGRATIONS = Migrations("dho-buffer")
@@ -121,6 +122,24 @@ def is_full(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.Error) and (
         error_code(exc) == SQLITE_FULL or "database or disk is full" in str(exc)
     )
+
+
+def is_full_here(exc: BaseException, directory: Path, slack: int = 1 << 20) -> bool:
+    """SQLITE_FULL, or what SQLite says about a full disk while opening: creating or growing
+    the ``-shm``/``-wal`` fails as an I/O error or "cannot open". Those count as "full" when
+    the filesystem really has (almost) no room left."""
+    if is_full(exc):
+        return True
+    if not isinstance(exc, sqlite3.OperationalError) or error_code(exc) not in (
+        SQLITE_IOERR,
+        SQLITE_CANTOPEN,
+    ):
+        return False
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < slack
 
 
 def is_corruption(exc: BaseException) -> bool:

@@ -32,8 +32,17 @@ from agent.buffer.outbox import ACKED, CLAIMED, Outbox
 from agent.buffer.pressure import Pressure, Reserve
 from agent.buffer.refs import Refs
 from agent.buffer.results import AppendResult, BufferConfig, BufferStats, Claim
-from agent.buffer.schema import Db, StoreLock, connect, is_corruption, set_aside
-from agent.errors import KeyLostError, StorageFullError, StoreCorruptError
+from agent.buffer.salvage import Salvage
+from agent.buffer.schema import (
+    Db,
+    StoreLock,
+    connect,
+    is_corruption,
+    is_full_here,
+    set_aside,
+    set_aside_stores,
+)
+from agent.errors import AgentError, KeyLostError, StorageFullError, StoreCorruptError
 from agent.model import Lane, Reading
 
 __all__ = ["AppendResult", "Buffer", "BufferConfig", "BufferStats", "Claim"]
@@ -52,16 +61,13 @@ class Buffer:
         keys: KeySource,
         config: BufferConfig,
         lock: StoreLock,
-        set_aside_names: list[str],
     ) -> None:
         self.path = path
         self.config = config
         self._keys = keys
         self._lock = lock
-        self._set_aside = set_aside_names
+        self._set_aside: list[str] = []
         self._alarms: set[str] = set()
-        if set_aside_names:
-            self._alarms.add(alarms.STORE_SET_ASIDE)
         self._db = Db(conn, on_full=lambda: self._alarms.add(alarms.STORAGE_FULL))
         self._keyring = Keyring()
         self._refs = Refs(self._db, self._keyring)
@@ -71,6 +77,7 @@ class Buffer:
         )
         reserve = Reserve(path, config.reserve_bytes, self._alarms)
         self._pressure = Pressure(self._db, self._outbox, config, reserve, self._alarms)
+        self._salvage = Salvage(self._db, path, keys, self.append)
 
     @property
     def _conn(self) -> sqlite3.Connection:
@@ -95,9 +102,19 @@ class Buffer:
     ) -> Buffer:
         """Open (or create) the store at ``path``, checking it and recovering claimed rows.
 
-        A store that fails ``integrity_check``, cannot be read as SQLite, or whose data keys
-        do not open with ``keys`` is renamed aside (``<name>.set-aside-<time>``) with its WAL
-        and a fresh store is created: capture must go on. ``stats().set_aside`` names the files.
+        Only real damage sets a store aside: a file that fails ``integrity_check`` or is not
+        SQLite, or whose keys the KEK opens none of, is renamed aside (``<name>.set-aside-
+        <reason>-<time>``, with its WAL) and a fresh store is created, so capture goes on.
+        Every set-aside store next to ``path`` is reported at every open (``store.set-aside``,
+        ``stats().set_aside``) and kept, and its readable undelivered readings are imported.
+
+        A full disk is not damage: the reserve is given back and the open tried again.
+
+        Raises:
+            StorageFullError: the disk is full even without the reserve; the store is intact.
+            KeyUnavailableError: the key source cannot deliver the KEK now.
+            sqlite3.Error: SQLite cannot use the file for another reason (permissions, I/O);
+                the store is left as it is.
         """
         path = Path(path)
         cfg = config or BufferConfig()
@@ -105,42 +122,79 @@ class Buffer:
             cfg.cap_bytes = cap_bytes
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         lock = StoreLock(path.with_name(path.name + ".lock"))
-        aside: list[str] = []
+        reserve = Reserve(path, cfg.reserve_bytes, set())
+        aside = False
+        released = False
         try:
-            for attempt in range(2):
+            while True:
                 try:
-                    conn = connect(path, cfg)
-                except (StoreCorruptError, sqlite3.DatabaseError) as exc:
-                    if attempt or not (isinstance(exc, StoreCorruptError) or is_corruption(exc)):
+                    buf = cls._open_once(path, keys, cfg, lock)
+                except (StoreCorruptError, sqlite3.DatabaseError, StorageFullError) as exc:
+                    if is_full_here(exc, path.parent) or isinstance(exc, StorageFullError):
+                        if released:
+                            raise StorageFullError(
+                                "the disk under the buffer is full, even after giving back the "
+                                "reserve: the store is intact; free space on the data partition"
+                            ) from exc
+                        _LOGGER.error("disk full at open: giving back the reserve")
+                        reserve.release(keep=0)
+                        released = True
+                        continue
+                    if aside or not (isinstance(exc, StoreCorruptError) or is_corruption(exc)):
                         raise
-                    aside.append(set_aside(path, "corrupt"))
-                    _LOGGER.error("store set aside (corrupt): %s", exc)
+                    name = set_aside(path, "corrupt")
+                    _LOGGER.error("store set aside as %s (corrupt): %s", name, exc)
+                    aside = True
                     continue
-                buf = cls(path, conn, keys, cfg, lock, aside)
-                try:
-                    report = buf._keyring.load(buf._db, keys)
                 except KeyLostError as exc:
-                    conn.close()
-                    if attempt:
+                    if aside:
                         raise
-                    aside.append(set_aside(path, "keys"))
-                    _LOGGER.error("store set aside (keys): %s", exc)
+                    name = set_aside(path, "keys")
+                    _LOGGER.error("store set aside as %s (keys): %s", name, exc)
+                    aside = True
                     continue
-                except BaseException:
-                    conn.close()
-                    raise
-                if buf._keyring.permissions_fixed:
-                    buf._alarms.add(alarms.KEY_PERMISSIONS)
-                buf._outbox.recover(
-                    keys_repaired=report.repaired + len(report.lost),
-                    reblind=report.index_replaced,
-                )
-                buf._pressure.reserve.ensure()
-                return buf
-            raise AssertionError("unreachable")
+                break
+            if released:
+                buf._alarms.add(alarms.STORAGE_FULL)
+            buf._report_set_aside()
+            buf._salvage_some()
+            return buf
         except BaseException:
             lock.release()
             raise
+
+    @classmethod
+    def _open_once(cls, path: Path, keys: KeySource, cfg: BufferConfig, lock: StoreLock) -> Buffer:
+        conn = connect(path, cfg)
+        try:
+            buf = cls(path, conn, keys, cfg, lock)
+            report = buf._keyring.load(buf._db, keys)
+            if buf._keyring.permissions_fixed:
+                buf._alarms.add(alarms.KEY_PERMISSIONS)
+            buf._outbox.recover(
+                keys_repaired=report.repaired + len(report.lost),
+                reblind=report.index_replaced,
+            )
+            buf._pressure.tune_checkpoints()
+            buf._pressure.reserve.ensure()
+        except BaseException:
+            conn.close()
+            raise
+        return buf
+
+    def _report_set_aside(self) -> None:
+        self._set_aside = set_aside_stores(self.path)
+        if self._set_aside:
+            self._alarms.add(alarms.STORE_SET_ASIDE)
+
+    def _salvage_some(self) -> None:
+        """Import a bounded number of readings from set-aside stores (never fails the caller)."""
+        if not self._set_aside:
+            return
+        try:
+            self._salvage.run(self.config.salvage_batch)
+        except (AgentError, sqlite3.Error, OSError) as exc:
+            _LOGGER.warning("importing from a set-aside store deferred: %s", exc)
 
     # -- public API ---------------------------------------------------------------------
 
@@ -159,7 +213,7 @@ class Buffer:
         except StorageFullError:
             # Give half the reserve back to the filesystem, make room, and try once more. The
             # other half stays for acknowledging and purging, which is what frees space.
-            self._pressure.reserve.release(keep=self.config.reserve_bytes // 2)
+            self._pressure.reserve.release(keep=self._pressure.reserve.target() // 2)
             self._pressure.relieve(readings, force=True)
             return self._outbox.append(readings)
         finally:
@@ -215,6 +269,8 @@ class Buffer:
         does not linger in it)."""
         n = self._maintenance(self._outbox.purge_rows)
         self._pressure.housekeeping()
+        self._report_set_aside()
+        self._salvage_some()
         return n
 
     def compact(self, lane: Lane, *, until_bytes: int = 0, batch: int = 200) -> int:
@@ -269,6 +325,12 @@ class Buffer:
             self._keys.destroy()
         finally:
             self.close()
+        # Stores set aside were sealed under the same KEK (or an older, lost one): unreadable
+        # now; remove them with the anchor, so nothing of the box's data stays behind.
+        for name in set_aside_stores(self.path):
+            for suffix in ("", "-wal", "-shm"):
+                self.path.with_name(name + suffix).unlink(missing_ok=True)
+        self.path.with_name(self.path.name + ".anchor").unlink(missing_ok=True)
 
     # -- status -------------------------------------------------------------------------
 
@@ -293,6 +355,7 @@ class Buffer:
             cap_bytes=self.config.cap_bytes,
             alarms=tuple(sorted(self._alarms)),
             set_aside=tuple(self._set_aside),
+            salvaged=self._salvage.imported,
         )
 
     def integrity_ok(self) -> bool:
