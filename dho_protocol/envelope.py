@@ -28,6 +28,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from agent.model import Reading
+from dho_protocol.bounded import BoundedReader
 from dho_protocol.errors import (
     MalformedMessageError,
     MessageTooLargeError,
@@ -219,22 +220,47 @@ def seal_batch(
 def parse_batch(data: bytes, *, max_bytes: int = MAX_BATCH_BYTES) -> SignedBatch:
     """Parse a batch envelope without verifying it (the key depends on the box id inside).
 
+    Bounded: the body is read item by item against its schema
+    (:class:`~dho_protocol.bounded.BoundedReader`), so a body that is not the nine fields of
+    section 4.2 costs nothing to refuse, whatever it holds.
+
     Raises:
         MessageTooLargeError, MalformedMessageError, UnsupportedVersionError.
     """
-    body, sig, obj = _split(data, _BATCH, max_bytes)
-    if len(obj) != 9:
+    if len(data) > max_bytes:
+        raise MessageTooLargeError(
+            f"{_BATCH} of {len(data)} bytes exceeds the limit of {max_bytes}"
+        )
+    if len(data) <= SIGNATURE_LEN:
+        raise MalformedMessageError(f"{_BATCH} too short to carry a signature")
+    body, sig = data[:-SIGNATURE_LEN], data[-SIGNATURE_LEN:]
+    r = BoundedReader(body, max_items=64, max_str=4096, max_bin=max_bytes, max_array=64)
+    fields = r.array("batch body", 2, 64)
+    kind = r.scalar("message type")
+    if not isinstance(kind, str):
+        raise MalformedMessageError("the message type is not a string")
+    if kind != _BATCH:
+        raise UnsupportedVersionError(f"expected a {_BATCH} message, got type {kind!r:.40}")
+    version = r.scalar("version")
+    if version != VERSION:
+        raise UnsupportedVersionError(
+            f"{_BATCH} version {version!r:.20} is not supported (only {VERSION})"
+        )
+    if fields != 9:
         raise MalformedMessageError("batch envelope does not have 9 fields")
-    _, _, box_id, batch_id, seq, created_ms, ids, flags, payload = obj
-    if not isinstance(ids, bytes) or len(ids) % 16:
+    box_id = r.text("box id", 1, 64)
+    batch_id = r.binary("batch id", 16, 16)
+    seq = r.integer("seq", 0, 2**63 - 1)
+    created_ms = r.integer("created time", 0, 2**63 - 1)
+    ids = r.binary("reading ids", 16, 16 * MAX_READINGS)
+    flags = r.integer("flags", 0, 0xFFFF)
+    payload = r.binary("payload", 0, max_bytes)
+    r.finish("batch body")
+    if len(ids) % 16:
         raise MalformedMessageError("reading ids are not a multiple of 16 bytes")
     n = len(ids) // 16
-    if not 0 < n <= MAX_READINGS:
-        raise MalformedMessageError(f"batch has {n} readings (1..{MAX_READINGS} allowed)")
-    if not isinstance(payload, bytes):
-        raise MalformedMessageError("payload is not bytes")
     try:
-        box = check_box_id(_text(box_id, "box id"))
+        box = check_box_id(box_id)
     except ValueError as err:
         raise MalformedMessageError(str(err)) from err
     reading_ids = tuple(uuid.UUID(bytes=ids[i : i + 16]) for i in range(0, len(ids), 16))
@@ -242,11 +268,11 @@ def parse_batch(data: bytes, *, max_bytes: int = MAX_BATCH_BYTES) -> SignedBatch
         raise MalformedMessageError("reading ids repeat inside the batch")
     env = BatchEnvelope(
         box_id=box,
-        batch_id=_uuid(batch_id, "batch id"),
-        seq=_int(seq, "seq"),
-        created_ms=_int(created_ms, "created time"),
+        batch_id=uuid.UUID(bytes=batch_id),
+        seq=seq,
+        created_ms=created_ms,
         reading_ids=reading_ids,
-        flags=_int(flags, "flags", 0, 0xFFFF),
+        flags=flags,
         payload=payload,
     )
     return SignedBatch(env, body, sig, digest(data))

@@ -30,6 +30,7 @@ import msgpack
 from agent import codes
 from agent.clock import CaptureTime
 from agent.model import (
+    SAMPLE_LIMIT,
     Absent,
     Channel,
     DeviceIdentity,
@@ -40,36 +41,64 @@ from agent.model import (
     SampleChunk,
     Transport,
 )
+from dho_protocol.bounded import BoundedReader
 from dho_protocol.errors import MalformedMessageError
 
 _EPOCH: Final = datetime(1970, 1, 1)
 _EPOCH_UTC: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _LOINC_DEFAULT: Final = 0  # "the LOINC code agent.codes gives for this MDC code"
 _MAX_INT: Final = 2**63 - 1
+
+# --- limits of payload v1 (docs/uplink-protocol.md section 5.2) -----------------------------
+# The decoder refuses anything beyond them (MalformedMessageError; the item budget:
+# MessageTooLargeError) before it is built; the encoder refuses to encode a reading beyond
+# them (ValueError, so the box sets that one reading aside instead of sending it for ever).
+MAX_TEXT: Final = 256
+"""Longest manufacturer, model, serial and patient reference (characters)."""
+MAX_CODE_TEXT: Final = 64
+"""Longest LOINC code, unit, status flag and statistic name."""
+MAX_DECIMAL_TEXT: Final = 128
+"""Longest value sent as decimal text."""
+MAX_ERROR_TEXT: Final = 1024
+"""Longest decode-error description."""
+MAX_STATUS_FLAGS: Final = 32
+MAX_OBSERVATIONS: Final = 64
+MAX_CHANNELS: Final = 32
+MAX_SAMPLES: Final = 65_536
+"""Samples per channel."""
+MAX_READING_SAMPLES: Final = 262_144
+"""Samples per reading, all channels together."""
+MAX_RAW_FRAMES: Final = 65_536
+MAX_RAW_FRAME_BYTES: Final = 1 << 20
+MAX_EXPONENT: Final = 10_000
+"""Largest decimal exponent sent with an integer mantissa (beyond: the value goes as text)."""
+MAX_INTERVAL_MS: Final = 86_400_000
+MAX_UTC_OFFSET_S: Final = 86_399
+MAX_ITEMS: Final = 1_000_000
+"""Items (values and list headers) in one payload: about 30 times a full batch of spot
+readings; a batch over it is refused as too large (the box sends smaller ones)."""
+_MAX_TABLE: Final = 10_000  # devices, patients, boots: at most one per reading
+_MAX_STR_BYTES: Final = 4 * MAX_ERROR_TEXT  # UTF-8: up to 4 bytes a character
+_LANE_MIN: Final = min(Lane)
+_LANE_MAX: Final = max(Lane)
+_US_MIN: Final = (datetime.min - _EPOCH) // timedelta(microseconds=1)
+_US_MAX: Final = (datetime.max - _EPOCH) // timedelta(microseconds=1)
 _K = TypeVar("_K")
 _T = TypeVar("_T")
 
 
 def _mantissa(value: Decimal) -> tuple[int | str, int]:
-    """``(mantissa, exponent)``; beyond 64 bits (or -0) the exact decimal text and 0."""
+    """``(mantissa, exponent)``; beyond 64 bits (or -0, or an exponent beyond
+    :data:`MAX_EXPONENT`) the exact decimal text and 0."""
     sign, digits, exponent = value.as_tuple()
     assert isinstance(exponent, int)  # finite, checked by Observation
     m = int("".join(map(str, digits)) or "0")
-    if m > _MAX_INT or (sign and not m):
-        return str(value), 0
+    if m > _MAX_INT or (sign and not m) or abs(exponent) > MAX_EXPONENT:
+        text = str(value)
+        if len(text) > MAX_DECIMAL_TEXT:
+            raise ValueError(f"a value of {len(text)} characters (at most {MAX_DECIMAL_TEXT})")
+        return text, 0
     return (-m if sign else m), exponent
-
-
-def _decimal_in(mantissa: object, exponent: object) -> Decimal:
-    if isinstance(mantissa, str):
-        try:
-            d = Decimal(mantissa)
-        except ArithmeticError as err:
-            raise MalformedMessageError("value text is not a decimal") from err
-        if not d.is_finite() or _int(exponent, "exponent") != 0:
-            raise MalformedMessageError("value text is not a finite decimal")
-        return d
-    return Decimal(_int(mantissa, "mantissa")).scaleb(_int(exponent, "exponent"))
 
 
 def _loinc_out(mdc: int, loinc: str | None) -> str | int | None:
@@ -79,30 +108,11 @@ def _loinc_out(mdc: int, loinc: str | None) -> str | int | None:
     return loinc
 
 
-def _loinc_in(mdc: int, raw: object) -> str | None:
-    if raw == _LOINC_DEFAULT and not isinstance(raw, bool):
-        known = codes.BY_MDC.get(mdc)
-        if known is None:
-            raise MalformedMessageError("default LOINC marker on an unknown MDC code")
-        return known.loinc
-    if raw is None or isinstance(raw, str):
-        return raw
-    raise MalformedMessageError("LOINC code is not a string")
-
-
 def _unit_out(unit: str) -> str | int:
     try:
         return codes.KNOWN_UNITS.index(unit)
     except ValueError:
         return unit
-
-
-def _unit_in(raw: object) -> str:
-    if isinstance(raw, str):
-        return raw
-    if isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw < len(codes.KNOWN_UNITS):
-        return codes.KNOWN_UNITS[raw]
-    raise MalformedMessageError("unit is neither a string nor a known unit index")
 
 
 def _time_out(t: datetime | None) -> list[int | None] | None:
@@ -112,23 +122,6 @@ def _time_out(t: datetime | None) -> list[int | None] | None:
     local = t.replace(tzinfo=None)
     us = (local - _EPOCH) // timedelta(microseconds=1)
     return [us, None if offset is None else offset // timedelta(seconds=1)]
-
-
-def _time_in(raw: object) -> datetime | None:
-    if raw is None:
-        return None
-    if not (isinstance(raw, list) and len(raw) == 2 and isinstance(raw[0], int)):
-        raise MalformedMessageError("device time is not [microseconds, offset]")
-    us, offset = raw
-    try:
-        local = _EPOCH + timedelta(microseconds=us)
-        if offset is None:
-            return local
-        if not isinstance(offset, int):
-            raise MalformedMessageError("device time offset is not an integer")
-        return local.replace(tzinfo=timezone(timedelta(seconds=offset)))
-    except (OverflowError, ValueError) as err:
-        raise MalformedMessageError(f"device time out of range: {err}") from err
 
 
 def _deltas(values: Sequence[int | None]) -> list[int | None]:
@@ -141,22 +134,6 @@ def _deltas(values: Sequence[int | None]) -> list[int | None]:
             out.append(v - prev)
             prev = v
     return out
-
-
-def _undeltas(raw: object) -> tuple[int | None, ...]:
-    if not isinstance(raw, list):
-        raise MalformedMessageError("channel samples are not a list")
-    out: list[int | None] = []
-    prev = 0
-    for d in raw:
-        if d is None:
-            out.append(None)
-        elif isinstance(d, int) and not isinstance(d, bool):
-            prev += d
-            out.append(prev)
-        else:
-            raise MalformedMessageError("channel sample is not an integer")
-    return tuple(out)
 
 
 class _Tables:
@@ -182,6 +159,71 @@ class _Tables:
         return self._index(self.boots, b)
 
 
+def _text_ok(value: str, what: str, hi: int) -> None:
+    if len(value) > hi:
+        raise ValueError(f"{what} of {len(value)} characters (at most {hi})")
+
+
+def check_encodable(r: Reading) -> None:
+    """Check a reading against the limits of payload v1 (section 5.2).
+
+    Raises:
+        ValueError: the reading is beyond a limit; the message names which, never a value.
+    """
+    d = r.device
+    for what, text in (("manufacturer", d.manufacturer), ("model", d.model), ("serial", d.serial)):
+        _text_ok(text, what, MAX_TEXT)
+    if not r.patient:
+        raise ValueError("an empty patient reference")
+    _text_ok(r.patient, "patient reference", MAX_TEXT)
+    for what, ns in (("capture time", r.captured.wall_ns), ("boot time", r.captured.mono_ns)):
+        if not 0 <= ns <= _MAX_INT:
+            raise ValueError(f"{what} outside 0 to 2**63 - 1 ns")
+    if r.device_time is not None:
+        offset = r.device_time.utcoffset()
+        if offset is not None and abs(offset // timedelta(seconds=1)) > MAX_UTC_OFFSET_S:
+            raise ValueError("device time offset of a day or more")
+    if len(r.status) > MAX_STATUS_FLAGS:
+        raise ValueError(f"{len(r.status)} status flags (at most {MAX_STATUS_FLAGS})")
+    for flag in r.status:
+        if not flag:
+            raise ValueError("an empty status flag")
+        _text_ok(flag, "status flag", MAX_CODE_TEXT)
+    if len(r.observations) > MAX_OBSERVATIONS:
+        raise ValueError(f"{len(r.observations)} observations (at most {MAX_OBSERVATIONS})")
+    for o in r.observations:
+        if not 0 <= o.mdc < 2**32:
+            raise ValueError("an MDC code outside 32 bits")
+        _text_ok(o.loinc or "", "LOINC code", MAX_CODE_TEXT)
+        _text_ok(o.unit, "unit", MAX_CODE_TEXT)
+    if r.samples is not None:
+        chans = r.samples.channels
+        if not 1 <= r.samples.interval_ms <= MAX_INTERVAL_MS:
+            raise ValueError("a sample interval outside 1 ms to 1 day")
+        if len(chans) > MAX_CHANNELS:
+            raise ValueError(f"{len(chans)} channels (at most {MAX_CHANNELS})")
+        if r.samples.sample_count > MAX_SAMPLES:
+            raise ValueError(f"{r.samples.sample_count} samples a channel (at most {MAX_SAMPLES})")
+        if r.samples.sample_count * len(chans) > MAX_READING_SAMPLES:
+            raise ValueError(f"more than {MAX_READING_SAMPLES} samples in one reading")
+        for ch in chans:
+            if not 0 <= ch.mdc < 2**32:
+                raise ValueError("an MDC code outside 32 bits")
+            if abs(ch.exponent) > MAX_EXPONENT:
+                raise ValueError("a channel exponent beyond the limit")
+            _text_ok(ch.loinc or "", "LOINC code", MAX_CODE_TEXT)
+            _text_ok(ch.unit, "unit", MAX_CODE_TEXT)
+            _text_ok(ch.stat or "", "statistic", MAX_CODE_TEXT)
+    if len(r.raw) > MAX_RAW_FRAMES:
+        raise ValueError(f"{len(r.raw)} raw frames (at most {MAX_RAW_FRAMES})")
+    if any(len(f) > MAX_RAW_FRAME_BYTES for f in r.raw):
+        raise ValueError(f"a raw frame over {MAX_RAW_FRAME_BYTES} bytes")
+    if r.decode_error is not None:
+        if not r.decode_error:
+            raise ValueError("an empty decode error")
+        _text_ok(r.decode_error, "decode error", MAX_ERROR_TEXT)
+
+
 def encode_readings(readings: Sequence[Reading]) -> bytes:
     """Encode readings, in the order their ids appear in the envelope, as the uncompressed v1
     payload (msgpack). Raw device frames always travel with their reading, for audit: the box
@@ -199,6 +241,7 @@ def encode_readings(readings: Sequence[Reading]) -> bytes:
     prev_mono = 0
     prev_dev_us = 0
     for r in readings:
+        check_encodable(r)
         c = r.captured
         dev_time = _time_out(r.device_time)
         if dev_time is not None:
@@ -273,33 +316,226 @@ def encode_readings(readings: Sequence[Reading]) -> bytes:
         raise ValueError(f"reading does not fit the wire format: {err}") from err
 
 
-def _int(raw: object, what: str) -> int:
-    if isinstance(raw, int) and not isinstance(raw, bool):
-        return raw
-    raise MalformedMessageError(f"{what} is not an integer")
+def _int_in(v: object, lo: int, hi: int, what: str) -> int:
+    if type(v) is not int or not lo <= v <= hi:
+        raise MalformedMessageError(f"{what} is not an integer from {lo} to {hi}")
+    return v
 
 
-def _str(raw: object, what: str) -> str:
-    if isinstance(raw, str):
-        return raw
-    raise MalformedMessageError(f"{what} is not a string")
+class _Decoder:
+    """One payload read with :class:`~dho_protocol.bounded.BoundedReader`, in schema order.
 
+    Fixed-shape lists of values (a device, an observation, the head of a row) are read in one
+    call and checked field by field here: every field is checked for its type and range.
+    """
 
-def _list(raw: object, what: str, length: int | None = None) -> list[Any]:
-    if not isinstance(raw, list) or (length is not None and len(raw) != length):
-        raise MalformedMessageError(f"{what} is not a list" + (f" of {length}" if length else ""))
-    return raw
+    def __init__(self, data: bytes, rows: int) -> None:
+        self.r = BoundedReader(
+            data,
+            max_items=MAX_ITEMS,
+            max_str=_MAX_STR_BYTES,
+            max_bin=MAX_RAW_FRAME_BYTES,
+            max_array=max(MAX_SAMPLES, MAX_RAW_FRAMES, rows),
+        )
+        self.rows = rows
+        self.devices: list[DeviceIdentity] = []
+        self.patients: list[str] = []
+        self.boots: list[uuid.UUID] = []
+        self.wall = self.mono = self.dev_us = 0
 
+    @staticmethod
+    def _text(v: object, what: str, lo: int, hi: int) -> str:
+        if type(v) is not str or not lo <= len(v) <= hi:
+            raise MalformedMessageError(f"{what} is not a string of {lo} to {hi} characters")
+        return v
 
-def _pick(table: list[_T], raw: object, what: str) -> _T:
-    i = _int(raw, what)
-    if not 0 <= i < len(table):
-        raise MalformedMessageError(f"{what} index {i} outside its table")
-    return table[i]
+    @staticmethod
+    def _pick(table: list[_T], v: object, what: str) -> _T:
+        if type(v) is not int or not 0 <= v < len(table):
+            raise MalformedMessageError(f"{what} index outside its table")
+        return table[v]
+
+    def tables(self) -> None:
+        r, text = self.r, self._text
+        r.array("payload", 4, 4)
+        limit = min(self.rows, _MAX_TABLE)
+        for _ in range(r.array("devices", 0, limit)):
+            kind, man, model, serial, transport = r.record("device", 5)
+            try:
+                self.devices.append(
+                    DeviceIdentity(
+                        DeviceKind(text(kind, "device kind", 1, MAX_CODE_TEXT)),
+                        text(man, "manufacturer", 0, MAX_TEXT),
+                        text(model, "model", 0, MAX_TEXT),
+                        text(serial, "serial", 0, MAX_TEXT),
+                        Transport(text(transport, "transport", 1, MAX_CODE_TEXT)),
+                    )
+                )
+            except ValueError as err:
+                raise MalformedMessageError(f"bad device entry: {err}") from err
+        n = r.array("patients", 0, limit)
+        self.patients = [
+            text(p, "patient reference", 1, MAX_TEXT) for p in r.scalars(n, "patients")
+        ]
+        n = r.array("boots", 0, limit)
+        for b in r.scalars(n, "boots"):
+            if type(b) is not bytes or len(b) != 16:
+                raise MalformedMessageError("boot id is not 16 bytes")
+            self.boots.append(uuid.UUID(bytes=b))
+        r.array("rows", self.rows, self.rows)
+
+    @staticmethod
+    def _loinc(mdc: int, raw: object) -> str | None:
+        if raw == _LOINC_DEFAULT and type(raw) is int:
+            known = codes.BY_MDC.get(mdc)
+            if known is None:
+                raise MalformedMessageError("default LOINC marker on an unknown MDC code")
+            return known.loinc
+        if raw is None or (type(raw) is str and 0 < len(raw) <= MAX_CODE_TEXT):
+            return raw
+        raise MalformedMessageError("LOINC code is not a short string")
+
+    @staticmethod
+    def _unit(raw: object) -> str:
+        if type(raw) is str and len(raw) <= MAX_CODE_TEXT:
+            return raw
+        if type(raw) is int and 0 <= raw < len(codes.KNOWN_UNITS):
+            return codes.KNOWN_UNITS[raw]
+        raise MalformedMessageError("unit is neither a short string nor a known unit index")
+
+    @staticmethod
+    def _value(mantissa: object, exponent: int) -> Decimal:
+        if type(mantissa) is str:
+            if not 0 < len(mantissa) <= MAX_DECIMAL_TEXT or exponent != 0:
+                raise MalformedMessageError("value text is not a short decimal")
+            try:
+                d = Decimal(mantissa)
+            except ArithmeticError as err:
+                raise MalformedMessageError("value text is not a decimal") from err
+            if not d.is_finite():
+                raise MalformedMessageError("value text is not a finite decimal")
+            return d
+        return Decimal(_int_in(mantissa, -_MAX_INT, _MAX_INT, "mantissa")).scaleb(exponent)
+
+    def _observation(self) -> Observation:
+        raw_mdc, loinc, mantissa, raw_exp, unit, absent = self.r.record("observation", 6)
+        mdc = _int_in(raw_mdc, 0, 2**32 - 1, "MDC code")
+        exponent = _int_in(raw_exp, -MAX_EXPONENT, MAX_EXPONENT, "exponent")
+        try:
+            if absent is not None:
+                return Observation(
+                    mdc,
+                    self._loinc(mdc, loinc),
+                    None,
+                    self._unit(unit),
+                    Absent(self._text(absent, "special value", 1, MAX_CODE_TEXT)),
+                )
+            return Observation(
+                mdc, self._loinc(mdc, loinc), self._value(mantissa, exponent), self._unit(unit)
+            )
+        except ValueError as err:
+            raise MalformedMessageError(f"observation is not valid: {err}") from err
+
+    def _samples(self) -> SampleChunk | None:
+        r = self.r
+        if r.is_nil():
+            return None
+        r.array("samples", 2, 2)
+        interval = _int_in(r.scalars(1, "samples")[0], 1, MAX_INTERVAL_MS, "sample interval")
+        channels = []
+        total = 0
+        for _ in range(r.array("channels", 0, MAX_CHANNELS)):
+            r.array("channel", 6, 6)
+            raw_mdc, loinc, unit, raw_exp, stat = r.scalars(5, "channel")
+            mdc = _int_in(raw_mdc, 0, 2**32 - 1, "MDC code")
+            exponent = _int_in(raw_exp, -MAX_EXPONENT, MAX_EXPONENT, "exponent")
+            n = r.array("channel samples", 0, MAX_SAMPLES)
+            total += n
+            if total > MAX_READING_SAMPLES:
+                raise MalformedMessageError(f"more than {MAX_READING_SAMPLES} samples a reading")
+            channels.append(
+                Channel(
+                    mdc,
+                    self._loinc(mdc, loinc),
+                    self._unit(unit),
+                    exponent,
+                    r.deltas(n, "channel samples", SAMPLE_LIMIT),
+                    None if stat is None else self._text(stat, "statistic", 1, MAX_CODE_TEXT),
+                )
+            )
+        try:
+            return SampleChunk(interval, tuple(channels))
+        except ValueError as err:
+            raise MalformedMessageError(f"samples are not valid: {err}") from err
+
+    def _device_time(self) -> datetime | None:
+        r = self.r
+        if r.is_nil():
+            return None
+        d_us, raw_offset = r.record("device time", 2)
+        self.dev_us += _int_in(d_us, -_MAX_INT - 1, _MAX_INT, "device time")
+        if not _US_MIN <= self.dev_us <= _US_MAX:
+            raise MalformedMessageError("device time out of range")
+        local = _EPOCH + timedelta(microseconds=self.dev_us)
+        if raw_offset is None:
+            return local
+        offset = _int_in(raw_offset, -MAX_UTC_OFFSET_S, MAX_UTC_OFFSET_S, "device time offset")
+        try:
+            return local.replace(tzinfo=timezone(timedelta(seconds=offset)))
+        except (OverflowError, ValueError) as err:
+            raise MalformedMessageError(f"device time out of range: {err}") from err
+
+    def row(self, rid: uuid.UUID) -> Reading:
+        r = self.r
+        r.array("row", 13, 13)
+        dev, pat, raw_lane, d_wall, boot, d_mono, synced = r.scalars(7, "row")
+        self.wall += _int_in(d_wall, -_MAX_INT, _MAX_INT, "wall time")
+        self.mono += _int_in(d_mono, -_MAX_INT, _MAX_INT, "boot time")
+        if not (0 <= self.wall <= _MAX_INT and 0 <= self.mono <= _MAX_INT):
+            raise MalformedMessageError("a capture time outside 0 to 2**63 - 1 ns")
+        if type(synced) is not bool:
+            raise MalformedMessageError("synced is not a boolean")
+        lane = Lane(_int_in(raw_lane, _LANE_MIN, _LANE_MAX, "lane"))
+        captured = CaptureTime(self.wall, self._pick(self.boots, boot, "boot"), self.mono, synced)
+        device_time = self._device_time()
+        n = r.array("status", 0, MAX_STATUS_FLAGS)
+        status = frozenset(
+            self._text(v, "status flag", 1, MAX_CODE_TEXT) for v in r.scalars(n, "status")
+        )
+        observations = tuple(
+            self._observation() for _ in range(r.array("observations", 0, MAX_OBSERVATIONS))
+        )
+        samples = self._samples()
+        raw = r.binaries(r.array("raw frames", 0, MAX_RAW_FRAMES), "raw frame", MAX_RAW_FRAME_BYTES)
+        derr = (
+            None
+            if r.is_nil()
+            else self._text(r.scalar("decode error"), "decode error", 1, MAX_ERROR_TEXT)
+        )
+        try:
+            return Reading(
+                id=rid,
+                device=self._pick(self.devices, dev, "device"),
+                patient=self._pick(self.patients, pat, "patient"),
+                observations=observations,
+                captured=captured,
+                lane=lane,
+                device_time=device_time,
+                status=status,
+                samples=samples,
+                raw=raw,
+                decode_error=derr,
+            )
+        except (ValueError, TypeError) as err:
+            raise MalformedMessageError(f"row does not make a valid reading: {err}") from err
 
 
 def decode_readings(data: bytes, ids: Sequence[uuid.UUID]) -> tuple[Reading, ...]:
-    """Decode a v1 payload produced by :func:`encode_readings`.
+    """Decode a v1 payload produced by :func:`encode_readings`, bounded.
+
+    Every count, size and value is checked against the limits of section 5.2 (and the model)
+    while the stream is read, before anything beyond them is built: nesting is exactly the
+    schema's, a list longer than its limit is refused at its header.
 
     Args:
         data: the uncompressed payload.
@@ -307,99 +543,13 @@ def decode_readings(data: bytes, ids: Sequence[uuid.UUID]) -> tuple[Reading, ...
 
     Raises:
         MalformedMessageError: anything that does not parse or does not make a valid reading.
+        MessageTooLargeError: more than :data:`MAX_ITEMS` items.
     """
-    try:
-        body = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as err:
-        raise MalformedMessageError(f"payload is not msgpack: {err}") from err
-    dev_rows, patients, boot_rows, rows = _list(body, "payload", 4)
-    try:
-        devices = [
-            DeviceIdentity(
-                DeviceKind(k),
-                _str(man, "manufacturer"),
-                _str(mod, "model"),
-                _str(s, "serial"),
-                Transport(t),
-            )
-            for k, man, mod, s, t in (_list(d, "device", 5) for d in _list(dev_rows, "devices"))
-        ]
-    except ValueError as err:
-        raise MalformedMessageError(f"bad device entry: {err}") from err
-    patient_table = [_str(p, "patient") for p in _list(patients, "patients")]
-    boots: list[uuid.UUID] = []
-    for b in _list(boot_rows, "boots"):
-        if not isinstance(b, bytes) or len(b) != 16:
-            raise MalformedMessageError("boot id is not 16 bytes")
-        boots.append(uuid.UUID(bytes=b))
-    rows = _list(rows, "rows")
-    if len(rows) != len(ids):
-        raise MalformedMessageError(f"{len(rows)} rows for {len(ids)} reading ids")
-    out: list[Reading] = []
-    wall = mono = dev_us = 0
-    for rid, row in zip(ids, rows, strict=True):
-        dev, pat, lane, dwall, boot, dmono, synced, dtime, status, obs, samples, raw, derr = _list(
-            row, "row", 13
-        )
-        wall += _int(dwall, "wall time")
-        mono += _int(dmono, "boot time")
-        if dtime is not None:
-            dt = _list(dtime, "device time", 2)
-            dev_us += _int(dt[0], "device time")
-            dtime = [dev_us, dt[1]]
-        if not isinstance(synced, bool):
-            raise MalformedMessageError("synced is not a boolean")
-        try:
-            observations = tuple(
-                Observation(
-                    _int(o[0], "mdc"),
-                    _loinc_in(o[0], o[1]),
-                    None if o[5] is not None else _decimal_in(o[2], o[3]),
-                    _unit_in(o[4]),
-                    None if o[5] is None else Absent(o[5]),
-                )
-                for o in (_list(x, "observation", 6) for x in _list(obs, "observations"))
-            )
-            chunk = None
-            if samples is not None:
-                interval, channels = _list(samples, "samples", 2)
-                chunk = SampleChunk(
-                    _int(interval, "interval"),
-                    tuple(
-                        Channel(
-                            _int(c[0], "mdc"),
-                            _loinc_in(c[0], c[1]),
-                            _unit_in(c[2]),
-                            _int(c[3], "exponent"),
-                            _undeltas(c[5]),
-                            None if c[4] is None else _str(c[4], "stat"),
-                        )
-                        for c in (_list(x, "channel", 6) for x in _list(channels, "channels"))
-                    ),
-                )
-            raw_frames = tuple(_list(raw, "raw frames"))
-            if not all(isinstance(f, bytes) for f in raw_frames):
-                raise MalformedMessageError("raw frame is not bytes")
-            out.append(
-                Reading(
-                    id=rid,
-                    device=_pick(devices, dev, "device"),
-                    patient=_pick(patient_table, pat, "patient"),
-                    observations=observations,
-                    captured=CaptureTime(wall, _pick(boots, boot, "boot"), mono, synced),
-                    lane=Lane(_int(lane, "lane")),
-                    device_time=_time_in(dtime),
-                    status=frozenset(_str(s, "status") for s in _list(status, "status")),
-                    samples=chunk,
-                    raw=raw_frames,
-                    decode_error=None if derr is None else _str(derr, "decode error"),
-                )
-            )
-        except MalformedMessageError:
-            raise
-        except (ValueError, TypeError, ArithmeticError) as err:
-            raise MalformedMessageError(f"row does not make a valid reading: {err}") from err
-    return tuple(out)
+    dec = _Decoder(data, len(ids))
+    dec.tables()
+    out = tuple(dec.row(rid) for rid in ids)
+    dec.r.finish("payload")
+    return out
 
 
 def utc_datetime(wall_ns: int) -> datetime:
