@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import re
 import shutil
 from datetime import datetime, timedelta
@@ -99,11 +100,38 @@ def _frame_forms(frame: bytes) -> list[str]:
     return forms
 
 
+def _listening_sockets() -> list[str]:
+    """This process's listening TCP/Unix sockets and bound UDP sockets, from /proc."""
+    ours = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            ours.add(target[8:-1])
+    found = []
+    for table in ("tcp", "tcp6", "udp", "udp6"):
+        path = Path("/proc/net") / table
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines()[1:]:
+            cols = line.split()
+            listening = cols[3] == "0A" if table.startswith("tcp") else cols[3] == "07"
+            if cols[9] in ours and listening:
+                found.append(f"{table} {cols[1]}")
+    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+        cols = line.split()
+        if cols[6] in ours and int(cols[3], 16) & 0x10000:  # __SO_ACCEPTCON: listening
+            found.append(f"unix {cols[7] if len(cols) > 7 else '(unnamed)'}")
+    return found
+
+
 def _numbers() -> list[int]:
     return sorted({v for t in BP for v in t} | {p for _, p in PLX_PULSE + PLX_CONT})
 
 
-async def test_the_pipeline_at_debug_logs_no_value_serial_address_or_patient(
+async def test_the_pipeline_at_debug_logs_no_value_serial_address_or_patient_and_listens_nowhere(
     tmp_path: Path,
 ) -> None:
     tmp_path.chmod(0o755)  # mosquitto may drop to its own user
@@ -126,6 +154,9 @@ async def test_the_pipeline_at_debug_logs_no_value_serial_address_or_patient(
                 return got["spot"] >= home.stored_records and got["chunks"] >= 1
 
             await p.wait_until("the stored measurements and a chunk", arrived, 120)
+            # While it runs, the agent (this process: agent, bleak and the mock BlueZ, a D-Bus
+            # client) listens on nothing: no TCP, UDP or Unix listening socket (ETSI 5.6-1).
+            assert _listening_sockets() == []
     finally:
         root.removeHandler(raw)
         root.removeHandler(handler)
