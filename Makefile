@@ -32,7 +32,7 @@ pytest: setup
 test: lint typecheck pytest
 
 demo: setup
-	PYTHONPATH=hw-mocks $(PY) -m hw_mocks.demo
+	$(VENV)/bin/dho-agent demo
 
 bench: setup
 	$(PY) -m bench.run

@@ -522,3 +522,27 @@ def _check_identity(u: UplinkSettings, files: Mapping[str, bytes]) -> Iterable[s
             yield (
                 f"uplink.service_key_file: {u.service_key_file} is not an Ed25519 public key (PEM)"
             )
+
+
+def under_root(cfg: AgentConfig, root: Path) -> AgentConfig:
+    """The configuration of a box installed under ``root`` (``dho-agent run --root``).
+
+    The file names the box's runtime paths (``/var/lib/dho-gateway``, ``/etc/dho-gateway/...``);
+    under a root (an image being built, a test, the demo) each is moved below it, as
+    ``systemd-sysusers --root`` does.
+    """
+
+    def move(path: Path) -> Path:
+        return Path(root) / str(path).lstrip("/")
+
+    up = cfg.uplink
+    if up is not None:
+        up = dataclasses.replace(
+            up,
+            ca_file=move(up.ca_file),
+            cert_file=move(up.cert_file),
+            key_file=move(up.key_file),
+            signing_key_file=move(up.signing_key_file),
+            service_key_file=move(up.service_key_file),
+        )
+    return dataclasses.replace(cfg, state_dir=move(cfg.state_dir), uplink=up)

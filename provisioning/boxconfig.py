@@ -17,7 +17,7 @@ import tomlkit
 from tomlkit.items import AoT, Table
 from tomlkit.toml_document import TOMLDocument
 
-from agent.config import AgentConfig, UplinkSettings
+from agent.config import AgentConfig
 from agent.errors import ConfigError
 from provisioning.fsutil import atomic_write, owner_ids
 from provisioning.layout import AGENT_USER, IDENTITY_FILES, BoxLayout
@@ -98,21 +98,9 @@ def set_devices(doc: TOMLDocument, tables: Sequence[Mapping[str, Any]]) -> None:
 
 def rebase(cfg: AgentConfig, layout: BoxLayout) -> AgentConfig:
     """The configuration with every runtime path moved under the layout's root."""
-    if not layout.rooted:
-        return cfg
-    up = cfg.uplink
-    if up is not None:
-        up = UplinkSettings(
-            host=up.host,
-            port=up.port,
-            box_id=up.box_id,
-            ca_file=layout.host(up.ca_file),
-            cert_file=layout.host(up.cert_file),
-            key_file=layout.host(up.key_file),
-            signing_key_file=layout.host(up.signing_key_file),
-            service_key_file=layout.host(up.service_key_file),
-        )
-    return replace(cfg, state_dir=layout.host(cfg.state_dir), uplink=up)
+    from agent.config import under_root
+
+    return under_root(cfg, layout.root) if layout.rooted else cfg
 
 
 def agent_config(layout: BoxLayout, *, state_dir: Path | None = None) -> AgentConfig:

@@ -496,13 +496,8 @@ class Registry(Protocol):
 
 
 def _enrol(registry: Any, box_id: str, key: bytes, patients: tuple[str, ...]) -> None:
-    import inspect
-
-    # A registry that binds boxes to patients takes them with the key (issue 9).
-    if "patients" in inspect.signature(registry.enrol).parameters:
-        registry.enrol(box_id, key, patients)
-    else:
-        registry.enrol(box_id, key)
+    """Record the key and bind the patients in the receiver's box registry."""
+    registry.enrol(box_id, key, patients)
 
 
 def issue_token(
@@ -738,6 +733,12 @@ class RevocationFilter:
             return None
         key: bytes | None = self._store.box_key(box_id)
         return key
+
+    def box(self, box_id: str) -> Any:
+        """The enrolled box (key and patients), unless it is revoked."""
+        if self._db.revoked(box_id) is not None:
+            return None
+        return self._store.box(box_id)
 
     def box(self, box_id: str) -> Any:
         """The enrolled box (key and patients, what the receiver checks), unless revoked."""

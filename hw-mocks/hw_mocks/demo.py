@@ -1,135 +1,532 @@
-"""``make demo``: simulated devices -> agent -> Mosquitto -> receiver, and what each step did.
+"""``make demo`` / ``dho-agent demo``: a box provisioned and run end to end on this machine.
 
-Three simulated devices in a patient's home (an A&D cuff and a Beurer cuff holding stored
-measurements, a pulse oximeter with stored spot-checks and a 1 Hz stream) are read by the real
-agent over the real bleak (against a mock BlueZ), and a ResMed CPAP card with two nights is
-read from its card reader (a directory), buffered encrypted, uploaded over MQTT v5 with
-mutual TLS to a real Mosquitto, and stored by the reference receiver, which exports FHIR.
-All of it runs in a temporary directory and on loopback; nothing is left behind.
+The service side is real: Mosquitto with TLS (client certificates, the project's ACL, the
+enrolment listener) and the reference receiver with its enrolment desk, writing SQLite.
+The home is simulated where nothing else can exist here: a mock BlueZ on a private D-Bus
+with a blood-pressure cuff and a pulse oximeter (the real bleak talks to it), and a CPAP's
+SD card made from the real AirSense 10 card. Between the box and the broker sits the mobile
+link (:class:`hw_mocks.link.MobileLink`), which the demo cuts for a while.
+
+The box is provisioned exactly as a technician does it, with the same commands:
+``dho-provision install --root DIR``, ``init``, ``enroll TOKEN`` (a token the service's
+operator issued with ``dho-receiver token``), ``pair`` for each Bluetooth device, ``assign``
+for the card, ``selftest``. Then the agent runs on that box, the screen shows what each
+device produced, what the box holds and what the service received; the link goes down while
+capture goes on, comes back, and the backlog drains.
+
+Every file of the box is under DIR (``--state-dir``); the service's files are in a temporary
+directory. The last line of stdout is the JSON summary; the exit code is 1 when a reading was
+lost or duplicated, or when the patient reference is found in clear in the box's state.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
+import contextlib
+import json
+import os
+import shutil
 import sys
 import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import Any, Final
 
 from rich.console import Console
+from rich.live import Live
 from rich.table import Table
 
-from hw_mocks.pipeline import CPAP_SERIAL, PATIENT, Pipeline, pipeline, summarize
-from receiver import fhir
+from hw_mocks.bluez.bus import PrivateBus
+from hw_mocks.bluez.devices import AndCuff, PlxOximeter
+from hw_mocks.bluez.payloads import BloodPressureRecord, PlxContinuousSample, PlxSpotRecord
+from hw_mocks.bluez.threaded import ThreadedMockBlueZ
+from hw_mocks.link import MobileLink
 
-console = Console()
+BOX_ID: Final = "box-demo-0001"
+PATIENT: Final = "DEMO-PATIENT-1"
+CONFIG_FILES: Final = ("agent.toml", "enrolment.toml", "identity.json", "enrol-request.json")
+KEY_SUFFIXES: Final = (".key", ".pem", ".crt", ".csr", ".pub", ".kek")
 
 
-def _agent_table(p: Pipeline) -> Table:
-    status = p.agent_status()
-    t = Table(title="agent (from its status report)")
-    for col in ("device", "state", "stored", "duplicates", "decode errors"):
-        t.add_column(col)
-    for dev in status.get("ble", {}).get("devices", []):
-        t.add_row(
-            str(dev.get("device")),
-            str(dev.get("state")),
-            str(dev.get("readings_stored")),
-            str(dev.get("duplicates")),
-            str(dev.get("decode_errors")),
+@dataclass
+class Device:
+    """One simulated device and what the screen calls it."""
+
+    label: str
+    command: list[str]
+    expected: Callable[[], int]
+    """How many readings its memory has handed over so far (spot devices), or -1."""
+    log_id: str | None = None
+
+
+@dataclass
+class Counts:
+    """One look at the chain."""
+
+    stored: dict[str, int] = field(default_factory=dict)
+    received: dict[str, int] = field(default_factory=dict)
+    waiting: int = 0
+    link: str = "?"
+    received_total: int = 0
+    duplicates: int = 0
+
+
+def _tool(name: str) -> str:
+    found = Path(sys.executable).with_name(name)
+    return str(found) if found.exists() else (shutil.which(name) or name)
+
+
+class Demo:
+    """One run (see the module docstring)."""
+
+    def __init__(self, box: Path, work: Path, duration: float, console: Console | None) -> None:
+        self.box = box
+        self.work = work
+        self.duration = duration
+        self.out = console
+        self.timeline: list[str] = []
+        self.devices: list[Device] = []
+        self.env = dict(os.environ)
+
+    # -- output -------------------------------------------------------------------------------
+
+    def say(self, text: str) -> None:
+        """A line for the reader (stderr in --json mode)."""
+        self.timeline.append(text)
+        if self.out is not None:
+            self.out.print(text)
+        else:
+            print(text, file=sys.stderr)
+
+    async def sh(self, *args: str, show: bool = True, check: bool = True) -> str:
+        """Run one CLI command as the technician or the operator would; returns its stdout."""
+        shown = " ".join(a if " " not in a else repr(a) for a in args)
+        if show:
+            self.say(f"[bold]$ {shown}[/bold]" if self.out else f"$ {shown}")
+        proc = await asyncio.create_subprocess_exec(
+            _tool(args[0]),
+            *args[1:],
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=self.env,
         )
-    for card in status.get("cpap-card", {}).get("cards", []):
-        t.add_row(
-            f"{card.get('device')} (SD card)",
-            str(card.get("state")),
-            str(card.get("readings_stored")),
-            str(card.get("duplicates")),
-            str(card.get("files_rejected")),
-        )
-    return t
+        out, err = await proc.communicate()
+        text = out.decode()
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"{shown} failed ({proc.returncode}): {err.decode()}{text}")
+        if show and self.out is not None and text.strip() and not text.lstrip().startswith("{"):
+            self.out.print(text.rstrip(), markup=False, highlight=False)
+        return text
 
+    # -- the service and the home ----------------------------------------------------------
 
-def _leaks(p: Pipeline) -> list[str]:
-    state = p.config.state_dir
-    data = b"".join(
-        (state / n).read_bytes()
-        for n in ("buffer.db", "buffer.db-wal", "buffer.db-shm")
-        if (state / n).exists()
-    )
-    markers = [PATIENT, CPAP_SERIAL, *(a.serial or a.address for a in p.home.assignments)]
-    return [m for m in markers if m.encode() in data]
-
-
-async def _run(root: Path) -> int:
-    async with pipeline(root) as p:
-        console.rule("[bold]1. devices in the home")
-        console.print(
-            f"{len(p.home.devices)} simulated devices on a mock BlueZ and a CPAP SD card with "
-            f"{p.home.cpap_nights} nights; {p.home.stored_records} stored measurements waiting, "
-            "and the oximeter streams 1 Hz SpO2 + pulse"
+    async def run(self) -> dict[str, Any]:
+        """Everything; returns the summary."""
+        from receiver.localstack import (
+            ENROL_PASSWORD,
+            ENROL_USER,
+            Broker,
+            ReceiverProcess,
+            make_pki,
         )
 
-        def enough() -> bool:
-            got = summarize(p.delivered())
-            return got["spot"] >= p.home.stored_records and got["chunks"] >= 1
-
-        console.rule("[bold]2. agent reads, buffers (encrypted), uploads")
-        await p.wait_until("every stored measurement and a chunk to arrive", enough, 90)
-        await asyncio.sleep(1.0)  # let the status report catch up
-        console.print(_agent_table(p))
-        buf = p.agent_status().get("buffer", {})
-        up = p.agent_status().get("uplink", {})
-        console.print(
-            f"buffer: pending {buf.get('pending')}, claimed {buf.get('claimed')}; "
-            f"uplink: link {up.get('link')}, batches acknowledged {up.get('batches_acked')}, "
-            f"readings acknowledged {up.get('readings_acked')}, bytes sent {up.get('bytes_sent')}"
+        pki = await asyncio.to_thread(make_pki, self.work / "pki")
+        broker = Broker(pki, self.work / "broker")
+        await asyncio.to_thread(broker.start)
+        link = MobileLink(broker.port)
+        await link.start()
+        rx = ReceiverProcess(
+            broker,
+            self.work / "receiver.db",
+            self.work / "receiver",
+            enrolment=True,
+            box_port=link.port,
         )
-        leaks = _leaks(p)
-        console.print(
-            "buffer files searched for the patient reference and device serials: "
-            + (f"[red]FOUND {leaks}[/red]" if leaks else "none in clear")
-        )
+        try:
+            await asyncio.to_thread(rx.start)
+            self.say(
+                f"service: Mosquitto with TLS on 127.0.0.1:{broker.port} (enrolment listener "
+                f":{broker.enrol_port}), the reference receiver with its enrolment desk; the "
+                f"box reaches the broker through a mobile link on :{link.port}"
+            )
+            with PrivateBus() as bus:
+                self.env["DBUS_SYSTEM_BUS_ADDRESS"] = bus.address
+                previous = os.environ.get("DBUS_SYSTEM_BUS_ADDRESS")
+                os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = bus.address
+                try:
+                    with ThreadedMockBlueZ(bus.address) as bluez:
+                        home = self.home(bluez)
+                        desk = [
+                            "--enrol-host", "127.0.0.1",
+                            "--enrol-port", str(broker.enrol_port),
+                            "--enrol-ca", str(pki.ca.ca_file),
+                            "--enrol-user", ENROL_USER,
+                            "--enrol-password", ENROL_PASSWORD,
+                        ]  # fmt: skip
+                        await self.provision(rx.config, desk, home)
+                        return await self.operate(rx, link, home, bluez)
+                finally:
+                    if previous is None:
+                        os.environ.pop("DBUS_SYSTEM_BUS_ADDRESS", None)
+                    else:
+                        os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = previous
+        finally:
+            await link.close()
+            await asyncio.to_thread(rx.stop)
+            await asyncio.to_thread(broker.stop)
 
-    # Everything stopped: the agent flushed what it had; count what the service holds.
-    console.rule("[bold]3. the service received")
-    delivered = p.delivered()
-    ids = [s.reading.id for s in delivered]
-    got = summarize(delivered)
-    console.print(
-        f"{len(delivered)} readings stored by the receiver ({len(set(ids))} distinct ids): "
-        f"{got['spot']} spot measurements, {got['chunks']} continuous chunks "
-        f"({got['samples']} samples), {got['undecodable']} undecodable payloads kept for audit"
-    )
-    bundle = fhir.bundle(delivered)
-    kinds = sorted(
-        {
-            e["resource"]["code"]["coding"][-1].get("display") or e["resource"]["code"]["text"]
-            for e in bundle["entry"]
-            if e["resource"]["resourceType"] == "Observation" and "code" in e["resource"]
+    def home(self, bluez: ThreadedMockBlueZ) -> dict[str, Any]:
+        """The patient's devices, with what is in their memories."""
+        from hw_mocks.cpap.generator import MockCard
+
+        now = datetime.now().replace(microsecond=0)
+        cuff = AndCuff(
+            records=[
+                BloodPressureRecord(128, 82, pulse=64, timestamp=now - timedelta(hours=20)),
+                BloodPressureRecord(134, 86, pulse=70, timestamp=now - timedelta(hours=8)),
+                BloodPressureRecord(131, 84, pulse=66, timestamp=now - timedelta(minutes=30)),
+            ]
+        )
+        oximeter = PlxOximeter(
+            samples=[PlxContinuousSample(97, 62), PlxContinuousSample(96, 64)],
+            stored=[
+                PlxSpotRecord(95, 71, timestamp=now - timedelta(hours=3)),
+                PlxSpotRecord(96, 68, timestamp=now - timedelta(hours=1)),
+            ],
+            interval=0.05,
+            repeat=True,
+        )
+        bluez.call(lambda m: m.adapter().add_peripheral(cuff))
+        bluez.call(lambda m: m.adapter().add_peripheral(oximeter))
+        card = MockCard(self.work / "cpap-card")
+        today = date.today()
+        for days in (3, 2):
+            card.add_night(today - timedelta(days=days))
+        card.write()
+        self.devices = [
+            Device(
+                "blood-pressure cuff A&D UA-651BLE (Bluetooth)",
+                ["pair", "and-bpm", cuff.address],
+                lambda: 3 + len(self.extra["cuff"]),
+            ),
+            Device(
+                "pulse oximeter PLX: spot checks, fast stream (Bluetooth)",
+                ["pair", "plx", oximeter.address],
+                lambda: -1,
+            ),
+            Device(
+                "CPAP ResMed AirSense 10 (SD card)",
+                ["assign", "cpap-card", str(card.root)],
+                lambda: -1,
+            ),
+        ]
+        self.extra: dict[str, list[Any]] = {"cuff": [], "nights": []}
+        self.say(
+            "home: an A&D cuff with 3 measurements in its memory, a PLX oximeter with 2 stored "
+            "spot checks that streams SpO2 and pulse, a CPAP card with 2 nights"
+        )
+        return {"cuff": cuff, "oximeter": oximeter, "card": card}
+
+    async def provision(self, config: Path, desk: list[str], home: dict[str, Any]) -> None:
+        """The technician's commands, and the one the service's operator runs."""
+        box = str(self.box)
+        self.say("\n[bold]1. the technician provisions the box[/bold]" if self.out else "1.")
+        await self.sh("dho-provision", "install", "--root", box, *desk)
+        await self.sh("dho-provision", "init", "--root", box, "--box-id", BOX_ID)
+        issued = await self.sh(
+            "dho-receiver", "token", BOX_ID, "-p", PATIENT, "--config", str(config), "--json"
+        )
+        token = json.loads(issued)["token"]
+        self.say(f"(the service's operator issued the one-time token {token} for {BOX_ID})")
+        await self.sh("dho-provision", "enroll", token, "--root", box)
+        for dev in self.devices:
+            await self.sh("dho-provision", *dev.command, "-p", PATIENT, "--root", box)
+        await self.sh("dho-provision", "selftest", "--root", box, check=False)
+
+    # -- running the box ---------------------------------------------------------------------
+
+    def canon(self, log_id: str) -> str:
+        """The configured device a log id belongs to (a card's readings carry the machine's
+        own serial, so their id differs from the card reader's: matched by kind)."""
+        ids = [d.log_id for d in self.devices if d.log_id]
+        if log_id in ids:
+            return log_id
+        kind = log_id.rsplit("-", 1)[0]
+        same = [i for i in ids if i.rsplit("-", 1)[0] == kind]
+        return same[0] if len(same) == 1 else log_id
+
+    def counts(self, rx_db: Path, report: dict[str, Any]) -> Counts:
+        """What the box reports and what the service holds, by device."""
+        from provisioning.status import reported_devices
+        from receiver.store import SqliteStore
+
+        c = Counts()
+        for log_id, dev in reported_devices(report).items():
+            key = self.canon(log_id)
+            c.stored[key] = c.stored.get(key, 0) + int(dev.get("readings_stored") or 0)
+        store = SqliteStore(rx_db)
+        try:
+            keys: dict[bytes, int] = {}
+            for s in store.readings(BOX_ID):
+                log_id = self.canon(s.reading.device.log_id)
+                c.received[log_id] = c.received.get(log_id, 0) + 1
+                nk: bytes = s.reading.natural_key or s.reading.id.bytes
+                keys[nk] = keys.get(nk, 0) + 1
+        finally:
+            store.close()
+        c.received_total = sum(c.received.values())
+        c.duplicates = sum(n - 1 for n in keys.values())
+        buf = report.get("buffer", {})
+        c.waiting = int(sum((buf.get("pending") or {}).values())) + int(buf.get("claimed") or 0)
+        c.link = str(report.get("uplink", {}).get("link", "?"))
+        return c
+
+    def table(self, c: Counts, phase: str, link: MobileLink) -> Table:
+        """The live view."""
+        t = Table(
+            title=f"{phase}  (mobile link {'up' if link.is_up else '[red]DOWN[/red]'}, "
+            f"box: {c.link})"
+        )
+        for col in ("device", "id", "captured by the box", "received by the service"):
+            t.add_column(col, justify="left" if col in ("device", "id") else "right")
+        for dev in self.devices:
+            lid = dev.log_id or "?"
+            t.add_row(dev.label, lid, str(c.stored.get(lid, 0)), str(c.received.get(lid, 0)))
+        stored = sum(c.stored.values())
+        t.add_row("[bold]total[/bold]", "", str(stored), str(c.received_total))
+        t.caption = (
+            f"{stored} captured = {c.received_total} received + "
+            f"{stored - c.received_total} on their way; the encrypted buffer holds "
+            f"{c.waiting} not yet acknowledged"
+        )
+        return t
+
+    async def operate(
+        self, rx: Any, link: MobileLink, home: dict[str, Any], bluez: ThreadedMockBlueZ
+    ) -> dict[str, Any]:
+        """Run the agent on the provisioned box through the phases; returns the summary."""
+        from agent.daemon import default_factories, run_agent
+        from agent.drivers.registry import validate_device_table
+        from agent.status import read_status
+        from provisioning import boxconfig
+        from provisioning.layout import BoxLayout
+
+        layout = BoxLayout(self.box)
+        cfg = boxconfig.agent_config(layout)
+        for i, table in enumerate(cfg.devices):
+            self.devices[i].log_id = str(validate_device_table(i, table).settings.log_id)
+        started, stop = asyncio.Event(), asyncio.Event()
+        agent = asyncio.create_task(
+            run_agent(cfg, default_factories(), status_interval=0.5, started=started, stop=stop)
+        )
+        ready = asyncio.create_task(started.wait())
+        await asyncio.wait({ready, agent}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+        if not ready.done():
+            ready.cancel()
+            if agent.done():
+                agent.result()
+            raise TimeoutError("the agent did not start in 60 s")
+        status_file = cfg.state_dir / "status.json"
+        self.say("\n[bold]2. the agent runs[/bold]" if self.out else "2. the agent runs")
+        start = time.monotonic()
+        phase = "capturing and delivering"
+        live = Live(console=self.out, refresh_per_second=4, transient=False) if self.out else None
+        last = Counts()
+
+        def look() -> Counts:
+            nonlocal last
+            report = read_status(status_file) or {}
+            last = self.counts(rx.db, report)
+            return last
+
+        async def until(pred: Callable[[Counts], bool], limit: float, what: str) -> bool:
+            deadline = time.monotonic() + limit
+            while time.monotonic() < deadline:
+                if agent.done():
+                    agent.result()
+                    raise RuntimeError("the agent stopped")
+                c = await asyncio.to_thread(look)
+                if live is not None:
+                    live.update(self.table(c, phase, link))
+                if pred(c):
+                    return True
+                await asyncio.sleep(0.5)
+            if what:
+                self.say(f"(gave up waiting for {what})")
+            return False
+
+        def spot_ok(c: Counts) -> bool:
+            cuff, oxi, cpap = (d.log_id or "" for d in self.devices)
+            return c.received.get(cuff, 0) >= self.devices[0].expected() and all(
+                c.received.get(x, 0) >= 2 for x in (oxi, cpap)
+            )
+
+        outage = max(8.0, 0.25 * self.duration)
+        try:
+            if live is not None:
+                live.start()
+            await until(spot_ok, max(20.0, 0.45 * self.duration), "the first deliveries")
+            phase = f"LINK CUT for {outage:.0f} s: the box keeps capturing"
+            link.down()
+            self.timeline.append(f"link down at {time.monotonic() - start:.0f} s")
+            when = datetime.now().replace(microsecond=0)
+            record = BloodPressureRecord(126, 80, pulse=61, timestamp=when)
+            self.extra["cuff"].append(record)
+            bluez.call(lambda m: home["cuff"].add_record(record))
+            night = date.today() - timedelta(days=1)
+            home["card"].add_night(night)
+            home["card"].write()
+            self.extra["nights"].append(night)
+            await until(lambda c: False, outage, "")
+            phase = "link back: the backlog drains"
+            link.up()
+            self.timeline.append(f"link up at {time.monotonic() - start:.0f} s")
+            remaining = max(20.0, self.duration - (time.monotonic() - start))
+            await until(spot_ok, remaining, "the measurement taken while offline")
+            phase = "the oximeter is taken off; the last readings drain"
+            bluez.call(lambda m: setattr(home["oximeter"], "repeat", False))
+            settle: dict[str, Any] = {"stored": -1, "since": time.monotonic()}
+
+            def drained(c: Counts) -> bool:
+                total = sum(c.stored.values())
+                if total != settle["stored"]:
+                    settle.update(stored=total, since=time.monotonic())
+                quiet = time.monotonic() - settle["since"] > 3.0
+                return quiet and c.waiting == 0 and c.received_total >= total
+
+            await until(drained, 90.0, "the backlog to drain")
+        finally:
+            if live is not None:
+                live.stop()
+            stop.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(agent, 30)
+        return self.summary(rx, last, link, time.monotonic() - start)
+
+    # -- the end --------------------------------------------------------------------------------
+
+    def leaks(self) -> list[str]:
+        """Files of the box's state (not configuration, not keys) holding the patient in clear."""
+        found = []
+        for path in sorted(self.box.rglob("*")):
+            if not path.is_file() or path.is_symlink():
+                continue
+            if path.name in CONFIG_FILES or path.suffix in KEY_SUFFIXES:
+                continue
+            with contextlib.suppress(OSError):
+                if PATIENT.encode() in path.read_bytes():
+                    found.append(str(path.relative_to(self.box)))
+        return found
+
+    def summary(self, rx: Any, last: Counts, link: MobileLink, took: float) -> dict[str, Any]:
+        """The figures, checked."""
+        from dataclasses import replace
+
+        from agent.buffer import Buffer
+        from provisioning import boxconfig
+        from provisioning.layout import BoxLayout
+
+        cfg = boxconfig.agent_config(BoxLayout(self.box))
+        buf = Buffer.open(
+            cfg.buffer_path,
+            cfg.key_source(),
+            config=replace(cfg.buffer_config(), check_integrity=False),
+        )
+        try:
+            stats = buf.stats()
+            waiting = int(stats.pending) + int(stats.claimed)
+        finally:
+            buf.close()
+        final = self.counts(rx.db, {})
+        delivered = final.received_total
+        # A chunk the agent closed while stopping is in the buffer but not yet in a report.
+        produced = max(sum(last.stored.values()), delivered + waiting)
+        cuff = self.devices[0]
+        missing_spot = max(0, cuff.expected() - final.received.get(cuff.log_id or "", 0))
+        lost = max(0, produced - delivered - waiting) + missing_spot
+        leaks = self.leaks()
+        per_device = {
+            d.label: {
+                "id": d.log_id,
+                "captured": last.stored.get(d.log_id or "", 0),
+                "received": final.received.get(d.log_id or "", 0),
+            }
+            for d in self.devices
         }
+        ok = lost == 0 and final.duplicates == 0 and not leaks
+        if self.out is not None:
+            self.out.print()
+            t = Table(title="3. at the end")
+            for col in ("device", "captured by the box", "received by the service"):
+                t.add_column(col, justify="left" if col == "device" else "right")
+            for label, v in per_device.items():
+                t.add_row(label, str(v["captured"]), str(v["received"]))
+            t.add_row("[bold]total[/bold]", str(produced), str(delivered))
+            self.out.print(t)
+            self.out.print(
+                f"{produced} readings captured, {delivered} received by the service exactly "
+                f"once ({final.duplicates} duplicates), {waiting} still waiting on the box, "
+                f"{lost} lost; the mobile link was down {link.outages} time(s)."
+                + (
+                    " What waits is safe in the encrypted buffer and goes when the agent runs "
+                    "again."
+                    if waiting
+                    else ""
+                )
+            )
+            self.out.print(
+                "patient reference in clear in the box's state: "
+                + (f"[red]FOUND in {leaks}[/red]" if leaks else "nowhere (only in agent.toml)")
+            )
+            self.out.rule("[bold green]demo finished" if ok else "[bold red]demo found a problem")
+        return {
+            "produced": produced,
+            "delivered": delivered,
+            "duplicates": final.duplicates,
+            "lost": lost,
+            "waiting": waiting,
+            "devices": per_device,
+            "link_outages": link.outages,
+            "patient_in_clear": leaks,
+            "box_dir": str(self.box),
+            "seconds": round(took, 1),
+            "ok": ok,
+        }
+
+
+def run(state_dir: Path | None, duration: float, as_json: bool) -> int:
+    """``dho-agent demo``: run the demo; the last line of stdout is the JSON summary."""
+    import logging
+
+    # The screen shows the link and every device; the agent's own log lines about the link
+    # the demo cuts on purpose would only confuse it.
+    logging.basicConfig(level=logging.CRITICAL, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("agent", "bleak", "dbus_fast", "receiver"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    console = (
+        None if as_json else Console(highlight=False, width=None if sys.stdout.isatty() else 120)
     )
-    console.print(
-        f"FHIR R4 transaction Bundle (PHD IG): {len(bundle['entry'])} entries; "
-        f"observation kinds: {', '.join(kinds)}"
-    )
-    first_bp = next((e["resource"] for e in bundle["entry"] if "component" in e["resource"]), None)
-    if first_bp is not None:
-        console.print("one blood-pressure Observation, as the service would store it:")
-        console.print_json(fhir.dumps(first_bp))
-    ok = got["spot"] >= p.home.stored_records and len(ids) == len(set(ids)) and not leaks
-    console.rule("[bold green]demo finished" if ok else "[bold red]demo found a problem")
-    return 0 if ok else 1
-
-
-def main() -> int:
-    """Run the demo in a temporary directory."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    # bleak warns that the mock has no bluetoothctl and that the bus went away at the end.
-    logging.getLogger("bleak").setLevel(logging.ERROR)
-    with tempfile.TemporaryDirectory(prefix="dho-demo-") as tmp:
-        Path(tmp).chmod(0o755)  # mosquitto may drop to its own user
-        return asyncio.run(_run(Path(tmp)))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    with tempfile.TemporaryDirectory(prefix="dho-demo-service-") as service:
+        work = Path(service)
+        work.chmod(0o755)  # mosquitto may drop to its own user
+        holder = None
+        if state_dir is None:
+            holder = tempfile.TemporaryDirectory(prefix="dho-demo-box-")
+            box = Path(holder.name)
+        else:
+            box = state_dir
+            box.mkdir(parents=True, exist_ok=True)
+        try:
+            summary = asyncio.run(Demo(box, work, duration, console).run())
+        except (RuntimeError, TimeoutError, OSError) as exc:
+            print(f"the demo failed: {exc}", file=sys.stderr)
+            summary = {"ok": False, "error": str(exc), "box_dir": str(box)}
+        finally:
+            if holder is not None:
+                holder.cleanup()
+    sys.stdout.write(json.dumps(summary, sort_keys=True) + "\n")
+    sys.stdout.flush()
+    return 0 if summary["ok"] else 1
