@@ -735,12 +735,6 @@ class RevocationFilter:
         return key
 
     def box(self, box_id: str) -> Any:
-        """The enrolled box (key and patients), unless it is revoked."""
-        if self._db.revoked(box_id) is not None:
-            return None
-        return self._store.box(box_id)
-
-    def box(self, box_id: str) -> Any:
         """The enrolled box (key and patients, what the receiver checks), unless revoked."""
         if self._db.revoked(box_id) is not None:
             return None
