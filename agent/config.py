@@ -5,7 +5,7 @@ state_dir = "/var/lib/dho-gateway"      # buffer, keys, status report (absolute 
 [buffer]
 cap_mb = 2048                           # database cap in MiB (1 .. 1048576)
 reserve_mb = 4                          # space held back for a full disk, MiB (0 .. 4096)
-key = "file"                            # or "credential:dho-buffer-kek" (systemd)
+key = "file"                            # or "credential:NAME" / "tpm2" (sealed to the TPM)
 
 [uplink]                                # absent: readings stay buffered (no upload)
 host = "mqtt.dho.example"
@@ -59,7 +59,7 @@ from typing import Annotated, Any, Final
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 from pydantic.dataclasses import dataclass
 
-from agent.buffer import BufferConfig, CredentialKeySource, FileKeySource, KeySource
+from agent.buffer import BufferConfig, KeySource
 from agent.errors import ConfigError
 
 DEFAULT_STATE_DIR = Path("/var/lib/dho-gateway")
@@ -83,7 +83,8 @@ class BufferSettings:
     cap_mb: Annotated[int, Field(strict=True, ge=1, le=1_048_576)] | None = 2048
     """Database cap in MiB; continuous and bulk data are compacted, then refused, past it."""
     key: Annotated[str, Field(strict=True, min_length=1)] = "file"
-    """Where the key-encryption key comes from: ``file`` or ``credential:NAME``."""
+    """Where the key-encryption key comes from: ``file``, ``credential:NAME`` or ``tpm2[:NAME]``
+    (a credential sealed to the box's TPM 2.0)."""
     reserve_mb: Annotated[int, Field(strict=True, ge=0, le=4096)] = 4
     """Space held in reserve and given back to the filesystem when the disk fills, MiB."""
 
@@ -237,16 +238,18 @@ class AgentConfig:
 
 
 def key_source_for(spec: str, state_dir: Path) -> KeySource:
-    """The :class:`KeySource` a ``buffer.key`` value names.
+    """The :class:`KeySource` a ``buffer.key`` value names (``file``, ``credential:NAME`` or
+    ``tpm2[:NAME]``; see :func:`agent.buffer.keys.source_from_spec`).
 
     Raises:
         ConfigError: an unknown form (the message lists the known ones).
     """
-    if spec == "file":
-        return FileKeySource(state_dir / "buffer.kek")
-    if spec.startswith("credential:") and len(spec) > len("credential:"):
-        return CredentialKeySource(spec.split(":", 1)[1])
-    raise ConfigError('must be "file" or "credential:NAME"')
+    from agent.buffer.keys import source_from_spec
+
+    try:
+        return source_from_spec(spec, state_dir)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def check_device_tables(devices: Sequence[object]) -> list[str]:

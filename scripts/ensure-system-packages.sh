@@ -27,6 +27,13 @@ fi
 command -v cc >/dev/null 2>&1 || missing+=("gcc" "libc6-dev")
 [ -e /usr/include/mosquitto_plugin.h ] || missing+=("mosquitto-dev")
 [ -e /usr/include/mosquitto.h ] || missing+=("libmosquitto-dev")
+# A software TPM 2.0 for the buffer's TPM-sealed key tests (tests/buffer/test_keys.py), and the
+# TSS libraries systemd-creds loads for --with-key=tpm2 (the swtpm TCTI lets it reach swtpm).
+command -v swtpm >/dev/null 2>&1 || missing+=("swtpm")
+for lib in libtss2-esys.so.0:libtss2-esys-3.0.2-0 libtss2-rc.so.0:libtss2-rc0 \
+           libtss2-mu.so.0:libtss2-mu0 libtss2-tcti-swtpm.so.0:libtss2-tcti-swtpm0; do
+  compgen -G "/usr/lib/*/${lib%%:*}" >/dev/null || missing+=("${lib#*:}")
+done
 # A fresh Debian 12 python3 cannot make a venv without python3-venv.
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
   missing+=("python3-venv")

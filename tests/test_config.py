@@ -143,7 +143,11 @@ address = "not-an-address"
         ("[buffer]\ncap_mb = true", "buffer.cap_mb", "must be a whole number, not true or false"),
         ('[buffer]\ncap_mb = "64"', "buffer.cap_mb", "must be a whole number, not a string"),
         ("[buffer]\nreserve_mb = 5000", "buffer.reserve_mb", "must be at most 4096"),
-        ('[buffer]\nkey = "tpm"', "buffer.key", 'must be "file" or "credential:NAME"'),
+        (
+            '[buffer]\nkey = "tpm"',
+            "buffer.key",
+            'must be "file", "credential:NAME" or "tpm2[:NAME]"',
+        ),
         ('[buffer]\nkey = ""', "buffer.key", "must not be empty"),
         ("buffer = 3", "buffer", "must be a table, not a whole number"),
         ("devices = 3", "devices", "must be an array of tables ([[devices]]), not a whole number"),

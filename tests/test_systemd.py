@@ -29,7 +29,10 @@ def test_unit_exposure_is_ok() -> None:
 def test_unit_runs_the_agent_as_its_own_user_with_a_sealed_key() -> None:
     text = UNIT.read_text()
     assert "User=dho-gateway" in text
-    assert "LoadCredentialEncrypted=dho-buffer-kek" in text
+    # The credential line comes from the key source's drop-in (tests/buffer/test_keys.py), so
+    # a box with the default file source does not fail to start for a credential it lacks.
+    directives = [ln for ln in text.splitlines() if not ln.startswith("#")]
+    assert not [ln for ln in directives if ln.startswith("LoadCredential")]
     assert "UMask=0077" in text
 
 
