@@ -21,7 +21,9 @@ never waits on the database, so keep-alives go out while the store is slow or do
   are delivered to this receiver without a PUBACK: MQTT v5 ``ReceiveMaximum``).
 
 A PUBACK goes only on the connection that delivered the message: after a reconnect the
-broker delivers it again (same session) and the receiver answers ``DUPLICATE``. A receiver
+broker delivers it again (same session) and the receiver answers ``DUPLICATE``; copies still
+queued from a connection that is gone are dropped unhandled, so the queue stays within
+``in_flight`` per connection. A receiver
 that dies before its commit leaves the batch un-PUBACKed, so the broker delivers it again (to
 this or another receiver of the group).
 
@@ -372,6 +374,7 @@ class ReceiverService:
         self.connected = threading.Event()
         self.store_waits = 0
         self.failures = 0
+        self.stale_dropped = 0
         self._stopping = threading.Event()
         self._queue: queue.Queue[_Inbound | None] = queue.Queue()
         self._generation = 0
@@ -478,6 +481,12 @@ class ReceiverService:
             item = self._queue.get()
             if item is None or self._stopping.is_set():
                 return
+            if self._stale(item):
+                # Delivered on a connection that is gone and never PUBACKed: the broker
+                # delivers it again on the new one, so this copy is dropped unhandled (the
+                # queue cannot grow across reconnects while the store is down).
+                self.stale_dropped += 1
+                continue
             try:
                 self._process(item)
             except Exception:  # noqa: BLE001 - the worker must survive anything
@@ -490,7 +499,7 @@ class ReceiverService:
             self._desk(item)
             return
         outcome = self._decide(item)
-        if outcome is None:  # stopping: left un-PUBACKed, the broker delivers it again
+        if outcome is None:  # stopping, or a stale copy: the broker delivers it again
             return
         if outcome.ack is not None and outcome.ack_topic is not None:
             self.client.publish(outcome.ack_topic, outcome.ack, qos=1)
@@ -507,6 +516,10 @@ class ReceiverService:
         if answer is not None:
             self.client.publish(answer[0], answer[1], qos=1)
         self._puback(item)
+
+    def _stale(self, item: _Inbound) -> bool:
+        with self._gen_lock:
+            return item.generation != self._generation
 
     def _puback(self, item: _Inbound) -> None:
         with self._gen_lock:
@@ -533,6 +546,8 @@ class ReceiverService:
                 )
                 self._stopping.wait(wait)
                 wait = min(self.cfg.store_backoff_cap_s, wait * 2)
+                if self._stale(item):
+                    return None  # the broker delivers it again on the new connection
                 continue
             except Exception as err:  # noqa: BLE001 - bounded retries, then a refusal
                 failures += 1

@@ -300,3 +300,50 @@ def test_the_worker_survives_a_store_that_fails_and_recovers(broker, tmp_path, p
         svc.stop()
         store.close()
         box.close()
+
+
+def test_batches_held_across_a_reconnect_are_stored_once(broker, tmp_path, pki, boxes):
+    # The store is down, batches are held; the broker restarts meanwhile. The copies queued
+    # from the old connection are dropped unhandled (the broker delivers them again on the new
+    # one), so nothing piles up, and once the store is back each batch is stored once.
+    db = tmp_path / "receiver.db"
+
+    class Down(SqliteStore):
+        outage = threading.Event()
+
+        def commit_batch(self, *args: Any, **kwargs: Any) -> CommitResult:
+            if self.outage.is_set():
+                raise StoreUnavailableError("the database is down (test)")
+            return super().commit_batch(*args, **kwargs)
+
+    store = Down(db)
+    Down.outage.set()
+    svc = _service(broker, store, db, in_flight=4, store_backoff_s=0.1, store_backoff_cap_s=0.3)
+    box = RawClient(broker, "box-0002", subscribe=(protocol.ack_topic("box-0002"),))
+    readings = f.mixed_readings(6, patient="pt-0002", seed=12)
+    try:
+        for seq in range(1, 7):
+            _, wire = protocol.seal_batch(
+                "box-0002", seq, readings[seq - 1 : seq], boxes["box-0002"], created_ms=seq
+            )
+            box.publish(protocol.batch_topic("box-0002"), wire)
+        deadline = time.monotonic() + 10
+        while svc.store_waits < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        box.subscribed.clear()
+        broker.restart()
+        deadline = time.monotonic() + 30
+        while svc.stale_dropped == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert svc.stale_dropped > 0
+        assert svc.connected.wait(30)
+        assert box.subscribed.wait(30)  # the box is back and subscribed to its acks again
+        Down.outage.clear()
+        acks = _acks(box, pki, "box-0002", 6, timeout=60)
+        assert sorted(a.seq for a in acks) == list(range(1, 7))
+        assert {a.result for a in acks} == {protocol.AckResult.STORED}
+        assert sorted(store.reading_ids()) == sorted(r.id for r in readings)
+    finally:
+        svc.stop()
+        store.close()
+        box.close()
