@@ -60,6 +60,36 @@ def decode_command(
         typer.echo(f"skipped {len(skipped.raw)} bytes: {skipped.error}", err=True)
 
 
+@app.command("oximetry-summary")
+def oximetry_summary_command(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            metavar="FILE",
+            readable=False,
+            help="One night as CSV: time,spo2,pulse (ISO-8601 times, 1 Hz, empty = missing).",
+        ),
+    ],
+) -> None:
+    """Summarise one night of oximetry (T90, ODI3/ODI4, ...) and print it as JSON (docs/care.md)."""
+    from agent.care.oximetry import OximetryInputError, summarise_csv
+    from agent.drivers.decode import to_json
+
+    try:
+        text = file.read_bytes().decode("utf-8-sig")
+        summary = summarise_csv(text)
+    except OSError as exc:
+        typer.echo(f"error: cannot read {file}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(2) from None
+    except UnicodeDecodeError:
+        typer.echo(f"error: {file}: not UTF-8 text", err=True)
+        raise typer.Exit(2) from None
+    except OximetryInputError as exc:
+        typer.echo(f"error: {file}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(to_json(summary.to_json()))
+
+
 # readable=False: the commands check the paths themselves and say what to do (exit 77/78).
 ConfigOpt = Annotated[
     Path | None,
