@@ -188,6 +188,76 @@ CPAP_CODES: Final[tuple[Code, ...]] = (
     CPAP_FLOW_LIMITATION,
 )
 
+# Local codes (dho-gateway) for what the box itself derives (issue 11, docs/care.md "Codes"):
+# the same private term range of partition 128, block 0xF200 for the overnight oximetry
+# summary and 0xF300 for alarms and reminders. No MDC or LOINC code was found for these
+# statistics of a night (11073 expresses statistics as attributes of a metric, not as codes),
+# so none is claimed.
+_LOCAL_OXIM: Final = 128 * 65536 + 0xF200
+OXIM_NIGHT: Final = Code(
+    _LOCAL_OXIM + 0, None, "DHO_OXIM_NIGHT_SUMMARY", "Overnight oximetry summary"
+)
+OXIM_RECORDING: Final = Code(_LOCAL_OXIM + 1, None, "DHO_OXIM_TIME_RECORDING", "Recording time")
+OXIM_VALID: Final = Code(_LOCAL_OXIM + 2, None, "DHO_OXIM_TIME_VALID", "Valid SpO2 time")
+OXIM_SPO2_MEAN: Final = Code(_LOCAL_OXIM + 3, None, "DHO_OXIM_SPO2_MEAN", "Mean SpO2")
+OXIM_SPO2_MIN: Final = Code(_LOCAL_OXIM + 4, None, "DHO_OXIM_SPO2_MIN", "Lowest SpO2")
+OXIM_T90: Final = Code(_LOCAL_OXIM + 5, None, "DHO_OXIM_T90", "Time with SpO2 below 90 %")
+OXIM_T90_PCT: Final = Code(
+    _LOCAL_OXIM + 6, None, "DHO_OXIM_T90_PCT", "Valid time with SpO2 below 90 %, percent"
+)
+OXIM_T88: Final = Code(_LOCAL_OXIM + 7, None, "DHO_OXIM_T88", "Time with SpO2 below 88 %")
+OXIM_T88_PCT: Final = Code(
+    _LOCAL_OXIM + 8, None, "DHO_OXIM_T88_PCT", "Valid time with SpO2 below 88 %, percent"
+)
+OXIM_ODI3: Final = Code(_LOCAL_OXIM + 9, None, "DHO_OXIM_ODI3", "Oxygen desaturation index 3 %")
+OXIM_ODI4: Final = Code(_LOCAL_OXIM + 10, None, "DHO_OXIM_ODI4", "Oxygen desaturation index 4 %")
+OXIM_DESAT3: Final = Code(_LOCAL_OXIM + 11, None, "DHO_OXIM_DESAT3_COUNT", "Desaturations (3 %)")
+OXIM_DESAT4: Final = Code(_LOCAL_OXIM + 12, None, "DHO_OXIM_DESAT4_COUNT", "Desaturations (4 %)")
+OXIM_PULSE_MEAN: Final = Code(_LOCAL_OXIM + 13, None, "DHO_OXIM_PULSE_MEAN", "Mean pulse rate")
+OXIM_PULSE_MIN: Final = Code(_LOCAL_OXIM + 14, None, "DHO_OXIM_PULSE_MIN", "Lowest pulse rate")
+OXIM_PULSE_MAX: Final = Code(_LOCAL_OXIM + 15, None, "DHO_OXIM_PULSE_MAX", "Highest pulse rate")
+OXIM_ARTEFACT: Final = Code(_LOCAL_OXIM + 16, None, "DHO_OXIM_TIME_ARTEFACT", "Artefact time")
+OXIM_SENSOR_OFF: Final = Code(_LOCAL_OXIM + 17, None, "DHO_OXIM_TIME_SENSOR_OFF", "Sensor-off time")
+
+_LOCAL_CARE: Final = 128 * 65536 + 0xF300
+ALARM_LIMIT: Final = Code(_LOCAL_CARE + 0, None, "DHO_ALARM_THRESHOLD", "Alarm threshold")
+ALARM_DURATION: Final = Code(_LOCAL_CARE + 1, None, "DHO_ALARM_DURATION", "Alarm condition lasted")
+ALARM_SMS: Final = Code(_LOCAL_CARE + 2, None, "DHO_ALARM_SMS_SENT", "Alarm sent by SMS (numbers)")
+ALARM_ACKNOWLEDGED: Final = Code(
+    _LOCAL_CARE + 3, None, "DHO_ALARM_ACKNOWLEDGED", "Alarm acknowledged at the box after"
+)
+MEASUREMENT_MISSED: Final = Code(
+    _LOCAL_CARE + 4, None, "DHO_MEASUREMENT_MISSED", "Scheduled measurement missed (window)"
+)
+REMINDERS_GIVEN: Final = Code(_LOCAL_CARE + 5, None, "DHO_REMINDERS_GIVEN", "Reminders given")
+
+CARE_CODES: Final[tuple[Code, ...]] = (
+    OXIM_NIGHT,
+    OXIM_RECORDING,
+    OXIM_VALID,
+    OXIM_SPO2_MEAN,
+    OXIM_SPO2_MIN,
+    OXIM_T90,
+    OXIM_T90_PCT,
+    OXIM_T88,
+    OXIM_T88_PCT,
+    OXIM_ODI3,
+    OXIM_ODI4,
+    OXIM_DESAT3,
+    OXIM_DESAT4,
+    OXIM_PULSE_MEAN,
+    OXIM_PULSE_MIN,
+    OXIM_PULSE_MAX,
+    OXIM_ARTEFACT,
+    OXIM_SENSOR_OFF,
+    ALARM_LIMIT,
+    ALARM_DURATION,
+    ALARM_SMS,
+    ALARM_ACKNOWLEDGED,
+    MEASUREMENT_MISSED,
+    REMINDERS_GIVEN,
+)
+
 ALL_CODES: Final[tuple[Code, ...]] = (
     BP_PANEL,
     BP_SYSTOLIC,
@@ -201,6 +271,7 @@ ALL_CODES: Final[tuple[Code, ...]] = (
     PLETH,
     BATTERY,
     *CPAP_CODES,
+    *CARE_CODES,
 )
 
 BY_MDC: Final[dict[int, Code]] = {code.mdc: code for code in ALL_CODES}

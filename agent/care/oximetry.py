@@ -149,6 +149,16 @@ class NightSummary:
         return _minutes(self.valid_ms)
 
     @property
+    def artefact_min(self) -> Decimal:
+        """Time with implausible SpO2 values, minutes."""
+        return _minutes(self.artefact_ms)
+
+    @property
+    def sensor_off_min(self) -> Decimal:
+        """Time with samples but no SpO2, minutes."""
+        return _minutes(self.sensor_off_ms)
+
+    @property
     def t90_min(self) -> Decimal:
         """Valid time with SpO2 below 90 %, minutes."""
         return _minutes(self.t90_ms)
