@@ -128,6 +128,35 @@ class BleSettings:
     """The Bluetooth adapter BlueZ knows the radio as."""
 
 
+Pin = Annotated[int, Field(strict=True, ge=0, le=27)]
+
+
+@dataclass(frozen=True, config=_Strict)
+class CareTable:
+    """The ``[care]`` table (``docs/care.md``): summaries, alarms, reminders, the SMS modem.
+
+    Thresholds, schedules and SMS numbers come from the service as signed commands, not from
+    here; this only says what hardware the box has and how long to wait.
+    """
+
+    night_close_after_min: Annotated[int, Field(strict=True, ge=5, le=720)] = 60
+    """A night is summarised once no oximetry sample came for this long."""
+    min_night_valid_min: Annotated[int, Field(strict=True, ge=0, le=720)] = 30
+    """Nights with less valid time get no summary."""
+    sms_port: Annotated[str, Field(strict=True, pattern=r"^/dev/[A-Za-z0-9._/:+-]+$")] | None = None
+    """The USB modem's AT port (``/dev/serial/by-id/...``); absent: no SMS path."""
+    sms_after_min: Annotated[int, Field(strict=True, ge=1, le=1440)] = 15
+    """An alarm the service has not acknowledged after this long goes by SMS (the service's
+    ``set-alarm-sms after_min`` overrides it per patient)."""
+    language: Annotated[str, Field(strict=True, pattern=r"^(nb|nn|en|sma)$")] = "nb"
+    """Language of patient-facing text (SMS), unless the service sets one."""
+    alarm_led_pin: Pin | None = None
+    reminder_led_pin: Pin | None = None
+    buzzer_pin: Pin | None = None
+    button_pin: Pin | None = None
+    """BCM GPIO pins of the alarm light, reminder light, buzzer and button (all four, or none)."""
+
+
 @dataclass(frozen=True, config=_Strict)
 class AgentConfig:
     """Everything the agent reads from its configuration file."""
@@ -136,6 +165,7 @@ class AgentConfig:
     buffer: BufferSettings = Field(default_factory=BufferSettings)
     uplink: UplinkSettings | None = None
     ble: BleSettings = Field(default_factory=BleSettings)
+    care: CareTable = Field(default_factory=CareTable)
     devices: Annotated[tuple[Any, ...], Field(strict=False)] = ()
     """The ``[[devices]]`` tables, checked by their transports (:func:`check_device_tables`)."""
 

@@ -25,6 +25,7 @@ from agent.status import Provider, StatusReporter, status_line
 from agent.supervisor import Service, Supervisor
 
 if TYPE_CHECKING:  # imported where used: without [uplink] the agent never loads paho
+    from agent.care.service import CareService
     from agent.uplink.sender import Uplink
 
 _LOGGER = logging.getLogger(__name__)
@@ -276,7 +277,7 @@ class WakingSink:
         return result
 
 
-def _load_uplink(cfg: AgentConfig, buffer: AsyncBuffer) -> Uplink:
+def _load_uplink(cfg: AgentConfig, buffer: Any, commands: Any = None) -> Uplink:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
         Ed25519PrivateKey,
         Ed25519PublicKey,
@@ -299,7 +300,42 @@ def _load_uplink(cfg: AgentConfig, buffer: AsyncBuffer) -> Uplink:
     if not isinstance(signing, Ed25519PrivateKey) or not isinstance(service, Ed25519PublicKey):
         raise ConfigError("uplink keys must be Ed25519 (signing key private, service key public)")
     link = LinkConfig(u.host, u.port, u.box_id, u.ca_file, u.cert_file, u.key_file)
-    return Uplink(UplinkConfig(link, signing, service, cfg.state_dir), buffer)
+    return Uplink(UplinkConfig(link, signing, service, cfg.state_dir), buffer, commands=commands)
+
+
+def _care_service(cfg: AgentConfig, sink: WakingSink) -> CareService:
+    """The care service (``docs/care.md``) from ``[care]``: always on; its thresholds and
+    schedules stay off until the service sets them."""
+    from agent.care.indicator import GpioIndicator, GpioPins, Indicator, NullIndicator
+    from agent.care.modem import SmsModem
+    from agent.care.service import CareService, CareSettings
+
+    c = cfg.care
+    pins = (c.alarm_led_pin, c.reminder_led_pin, c.buzzer_pin, c.button_pin)
+    indicator: Indicator = NullIndicator()
+    if all(p is not None for p in pins):
+        try:
+            indicator = GpioIndicator(GpioPins(*pins))  # type: ignore[arg-type]
+        except Exception as exc:  # noqa: BLE001 - no GPIO here: run without the light
+            _LOGGER.error(
+                "care: the alarm light and buzzer cannot be used (%s)", type(exc).__name__
+            )
+    key = cfg.key_source()
+    return CareService(
+        CareSettings(
+            night_close_after_s=c.night_close_after_min * 60.0,
+            min_night_valid_min=float(c.min_night_valid_min),
+            sms_port=c.sms_port,
+            sms_after_s=c.sms_after_min * 60.0,
+            language=c.language,
+        ),
+        sink,
+        state_dir=cfg.state_dir,
+        kek=lambda: key.load(create=False),
+        box_id=cfg.uplink.box_id if cfg.uplink is not None else "box",
+        indicator=indicator,
+        sms=None if c.sms_port is None else SmsModem(c.sms_port),
+    )
 
 
 def services_from_config(cfg: AgentConfig, buffer: AsyncBuffer) -> list[Service]:
@@ -309,18 +345,28 @@ def services_from_config(cfg: AgentConfig, buffer: AsyncBuffer) -> list[Service]
     ``transport`` is a BLE device); a bad table is a ConfigError naming its key.
     """
     services: list[Service] = []
-    wake: Callable[[], None] = lambda: None  # noqa: E731 - a no-op until there is an uplink
+    wakers: list[Callable[[], None]] = []
+
+    def wake() -> None:
+        for w in wakers:
+            w()
+
+    care = _care_service(cfg, WakingSink(buffer, wake))
+    services.append(care)
     if cfg.uplink is not None:
-        uplink = _load_uplink(cfg, buffer)
+        from agent.care.service import DeliveryWatch
+
+        uplink = _load_uplink(cfg, DeliveryWatch(buffer, care.delivered), care.command)
         services.append(UplinkService(uplink))
-        wake = uplink.wake
+        wakers.append(uplink.wake)
     if cfg.devices:
+        from agent.care.service import CareSink
         from agent.drivers.registry import create_drivers
 
         services.extend(
             create_drivers(
                 cfg.devices,
-                WakingSink(buffer, wake),
+                CareSink(WakingSink(buffer, wake), care),
                 state_dir=cfg.state_dir,
                 settings={"ble": {"adapter": cfg.ble_adapter}},
                 key_source=cfg.key_source(),

@@ -27,7 +27,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -75,6 +75,10 @@ class BufferLike(Protocol):
     async def quarantine_batch(self, batch_id: int, reason: str) -> int: ...
     async def rotate_data_key(self) -> int: ...
     async def stats(self) -> Any: ...
+
+
+CommandHandler = Callable[[str, Mapping[str, Any]], Awaitable[dict[str, Any] | None]]
+"""Carries out a command another service owns; ``None`` when the name is not its own."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,8 +150,12 @@ class Uplink:
         state: UplinkState | None = None,
         clock_synced: Any = kernel_clock_synced,
         clock_anchor: Callable[[], ClockAnchor | None] | None = None,
+        commands: CommandHandler | None = None,
     ) -> None:
         self.cfg = cfg
+        self.commands = commands
+        """Other services' commands (care: ``set-thresholds``, ...): called with each accepted
+        command's name and arguments; ``None`` means "not mine"."""
         self.buffer = buffer
         self.box_id = cfg.link.box_id
         self.state = state or UplinkState(cfg.state_dir / "uplink-state.json")
@@ -429,7 +437,10 @@ class Uplink:
         self.commands_accepted += 1
         _LOG.info("uplink %s: command %s (#%d) accepted", self.box_id, cmd.name, cmd.counter)
         result: dict[str, Any] = {"command_id": str(cmd.command_id), "command": cmd.name}
-        if cmd.name == "status-report":
+        handled = None if self.commands is None else await self.commands(cmd.name, cmd.args)
+        if handled is not None:
+            result.update(handled)
+        elif cmd.name == "status-report":
             result["status"] = asdict(await self.status())
         elif cmd.name == "set-schedule":
             interval = cmd.args.get("idle_poll_s")

@@ -236,10 +236,13 @@ def test_the_daemon_builds_drivers_through_the_registry(tmp_path: Path) -> None:
 
     buffer = cast(AsyncBuffer, object())  # only handed to the sink; nothing is appended
     cfg = AgentConfig(state_dir=tmp_path, ble=BleSettings(adapter="hci3"), devices=(ble(),))
-    (service,) = services_from_config(cfg, buffer)
+    care, service = services_from_config(cfg, buffer)  # the care service is always there
+    assert care.name == "care"
     assert isinstance(service, BleDriver)
     assert service.options.adapter == "hci3"
     bad = AgentConfig(state_dir=tmp_path, devices=(ble(), {"transport": "zigbee"}))
     with pytest.raises(ConfigError, match=r"^\[\[devices\]\]\[1\]\.transport: unknown"):
         services_from_config(bad, buffer)
-    assert services_from_config(AgentConfig(state_dir=tmp_path), buffer) == []
+    assert [s.name for s in services_from_config(AgentConfig(state_dir=tmp_path), buffer)] == [
+        "care"
+    ]
