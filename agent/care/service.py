@@ -175,6 +175,7 @@ class CareService:
         self.last_sms_error: str | None = None
         self._pending_ack = False
         self._pending_summaries: list[_Night] = []
+        self._taken: list[tuple[Reading, ...]] = []
         self.indicator.on_button(self._button)
 
     # -- inputs -----------------------------------------------------------------------------
@@ -260,28 +261,36 @@ class CareService:
         self.ready.set()
         try:
             while True:
+                batch: tuple[Reading, ...] = ()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.settings.tick_s):
                         batch = await self._next()
-                        if batch:
-                            await self._process(batch)
+                if batch:  # outside the timeout: processing is never cut short
+                    await self._process(batch)
                 await self._tick()
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._save(force=True))
 
     async def _next(self) -> tuple[Reading, ...]:
+        if self._taken:
+            return self._taken.pop(0)
         if self._queue.empty():
             waiter = asyncio.ensure_future(self._queue.get())
             woken = asyncio.ensure_future(self._wake.wait())
             try:
-                done, _ = await asyncio.wait({waiter, woken}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({waiter, woken}, return_when=asyncio.FIRST_COMPLETED)
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._taken.append(waiter.result())  # cut short: keep what it took
+                raise
             finally:
                 woken.cancel()
                 if not waiter.done():
                     waiter.cancel()
             self._wake.clear()
-            if waiter in done and not waiter.cancelled():
+            # the get may have completed after the wait returned: never drop what it took
+            if waiter.done() and not waiter.cancelled():
                 return waiter.result()
             return ()
         return self._queue.get_nowait()
