@@ -18,6 +18,14 @@ De-duplication (PHD IG, PhdBaseObservation): every observation has two identifie
 stored record twice.
 
 Values keep their exact decimal form in the JSON (``36.60`` stays ``36.60``).
+
+Readings the box derives (``docs/care.md``): a night's oximetry summary is one observation
+(local code ``DHO_OXIM_NIGHT_SUMMARY``) with ``effectivePeriod`` and one component per
+statistic; an alarm is one observation of the measured quantity with ``interpretation``
+``LL``/``HH`` (critical low/high), the threshold and duration as components and an extension
+``urn:dho:alarm-path`` per path that carried it (``uplink``, and ``sms`` when the box's note
+saying so is in the same bundle); a note on an alarm (sent by SMS, acknowledged at the box)
+is an observation ``derivedFrom`` the alarm's identifier.
 """
 
 from __future__ import annotations
@@ -26,11 +34,12 @@ import json
 import re
 import uuid
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Final
 
 from agent import codes
+from agent.care import readings as care
 from agent.model import Absent, Channel, DeviceIdentity, Observation, Reading
 from dho_protocol import utc_datetime
 from receiver.store import StoredReading
@@ -42,6 +51,8 @@ BOX_SYSTEM: Final = "urn:dho:box"
 DEVICE_SYSTEM: Final = "urn:dho:device-serial"
 URI_SYSTEM: Final = "urn:ietf:rfc:3986"
 PHD_KEY_SYSTEM: Final = "urn:dho:phd-observation-key"
+ALARM_PATH_EXT: Final = "urn:dho:alarm-path"
+_INTERPRETATION: Final = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 _NS: Final = uuid.UUID("0c6d3a34-4a5e-4f0e-9b8e-6a0e5c1f2d77")  # namespace for derived ids
 
 _BP_PARTS: Final = {codes.BP_SYSTOLIC.mdc, codes.BP_DIASTOLIC.mdc, codes.BP_MEAN.mdc}
@@ -242,12 +253,73 @@ def _sampled(ch: Channel) -> str:
     return " ".join("E" if v is None else str(v) for v in ch.values)
 
 
-def observations(stored: StoredReading, refs: _Refs | None = None) -> list[dict[str, Any]]:
+def alarm_observation_id(alarm_id: uuid.UUID) -> str:
+    """The identifier (``urn:uuid``) of an alarm's observation, for its notes to refer to."""
+    return _urn("observation", str(alarm_id), str(codes.ALARM_LIMIT.mdc), "alarm")
+
+
+def _summary(r: Reading, box: str, refs: _Refs) -> dict[str, Any]:
+    obs = _base(
+        r,
+        box,
+        refs,
+        codes.OXIM_NIGHT.mdc,
+        "PhdCompoundNumericObservation",
+        _code(codes.OXIM_NIGHT.mdc, None),
+    )
+    start = r.device_time or utc_datetime(r.captured.wall_ns)
+    minutes = next(
+        (o.value for o in r.observations if o.mdc == codes.OXIM_RECORDING.mdc and o.value),
+        Decimal(0),
+    )
+    end = start + timedelta(minutes=float(minutes))
+    obs["effectivePeriod"] = {"start": start.isoformat(), "end": end.isoformat()}
+    obs["component"] = [{"code": _code(o.mdc, o.loinc), **_value(o)} for o in r.observations]
+    return obs
+
+
+def _alarm(r: Reading, box: str, refs: _Refs, paths: Iterable[str]) -> dict[str, Any]:
+    extra = {codes.ALARM_LIMIT.mdc, codes.ALARM_DURATION.mdc}
+    measured = [o for o in r.observations if o.mdc not in extra]
+    rule = next((f.split(":", 1)[1] for f in r.status if f.startswith(care.ALARM + ":")), "")
+    low = rule.endswith("-below")
+    first = measured[0] if measured else r.observations[0]
+    obs = _base(
+        r,
+        box,
+        refs,
+        codes.ALARM_LIMIT.mdc,
+        "PhdNumericObservation",
+        _code(first.mdc, first.loinc),
+        variant="alarm",
+    )
+    obs["effectiveDateTime"] = _effective(r)
+    obs.update(_value(first))
+    obs["interpretation"] = [
+        {"coding": [{"system": _INTERPRETATION, "code": "LL" if low else "HH"}]}
+    ]
+    obs["component"] = [
+        {"code": _code(o.mdc, o.loinc), **_value(o)} for o in r.observations if o is not first
+    ]
+    obs["extension"].extend(
+        {"url": ALARM_PATH_EXT, "valueCode": p} for p in sorted({"uplink", *paths})
+    )
+    return obs
+
+
+def observations(
+    stored: StoredReading, refs: _Refs | None = None, alarm_paths: Iterable[str] = ()
+) -> list[dict[str, Any]]:
     """The FHIR Observations for one stored reading (dicts, Decimal values)."""
     refs = refs or _Refs()
     r, box = stored.reading, stored.box_id
+    if care.SUMMARY in r.status:
+        return [_summary(r, box, refs)]
+    if care.is_alarm(r):
+        return [_alarm(r, box, refs, alarm_paths)]
     out: list[dict[str, Any]] = []
     effective = _effective(r)
+    ref = care.alarm_ref(r)
     bp = [o for o in r.observations if o.mdc in _BP_PARTS]
     if bp:
         panel = _base(
@@ -267,6 +339,10 @@ def observations(stored: StoredReading, refs: _Refs | None = None) -> list[dict[
         obs = _base(r, box, refs, o.mdc, "PhdNumericObservation", _code(o.mdc, o.loinc))
         obs["effectiveDateTime"] = effective
         obs.update(_value(o))
+        if ref is not None:
+            obs["derivedFrom"] = [
+                {"identifier": {"system": URI_SYSTEM, "value": alarm_observation_id(ref)}}
+            ]
         out.append(obs)
     if r.samples is not None:
         start = (
@@ -304,8 +380,15 @@ def bundle(readings: Iterable[StoredReading]) -> dict[str, Any]:
     """A FHIR R4 transaction Bundle for the readings (PHD IG shape)."""
     refs = _Refs()
     obs_entries = []
+    readings = list(readings)
+    sms = {
+        (s.box_id, ref)
+        for s in readings
+        if care.PATH_SMS in s.reading.status and (ref := care.alarm_ref(s.reading)) is not None
+    }
     for stored in readings:
-        for obs in observations(stored, refs):
+        key = (stored.box_id, stored.reading.id)
+        for obs in observations(stored, refs, ("sms",) if key in sms else ()):
             uri = obs["identifier"][0]["value"]
             obs_entries.append(
                 {
