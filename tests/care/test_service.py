@@ -260,3 +260,29 @@ async def test_run_loop_raises_from_observed_readings(tmp_path) -> None:
     assert len(sink.flagged(cr.ALARM)) == 1
     assert (tmp_path / "care" / "state.bin").read_bytes()[:8] == b"DHOCARE1"
     assert PATIENT.encode() not in (tmp_path / "care" / "state.bin").read_bytes()
+
+
+async def test_the_cpap_cards_sad_oximetry_gets_a_summary_too(tmp_path) -> None:
+    """SAD chunks come in the bulk lane the morning after, timed by the machine's naive clock."""
+    from agent.model import DeviceIdentity, DeviceKind, Transport
+
+    cpap = DeviceIdentity(DeviceKind.CPAP, "ResMed", "AirSense 10", "23181234567", Transport.FILE)
+    wall, sink = Wall(T0 + timedelta(hours=8)), ListSink()
+    svc = service(tmp_path, wall, sink)
+    await svc._load()
+    start = datetime(2026, 11, 14, 23, 0)  # naive: the machine's local time
+    hour = [95] * 3600
+    for h in range(5):
+        at = start + timedelta(hours=h)
+        await svc._process((chunk(T0, hour, device=cpap, lane=Lane.BULK, device_time=at),))
+    wall.advance(1801)
+    await svc._tick()
+    (summary,) = sink.flagged(cr.SUMMARY)
+    assert summary.device == cpap
+    assert summary.device_time is not None
+    assert summary.device_time.replace(tzinfo=None) == start
+    from agent import codes
+
+    values = {o.mdc: o.value for o in summary.observations}
+    assert values[codes.OXIM_RECORDING.mdc] == 300
+    assert sink.flagged(cr.ALARM) == []  # old data raises no alarm
