@@ -21,10 +21,7 @@ from hw_mocks.serial import Nonin as SerialNonin
 from agent.care import readings as cr
 from agent.care.modem import SmsModem
 from agent.care.service import CareService, CareSettings, CareSink, DeliveryWatch
-from agent.clock import SystemClock
 from agent.drivers.ble import BleDriver, DeviceFamily
-from agent.ids import uuid7
-from agent.model import Channel, DeviceIdentity, DeviceKind, Lane, Reading, SampleChunk, Transport
 from receiver.alarms import alarm_records
 from receiver.localstack import enrol
 from receiver.store import SqliteStore
@@ -129,16 +126,10 @@ async def test_alarm_from_a_ble_oximeter_with_the_network_down(
 async def test_alarm_from_a_serial_oximeter_with_the_network_down(
     broker, receivers, tmp_path: Path
 ) -> None:
-    """A Nonin serial oximeter (DF1) on a pty, read with real pyserial and the serial codec.
+    """A Nonin serial oximeter (DF1) on a pty, read by the real serial driver (pyserial)."""
+    from agent.drivers.serial.driver import SerialDevice, SerialDriver, SerialDriverOptions
+    from agent.drivers.serial.hotplug import InjectedMonitor
 
-    The serial transport's driver is not on main yet, so the test reads the port itself and
-    stores the frames as the 1 Hz chunk that transport stores; the care path is the same."""
-    import serial
-
-    from agent.codes import PULSE_RATE_OXIM, SPO2
-    from agent.drivers.serial.nonin import Df1Decoder, NoninFrame
-
-    ident = DeviceIdentity(DeviceKind.PULSE_OXIMETER, "Nonin", "7500", "SER-1", Transport.SERIAL)
     script: list[tuple[int, int] | None] = [
         (84, 90) if 3 <= i < 15 else (95, 70) for i in range(18)
     ]
@@ -147,51 +138,20 @@ async def test_alarm_from_a_serial_oximeter_with_the_network_down(
         SerialNonin(tmp_path / "oxi", data_format="df1", values=script, interval=0.02) as oxi,
     ):
         async with box(tmp_path, broker, modem) as (care, buf, link, db):
-            decoder = Df1Decoder()
-            port = serial.Serial(str(oxi.path), oxi.baud, timeout=0.2)
-            frames: list[NoninFrame] = []
-            raw: list[bytes] = []
-            try:
-                async with asyncio.timeout(30):
-                    while len(frames) < 3 * len(script):
-                        data = await asyncio.to_thread(port.read, 64)
-                        raw.append(data)
-                        frames += [f for f in decoder.feed(data) if isinstance(f, NoninFrame)]
-            finally:
-                port.close()
-            one = frames  # the script, repeated: each pass has 12 s below 88 %
-
-            def column(code: Any) -> tuple[int | None, ...]:
-                out = []
-                for f in one:
-                    v = next((o.value for o in f.observations() if o.mdc == code.mdc), None)
-                    out.append(None if v is None else int(v))
-                return tuple(out)
-
-            captured = SystemClock().now()
-            reading = Reading(
-                id=uuid7(captured.wall_ns),
-                device=ident,
-                patient=PATIENT,
-                observations=(),
-                captured=captured,
-                lane=Lane.CONTINUOUS,
-                samples=SampleChunk(
-                    1000,
-                    (
-                        Channel(SPO2.mdc, SPO2.loinc, "%", 0, column(SPO2)),
-                        Channel(
-                            PULSE_RATE_OXIM.mdc,
-                            PULSE_RATE_OXIM.loinc,
-                            "/min",
-                            0,
-                            column(PULSE_RATE_OXIM),
-                        ),
-                    ),
-                ),
-                raw=tuple(raw),
+            device = SerialDevice.from_config(
+                {"family": "nonin-df1", "port": str(oxi.path), "patient": PATIENT}
             )
-            assert min(v for v in column(SPO2) if v is not None) == 84
-            await CareSink(buf, care).append([reading])
-            await wait_for(lambda: care.counters["alarms"] >= 1, 30, "the alarm raised")
+            driver = SerialDriver(
+                [device],
+                CareSink(buf, care),
+                monitor=InjectedMonitor(),
+                options=SerialDriverOptions(rescan_interval=0.5, chunk_samples=60),
+            )
+            task = asyncio.create_task(driver.run())
+            try:
+                await wait_for(lambda: care.counters["alarms"] >= 1, 30, "the alarm raised")
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await deliver_and_check(care, link, db, modem, receivers)
