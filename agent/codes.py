@@ -231,6 +231,17 @@ MEASUREMENT_MISSED: Final = Code(
 )
 REMINDERS_GIVEN: Final = Code(_LOCAL_CARE + 5, None, "DHO_REMINDERS_GIVEN", "Reminders given")
 
+# Status flags of the readings the box derives (agent/care/readings.py; the receiver reads
+# them too, and may import only agent.codes/model/clock).
+STATUS_SUMMARY: Final = "oximetry-summary"
+STATUS_SUMMARY_REVISED: Final = "oximetry-summary-revised"
+STATUS_ALARM: Final = "alarm"
+"""With ``alarm:<rule>`` beside it, e.g. ``alarm:spo2-below``."""
+STATUS_PATH_SMS: Final = "alarm-path:sms"
+STATUS_ACKNOWLEDGED: Final = "alarm-acknowledged"
+STATUS_REF_PREFIX: Final = "alarm-ref:"
+"""``alarm-ref:<reading id of the alarm>`` on a note about that alarm."""
+
 CARE_CODES: Final[tuple[Code, ...]] = (
     OXIM_NIGHT,
     OXIM_RECORDING,

@@ -16,10 +16,26 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from agent.care import readings as care
+from agent import codes
 from agent.model import Reading
 from dho_protocol import utc_datetime
 from receiver.store import StoredReading
+
+
+def is_alarm(r: Reading) -> bool:
+    """An alarm the box raised (not a note about one)."""
+    return codes.STATUS_ALARM in r.status
+
+
+def alarm_ref(r: Reading) -> uuid.UUID | None:
+    """The alarm a note refers to (``None`` for other readings)."""
+    for flag in r.status:
+        if flag.startswith(codes.STATUS_REF_PREFIX):
+            try:
+                return uuid.UUID(flag[len(codes.STATUS_REF_PREFIX) :])
+            except ValueError:
+                return None
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +54,7 @@ class AlarmRecord:
 
 def _rule(r: Reading) -> str:
     return next(
-        (f.split(":", 1)[1] for f in sorted(r.status) if f.startswith(f"{care.ALARM}:")), ""
+        (f.split(":", 1)[1] for f in sorted(r.status) if f.startswith(f"{codes.STATUS_ALARM}:")), ""
     )
 
 
@@ -49,16 +65,16 @@ def alarm_records(stored: Iterable[StoredReading]) -> list[AlarmRecord]:
     acked: set[tuple[str, uuid.UUID]] = set()
     for s in stored:
         r = s.reading
-        if care.is_alarm(r):
+        if is_alarm(r):
             alarms[(s.box_id, r.id)] = s
             continue
-        ref = care.alarm_ref(r)
+        ref = alarm_ref(r)
         if ref is None:
             continue
-        if care.PATH_SMS in r.status:
+        if codes.STATUS_PATH_SMS in r.status:
             n = next((int(o.value) for o in r.observations if o.value is not None), 0)
             sms[(s.box_id, ref)] = max(n, sms.get((s.box_id, ref), 0))
-        if care.ACKNOWLEDGED in r.status:
+        if codes.STATUS_ACKNOWLEDGED in r.status:
             acked.add((s.box_id, ref))
     out = []
     for key, s in alarms.items():

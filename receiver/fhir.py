@@ -39,9 +39,9 @@ from decimal import Decimal
 from typing import Any, Final
 
 from agent import codes
-from agent.care import readings as care
 from agent.model import Absent, Channel, DeviceIdentity, Observation, Reading
 from dho_protocol import utc_datetime
+from receiver.alarms import alarm_ref, is_alarm
 from receiver.store import StoredReading
 
 PHD: Final = "http://hl7.org/fhir/uv/phd/StructureDefinition"
@@ -281,7 +281,9 @@ def _summary(r: Reading, box: str, refs: _Refs) -> dict[str, Any]:
 def _alarm(r: Reading, box: str, refs: _Refs, paths: Iterable[str]) -> dict[str, Any]:
     extra = {codes.ALARM_LIMIT.mdc, codes.ALARM_DURATION.mdc}
     measured = [o for o in r.observations if o.mdc not in extra]
-    rule = next((f.split(":", 1)[1] for f in r.status if f.startswith(care.ALARM + ":")), "")
+    rule = next(
+        (f.split(":", 1)[1] for f in r.status if f.startswith(codes.STATUS_ALARM + ":")), ""
+    )
     low = rule.endswith("-below")
     first = measured[0] if measured else r.observations[0]
     obs = _base(
@@ -313,13 +315,13 @@ def observations(
     """The FHIR Observations for one stored reading (dicts, Decimal values)."""
     refs = refs or _Refs()
     r, box = stored.reading, stored.box_id
-    if care.SUMMARY in r.status:
+    if codes.STATUS_SUMMARY in r.status:
         return [_summary(r, box, refs)]
-    if care.is_alarm(r):
+    if is_alarm(r):
         return [_alarm(r, box, refs, alarm_paths)]
     out: list[dict[str, Any]] = []
     effective = _effective(r)
-    ref = care.alarm_ref(r)
+    ref = alarm_ref(r)
     bp = [o for o in r.observations if o.mdc in _BP_PARTS]
     if bp:
         panel = _base(
@@ -384,7 +386,7 @@ def bundle(readings: Iterable[StoredReading]) -> dict[str, Any]:
     sms = {
         (s.box_id, ref)
         for s in readings
-        if care.PATH_SMS in s.reading.status and (ref := care.alarm_ref(s.reading)) is not None
+        if codes.STATUS_PATH_SMS in s.reading.status and (ref := alarm_ref(s.reading)) is not None
     }
     for stored in readings:
         key = (stored.box_id, stored.reading.id)

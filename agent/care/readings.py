@@ -27,12 +27,12 @@ from agent.clock import CaptureTime
 from agent.ids import uuid7
 from agent.model import Absent, DeviceIdentity, Lane, Observation, Reading
 
-SUMMARY: str = "oximetry-summary"
-SUMMARY_REVISED: str = "oximetry-summary-revised"
-ALARM: str = "alarm"
-PATH_SMS: str = "alarm-path:sms"
-ACKNOWLEDGED: str = "alarm-acknowledged"
-REF_PREFIX: str = "alarm-ref:"
+SUMMARY = codes.STATUS_SUMMARY
+SUMMARY_REVISED = codes.STATUS_SUMMARY_REVISED
+ALARM = codes.STATUS_ALARM
+PATH_SMS = codes.STATUS_PATH_SMS
+ACKNOWLEDGED = codes.STATUS_ACKNOWLEDGED
+REF_PREFIX = codes.STATUS_REF_PREFIX
 
 
 def _obs(code: codes.Code, value: Decimal | int | None, unit: str) -> Observation:

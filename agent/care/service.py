@@ -702,6 +702,20 @@ class DeliveryWatch:
                 self._alarms[claim.batch_id] = ids
         return claim
 
+    async def claim_rows(self, *args: Any, **kwargs: Any) -> Any:
+        """Claim stored rows (the uplink's zero-copy path), remembering the alarm-lane ones."""
+        claim = await self._buffer.claim_rows(*args, **kwargs)
+        rows = getattr(claim, "rows", None)
+        if claim is not None and rows is not None:
+            ids = tuple(
+                rid
+                for rid, lane in zip(rows.reading_ids, rows.lanes, strict=True)
+                if lane == Lane.ALARM
+            )
+            if ids:
+                self._alarms[claim.batch_id] = ids
+        return claim
+
     async def ack(self, batch_id: int) -> int:
         """Acknowledge; its alarms are delivered."""
         n = int(await self._buffer.ack(batch_id))
