@@ -31,10 +31,18 @@ class Concern(Enum):
     OFFLINE = (1, "offline, readings kept safely on the box")
     DEVICE = (2, "a device needs attention")
     FAULT = (3, "the box needs attention")
+    ALARM = (4, "alarm: press the button to acknowledge")
+    """An alarm the patient has not acknowledged at the box (``docs/care.md``)."""
 
     def __init__(self, rank: int, meaning: str) -> None:
         self.rank = rank
         self.meaning = meaning
+
+    def said(self, language: str = "nb") -> str:
+        """The meaning in the patient's language (the message catalogue, agent/care/i18n.py)."""
+        from agent.care.i18n import _
+
+        return _(self.meaning, language)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +185,25 @@ def _devices(report: Mapping[str, Any]) -> Iterable[Problem]:
                 )
 
 
+def _care(care: Mapping[str, Any]) -> Iterable[Problem]:
+    unacked = int(care.get("alarms_unacknowledged", 0) or 0)
+    if unacked:
+        yield Problem(
+            "care.alarm",
+            f"{unacked} alarm(s) not yet acknowledged with the button at the box",
+            "the patient (or you) presses the button once; the service has the alarm",
+            Concern.ALARM,
+        )
+    error = care.get("last_sms_error")
+    if error and int(care.get("alarms_open", 0) or 0):
+        yield Problem(
+            "care.sms",
+            f"an alarm SMS could not be sent ({error})",
+            "check the modem, its SIM (no PIN) and the signal; it is retried every 2 minutes",
+            Concern.DEVICE,
+        )
+
+
 def assess(report: Mapping[str, Any] | None, *, now: float | None = None) -> Health:
     """Judge a status report (see the module docstring)."""
     now = time.time() if now is None else now
@@ -228,4 +255,7 @@ def assess(report: Mapping[str, Any] | None, *, now: float | None = None) -> Hea
     if isinstance(up, Mapping):
         problems.extend(_uplink(up, now))
     problems.extend(_devices(report))
+    care = report.get("care")
+    if isinstance(care, Mapping):
+        problems.extend(_care(care))
     return Health(tuple(problems), age_s=age, running=running)
