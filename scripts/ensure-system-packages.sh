@@ -11,6 +11,7 @@ needs=(
   "openssl:openssl"
   "dbus-send:dbus-bin"
   "systemd-analyze:systemd"
+  "fusermount3:fuse3"
 )
 missing=()
 for pair in "${needs[@]}"; do
