@@ -132,8 +132,12 @@ class Salvage:
         unreadable = 0
         try:
             while stored < budget:
-                rows, last, skipped = self._page(src, last)
+                rows, after, skipped = self._page(src, last)
                 unreadable += skipped
+                if rows is not None and after <= last:
+                    # A damaged table can answer anything; never go round in circles on it.
+                    rows = None
+                last = after
                 if rows is None:  # nothing left
                     self._record(name, _DONE)
                     _LOGGER.warning(
@@ -219,13 +223,16 @@ class Salvage:
 
     def _rows(self, src: _Source, after: int, limit: int) -> list[_Row]:
         """Rows with ``seq > after``; a row whose sequence number cannot be the store's (a
-        damaged page can decode to anything) counts as damage."""
+        damaged page can decode to anything: out of range, not above ``after``, or out of
+        order) counts as damage, so every page read moves strictly forward."""
         rows: list[_Row] = src.conn.execute(
             "SELECT seq, lane, state, key_id, blob FROM readings WHERE seq > ? ORDER BY seq"
             " LIMIT ?",
             (after, limit),
         ).fetchall()
+        prev = after
         for row in rows:
-            if type(row[0]) is not int or row[0] > src.top:
-                raise sqlite3.DatabaseError("sequence number out of range")
+            if type(row[0]) is not int or row[0] > src.top or row[0] <= prev:
+                raise sqlite3.DatabaseError("sequence number out of range or out of order")
+            prev = row[0]
         return rows
