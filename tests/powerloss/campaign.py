@@ -20,23 +20,37 @@ Used by ``tests/powerloss/test_powerloss.py`` (200 cuts in ``make test``) and by
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import queue
 import random
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from hw_mocks.powerfs import PowerFsMount
 
 from tests.powerloss.worker import TARGETS
 
 ROOT = Path(__file__).resolve().parents[2]
+BOOT_DEADLINE_S = 120.0
+"""A boot that has not ended by then is a finding (a store that never opens stops capture)."""
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(x) for x in text.split()]
 
 
 @dataclass
@@ -177,6 +191,14 @@ def run(
         )
         assert zygote.stdin is not None
         assert zygote.stdout is not None
+        out: queue.Queue[str | None] = queue.Queue()
+
+        def pump(stream: IO[str]) -> None:
+            for text in stream:
+                out.put(text)
+            out.put(None)
+
+        threading.Thread(target=pump, args=(zygote.stdout,), daemon=True).start()
         try:
             for boot in range(cuts + 1):
                 if time.monotonic() - start > deadline_s:
@@ -193,14 +215,27 @@ def run(
                 zygote.stdin.write("boot " + json.dumps(spec) + "\n")
                 zygote.stdin.flush()
                 lines: list[str] = []
+                hung = False
+                boot_deadline = time.monotonic() + BOOT_DEADLINE_S
                 while True:
-                    line = zygote.stdout.readline()
-                    if not line:
+                    try:
+                        line = out.get(timeout=max(0.1, boot_deadline - time.monotonic()))
+                    except queue.Empty:
+                        hung = True
+                        break
+                    if line is None:
                         raise RuntimeError("the power-cut zygote died")
                     line = line.rstrip("\n")
                     if line.startswith("EXIT "):
                         break
                     lines.append(line)
+                if hung:
+                    label = card.request(op="status").get("last_cut")
+                    result.findings.append(
+                        f"boot {boot} hung for {BOOT_DEADLINE_S:.0f} s (the store did not open"
+                        f" or an operation never returned); last lines {lines[-3:]}, {label}"
+                    )
+                    break
                 checker.boot_lines(boot, lines)
                 errors = [json.loads(x[4:]) for x in lines if x.startswith("ERR ")]
                 if errors:
@@ -221,7 +256,11 @@ def run(
                     result.names_lost += int(cut.get("names_lost", 0))
                 card.request(op="power_on")
         finally:
-            zygote.stdin.close()
+            with contextlib.suppress(OSError):
+                zygote.stdin.close()
+            for pid in _children(zygote.pid):  # a hung boot: end it (our own child only)
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
             try:
                 zygote.wait(timeout=30)
             except subprocess.TimeoutExpired:
