@@ -206,11 +206,15 @@ class Broker:
     certificate, the restricted account ``dho-enrol`` (:data:`ENROL_PASSWORD`) only.
     """
 
-    def __init__(self, pki: PKI, root: Path) -> None:
+    def __init__(self, pki: PKI, root: Path, *, websockets: bool = False) -> None:
         self.pki = pki
         self.root = root
         self.port = free_port()
         self.enrol_port = free_port()
+        self.ws_port: int | None = free_port() if websockets else None
+        """MQTT over WebSockets with TLS (the box's fallback to port 443, ``docs/care.md``):
+        the same CA, certificate and identity rules as :attr:`port`. Mosquitto 2.0.11 binds
+        a websockets listener on every address whatever the configuration says."""
         self.proc: subprocess.Popen[bytes] | None = None
         root.mkdir(parents=True, exist_ok=True)
         root.chmod(0o777)
@@ -242,6 +246,18 @@ class Broker:
             "use_identity_as_username true",
             "use_username_as_clientid true",
         ]
+        if self.ws_port is not None:
+            lines += [
+                f"listener {self.ws_port} 127.0.0.1",
+                "protocol websockets",
+                f"cafile {pki.ca.ca_file}",
+                f"certfile {cert}",
+                f"keyfile {key}",
+                "tls_version tlsv1.2",
+                "require_certificate true",
+                "use_identity_as_username true",
+                "use_username_as_clientid true",
+            ]
         passwd = root / "passwd"
         if _write_password_file(passwd):
             lines.insert(lines.index("allow_anonymous false") + 1, f"password_file {passwd}")
@@ -268,10 +284,10 @@ class Broker:
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode() if self.proc.stderr else ""
                 raise RuntimeError(f"mosquitto exited: {err} {self.log()}")
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), 0.2),
-            ):
+            with contextlib.suppress(OSError):
+                for port in (self.port, self.ws_port):
+                    if port is not None:
+                        socket.create_connection(("127.0.0.1", port), 0.2).close()
                 return
             time.sleep(0.05)
         raise RuntimeError("mosquitto did not start")

@@ -3,6 +3,7 @@
 Protocol: ``docs/uplink-protocol.md``, implemented by the shared, pure package
 :mod:`dho_protocol` (envelopes, payload encoding, topics, errors, TLS settings). Modules here:
 
+* :mod:`agent.uplink.endpoints`: MQTT over TLS on 8883 or over WebSockets on 443 (pure),
 * :mod:`agent.uplink.policy`: back-off, adaptive batch size, acknowledgement timeout (pure),
 * :mod:`agent.uplink.state`: persistent sequence numbers and command counter,
 * :mod:`agent.uplink.link`: the paho-mqtt 2.x connection driven from asyncio,
