@@ -366,7 +366,8 @@ class LineDecoder(StreamDecoder[object]):
     """Base of the ASCII line decoders: split on LF (CR stripped), decode each line.
 
     The bytes of a line before its data (noise glued to it) become garbage; a line that is
-    not data (a power-up header) is garbage as a whole; blank lines are dropped.
+    not data (a power-up header) is garbage as a whole; blank lines are dropped, except right
+    after garbage, where they join it so every garbage item is one contiguous run of the input.
     """
 
     profile = "serial.lines"
@@ -385,6 +386,8 @@ class LineDecoder(StreamDecoder[object]):
         line = bytes(self._buf[:n])
         body = line.rstrip(b"\r\n")
         if not body.strip():
+            if self._junk:  # keep a garbage run contiguous: the blank line joins it
+                return self._reject(n, self._reason)
             del self._buf[:n]
             return True
         m = self.pattern.search(body)
