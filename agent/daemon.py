@@ -20,7 +20,7 @@ from agent.buffer import AppendResult, AsyncBuffer
 from agent.config import AgentConfig
 from agent.errors import ConfigError
 from agent.logs import fields
-from agent.model import Reading
+from agent.model import Lane, Reading
 from agent.status import Provider, StatusReporter, status_line
 from agent.supervisor import Service, Supervisor
 
@@ -265,15 +265,15 @@ class UplinkService:
 class WakingSink:
     """The buffer as a driver's sink, telling the uplink after each append."""
 
-    def __init__(self, buffer: AsyncBuffer, wake: Callable[[], None]) -> None:
+    def __init__(self, buffer: AsyncBuffer, wake: Callable[[bool], None]) -> None:
         self.buffer = buffer
         self.wake = wake
 
     async def append(self, readings: Sequence[Reading]) -> AppendResult:
-        """Append durably, then wake the uplink."""
+        """Append durably, then wake the uplink (urgently when an alarm is among them)."""
         result = await self.buffer.append(readings)
         if result.stored:
-            self.wake()
+            self.wake(any(r.lane is Lane.ALARM for r in readings))
         return result
 
 
@@ -345,11 +345,11 @@ def services_from_config(cfg: AgentConfig, buffer: AsyncBuffer) -> list[Service]
     ``transport`` is a BLE device); a bad table is a ConfigError naming its key.
     """
     services: list[Service] = []
-    wakers: list[Callable[[], None]] = []
+    wakers: list[Callable[[bool], None]] = []
 
-    def wake() -> None:
+    def wake(urgent: bool) -> None:
         for w in wakers:
-            w()
+            w(urgent)
 
     care = _care_service(cfg, WakingSink(buffer, wake))
     services.append(care)

@@ -16,6 +16,8 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.atomicfile import write_atomic
+
 Provider = Callable[[], Awaitable[Mapping[str, Any]]]
 
 
@@ -30,15 +32,9 @@ def _plain(value: Any) -> Any:
 
 
 def write_status(path: Path, report: Mapping[str, Any]) -> None:
-    """Write the report atomically (temp file, fsync, rename), readable by the owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(_plain(report), f, indent=2, sort_keys=True, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write the report atomically and durably, readable by the owner only."""
+    body = json.dumps(_plain(report), indent=2, sort_keys=True, default=str).encode()
+    write_atomic(path, body, dir_mode=0o755)
 
 
 def read_status(path: Path) -> dict[str, Any] | None:

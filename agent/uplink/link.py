@@ -1,10 +1,19 @@
-"""The MQTT v5 link to the broker: paho-mqtt 2.x driven from asyncio.
+"""The MQTT v5 link to the broker: paho-mqtt 2.x driven by the asyncio event loop.
 
-paho runs its network loop on its own thread (``loop_start``); every callback only hands its
-event to the event loop with ``call_soon_threadsafe``. The blocking parts of a connection
-attempt (TCP connect, TLS handshake) run in a worker thread. One task, :meth:`MqttLink.run`,
-owns the connection: it connects, waits until the link drops, backs off with full jitter and
-connects again; paho's own reconnect (no jitter) is switched off.
+paho runs in its "external event loop" mode (``loop_read``/``loop_write``/``loop_misc``, the
+pattern of paho's ``examples/loop_asyncio.py``): the event loop watches paho's socket and
+calls paho when it is readable or writable, so every paho callback runs on the event loop
+thread, and there is no paho thread and no wake-up socket pair. Only the blocking part of a
+connection attempt (DNS, TCP connect, TLS handshake) runs in a worker thread.
+
+One task, :meth:`MqttLink.run`, owns the connection: it connects, stays connected, and when an
+attempt fails or the link drops, waits as :class:`~agent.uplink.policy.ReconnectPolicy` says:
+a short full-jitter back-off that ends early when the network comes back (netlink, see
+:mod:`agent.uplink.netwatch`) or a bare TCP probe reaches the broker; a long one when the
+broker refused this box's identity. paho's own reconnect (no jitter) is not used.
+
+TLS sessions are resumed where the broker allows it (Python's ``ssl`` session tickets): a
+reconnect then skips sending the certificate chain again.
 
 Connection failures become typed errors with a message a technician can act on:
 :class:`~agent.errors.BrokerUnreachableError`, :class:`~agent.errors.CertificateRejectedError`,
@@ -19,6 +28,7 @@ import enum
 import logging
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,7 +50,8 @@ from agent.errors import (
     ClockImplausibleError,
     UplinkError,
 )
-from agent.uplink.policy import Backoff
+from agent.uplink.netwatch import KernelNetworkWatch, NetworkWatch
+from agent.uplink.policy import FailureKind, ReconnectPolicy, Wait
 from dho_protocol.tls import TlsFiles, client_context
 
 _LOG = logging.getLogger(__name__)
@@ -56,8 +67,18 @@ _TLS_REJECT_MARKERS: Final = (
     "ALERT_CERTIFICATE_REVOKED",
     "ALERT_CERTIFICATE_UNKNOWN",
     "ALERT_ACCESS_DENIED",
-    "ALERT_HANDSHAKE_FAILURE",
+    "ALERT_UNSUPPORTED_CERTIFICATE",
 )
+"""TLS alerts a broker sends when it refuses the client's certificate (OpenSSL's names)."""
+
+_IDENTITY_REFUSED: Final = frozenset({0x85, 0x86, 0x87, 0x8A, 0x8C})
+"""CONNACK reasons that refuse this box: client id not valid, bad user name or password, not
+authorised, banned, bad authentication method."""
+
+_PROBE_TIMEOUT_S: Final = 2.0
+
+_connect_properties: Callable[[int], Properties] = Properties
+"""paho's ``Properties`` constructor, typed (paho leaves its ``__init__`` unannotated)."""
 
 
 class LinkState(enum.StrEnum):
@@ -84,6 +105,7 @@ class LinkConfig:
         will_topic, will_payload: the last will, published retained by the broker when the
             box vanishes without a clean disconnect.
         subscriptions: topic filters to (re)subscribe with QoS 1 after every connect.
+        stable_after_s: a connection that stayed up this long resets the back-off.
     """
 
     host: str
@@ -99,6 +121,34 @@ class LinkConfig:
     will_payload: bytes = b"offline"
     subscriptions: tuple[str, ...] = ()
     stable_after_s: float = 60.0
+
+    @property
+    def tls_files(self) -> TlsFiles:
+        """The box's TLS identity in the protocol's shared form."""
+        return TlsFiles(self.ca_file, self.cert_file, self.key_file)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkHandlers:
+    """What the link tells its user, always on the event loop thread.
+
+    Attributes:
+        on_message: a message arrived on a subscribed topic.
+        on_up: the broker accepted the connection (subscriptions are requested).
+        on_down: the accepted connection is gone.
+    """
+
+    on_message: Callable[[str, bytes], None]
+    on_up: Callable[[], None]
+    on_down: Callable[[], None]
+
+
+def _ignore_message(topic: str, payload: bytes) -> None:
+    """Default handler until :meth:`MqttLink.bind` is called."""
+
+
+def _nothing() -> None:
+    """Default handler until :meth:`MqttLink.bind` is called."""
 
 
 def check_clock(cert_file: Path, *, now: datetime | None = None) -> None:
@@ -136,14 +186,20 @@ def check_clock(cert_file: Path, *, now: datetime | None = None) -> None:
 
 def _tls_context(cfg: LinkConfig) -> ssl.SSLContext:
     try:
-        return client_context(TlsFiles(cfg.ca_file, cfg.cert_file, cfg.key_file))
+        return client_context(cfg.tls_files)
     except (OSError, ssl.SSLError) as err:
         raise CertificateRejectedError(
             f"cannot load the TLS files ({cfg.ca_file}, {cfg.cert_file}): {err}"
         ) from err
 
 
-def _classify_connect_error(err: BaseException, cfg: LinkConfig) -> UplinkError:
+def _rejects_certificate(text: str) -> bool:
+    upper = text.upper()
+    return any(m in upper for m in _TLS_REJECT_MARKERS)
+
+
+def classify_connect_error(err: BaseException, cfg: LinkConfig) -> UplinkError:
+    """The typed error for an exception raised while connecting (TCP, TLS handshake)."""
     where = f"{cfg.host}:{cfg.port}"
     if isinstance(err, ssl.SSLCertVerificationError):
         msg = err.verify_message or str(err)
@@ -161,8 +217,7 @@ def _classify_connect_error(err: BaseException, cfg: LinkConfig) -> UplinkError:
             f"verification against the pinned CA ({msg})"
         )
     if isinstance(err, ssl.SSLError):
-        text = str(err).upper()
-        if any(m in text for m in _TLS_REJECT_MARKERS):
+        if _rejects_certificate(str(err)):
             return CertificateRejectedError(
                 f"the broker at {where} rejected this box's certificate during the TLS "
                 f"handshake ({err.reason or err}); the box may be revoked or need re-enrolment"
@@ -177,70 +232,105 @@ def _classify_connect_error(err: BaseException, cfg: LinkConfig) -> UplinkError:
     return UplinkError(f"connecting to {where} failed: {err}")
 
 
-MessageHandler = Callable[[str, bytes], None]
+def failure_kind(err: UplinkError) -> FailureKind:
+    """How long a failure should make the link wait (see :class:`ReconnectPolicy`)."""
+    if isinstance(err, CertificateRejectedError | BrokerCertificateError):
+        return FailureKind.IDENTITY
+    if isinstance(err, ClockImplausibleError):
+        return FailureKind.CLOCK
+    if isinstance(err, BrokerUnreachableError):
+        return FailureKind.UNREACHABLE
+    return FailureKind.REFUSED
 
 
 class TlsClient(mqtt.Client):
-    """paho's client, closing the TLS socket when the handshake fails.
+    """paho's client with its TLS handshake done here: session resumption, no leaked socket.
 
-    paho 2.x leaves the half-open TLS socket of a failed handshake to the garbage collector
-    (a descriptor held for as long as the exception lives, and a ResourceWarning). This
-    replacement does the same steps with the context we configured, and closes on failure.
+    paho 2.x calls ``_ssl_wrap_socket(tcp_sock)`` from ``_create_socket`` to wrap and
+    handshake the TCP socket. This override (the only paho internal the agent relies on;
+    ``tests/uplink/test_link.py`` fails loudly if a paho upgrade changes it) does the same
+    with :attr:`tls_context`, and:
+
+    * offers the TLS session of the previous connection (:attr:`tls_session`), so a
+      reconnect on a metered link resumes instead of sending the certificate chain again;
+    * closes the TLS socket when the handshake fails (paho leaves it to the garbage
+      collector, holding a descriptor for as long as the exception lives).
     """
 
+    tls_context: ssl.SSLContext | None = None
+    tls_session: ssl.SSLSession | None = None
+    handshakes = 0
+    resumed = 0
+    last_resumed = False
+    """Whether the last handshake resumed a session."""
+
     def _ssl_wrap_socket(self, tcp_sock: socket.socket) -> ssl.SSLSocket:
-        ctx = self._ssl_context
+        ctx = self.tls_context
         if ctx is None:
             raise ValueError("TLS is not configured")
-        tls = ctx.wrap_socket(tcp_sock, server_hostname=self.host, do_handshake_on_connect=False)
+        tls = ctx.wrap_socket(
+            tcp_sock,
+            server_hostname=self.host,
+            do_handshake_on_connect=False,
+            session=self.tls_session,
+        )
         try:
             tls.settimeout(self.connect_timeout)
             tls.do_handshake()
         except BaseException:
             tls.close()
+            self.tls_session = None  # never offer a session twice to a failing broker
             raise
+        self.handshakes += 1
+        self.last_resumed = bool(tls.session_reused)
+        if tls.session_reused:
+            self.resumed += 1
         return tls
 
 
 class MqttLink:
     """One MQTT v5 connection over TLS with a client certificate, owned by :meth:`run`.
 
-    ``on_message`` and ``on_connected`` are called on the event loop thread.
+    Args:
+        cfg: where and who.
+        policy: when to try again after a failure.
+        network: what tells the link that the network came back (netlink by default).
+        clock_check: refuses to start TLS with an implausible clock.
     """
 
     def __init__(
         self,
         cfg: LinkConfig,
         *,
-        on_message: MessageHandler,
-        on_connected: Callable[[], None] | None = None,
-        backoff: Backoff | None = None,
+        policy: ReconnectPolicy | None = None,
+        network: NetworkWatch | None = None,
         clock_check: Callable[[Path], None] = check_clock,
     ) -> None:
         self.cfg = cfg
         self.state = LinkState.IDLE
+        self.reason: str | None = "not started"
         self.last_error: UplinkError | None = None
         self.connected_since: float | None = None
         self.bytes_sent = 0
         self.connects = 0
-        self.backoff = backoff or Backoff()
-        self._on_message = on_message
-        self._on_connected = on_connected
+        self.policy = policy or ReconnectPolicy()
+        self.network: NetworkWatch = network or KernelNetworkWatch()
+        self._handlers = LinkHandlers(_ignore_message, _nothing, _nothing)
         self._clock_check = clock_check
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
         self._connected = asyncio.Event()
-        self._down = asyncio.Event()
-        self._down.set()
         self._connack: asyncio.Future[ReasonCode] | None = None
         self._dropped: asyncio.Future[str] | None = None
-        self._pubacks: dict[int, asyncio.Future[ReasonCode | None]] = {}
+        self._pubacks: dict[int, asyncio.Future[bool | None]] = {}
+        self._watched: set[int] = set()
         self._last_log_error = ""
         self._tls_ready = False
         self._client = self._make_client()
 
     # -- paho set-up -------------------------------------------------------------------
 
-    def _make_client(self) -> mqtt.Client:
+    def _make_client(self) -> TlsClient:
         client = TlsClient(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=self.cfg.box_id,
@@ -255,17 +345,88 @@ class MqttLink:
         client.on_message = self._cb_message
         client.on_publish = self._cb_publish
         client.on_log = self._cb_log
+        client.on_socket_open = self._cb_socket_open
+        client.on_socket_close = self._cb_socket_close
+        client.on_socket_register_write = self._cb_register_write
+        client.on_socket_unregister_write = self._cb_unregister_write
         if self.cfg.will_topic is not None:
             client.will_set(self.cfg.will_topic, self.cfg.will_payload, qos=1, retain=True)
         return client
 
-    # -- callbacks (paho's thread) -------------------------------------------------------
+    @property
+    def tls(self) -> TlsClient:
+        """The paho client (its TLS counters: ``handshakes``, ``resumed``)."""
+        return self._client
 
-    def _post(self, fn: Callable[..., None], *args: Any) -> None:
+    # -- running paho from the event loop --------------------------------------------------
+
+    def _on_loop(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn`` on the event loop thread: now if we are on it, else soon."""
         loop = self._loop
-        if loop is not None and not loop.is_closed():
+        if loop is None or loop.is_closed():
+            return
+        if threading.get_ident() == self._loop_thread:
+            fn(*args)
+        else:
             with contextlib.suppress(RuntimeError):  # loop closing during shutdown
                 loop.call_soon_threadsafe(fn, *args)
+
+    def _cb_socket_open(self, client: mqtt.Client, userdata: object, sock: Any) -> None:
+        self._on_loop(self._watch, sock)
+
+    def _cb_socket_close(self, client: mqtt.Client, userdata: object, sock: Any) -> None:
+        self._on_loop(self._unwatch, sock)
+
+    def _cb_register_write(self, client: mqtt.Client, userdata: object, sock: Any) -> None:
+        self._on_loop(self._want_write, sock, True)
+
+    def _cb_unregister_write(self, client: mqtt.Client, userdata: object, sock: Any) -> None:
+        self._on_loop(self._want_write, sock, False)
+
+    def _watch(self, sock: socket.socket) -> None:
+        assert self._loop is not None
+        fd = sock.fileno()
+        if fd < 0 or fd in self._watched:
+            return
+        self._watched.add(fd)
+        self._loop.add_reader(fd, self._readable)
+        if self._client.want_write():
+            self._loop.add_writer(fd, self._writable)
+
+    def _want_write(self, sock: socket.socket, on: bool) -> None:
+        assert self._loop is not None
+        fd = sock.fileno()
+        if fd not in self._watched:
+            return
+        if on:
+            self._loop.add_writer(fd, self._writable)
+        else:
+            self._loop.remove_writer(fd)
+
+    def _unwatch(self, sock: socket.socket | None = None) -> None:
+        assert self._loop is not None
+        fds = {sock.fileno()} if sock is not None and sock.fileno() >= 0 else set(self._watched)
+        for fd in fds & self._watched:
+            self._loop.remove_reader(fd)
+            self._loop.remove_writer(fd)
+            self._watched.discard(fd)
+
+    def _readable(self) -> None:
+        client = self._client
+        rc = client.loop_read()
+        sock = client.socket()
+        # Decrypted bytes may wait inside the TLS object with nothing left on the socket;
+        # the loop would not call us again for them.
+        while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and isinstance(sock, ssl.SSLSocket):
+            if sock.fileno() < 0 or not sock.pending():
+                break
+            rc = client.loop_read()
+            sock = client.socket()
+
+    def _writable(self) -> None:
+        self._client.loop_write()
+
+    # -- callbacks (event loop thread) ---------------------------------------------------
 
     def _cb_connect(
         self,
@@ -276,9 +437,13 @@ class MqttLink:
         properties: Properties | None,
     ) -> None:
         if not reason.is_failure:
+            sock = client.socket()
+            if isinstance(sock, ssl.SSLSocket):
+                with contextlib.suppress(ssl.SSLError, ValueError):
+                    self._client.tls_session = sock.session  # resumed on the next connect
             for topic in self.cfg.subscriptions:
                 client.subscribe(topic, qos=1)
-        self._post(self._on_connack, reason)
+        self._on_loop(self._on_connack, reason)
 
     def _cb_disconnect(
         self,
@@ -288,10 +453,10 @@ class MqttLink:
         reason: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        self._post(self._on_drop, f"{reason}; {self._last_log_error}".strip("; "))
+        self._on_loop(self._on_drop, f"{reason}; {self._last_log_error}".strip("; "))
 
     def _cb_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        self._post(self._on_message, msg.topic, bytes(msg.payload))
+        self._on_loop(self._handlers.on_message, msg.topic, bytes(msg.payload))
 
     def _cb_publish(
         self,
@@ -301,13 +466,11 @@ class MqttLink:
         reason: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        self._post(self._on_puback, mid, reason)
+        self._on_loop(self._on_puback, mid, reason)
 
     def _cb_log(self, client: mqtt.Client, userdata: object, level: int, buf: str) -> None:
         if level == mqtt.MQTT_LOG_ERR:
             self._last_log_error = buf
-
-    # -- the same events, on the event loop ---------------------------------------------
 
     def _on_connack(self, reason: ReasonCode) -> None:
         if self._connack is not None and not self._connack.done():
@@ -328,33 +491,35 @@ class MqttLink:
             )
         fut = self._pubacks.pop(mid, None)
         if fut is not None and not fut.done():
-            fut.set_result(reason)
+            fut.set_result(not reason.is_failure)
 
     # -- public API ---------------------------------------------------------------------
+
+    def bind(self, handlers: LinkHandlers) -> None:
+        """Say whom to tell about messages and the connection coming and going."""
+        self._handlers = handlers
 
     @property
     def connected(self) -> asyncio.Event:
         """Set while the broker has accepted the connection."""
         return self._connected
 
-    @property
-    def down(self) -> asyncio.Event:
-        """Set while there is no accepted connection."""
-        return self._down
-
     def publish(
         self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
-    ) -> asyncio.Future[ReasonCode | None]:
-        """Queue a message; the future resolves with the PUBACK reason code.
+    ) -> asyncio.Future[bool | None]:
+        """Queue a message; the future says whether the broker took it (its PUBACK).
 
-        paho keeps it in memory only: callers that need delivery keep their own copy (the
-        buffer) and wait for their own acknowledgement.
+        For QoS 1 the future resolves with True when the broker acknowledged the message,
+        False when it refused it, and None when the link stopped first. paho keeps the
+        message in memory across reconnects and sends it again after one (MQTT session
+        resumption); callers that need delivery keep their own copy (the buffer) and wait
+        for their own acknowledgement.
 
         Raises:
             BrokerUnreachableError: not connected (nothing is queued).
         """
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[ReasonCode | None] = loop.create_future()
+        fut: asyncio.Future[bool | None] = loop.create_future()
         if not self._connected.is_set():
             raise BrokerUnreachableError("not connected to the broker")
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
@@ -364,47 +529,120 @@ class MqttLink:
             )
         self.bytes_sent += len(payload) + len(topic) + 8
         if qos == 0:
-            fut.set_result(None)
+            fut.set_result(True)
         else:
             self._pubacks[info.mid] = fut
         return fut
 
     async def run(self) -> None:
-        """Connect, stay connected, reconnect with full-jitter back-off, until cancelled."""
+        """Connect, stay connected, reconnect as the policy says, until cancelled."""
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         try:
-            while True:
-                self.state = LinkState.CONNECTING
-                try:
-                    await self._connect_once()
-                except UplinkError as err:
-                    self._failed(err)
-                except Exception as err:  # noqa: BLE001 - a bug must not end the uplink
-                    _LOG.exception("uplink %s: unexpected error while connecting", self.cfg.box_id)
-                    self._failed(UplinkError(f"unexpected error while connecting: {err!r}"))
-                else:
-                    why = await self._stay_connected()
-                    self.last_error = BrokerUnreachableError(f"connection lost: {why}")
-                    _LOG.warning("uplink %s: connection lost (%s)", self.cfg.box_id, why)
-                delay = self.backoff.next_delay()
-                self.state = LinkState.BACKING_OFF
-                _LOG.info("uplink %s: next connection attempt in %.1f s", self.cfg.box_id, delay)
-                await asyncio.sleep(delay)
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.network.run(), name=f"uplink-netwatch-{self.cfg.box_id}")
+                tg.create_task(self._connect_loop(), name=f"uplink-connect-{self.cfg.box_id}")
         finally:
             self.state = LinkState.STOPPED
-            await self._shutdown()
+            self.reason = "stopped"
+            self._shutdown()
+
+    async def _connect_loop(self) -> None:
+        while True:
+            self.state = LinkState.CONNECTING
+            self.reason = f"connecting to {self.cfg.host}:{self.cfg.port}"
+            self.network.changed().clear()  # a change from now on may end the next wait
+            try:
+                await self._connect_once()
+            except UplinkError as err:
+                self._failed(err)
+                wait = self.policy.failed(failure_kind(err), time.monotonic())
+            except Exception as err:  # noqa: BLE001 - a bug must not end the uplink
+                _LOG.exception("uplink %s: unexpected error while connecting", self.cfg.box_id)
+                self._failed(UplinkError(f"unexpected error while connecting: {err!r}"))
+                wait = self.policy.failed(FailureKind.REFUSED, time.monotonic())
+            else:
+                self.policy.connected()
+                why = await self._stay_connected()
+                self.last_error = BrokerUnreachableError(f"connection lost: {why}")
+                _LOG.warning("uplink %s: connection lost (%s)", self.cfg.box_id, why)
+                wait = self.policy.failed(FailureKind.UNREACHABLE, time.monotonic())
+            await self._wait(wait)
 
     def _failed(self, err: UplinkError) -> None:
         self.last_error = err
         _LOG.error("uplink %s: %s: %s", self.cfg.box_id, type(err).__name__, err)
 
+    def _describe_wait(self, wait: Wait) -> str:
+        err = self.last_error
+        why = "connection lost" if err is None else f"{type(err).__name__}: {err}"
+        kind = failure_kind(err) if err is not None else FailureKind.UNREACHABLE
+        if kind is FailureKind.IDENTITY:
+            return (
+                f"the broker refused this box's identity ({why}); the box needs re-enrolment "
+                f"(dho-provision enroll); trying again in {wait.delay_s / 60:.0f} min"
+            )
+        if kind is FailureKind.CLOCK:
+            return f"waiting for the clock to be synchronised ({why})"
+        if kind is FailureKind.UNREACHABLE and not self.network.has_default_route():
+            return f"no network (no default route); waiting for it to come back ({why})"
+        return f"retrying within {wait.delay_s:.0f} s ({why})"
+
+    async def _wait(self, wait: Wait) -> None:
+        """Wait as ``wait`` says; return early when the network or the broker is back."""
+        self.state = LinkState.BACKING_OFF
+        self.reason = self._describe_wait(wait)
+        _LOG.info("uplink %s: next connection attempt within %.1f s", self.cfg.box_id, wait.delay_s)
+        now = time.monotonic()
+        deadline = now + wait.delay_s
+        probing = wait.probe_every_s is not None
+        next_probe = now + (wait.probe_every_s or 0.0)
+        changed = self.network.changed()
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                return
+            until = min(deadline, next_probe) if probing else deadline
+            if wait.follow_network:
+                try:
+                    await asyncio.wait_for(changed.wait(), until - now)
+                except TimeoutError:
+                    pass
+                else:
+                    _LOG.info("uplink %s: the network changed; reconnecting", self.cfg.box_id)
+                    await asyncio.sleep(wait.settle_s)
+                    return
+            else:
+                await asyncio.sleep(until - now)
+            if probing and time.monotonic() >= next_probe:
+                if await self._probe():
+                    _LOG.info("uplink %s: the broker is reachable again", self.cfg.box_id)
+                    await asyncio.sleep(wait.settle_s / 2)
+                    return
+                next_probe = time.monotonic() + self.policy.probe_interval(time.monotonic())
+
+    async def _probe(self) -> bool:
+        """A bare TCP connection to the broker (no TLS): is it reachable at all?"""
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(self.cfg.host, self.cfg.port), _PROBE_TIMEOUT_S
+            )
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
+
     async def _connect_once(self) -> None:
         self._clock_check(self.cfg.cert_file)
         client = self._client
         if not self._tls_ready:  # paho accepts one TLS context per client
-            client.tls_set_context(_tls_context(self.cfg))
+            ctx = _tls_context(self.cfg)
+            client.tls_set_context(ctx)
+            client.tls_context = ctx
             self._tls_ready = True
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props = _connect_properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.cfg.session_expiry_s
         loop = asyncio.get_running_loop()
         self._connack = loop.create_future()
@@ -420,92 +658,94 @@ class MqttLink:
                 properties=props,
             )
         except (OSError, ValueError) as err:
-            raise _classify_connect_error(err, self.cfg) from err
-        client.loop_start()
+            raise classify_connect_error(err, self.cfg) from err
         try:
             reason = await asyncio.wait_for(self._connack, self.cfg.connect_timeout_s)
         except ConnectionError as err:
-            await self._stop_thread()
-            text = str(err).upper()
-            if any(m in text for m in _TLS_REJECT_MARKERS) or "CERTIFICATE" in text:
-                raise CertificateRejectedError(
-                    f"the broker at {self.cfg.host}:{self.cfg.port} rejected this box's "
-                    f"certificate ({err}); the box may be revoked or need re-enrolment"
-                ) from err
-            if "EOF OCCURRED" in text or "SSL" in text:
-                # TLS 1.3 checks the client certificate after the client's handshake is
-                # done: a refusal shows up as the TLS session dying before the CONNACK.
-                raise CertificateRejectedError(
-                    f"the broker at {self.cfg.host}:{self.cfg.port} closed the TLS session "
-                    "right after the handshake, before accepting the MQTT connection: it "
-                    "rejected this box's certificate (unknown issuer, revoked or expired); "
-                    f"re-enrol the box ({err})"
-                ) from err
-            raise BrokerUnreachableError(
-                f"the broker closed the connection before accepting it ({err}); if this "
-                "repeats, the box certificate may be rejected"
-            ) from err
+            self._close_socket()
+            raise self._refused_before_connack(str(err)) from err
         except TimeoutError as err:
-            await self._stop_thread()
+            self._close_socket()
             raise BrokerUnreachableError(
                 f"no CONNACK from {self.cfg.host}:{self.cfg.port} within "
                 f"{self.cfg.connect_timeout_s:.0f} s"
             ) from err
         if reason.is_failure:
-            await self._stop_thread()
+            self._close_socket()
             name = reason.getName()
-            if reason.value in (0x86, 0x87, 0x8A, 0x8C):  # bad credentials, not authorised, banned
+            if reason.value in _IDENTITY_REFUSED:
                 raise CertificateRejectedError(
                     f"the broker refused box {self.cfg.box_id}: {name}; check its enrolment"
                 )
             raise UplinkError(f"the broker refused the connection: {name}")
 
+    def _refused_before_connack(self, why: str) -> UplinkError:
+        where = f"{self.cfg.host}:{self.cfg.port}"
+        if _rejects_certificate(why):
+            return CertificateRejectedError(
+                f"the broker at {where} rejected this box's certificate ({why}); the box may "
+                "be revoked or need re-enrolment"
+            )
+        # TLS 1.3 checks the client certificate after the client's side of the handshake is
+        # done, so a refusal may also look like this. So may a flaky link, and only the TLS
+        # alert tells them apart: do not tell a technician to re-enrol on a guess.
+        return BrokerUnreachableError(
+            f"the broker at {where} closed the connection before accepting it ({why})"
+        )
+
     async def _stay_connected(self) -> str:
         assert self._dropped is not None
+        dropped = self._dropped
         self.state = LinkState.CONNECTED
         self.connects += 1
         self.connected_since = time.monotonic()
         self.last_error = None
-        self._down.clear()
+        resumed = " (TLS session resumed)" if self._client.last_resumed else ""
+        self.reason = f"connected to {self.cfg.host}:{self.cfg.port}{resumed}"
         self._connected.set()
-        _LOG.info("uplink %s: connected to %s:%s", self.cfg.box_id, self.cfg.host, self.cfg.port)
-        if self._on_connected is not None:
-            self._on_connected()
+        _LOG.info("uplink %s: %s", self.cfg.box_id, self.reason)
+        self._handlers.on_up()
+        stable = False
+        stable_at = self.connected_since + self.cfg.stable_after_s
         try:
-            try:
-                why = await asyncio.wait_for(asyncio.shield(self._dropped), self.cfg.stable_after_s)
-            except TimeoutError:
-                self.backoff.reset()
-                why = await self._dropped
-            return why
+            while not dropped.done():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(dropped), 1.0)
+                if dropped.done():
+                    break
+                self._client.loop_misc()  # keep-alive
+                if not stable and time.monotonic() >= stable_at:
+                    stable = True
+                    self.policy.stable()
+            return dropped.result()
         finally:
             self._connected.clear()
-            self._down.set()
             self.connected_since = None
-            if not self._dropped.done():  # cancelled: leave cleanly, say so first
+            if not dropped.done():  # cancelled: leave cleanly, say so first
                 with contextlib.suppress(Exception):
                     if self.cfg.will_topic is not None:
                         self._client.publish(
                             self.cfg.will_topic, self.cfg.will_payload, qos=0, retain=True
                         )
                     self._client.disconnect()
-            for fut in self._pubacks.values():
-                if not fut.done():
-                    fut.set_result(None)
-            self._pubacks.clear()
-            await self._stop_thread()
+                    self._client.loop_write()
+            self._close_socket()
+            self._handlers.on_down()
 
-    async def _stop_thread(self) -> None:
-        await asyncio.to_thread(self._stop_thread_blocking)
+    def _close_socket(self) -> None:
+        """Stop watching paho's socket and close it (paho opens a new one to reconnect)."""
+        if self._loop is not None:
+            self._unwatch()
+        sock = self._client.socket()
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
 
-    def _stop_thread_blocking(self) -> None:
-        self._client.loop_stop()
-        # paho 2.x: loop_start() makes a new wake-up socket pair each time without closing
-        # the previous one, and a connection refused before CONNACK may leave the TLS
-        # socket open; close both here (the network thread has ended) so nothing leaks.
-        self._client._reset_sockets()
-
-    async def _shutdown(self) -> None:
+    def _shutdown(self) -> None:
         self._connected.clear()
         with contextlib.suppress(Exception):
-            await asyncio.to_thread(self._stop_thread_blocking)
+            self._close_socket()
+        for fut in self._pubacks.values():
+            if not fut.done():
+                fut.set_result(None)
+        self._pubacks.clear()

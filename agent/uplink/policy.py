@@ -1,38 +1,124 @@
-"""Pure policies of the sender: reconnect back-off and adaptive batch size.
+"""Pure policies of the uplink: reconnecting, adaptive batch size, acknowledgement timeout.
 
 No I/O and no clocks of their own: callers pass times and random sources, so tests are exact.
+The exponential back-off itself is :mod:`agent.backoff` (shared with the supervisor and the
+BLE driver).
 """
 
 from __future__ import annotations
 
+import enum
+import math
 import random
 from dataclasses import dataclass, field
 
+from agent.backoff import Attempts, Backoff, Jitter
 
-@dataclass
-class Backoff:
-    """Full-jitter exponential back-off (the delay is uniform in ``[0, min(cap, base*2**n)]``).
+__all__ = [
+    "AckTimeout",
+    "Attempts",
+    "Backoff",
+    "BatchSizer",
+    "FailureKind",
+    "ReconnectPolicy",
+    "Wait",
+]
 
-    Thousands of boxes lose the link together when a storm takes a mast down; full jitter
-    spreads their reconnects over the whole window instead of synchronised waves.
-    ``reset()`` is called only once a connection has stayed up for a while, so a link that
-    accepts and then drops at once still backs off.
+
+class FailureKind(enum.Enum):
+    """Why a connection attempt failed, as far as waiting is concerned."""
+
+    UNREACHABLE = "unreachable"
+    """No TCP connection (no route, refused, timed out, DNS) or the link was lost: the network."""
+    REFUSED = "refused"
+    """The broker answered but the connection failed anyway (TLS or MQTT level, busy)."""
+    IDENTITY = "identity"
+    """The broker refused this box's certificate or identity, or is not the DHO broker."""
+    CLOCK = "clock"
+    """The wall clock is implausible: TLS cannot work until the time is synchronised."""
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """How to wait before the next full connection attempt.
+
+    Attributes:
+        delay_s: the longest wait (the back-off).
+        probe_every_s: while waiting, open a bare TCP connection this often; one that
+            succeeds ends the wait early (after ``settle_s``). None: no probing.
+        follow_network: a new route, address or link ends the wait early (after ``settle_s``).
+        settle_s: the short random delay after the network came back (spreads a fleet).
     """
 
-    base_s: float = 1.0
-    cap_s: float = 300.0
+    delay_s: float
+    probe_every_s: float | None
+    follow_network: bool
+    settle_s: float
+
+
+@dataclass
+class ReconnectPolicy:
+    """When to try the broker again (``docs/uplink-protocol.md`` section 9).
+
+    * **The network was the problem** (:attr:`FailureKind.UNREACHABLE`): full-jitter
+      back-off capped at one minute, so one box retries often and a fleet that lost the same
+      mast is spread over a minute, never a wave. The wait ends early when the network comes
+      back: a new default route or address (netlink), or a bare TCP probe to the broker that
+      succeeds. Probes (a TCP handshake, about 300 bytes, no TLS) run every few seconds
+      during the first quarter hour of an outage, then less often (``probe_tiers``), so a
+      box is sending within seconds of a short outage and costs little on a long one. After
+      the network returns, each box waits a random ``settle_s`` (0 to 2 s) first.
+    * **The broker answered but failed** (:attr:`FailureKind.REFUSED`): the same back-off,
+      without probes (the broker is reachable; probing would only hammer it).
+    * **Identity refused** (:attr:`FailureKind.IDENTITY`): a refused certificate is not cured
+      by retrying: wait long (5 minutes, doubling to an hour, equal jitter) and say so in the
+      status. Re-enrolling the box and restarting the agent starts afresh.
+    * **Clock** (:attr:`FailureKind.CLOCK`): look again every ``clock_retry_s``.
+
+    ``stable()`` is called once a connection stayed up for a while: only then do the
+    failures count from zero again (a broker that accepts and drops at once is backed off).
+    """
+
+    network: Attempts = field(default_factory=lambda: Attempts(Backoff(1.0, 60.0)))
+    identity: Attempts = field(
+        default_factory=lambda: Attempts(Backoff(300.0, 3600.0, Jitter.EQUAL))
+    )
+    clock_retry_s: float = 15.0
+    probe_tiers: tuple[tuple[float, float], ...] = ((900.0, 3.0), (7200.0, 10.0), (math.inf, 60.0))
+    """``(outage lasting up to s, probe every s)``, first match wins."""
+    settle_max_s: float = 2.0
     rng: random.Random = field(default_factory=random.Random)
-    attempt: int = 0
+    outage_since: float | None = None
 
-    def next_delay(self) -> float:
-        """The delay before the next attempt; counts the attempt."""
-        ceiling = min(self.cap_s, self.base_s * (2 ** min(self.attempt, 30)))
-        self.attempt += 1
-        return self.rng.uniform(0.0, ceiling)
+    def failed(self, kind: FailureKind, now: float) -> Wait:
+        """An attempt failed (or the connection was lost) at ``now``: how to wait."""
+        if self.outage_since is None:
+            self.outage_since = now
+        settle = self.rng.uniform(0.0, self.settle_max_s)
+        if kind is FailureKind.IDENTITY:
+            return Wait(self.identity.next_delay(), None, False, settle)
+        if kind is FailureKind.CLOCK:
+            return Wait(self.clock_retry_s, None, False, settle)
+        delay = self.network.next_delay()
+        if kind is FailureKind.REFUSED:
+            return Wait(delay, None, False, settle)
+        return Wait(delay, self.probe_interval(now), True, settle)
 
-    def reset(self) -> None:
-        """Start again from the base (after a stable connection)."""
-        self.attempt = 0
+    def probe_interval(self, now: float) -> float:
+        """Seconds between probes, by how long the outage has lasted (jittered by ±1/3)."""
+        lasted = 0.0 if self.outage_since is None else now - self.outage_since
+        every = next(p for limit, p in self.probe_tiers if lasted <= limit)
+        return every * self.rng.uniform(2 / 3, 4 / 3)
+
+    def connected(self) -> None:
+        """The broker accepted a connection: the outage is over."""
+        self.outage_since = None
+        self.identity.reset()
+
+    def stable(self) -> None:
+        """The connection stayed up for a while: count failures from zero again."""
+        self.network.reset()
+        self.identity.reset()
 
 
 @dataclass

@@ -1,16 +1,11 @@
 """Store-and-forward: drain the buffer to the service over the MQTT link.
 
-:class:`Uplink` runs three things under one :class:`asyncio.TaskGroup` (itself run by the
-agent's supervisor): the link (:class:`~agent.uplink.link.MqttLink`), the sender loop, and
-the handling of inbound acknowledgements and commands (callbacks on the event loop).
-
-The sender loop is stop-and-wait over whole batches:
-
-1. claim up to ``batch size`` readings from the buffer (alarms first, oldest first per lane),
-2. seal them into a signed envelope with a fresh sequence number (in a worker thread),
-3. publish with QoS 1 and wait for the receiver's signed acknowledgement,
-4. on a valid acknowledgement, ``buffer.ack`` the claim: only now are the readings delivered;
-   on a timeout or a dropped link, ``buffer.release`` it, shrink the batch and try again.
+:class:`Uplink` is the shell around the sans-IO :class:`~agent.uplink.session.Session`: it
+turns the link's callbacks, wake-ups and timers into session events, and carries out the
+session's decisions against the buffer, the state file and the link. It runs two tasks under
+its own :class:`asyncio.TaskGroup` (itself run by the agent's supervisor): the link
+(:meth:`LinkLike.run`) and the driver (:meth:`Uplink._drive`), which is the only code that
+touches the session. Commands run as tasks of the same group.
 
 The buffer is the source of truth: a crash at any point leaves the readings claimed or
 pending, and re-opening the buffer makes them pending again; the receiver de-duplicates by
@@ -26,9 +21,8 @@ import json
 import logging
 import time
 import uuid
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -38,12 +32,16 @@ import dho_protocol as protocol
 from agent.clock import ClockAnchor, SystemClock, kernel_clock_synced
 from agent.errors import AgentError, StoreError, UplinkError
 from agent.model import Reading
-from agent.uplink.link import LinkConfig, LinkState, MqttLink
-from agent.uplink.policy import AckTimeout, Backoff, BatchSizer
+from agent.uplink import session as s
+from agent.uplink.link import LinkConfig, LinkHandlers, LinkState, MqttLink
+from agent.uplink.policy import AckTimeout, Attempts, Backoff, BatchSizer, ReconnectPolicy
 from agent.uplink.state import UplinkState
 from dho_protocol import ProtocolError, ReplayError
 
 _LOG = logging.getLogger(__name__)
+
+_REMEMBER_SIZE_EVERY_S = 600.0
+"""How often at most a changed batch size is written to the state file (SD-card wear)."""
 
 
 class ClaimLike(Protocol):
@@ -57,20 +55,12 @@ class ClaimLike(Protocol):
     def quarantined(self) -> tuple[Any, ...]: ...
 
 
-class StatsLike(Protocol):
-    """What the sender needs of :class:`agent.buffer.BufferStats`."""
-
-    @property
-    def pending_by_lane(self) -> dict[str, int]: ...
-    @property
-    def claimed(self) -> int: ...
-
-
 class BufferLike(Protocol):
     """The part of :class:`agent.buffer.AsyncBuffer` the sender uses (docs/buffer-api.md)."""
 
     async def claim(self, max_readings: int = 500, max_bytes: int | None = None) -> Any: ...
     async def ack(self, batch_id: int) -> int: ...
+    async def ack_ids(self, ids: Iterable[uuid.UUID]) -> int: ...
     async def release(self, batch_id: int) -> int: ...
     async def quarantine_batch(self, batch_id: int, reason: str) -> int: ...
     async def rotate_data_key(self) -> int: ...
@@ -79,6 +69,29 @@ class BufferLike(Protocol):
 
 CommandHandler = Callable[[str, Mapping[str, Any]], Awaitable[dict[str, Any] | None]]
 """Carries out a command another service owns; ``None`` when the name is not its own."""
+
+
+class LinkLike(Protocol):
+    """The connection the uplink drives (:class:`~agent.uplink.link.MqttLink`, or a fake).
+
+    The link calls the handlers given to :meth:`bind` on the event loop thread.
+    """
+
+    @property
+    def state(self) -> LinkState: ...
+    @property
+    def last_error(self) -> UplinkError | None: ...
+    @property
+    def bytes_sent(self) -> int: ...
+    @property
+    def connects(self) -> int: ...
+    @property
+    def reason(self) -> str | None: ...
+    def bind(self, handlers: LinkHandlers) -> None: ...
+    def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> asyncio.Future[bool | None]: ...
+    async def run(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +104,10 @@ class UplinkConfig:
         service_key: the service's public key, pinned at enrolment; acknowledgements and
             commands must verify under it.
         state_dir: where ``uplink-state.json`` (sequence and command counters) lives.
+        batch_start: the batch size of a box that has no remembered size yet.
         max_batch_bytes: bound on a claim's encrypted size (keeps envelopes well under the
             receiver's limit).
+        window_start, window_max: batches in flight at once (adaptive between 1 and max).
         idle_poll_s: how often an empty buffer is looked at again (``set-schedule`` changes it).
     """
 
@@ -104,19 +119,34 @@ class UplinkConfig:
     batch_max: int = 500
     batch_start: int = 50
     max_batch_bytes: int = 256 * 1024
+    window_start: int = 2
+    window_max: int = 4
     ack_timeout_s: float = 20.0
     ack_timeout_cap_s: float = 300.0
+    transfer_timeout_s: float = 300.0
     idle_poll_s: float = 5.0
     backoff_base_s: float = 1.0
-    backoff_cap_s: float = 300.0
+    backoff_cap_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
 class UplinkStatus:
-    """What the status command shows. Counts and states only: no values, no patient ids."""
+    """What the status command shows. Counts and states only: no values, no patient ids.
+
+    Attributes:
+        link: ``idle``, ``connecting``, ``connected``, ``backing-off`` or ``stopped``.
+        link_reason: why the link is in that state, in words a technician can act on.
+        last_error: the last connection error, ``Type: message``.
+        last_upload_unix: when the receiver last acknowledged a batch.
+        batches_in_flight: sealed batches waiting for their acknowledgement; ``window`` how
+            many may.
+        batches_refused: batches the receiver (or the broker) refused; ``last_refusal`` why.
+        batches_unacknowledged: batches given up waiting for (their readings went again).
+    """
 
     box_id: str
     link: str
+    link_reason: str | None
     last_error: str | None
     last_upload_unix: float | None
     backlog_by_lane: dict[str, int]
@@ -124,31 +154,35 @@ class UplinkStatus:
     bytes_sent: int
     batches_acked: int
     readings_acked: int
+    batches_in_flight: int
+    window: int
+    batches_refused: int
+    batches_unacknowledged: int
+    last_refusal: str | None
     batch_size: int
     commands_accepted: int
     commands_refused: int
 
 
-@dataclass
-class _Outstanding:
-    claim_batch: int
-    seq: int
-    digest: bytes
-    readings: int
-    sent_at: float
-    answer: asyncio.Future[protocol.Ack] = field(repr=False)
-
-
 class Uplink:
-    """The store-and-forward uplink of one box. Run it with :meth:`run`."""
+    """The store-and-forward uplink of one box. Run it with :meth:`run`.
+
+    Args:
+        cfg: the settings.
+        buffer: the encrypted outbox.
+        link: the connection; by default an :class:`~agent.uplink.link.MqttLink` built from
+            ``cfg.link`` with this box's last will and subscriptions.
+        state: the persistent sequence numbers (default ``state_dir/uplink-state.json``).
+    """
 
     def __init__(
         self,
         cfg: UplinkConfig,
         buffer: BufferLike,
         *,
+        link: LinkLike | None = None,
         state: UplinkState | None = None,
-        clock_synced: Any = kernel_clock_synced,
+        clock_synced: Callable[[], bool] = kernel_clock_synced,
         clock_anchor: Callable[[], ClockAnchor | None] | None = None,
         commands: CommandHandler | None = None,
     ) -> None:
@@ -159,9 +193,16 @@ class Uplink:
         self.buffer = buffer
         self.box_id = cfg.link.box_id
         self.state = state or UplinkState(cfg.state_dir / "uplink-state.json")
-        self.sizer = BatchSizer(cfg.batch_min, cfg.batch_max, cfg.batch_start)
-        self.ack_timeout = AckTimeout(cfg.ack_timeout_s, cfg.ack_timeout_cap_s)
-        self.idle_poll_s = cfg.idle_poll_s
+        start = self.state.batch_size or cfg.batch_start
+        self.session = s.Session(
+            BatchSizer(cfg.batch_min, cfg.batch_max, start),
+            AckTimeout(cfg.ack_timeout_s, cfg.ack_timeout_cap_s),
+            window=min(cfg.window_start, cfg.window_max),
+            window_max=cfg.window_max,
+            transfer_timeout_s=cfg.transfer_timeout_s,
+            idle_poll_s=cfg.idle_poll_s,
+            refused_hold_s=cfg.ack_timeout_s,
+        )
         self.last_upload_unix: float | None = None
         self.batches_acked = 0
         self.readings_acked = 0
@@ -169,88 +210,169 @@ class Uplink:
         self.commands_refused = 0
         self._clock_synced = clock_synced
         self._clock_anchor = clock_anchor or SystemClock().anchor
-        self._wake = asyncio.Event()
-        # Work started from broker callbacks; asyncio keeps only weak references to tasks.
-        self._background: set[asyncio.Task[None]] = set()
-        self._outstanding: OrderedDict[uuid.UUID, _Outstanding] = OrderedDict()
-        link_cfg = replace(
-            cfg.link,
-            will_topic=protocol.status_topic(self.box_id),
-            will_payload=b"offline",
-            subscriptions=(protocol.ack_topic(self.box_id), protocol.command_topic(self.box_id)),
-        )
-        self.link = MqttLink(
-            link_cfg,
-            on_message=self._on_message,
-            on_connected=self._on_connected,
-            backoff=Backoff(cfg.backoff_base_s, cfg.backoff_cap_s),
-        )
+        self._events: asyncio.Queue[s.Event] = asyncio.Queue()
+        self._tg: asyncio.TaskGroup | None = None
+        self._remembered_size = self.session.sizer.size
+        self._remembered_at = time.monotonic()
+        if link is None:
+            link = MqttLink(
+                replace(
+                    cfg.link,
+                    will_topic=protocol.status_topic(self.box_id),
+                    will_payload=b"offline",
+                    subscriptions=(
+                        protocol.ack_topic(self.box_id),
+                        protocol.command_topic(self.box_id),
+                    ),
+                ),
+                policy=ReconnectPolicy(
+                    network=Attempts(Backoff(cfg.backoff_base_s, cfg.backoff_cap_s))
+                ),
+            )
+        self.link: LinkLike = link
+        link.bind(LinkHandlers(self._on_message, self._on_up, self._on_down))
 
     # -- running ------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Run the link and the sender until cancelled."""
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self.link.run(), name=f"uplink-link-{self.box_id}")
-            tg.create_task(self._send_loop(), name=f"uplink-send-{self.box_id}")
-
-    def wake(self) -> None:
-        """Tell the sender new readings are in the buffer (saves waiting for the next poll)."""
-        self._wake.set()
-
-    async def _send_loop(self) -> None:
-        while True:
-            try:
-                await self._send_next()
-            except (StoreError, OSError) as err:
-                # The buffer or the state file is in trouble: nothing was lost (claimed rows
-                # return to pending at the next open); say so and try again later.
-                _LOG.error("uplink %s: %s: %s", self.box_id, type(err).__name__, err)
-                await asyncio.sleep(self.ack_timeout.base_s)
-
-    async def _send_next(self) -> None:
-        await self.link.connected.wait()
-        claim = await self.buffer.claim(
-            max_readings=self.sizer.size, max_bytes=self.cfg.max_batch_bytes
-        )
-        if claim is None:
-            await self._idle()
-            return
-        if claim.quarantined:
-            _LOG.error(
-                "uplink %s: %d buffered rows failed authentication and were quarantined",
-                self.box_id,
-                len(claim.quarantined),
-            )
-        if not claim.readings:
-            await self.buffer.ack(claim.batch_id)
-            return
         try:
-            await self._send_claim(claim)
-        except OSError:
-            await self.buffer.release(claim.batch_id)
-            raise
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                tg.create_task(self.link.run(), name=f"uplink-link-{self.box_id}")
+                tg.create_task(self._drive(), name=f"uplink-send-{self.box_id}")
+        finally:
+            self._tg = None
+            # Stopping: what waits for an acknowledgement goes back to pending now (a restart
+            # would do the same; this leaves the buffer tidy for the status and for tests).
+            for claim in self.session.claims_in_flight():
+                with contextlib.suppress(Exception):
+                    await self.buffer.release(claim)
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(self._remember_size, force=True)
 
-    async def _unsendable(self, claim: ClaimLike, why: str) -> None:
-        """Shrink the batch; a single reading that still cannot go is quarantined (kept)."""
-        if len(claim.readings) > 1:
-            await self.buffer.release(claim.batch_id)
-            self.sizer.too_large()
+    def wake(self, urgent: bool = False) -> None:
+        """Tell the sender new readings are in the buffer (``urgent``: an alarm among them)."""
+        self._events.put_nowait(s.Wake(urgent))
+
+    @property
+    def sizer(self) -> BatchSizer:
+        """The adaptive batch size (the session's)."""
+        return self.session.sizer
+
+    @property
+    def idle_poll_s(self) -> float:
+        """How often an empty buffer is looked at again (``set-schedule`` changes it)."""
+        return self.session.idle_poll_s
+
+    @idle_poll_s.setter
+    def idle_poll_s(self, value: float) -> None:
+        self.session.idle_poll_s = value
+
+    async def _drive(self) -> None:
+        """The only code that feeds the session: events in, decisions carried out."""
+        while True:
+            deadline = self.session.next_deadline()
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                event: s.Event = await asyncio.wait_for(self._events.get(), timeout)
+            except TimeoutError:
+                event = s.Tick()
+            await self._feed(event)
+
+    async def _feed(self, event: s.Event) -> None:
+        pending: list[s.Event] = [event]
+        while pending:
+            decisions = self.session.handle(pending.pop(0), time.monotonic())
+            for d in decisions:
+                follow_up = await self._carry_out(d)
+                if follow_up is not None:
+                    pending.append(follow_up)
+        if self.session.sizer.size != self._remembered_size:
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(self._remember_size)
+
+    def _remember_size(self, *, force: bool = False) -> None:
+        size = self.session.sizer.size
+        now = time.monotonic()
+        if size == self._remembered_size:
             return
-        _LOG.error(
-            "uplink %s: one reading %s; moved to the buffer's quarantine so the queue moves",
-            self.box_id,
-            why,
-        )
-        await self.buffer.quarantine_batch(claim.batch_id, f"uplink: reading {why}")
+        if not force and now - self._remembered_at < _REMEMBER_SIZE_EVERY_S:
+            return
+        self.state.remember_batch_size(size)
+        self._remembered_size, self._remembered_at = size, now
 
-    async def _idle(self) -> None:
-        self._wake.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), self.idle_poll_s)
+    # -- carrying out decisions -----------------------------------------------------------
 
-    async def _send_claim(self, claim: ClaimLike) -> None:
-        seq = await asyncio.to_thread(self.state.next_seq)
+    async def _carry_out(self, d: s.Decision) -> s.Event | None:
+        try:
+            match d:
+                case s.Claim(max_readings=n):
+                    return await self._claim_and_seal(n)
+                case s.Publish():
+                    return self._publish(d)
+                case s.Settle(claim=claim, seq=seq, result=result, late=late):
+                    if late:
+                        n = await self.buffer.ack_ids(d.reading_ids)
+                    else:
+                        n = await self.buffer.ack(claim)
+                    if n or not late:
+                        self._delivered(n)
+                    _LOG.info(
+                        "uplink %s: batch seq %d acknowledged (%s%s, %d readings marked)",
+                        self.box_id,
+                        seq,
+                        result.name.lower(),
+                        ", late" if late else "",
+                        n,
+                    )
+                case s.Release(claim=claim, seq=seq, why=why):
+                    await self.buffer.release(claim)
+                    _LOG.warning("uplink %s: batch seq %s released: %s", self.box_id, seq, why)
+                case s.SkipTo(seq=seq):
+                    await asyncio.to_thread(self.state.skip_to, seq)
+                case s.Quarantine(claim=claim, why=why):
+                    _LOG.error(
+                        "uplink %s: one reading %s; moved to the buffer's quarantine so the "
+                        "queue moves",
+                        self.box_id,
+                        why,
+                    )
+                    await self.buffer.quarantine_batch(claim, f"uplink: reading {why}")
+        except (StoreError, OSError) as err:
+            # The buffer or the state file is in trouble: nothing is lost (claimed rows return
+            # to pending when the buffer is opened again); say so and go on.
+            _LOG.error("uplink %s: %s: %s", self.box_id, type(err).__name__, err)
+        return None
+
+    async def _claim_and_seal(self, max_readings: int) -> s.Event:
+        try:
+            while True:
+                claim = await self.buffer.claim(
+                    max_readings=max_readings, max_bytes=self.cfg.max_batch_bytes
+                )
+                if claim is None:
+                    return s.NothingPending()
+                if claim.quarantined:
+                    _LOG.error(
+                        "uplink %s: %d buffered rows failed authentication and were quarantined",
+                        self.box_id,
+                        len(claim.quarantined),
+                    )
+                if claim.readings:
+                    break
+                await self.buffer.ack(claim.batch_id)  # only quarantined rows: look again
+            try:
+                seq = await asyncio.to_thread(self.state.next_seq)
+            except OSError:
+                await self.buffer.release(claim.batch_id)
+                raise
+        except (StoreError, OSError) as err:
+            _LOG.error("uplink %s: %s: %s", self.box_id, type(err).__name__, err)
+            return s.ClaimFailed(f"{type(err).__name__}: {err}")
+        return await self._seal(claim, seq)
+
+    async def _seal(self, claim: ClaimLike, seq: int) -> s.Event:
         created_ms = time.time_ns() // 1_000_000
         # Captured before NTP sync in this boot, sent after it: the boot clock gives the
         # true time now. Readings from a boot that never synced stay flagged uncertain.
@@ -269,110 +391,53 @@ class Uplink:
             # Only a bug gets here (every valid reading encodes). Narrow it down to the one
             # reading, then set that aside so it cannot block its lane.
             _LOG.error("uplink %s: batch cannot be encoded: %s", self.box_id, err)
-            await self._unsendable(claim, f"cannot be encoded: {err}")
-            return
+            return s.Unsendable(claim.batch_id, len(readings), f"cannot be encoded: {err}")
         if len(wire) > protocol.MAX_BATCH_BYTES:
             # The receiver would drop it unanswered: split instead of sending.
-            await self._unsendable(
-                claim, f"needs {len(wire)} bytes, over the {protocol.MAX_BATCH_BYTES}-byte limit"
+            return s.Unsendable(
+                claim.batch_id,
+                len(readings),
+                f"needs {len(wire)} bytes, over the {protocol.MAX_BATCH_BYTES}-byte limit",
             )
-            return
-        loop = asyncio.get_running_loop()
-        out = _Outstanding(
-            claim.batch_id,
-            seq,
-            protocol.digest(wire),
-            len(claim.readings),
-            time.monotonic(),
-            loop.create_future(),
+        return s.Sealed(
+            claim.batch_id, env.batch_id, seq, protocol.digest(wire), env.reading_ids, wire
         )
-        self._outstanding[env.batch_id] = out
-        while len(self._outstanding) > 64:  # remember recent envelopes for late acks
-            self._outstanding.popitem(last=False)
+
+    def _publish(self, d: s.Publish) -> s.Event | None:
         try:
-            self.link.publish(protocol.batch_topic(self.box_id), wire, qos=1)
+            fut = self.link.publish(protocol.batch_topic(self.box_id), d.wire, qos=1)
         except UplinkError:
-            await self.buffer.release(claim.batch_id)
-            return
+            return s.PublishFailed(d.batch_id)
         _LOG.info(
             "uplink %s: sent batch %s seq %d (%d readings, %d bytes)",
             self.box_id,
-            env.batch_id,
-            seq,
-            len(claim.readings),
-            len(wire),
+            d.batch_id,
+            d.seq,
+            d.readings,
+            len(d.wire),
         )
-        dropped: asyncio.Future[Any] = asyncio.ensure_future(self.link.down.wait())
-        waiting: set[asyncio.Future[Any]] = {out.answer, dropped}
-        try:
-            done, _ = await asyncio.wait(
-                waiting,
-                timeout=self.ack_timeout.current_s,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-        finally:
-            dropped.cancel()
-        if out.answer in done:
-            await self._settle(claim, out, out.answer.result())
-            return
-        # No acknowledgement: give the readings back. If the acknowledgement comes later,
-        # _on_ack still marks whatever of this claim was not re-claimed meanwhile.
-        out.answer.cancel()
-        await self.buffer.release(claim.batch_id)
-        self.sizer.failed()
-        if dropped in done:
-            _LOG.warning(
-                "uplink %s: link dropped while waiting for batch %s", self.box_id, env.batch_id
-            )
-        else:
-            self.ack_timeout.timed_out()
-            _LOG.warning(
-                "uplink %s: no acknowledgement for batch %s; released, next wait %.0f s",
-                self.box_id,
-                env.batch_id,
-                self.ack_timeout.current_s,
-            )
 
-    async def _settle(self, claim: ClaimLike, out: _Outstanding, ack: protocol.Ack) -> None:
-        rtt = time.monotonic() - out.sent_at
-        self.ack_timeout.answered()
-        if ack.result.delivered:
-            n = await self.buffer.ack(claim.batch_id)
-            self._delivered(n)
-            self.sizer.acknowledged(out.readings, rtt)
-            _LOG.info(
-                "uplink %s: batch seq %d acknowledged (%s, %d new, %d duplicates) in %.2f s",
-                self.box_id,
-                out.seq,
-                ack.result.name.lower(),
-                ack.stored,
-                ack.duplicates,
-                rtt,
-            )
-            return
-        await self.buffer.release(claim.batch_id)
-        _LOG.error(
-            "uplink %s: receiver refused batch seq %d: %s", self.box_id, out.seq, ack.result.name
-        )
-        if ack.result is protocol.AckResult.REJECTED_REPLAY:
-            await asyncio.to_thread(self.state.skip_to, ack.high_water + 1)
-        elif ack.result is protocol.AckResult.REJECTED_TOO_LARGE:
-            self.sizer.too_large()
-        else:
-            self.sizer.failed()
-            await asyncio.sleep(min(self.ack_timeout.cap_s, self.cfg.ack_timeout_s))
+        def puback(f: asyncio.Future[bool | None]) -> None:
+            if not f.cancelled() and f.exception() is None and f.result() is not None:
+                self._events.put_nowait(s.Puback(d.batch_id, bool(f.result())))
+
+        fut.add_done_callback(puback)
+        return None
 
     def _delivered(self, n: int) -> None:
         self.batches_acked += 1
         self.readings_acked += n
         self.last_upload_unix = time.time()
 
-    # -- inbound ------------------------------------------------------------------------
+    # -- inbound (called by the link on the event loop) -----------------------------------
 
-    def _on_connected(self) -> None:
+    def _on_up(self) -> None:
         with contextlib.suppress(UplinkError):
             self.link.publish(protocol.status_topic(self.box_id), b"online", qos=1, retain=True)
-        self._wake.set()
+        self._events.put_nowait(s.LinkUp())
+
+    def _on_down(self) -> None:
+        self._events.put_nowait(s.LinkDown())
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         if topic == protocol.ack_topic(self.box_id):
@@ -390,22 +455,7 @@ class Uplink:
                 "uplink %s: acknowledgement refused (%s): %s", self.box_id, err.reason, err
             )
             return
-        out = self._outstanding.get(ack.batch_id)
-        if out is None or out.digest != ack.batch_digest or out.seq != ack.seq:
-            _LOG.info(
-                "uplink %s: acknowledgement for unknown batch %s ignored", self.box_id, ack.batch_id
-            )
-            return
-        if not out.answer.done():
-            out.answer.set_result(ack)
-        elif ack.result.delivered:
-            # A late acknowledgement for a released claim: mark what was not re-claimed.
-            self._spawn(self._late_ack(out))
-
-    async def _late_ack(self, out: _Outstanding) -> None:
-        n = await self.buffer.ack(out.claim_batch)
-        if n:
-            self._delivered(n)
+        self._events.put_nowait(s.AckReceived(ack))
 
     def _on_command(self, payload: bytes) -> None:
         try:
@@ -420,12 +470,10 @@ class Uplink:
             self.commands_refused += 1
             _LOG.warning("uplink %s: command refused (%s): %s", self.box_id, err.reason, err)
             return
-        self._spawn(self._run_command(cmd))
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        if self._tg is None:
+            _LOG.warning("uplink %s: command arrived while stopping; ignored", self.box_id)
+            return
+        self._tg.create_task(self._run_command(cmd), name=f"uplink-command-{cmd.counter}")
 
     async def _run_command(self, cmd: protocol.Command) -> None:
         try:
@@ -433,6 +481,10 @@ class Uplink:
         except ValueError:
             self.commands_refused += 1
             _LOG.warning("uplink %s: command refused (%s)", self.box_id, ReplayError.reason)
+            return
+        except OSError as err:
+            self.commands_refused += 1
+            _LOG.error("uplink %s: command not recorded, refused: %s", self.box_id, err)
             return
         self.commands_accepted += 1
         _LOG.info("uplink %s: command %s (#%d) accepted", self.box_id, cmd.name, cmd.counter)
@@ -449,7 +501,7 @@ class Uplink:
                 and not isinstance(interval, bool)
                 and 1 <= interval <= 86_400
             ):
-                self.idle_poll_s = float(interval)
+                self.session.idle_poll_s = float(interval)
                 result["ok"] = True
             else:
                 result["error"] = "idle_poll_s must be an integer from 1 to 86400"
@@ -471,12 +523,14 @@ class Uplink:
     # -- status -------------------------------------------------------------------------
 
     async def status(self) -> UplinkStatus:
-        """Link state, last successful upload, backlog by lane, bytes sent."""
+        """Link state and why, delivery health, backlog by lane, bytes sent."""
         stats = await self.buffer.stats()
         err = self.link.last_error
+        c = self.session.counters
         return UplinkStatus(
             box_id=self.box_id,
             link=str(self.link.state),
+            link_reason=self.link.reason,
             last_error=None if err is None else f"{type(err).__name__}: {err}",
             last_upload_unix=self.last_upload_unix,
             backlog_by_lane=dict(stats.pending_by_lane),
@@ -484,7 +538,12 @@ class Uplink:
             bytes_sent=self.link.bytes_sent,
             batches_acked=self.batches_acked,
             readings_acked=self.readings_acked,
-            batch_size=self.sizer.size,
+            batches_in_flight=self.session.in_flight,
+            window=self.session.window,
+            batches_refused=c.batches_refused + c.publishes_refused,
+            batches_unacknowledged=c.batches_unacknowledged,
+            last_refusal=c.last_refusal,
+            batch_size=self.session.sizer.size,
             commands_accepted=self.commands_accepted,
             commands_refused=self.commands_refused,
         )

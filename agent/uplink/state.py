@@ -1,21 +1,25 @@
-"""The uplink's small persistent state: envelope sequence numbers and the command counter.
+"""The uplink's small persistent state: envelope sequence numbers, the command counter and the
+last good batch size.
 
-Kept in one JSON file written atomically (temporary file, fsync, rename, fsync of the
-directory). Blocking: call it from a worker thread (the sender does).
+Kept in one JSON file written with :func:`agent.atomicfile.write_atomic` (temporary file,
+fsync, rename, fsync of the directory). Blocking: call it from a worker thread (the sender
+does).
 
 Sequence numbers are reserved in blocks: the file records the first number *not* yet
 reserved, so after a crash or ``kill -9`` the box continues above anything it may have used,
 at the cost of a gap (the receiver's replay window tolerates gaps). The command counter is
 written before a command is carried out, so a replayed command is refused even after a crash.
+The batch size is remembered so that a restart does not ramp up from the default again.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import threading
 from pathlib import Path
 from typing import Final
+
+from agent.atomicfile import write_atomic
 
 SEQ_BLOCK: Final = 1000
 
@@ -30,6 +34,7 @@ class UplinkState:
         self._reserved_to = int(data.get("seq_reserved_to", 1))
         self._next_seq = self._reserved_to  # everything below may have been used
         self._command_counter = int(data.get("command_counter", 0))
+        self._batch_size = int(data.get("batch_size", 0))
 
     def _read(self) -> dict[str, int]:
         try:
@@ -43,23 +48,10 @@ class UplinkState:
         return {k: int(v) for k, v in raw.items() if isinstance(v, int)}
 
     def _write(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        body = json.dumps(
-            {"seq_reserved_to": self._reserved_to, "command_counter": self._command_counter}
-        ).encode()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, body)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        dfd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        body = {"seq_reserved_to": self._reserved_to, "command_counter": self._command_counter}
+        if self._batch_size:
+            body["batch_size"] = self._batch_size
+        write_atomic(self.path, json.dumps(body).encode())
 
     def next_seq(self) -> int:
         """A sequence number never returned before by any process using this file."""
@@ -92,3 +84,15 @@ class UplinkState:
                 raise ValueError("command counters only go up")
             self._command_counter = counter
             self._write()
+
+    @property
+    def batch_size(self) -> int:
+        """The last batch size remembered (0: none yet)."""
+        return self._batch_size
+
+    def remember_batch_size(self, size: int) -> None:
+        """Record the current batch size (so a restart starts there)."""
+        with self._lock:
+            if size != self._batch_size:
+                self._batch_size = size
+                self._write()

@@ -146,22 +146,17 @@ async def _first_error(link: MqttLink, limit_s: float = 10.0):
 
 async def test_link_errors_are_typed_and_clear(broker, pki):
     rogue = pki.rogue.issue("box-0001")
-    err = await _first_error(
-        MqttLink(link_config(broker, "box-0001", cert=rogue), on_message=lambda t, p: None)
-    )
+    err = await _first_error(MqttLink(link_config(broker, "box-0001", cert=rogue)))
     assert isinstance(err, CertificateRejectedError), err
     assert "certificate" in str(err)
     cfg = link_config(broker, "box-0001")
-    err = await _first_error(MqttLink(replace(cfg, port=free_port()), on_message=lambda t, p: None))
+    err = await _first_error(MqttLink(replace(cfg, port=free_port())))
     assert isinstance(err, BrokerUnreachableError), err
-    err = await _first_error(
-        MqttLink(replace(cfg, ca_file=pki.rogue.ca_file), on_message=lambda t, p: None)
-    )
+    err = await _first_error(MqttLink(replace(cfg, ca_file=pki.rogue.ca_file)))
     assert isinstance(err, BrokerCertificateError), err
     assert "not the DHO broker" in str(err)
     stuck = MqttLink(
         cfg,
-        on_message=lambda t, p: None,
         clock_check=lambda path: check_clock(path, now=datetime(1970, 1, 1, tzinfo=UTC)),
     )
     err = await _first_error(stuck)

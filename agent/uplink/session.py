@@ -1,0 +1,462 @@
+"""The uplink session, sans-IO: events in, decisions out.
+
+This is the whole delivery logic of the box, with no buffer, no broker, no clock and no task
+of its own (the shape of h11's ``Connection``). The shell (:class:`agent.uplink.sender.Uplink`)
+feeds it what happened (:data:`Event`) with the current monotonic time and carries out what
+it decides (:data:`Decision`)::
+
+    decisions = session.handle(AckReceived(ack), now)
+    ...
+    deadline = session.next_deadline()   # when to come back with Tick() if nothing happens
+
+The rules (``docs/uplink-protocol.md`` section 9):
+
+* **A window of batches in flight.** Up to :attr:`Session.window` sealed batches wait for their
+  acknowledgements at once; each is settled on its own. The window grows by one when a full
+  window was acknowledged in time, and halves on a timeout. An alarm (``Wake(urgent=True)``)
+  may take one slot beyond the window, so it never waits behind a full window of bulk data.
+  Which readings a claim takes (alarms first, oldest first within a lane) is the buffer's
+  order; the session only says how many.
+* **Acknowledged only after the receiver's durable commit.** Only a signed acknowledgement that
+  names an envelope in flight (batch id, sequence number and digest) settles it. A PUBACK
+  only says the broker has the bytes: it starts the acknowledgement timer.
+* **Lost acknowledgements lose nothing and double nothing.** A batch whose acknowledgement does
+  not come in time is released (its readings are pending again and go in a later envelope);
+  if the acknowledgement still comes, the released claim is settled *late*: its readings are
+  marked delivered by id, wherever they are now (the receiver committed every one of them).
+  A second acknowledgement of a settled batch, one for an unknown batch, or one whose digest
+  does not match, is ignored. The receiver de-duplicates by reading id, so a resend is never
+  stored twice.
+* **A dropped link keeps the window.** paho resends un-PUBACKed messages of the session after a
+  reconnect, and the broker keeps acknowledgements for the box while it is away, so batches
+  in flight stay in flight; their timers stop while the link is down and start again on
+  reconnect.
+* **Batch size** follows :class:`~agent.uplink.policy.BatchSizer`; the shell persists its size
+  so a restart begins with the last good size instead of ramping up again.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from agent.uplink.policy import AckTimeout, BatchSizer
+from dho_protocol import Ack, AckResult
+
+# --- events (what happened) --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LinkUp:
+    """The broker accepted the connection."""
+
+
+@dataclass(frozen=True, slots=True)
+class LinkDown:
+    """The connection is gone."""
+
+
+@dataclass(frozen=True, slots=True)
+class Wake:
+    """New readings are in the buffer; ``urgent`` when an alarm is among them."""
+
+    urgent: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Sealed:
+    """The shell carried out :class:`Claim`: ``claim`` (the buffer's batch id) is sealed into an
+    envelope, ``wire`` its bytes."""
+
+    claim: int
+    batch_id: uuid.UUID
+    seq: int
+    digest: bytes
+    reading_ids: tuple[uuid.UUID, ...] = field(repr=False)
+    wire: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class NothingPending:
+    """:class:`Claim` found nothing to send."""
+
+
+@dataclass(frozen=True, slots=True)
+class Unsendable:
+    """The claimed readings cannot go in one envelope (too large, or cannot be encoded)."""
+
+    claim: int
+    readings: int
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimFailed:
+    """The buffer or the state file could not do :class:`Claim` (nothing was claimed)."""
+
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class PublishFailed:
+    """The link did not take :class:`Publish` (it went down in between)."""
+
+    batch_id: uuid.UUID
+
+
+@dataclass(frozen=True, slots=True)
+class Puback:
+    """The broker answered the publish of ``batch_id``: ``ok`` unless it refused it."""
+
+    batch_id: uuid.UUID
+    ok: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class AckReceived:
+    """An acknowledgement that verified under the pinned service key and names this box."""
+
+    ack: Ack
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passed (the shell's timer for :meth:`Session.next_deadline` expired)."""
+
+
+Event = (
+    LinkUp
+    | LinkDown
+    | Wake
+    | Sealed
+    | NothingPending
+    | Unsendable
+    | ClaimFailed
+    | PublishFailed
+    | Puback
+    | AckReceived
+    | Tick
+)
+
+# --- decisions (what to do) --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Claim up to ``max_readings`` readings and seal them; answer with :class:`Sealed`,
+    :class:`NothingPending`, :class:`Unsendable` or :class:`ClaimFailed`."""
+
+    max_readings: int
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """Publish the envelope with QoS 1; report :class:`Puback` (or :class:`PublishFailed`)."""
+
+    batch_id: uuid.UUID
+    seq: int
+    readings: int
+    wire: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Settle:
+    """Mark the claim delivered in the buffer.
+
+    ``late``: the claim had been released already, so its readings may sit in another claim
+    by now; mark them by ``reading_ids`` (the receiver has committed every one of them).
+    """
+
+    claim: int
+    seq: int
+    result: AckResult
+    late: bool = False
+    reading_ids: tuple[uuid.UUID, ...] = field(default=(), repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """Give the claim back to pending, to be sent again in a later envelope."""
+
+    claim: int
+    seq: int | None
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class SkipTo:
+    """Continue the envelope sequence at ``seq`` or above (the receiver's window moved on)."""
+
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantine:
+    """Set the claim aside in the buffer's quarantine: it can never be delivered."""
+
+    claim: int
+    why: str
+
+
+Decision = Claim | Publish | Settle | Release | SkipTo | Quarantine
+
+
+# --- the state machine -------------------------------------------------------------------
+
+
+@dataclass
+class _InFlight:
+    claim: int
+    seq: int
+    digest: bytes
+    reading_ids: tuple[uuid.UUID, ...]
+    sent_at: float
+    window_full: bool
+    puback_at: float | None = None
+    deadline: float | None = None
+
+
+@dataclass
+class SessionCounters:
+    """What the session counted (for the status report; counts only)."""
+
+    batches_sent: int = 0
+    batches_settled: int = 0
+    batches_settled_late: int = 0
+    batches_refused: int = 0
+    batches_unacknowledged: int = 0
+    publishes_refused: int = 0
+    acks_ignored: int = 0
+    last_refusal: str | None = None
+
+
+class Session:
+    """The box's delivery state machine. See the module docstring.
+
+    Args:
+        sizer: the adaptive batch size (its ``size`` may come from the persisted state).
+        ack_timeout: how long to wait for an acknowledgement once the broker has the batch.
+        window: batches in flight at the start; ``window_max`` bounds its growth.
+        transfer_timeout_s: how long a batch may wait for its PUBACK while the link is up
+            (a slow link is still moving bytes; a dead one is noticed by the keep-alive).
+        idle_poll_s: how long an empty buffer is left alone when nobody calls :class:`Wake`.
+        refused_hold_s: pause after a refusal that resending at once would not cure.
+    """
+
+    def __init__(
+        self,
+        sizer: BatchSizer,
+        ack_timeout: AckTimeout,
+        *,
+        window: int = 2,
+        window_max: int = 4,
+        transfer_timeout_s: float = 300.0,
+        idle_poll_s: float = 5.0,
+        refused_hold_s: float = 20.0,
+        remember_released: int = 64,
+    ) -> None:
+        if not 1 <= window <= window_max:
+            raise ValueError("need 1 <= window <= window_max")
+        self.sizer = sizer
+        self.ack_timeout = ack_timeout
+        self.window = window
+        self.window_max = window_max
+        self.transfer_timeout_s = transfer_timeout_s
+        self.idle_poll_s = idle_poll_s
+        self.refused_hold_s = refused_hold_s
+        self.counters = SessionCounters()
+        self.connected = False
+        self._remember = remember_released
+        self._in_flight: OrderedDict[uuid.UUID, _InFlight] = OrderedDict()
+        self._released: OrderedDict[uuid.UUID, _InFlight] = OrderedDict()
+        self._claiming = False
+        self._idle_until: float | None = None  # the buffer was empty; look again then
+        self._hold_until: float | None = None  # after a refusal or a buffer error
+        self._urgent = False  # an alarm arrived since the last claim began
+        self._woken = False  # new readings arrived since the last claim began
+
+    # -- what the shell asks -------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        """Batches sealed and not yet settled, released or refused."""
+        return len(self._in_flight)
+
+    def claims_in_flight(self) -> list[int]:
+        """The buffer claims of the batches in flight (released by the shell when stopping)."""
+        return [f.claim for f in self._in_flight.values()]
+
+    def next_deadline(self) -> float | None:
+        """The earliest time at which :class:`Tick` may lead to a decision (None: no timer)."""
+        times = [f.deadline for f in self._in_flight.values() if f.deadline is not None]
+        if not self._claiming:
+            if self._hold_until is not None:
+                times.append(self._hold_until)
+            elif self._idle_until is not None and self.connected:
+                times.append(self._idle_until)
+        return min(times) if times else None
+
+    def handle(self, event: Event, now: float) -> list[Decision]:
+        """Take one event at monotonic time ``now``; return what to do, in order."""
+        out: list[Decision] = []
+        match event:
+            case LinkUp():
+                self.connected = True
+                for f in self._in_flight.values():
+                    f.sent_at = now  # the round trip is timed from the reconnect
+                    f.deadline = self._deadline(f, now)
+            case LinkDown():
+                self.connected = False
+                if self._in_flight:
+                    self.sizer.failed()
+                    self.window = max(1, self.window // 2)
+                for f in self._in_flight.values():
+                    f.deadline = None  # paho resends after the reconnect; wait for it
+            case Wake(urgent=urgent):
+                self._idle_until = None
+                self._woken = True
+                self._urgent = self._urgent or urgent
+            case Sealed():
+                self._sealed(event, now, out)
+            case NothingPending():
+                self._claiming = False
+                if not self._woken:  # else what was appended meanwhile may not have been seen
+                    self._idle_until = now + self.idle_poll_s
+            case Unsendable(claim=claim, readings=n, why=why):
+                self._claiming = False
+                if n > 1:
+                    self.sizer.too_large()
+                    out.append(Release(claim, None, why))
+                else:
+                    out.append(Quarantine(claim, why))
+            case ClaimFailed():
+                self._claiming = False
+                self._hold_until = now + self.refused_hold_s
+            case PublishFailed(batch_id=batch_id):
+                if batch_id in self._in_flight:
+                    f = self._in_flight.pop(batch_id)
+                    out.append(Release(f.claim, f.seq, "the link went down before sending"))
+            case Puback(batch_id=batch_id, ok=ok):
+                self._puback(batch_id, ok, now, out)
+            case AckReceived(ack=ack):
+                self._ack(ack, now, out)
+            case Tick():
+                pass
+        self._expire(now, out)
+        self._maybe_claim(now, out)
+        return out
+
+    # -- the rules -----------------------------------------------------------------------
+
+    def _deadline(self, f: _InFlight, now: float) -> float:
+        if f.puback_at is None:
+            return now + self.transfer_timeout_s
+        return now + self.ack_timeout.current_s
+
+    def _maybe_claim(self, now: float, out: list[Decision]) -> None:
+        if not self.connected or self._claiming:
+            return
+        if self._hold_until is not None:
+            if now < self._hold_until:
+                return
+            self._hold_until = None
+        if self._idle_until is not None:
+            if now < self._idle_until and not self._urgent:
+                return
+            self._idle_until = None
+        room = self.window + (1 if self._urgent else 0)
+        if len(self._in_flight) >= room:
+            return
+        self._claiming = True
+        self._urgent = self._woken = False
+        out.append(Claim(self.sizer.size))
+
+    def _sealed(self, s: Sealed, now: float, out: list[Decision]) -> None:
+        self._claiming = False
+        if not self.connected:
+            out.append(Release(s.claim, s.seq, "the link went down while sealing"))
+            return
+        f = _InFlight(
+            s.claim,
+            s.seq,
+            s.digest,
+            s.reading_ids,
+            sent_at=now,
+            window_full=len(self._in_flight) + 1 >= self.window,
+        )
+        f.deadline = self._deadline(f, now)
+        self._in_flight[s.batch_id] = f
+        self.counters.batches_sent += 1
+        out.append(Publish(s.batch_id, s.seq, len(s.reading_ids), s.wire))
+
+    def _puback(self, batch_id: uuid.UUID, ok: bool, now: float, out: list[Decision]) -> None:
+        f = self._in_flight.get(batch_id)
+        if f is None or f.puback_at is not None:
+            return
+        if ok:
+            f.puback_at = now
+            if self.connected:
+                f.deadline = self._deadline(f, now)
+            return
+        # The broker refused the message (its ACL or a quota): resending at once would not
+        # help. Give the readings back and pause.
+        del self._in_flight[batch_id]
+        self.counters.publishes_refused += 1
+        self.counters.last_refusal = "the broker refused the publish"
+        self._hold_until = now + self.refused_hold_s
+        out.append(Release(f.claim, f.seq, "the broker refused the publish"))
+
+    def _ack(self, ack: Ack, now: float, out: list[Decision]) -> None:
+        f = self._in_flight.get(ack.batch_id)
+        if f is not None and f.digest == ack.batch_digest and f.seq == ack.seq:
+            del self._in_flight[ack.batch_id]
+            self._answered(ack, f, now, out)
+            return
+        late = self._released.get(ack.batch_id)
+        if late is not None and late.digest == ack.batch_digest and late.seq == ack.seq:
+            del self._released[ack.batch_id]
+            if ack.result.delivered:
+                self.counters.batches_settled_late += 1
+                out.append(Settle(late.claim, late.seq, ack.result, True, late.reading_ids))
+            return
+        self.counters.acks_ignored += 1
+
+    def _answered(self, ack: Ack, f: _InFlight, now: float, out: list[Decision]) -> None:
+        self.ack_timeout.answered()
+        if ack.result.delivered:
+            self.counters.batches_settled += 1
+            self.sizer.acknowledged(len(f.reading_ids), now - f.sent_at)
+            if f.window_full and now - f.sent_at <= self.sizer.target_rtt_s:
+                self.window = min(self.window_max, self.window + 1)
+            out.append(Settle(f.claim, f.seq, ack.result))
+            return
+        self.counters.batches_refused += 1
+        self.counters.last_refusal = ack.result.name
+        out.append(Release(f.claim, f.seq, f"the receiver refused it: {ack.result.name}"))
+        if ack.result is AckResult.REJECTED_REPLAY:
+            out.append(SkipTo(ack.high_water + 1))
+        elif ack.result is AckResult.REJECTED_TOO_LARGE:
+            self.sizer.too_large()
+        else:
+            self.sizer.failed()
+            self._hold_until = now + self.refused_hold_s
+
+    def _expire(self, now: float, out: list[Decision]) -> None:
+        expired = [
+            (bid, f)
+            for bid, f in self._in_flight.items()
+            if f.deadline is not None and f.deadline <= now
+        ]
+        if not expired:
+            return
+        for bid, f in expired:
+            del self._in_flight[bid]
+            self._released[bid] = f
+            self.counters.batches_unacknowledged += 1
+            out.append(Release(f.claim, f.seq, "no acknowledgement in time"))
+        while len(self._released) > self._remember:
+            self._released.popitem(last=False)
+        self.sizer.failed()
+        self.ack_timeout.timed_out()
+        self.window = max(1, self.window // 2)

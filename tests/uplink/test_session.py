@@ -1,0 +1,265 @@
+"""The sans-IO uplink session, table by table: (time, event) in, exact decisions out.
+
+Each case is a script of steps ``(now, event, expected decisions)``, in the manner of h11's
+``SIMPLE_CASES``. Batches are named by small numbers: claim ``n`` is sealed into batch ``n``
+with sequence number ``100 + n``, ``n`` readings... so a table reads like a timeline.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from agent.uplink import session as s
+from agent.uplink.policy import AckTimeout, BatchSizer
+from dho_protocol import Ack, AckResult
+
+READINGS = 8  # per sealed batch in these tables (the sizer starts at 8: full batches)
+
+
+def bid(n: int) -> uuid.UUID:
+    return uuid.UUID(int=n)
+
+
+def ids(n: int) -> tuple[uuid.UUID, ...]:
+    return tuple(uuid.UUID(int=1000 * n + i) for i in range(READINGS))
+
+
+def wire(n: int) -> bytes:
+    return f"wire-{n}".encode()
+
+
+def digest(n: int) -> bytes:
+    return bytes([n]) * 32
+
+
+def sealed(n: int) -> s.Sealed:
+    return s.Sealed(n, bid(n), 100 + n, digest(n), ids(n), wire(n))
+
+
+def publish(n: int) -> s.Publish:
+    return s.Publish(bid(n), 100 + n, READINGS, wire(n))
+
+
+def ack(n: int, result: AckResult = AckResult.STORED, **kw: Any) -> s.AckReceived:
+    a = Ack("box", bid(n), 100 + n, digest(n), result, READINGS, 0, 100 + n, 1)
+    return s.AckReceived(replace(a, **kw))
+
+
+def settle(n: int, *, late: bool = False, result: AckResult = AckResult.STORED) -> s.Settle:
+    return s.Settle(n, 100 + n, result, late, ids(n) if late else ())
+
+
+TIMEOUT = "no acknowledgement in time"
+
+
+def new_session(**kw: Any) -> s.Session:
+    kw.setdefault("window", 2)
+    kw.setdefault("window_max", 4)
+    kw.setdefault("idle_poll_s", 5.0)
+    kw.setdefault("refused_hold_s", 20.0)
+    kw.setdefault("transfer_timeout_s", 300.0)
+    return s.Session(BatchSizer(1, 500, READINGS), AckTimeout(10.0, 40.0), **kw)
+
+
+Step = tuple[float, s.Event, Sequence[s.Decision]]
+
+UP_AND_TWO_IN_FLIGHT: list[Step] = [
+    (0.0, s.LinkUp(), [s.Claim(8)]),
+    (0.0, sealed(1), [publish(1), s.Claim(8)]),
+    (0.1, sealed(2), [publish(2)]),  # window of 2 is full: no claim
+    (0.2, s.Puback(bid(1)), []),
+    (0.2, s.Puback(bid(2)), []),
+]
+
+CASES: dict[str, list[Step]] = {
+    "acknowledged in order: settle each, grow the batch and the window": [
+        *UP_AND_TWO_IN_FLIGHT,
+        (0.5, ack(1), [settle(1), s.Claim(16)]),
+        (0.6, ack(2), [settle(2)]),  # claiming already: one claim at a time
+        (0.7, sealed(3), [publish(3), s.Claim(16)]),  # the window grew to 3
+        (0.8, s.Puback(bid(3)), []),
+        (0.9, ack(3), [settle(3)]),  # 8 readings of 16: says nothing about capacity
+    ],
+    "acknowledged out of order: each settles on its own": [
+        *UP_AND_TWO_IN_FLIGHT,
+        (0.5, ack(2), [settle(2), s.Claim(16)]),
+        (0.6, ack(1), [settle(1)]),
+    ],
+    "acknowledged twice: the second is ignored": [
+        *UP_AND_TWO_IN_FLIGHT,
+        (0.5, ack(1), [settle(1), s.Claim(16)]),
+        (0.6, ack(1), []),
+        (0.7, ack(1, AckResult.DUPLICATE), []),
+    ],
+    "never acknowledged: released at the deadline, smaller batch, smaller window": [
+        *UP_AND_TWO_IN_FLIGHT,
+        (10.1, s.Tick(), []),  # PUBACK at 0.2 + 10 s
+        (
+            10.2,
+            s.Tick(),
+            [s.Release(1, 101, TIMEOUT), s.Release(2, 102, TIMEOUT), s.Claim(2)],
+        ),
+    ],
+    "acknowledged late: the released claim is settled by reading id": [
+        *UP_AND_TWO_IN_FLIGHT,
+        (10.2, s.Tick(), [s.Release(1, 101, TIMEOUT), s.Release(2, 102, TIMEOUT), s.Claim(2)]),
+        (11.0, ack(2), [settle(2, late=True)]),
+        (11.1, ack(2), []),  # and only once
+        (11.2, ack(1, AckResult.REJECTED_MALFORMED), []),  # a late refusal changes nothing
+    ],
+    "an acknowledgement that does not match the envelope is ignored": [
+        *UP_AND_TWO_IN_FLIGHT,
+        (0.5, ack(1, batch_digest=bytes(32)), []),
+        (0.5, ack(1, seq=999), []),
+        (0.5, ack(7), []),
+        (0.6, ack(1), [settle(1), s.Claim(16)]),
+    ],
+    "replay refusal: release, skip past the receiver's high water, go on": [
+        *UP_AND_TWO_IN_FLIGHT,
+        (
+            0.5,
+            ack(1, AckResult.REJECTED_REPLAY, high_water=90_000),
+            [
+                s.Release(1, 101, "the receiver refused it: REJECTED_REPLAY"),
+                s.SkipTo(90_001),
+                s.Claim(8),
+            ],
+        ),
+    ],
+    "too large: release and claim an eighth": [
+        *UP_AND_TWO_IN_FLIGHT,
+        (
+            0.5,
+            ack(1, AckResult.REJECTED_TOO_LARGE),
+            [s.Release(1, 101, "the receiver refused it: REJECTED_TOO_LARGE"), s.Claim(1)],
+        ),
+    ],
+    "malformed: release, and hold off before claiming again": [
+        *UP_AND_TWO_IN_FLIGHT,
+        (
+            0.5,
+            ack(1, AckResult.REJECTED_MALFORMED),
+            [s.Release(1, 101, "the receiver refused it: REJECTED_MALFORMED")],
+        ),
+        (0.6, ack(2), [settle(2)]),  # held: no claim
+        (10.0, s.Tick(), []),
+        (20.5, s.Tick(), [s.Claim(4)]),
+    ],
+    "link down: batches stay in flight, timers stop, no claims until it is back": [
+        *UP_AND_TWO_IN_FLIGHT,
+        (1.0, s.LinkDown(), []),
+        (500.0, s.Tick(), []),  # no timeout while down: paho resends after the reconnect
+        (500.0, s.Wake(), []),
+        (501.0, s.LinkUp(), []),  # window halved to 1, two in flight
+        (505.0, s.Tick(), []),
+        (511.1, s.Tick(), [s.Release(1, 101, TIMEOUT), s.Release(2, 102, TIMEOUT), s.Claim(1)]),
+    ],
+    "acknowledgements after a reconnect still settle": [
+        *UP_AND_TWO_IN_FLIGHT,
+        (1.0, s.LinkDown(), []),
+        (30.0, s.LinkUp(), []),
+        (30.5, ack(1), [settle(1)]),  # the window was halved to 1 by the drop
+        (30.6, ack(2), [settle(2), s.Claim(8)]),  # round trips are timed from the reconnect
+    ],
+    "sealed while the link went down: released unsent": [
+        (0.0, s.LinkUp(), [s.Claim(8)]),
+        (0.1, s.LinkDown(), []),
+        (0.2, sealed(1), [s.Release(1, 101, "the link went down while sealing")]),
+    ],
+    "the link refused the publish: released": [
+        (0.0, s.LinkUp(), [s.Claim(8)]),
+        (0.0, sealed(1), [publish(1), s.Claim(8)]),
+        (0.1, s.PublishFailed(bid(1)), [s.Release(1, 101, "the link went down before sending")]),
+    ],
+    "the broker refused the publish: released, and a pause": [
+        (0.0, s.LinkUp(), [s.Claim(8)]),
+        (0.0, sealed(1), [publish(1), s.Claim(8)]),
+        (0.1, sealed(2), [publish(2)]),
+        (0.2, s.Puback(bid(1), ok=False), [s.Release(1, 101, "the broker refused the publish")]),
+        (20.3, s.Tick(), [s.Claim(8)]),
+    ],
+    "an empty buffer is looked at again after the idle poll, or at once when woken": [
+        (0.0, s.LinkUp(), [s.Claim(8)]),
+        (0.0, s.NothingPending(), []),
+        (4.9, s.Tick(), []),
+        (5.0, s.Tick(), [s.Claim(8)]),
+        (5.0, s.NothingPending(), []),
+        (6.0, s.Wake(), [s.Claim(8)]),
+    ],
+    "a wake while claiming is not lost when the claim found nothing": [
+        (0.0, s.LinkUp(), [s.Claim(8)]),
+        (0.0, s.Wake(), []),
+        (0.1, s.NothingPending(), [s.Claim(8)]),
+    ],
+    "an alarm takes a slot beyond a full window": [
+        *UP_AND_TWO_IN_FLIGHT,
+        (0.3, s.Wake(urgent=True), [s.Claim(8)]),
+        (0.4, sealed(3), [publish(3)]),
+        (0.5, s.Wake(), []),  # an ordinary wake does not
+    ],
+    "unsendable: several readings are split, one alone is quarantined": [
+        (0.0, s.LinkUp(), [s.Claim(8)]),
+        (0.0, s.Unsendable(1, 8, "too big"), [s.Release(1, None, "too big"), s.Claim(1)]),
+        (0.1, s.Unsendable(2, 1, "too big"), [s.Quarantine(2, "too big"), s.Claim(1)]),
+    ],
+    "a buffer error pauses claiming": [
+        (0.0, s.LinkUp(), [s.Claim(8)]),
+        (0.0, s.ClaimFailed("StoreError: disk"), []),
+        (19.9, s.Tick(), []),
+        (20.0, s.Tick(), [s.Claim(8)]),
+    ],
+    "without a PUBACK the transfer timeout applies": [
+        (0.0, s.LinkUp(), [s.Claim(8)]),
+        (0.0, sealed(1), [publish(1), s.Claim(8)]),
+        (0.0, s.NothingPending(), []),
+        (299.9, s.Tick(), [s.Claim(8)]),  # idle polls go on meanwhile
+        (299.9, s.NothingPending(), []),
+        (300.0, s.Tick(), [s.Release(1, 101, TIMEOUT)]),
+    ],
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_session_table(name: str) -> None:
+    session = new_session()
+    for i, (now, event, expected) in enumerate(CASES[name]):
+        got = session.handle(event, now)
+        assert got == list(expected), f"step {i} at t={now}: {event!r}"
+
+
+def test_deadline_is_the_earliest_timer() -> None:
+    session = new_session()
+    assert session.next_deadline() is None
+    for now, event, _ in UP_AND_TWO_IN_FLIGHT:
+        session.handle(event, now)
+    assert session.next_deadline() == pytest.approx(10.2)
+    session.handle(s.LinkDown(), 1.0)
+    assert session.next_deadline() is None  # nothing runs while the link is down
+
+
+def test_counters_say_what_happened() -> None:
+    session = new_session()
+    for now, event, _ in CASES["acknowledged late: the released claim is settled by reading id"]:
+        session.handle(event, now)
+    c = session.counters
+    assert (c.batches_sent, c.batches_unacknowledged, c.batches_settled_late) == (2, 2, 1)
+    assert c.acks_ignored == 1
+    assert session.window == 1
+
+
+def test_window_bounds() -> None:
+    with pytest.raises(ValueError, match="window"):
+        new_session(window=0)
+    session = new_session(window=1, window_max=2)
+    session.handle(s.LinkUp(), 0)
+    for n in range(1, 6):  # full windows acknowledged quickly: grows to the maximum only
+        session.handle(sealed(n), n)
+        session.handle(s.Puback(bid(n)), n)
+        session.handle(ack(n), n + 0.1)
+    assert session.window == 2
+    assert session.claims_in_flight() == []
