@@ -23,13 +23,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from agent.backoff import Backoff
 from agent.logs import fields
 
 _LOGGER = logging.getLogger(__name__)
@@ -64,18 +64,6 @@ class ServiceState:
     started: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Full-jitter exponential back-off: ``uniform(0, min(cap, base * 2**n))``."""
-
-    base: float = 1.0
-    cap: float = 300.0
-
-    def delay(self, failures: int) -> float:
-        """Seconds to wait before restart number ``failures``."""
-        return random.uniform(0, min(self.cap, self.base * 2 ** min(failures, 30)))
-
-
 class Supervisor:
     """Runs services under one task group; see the module docstring."""
 
@@ -87,7 +75,7 @@ class Supervisor:
     ) -> None:
         self.services: list[Service] = []
         self.states: dict[str, ServiceState] = {}
-        self.backoff = backoff or Backoff()
+        self.backoff = backoff or Backoff(1.0, 300.0)
         self._stop = stop or asyncio.Event()
         self.started = asyncio.Event()
         self._tasks: dict[str, asyncio.Task[None]] = {}

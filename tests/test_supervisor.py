@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from agent.supervisor import Backoff, Supervisor
+from agent.backoff import Backoff
+from agent.supervisor import Supervisor
 
 
 class Flaky:
@@ -37,7 +38,7 @@ class Steady:
 
 async def test_a_failing_service_is_restarted_and_others_keep_running() -> None:
     flaky, steady = Flaky(failures=3), Steady()
-    sup = Supervisor([flaky, steady], backoff=Backoff(base=0.001, cap=0.01))
+    sup = Supervisor([flaky, steady], backoff=Backoff(base_s=0.001, cap_s=0.01))
     task = asyncio.create_task(sup.run())
     for _ in range(200):
         if flaky.runs > 3:
@@ -71,7 +72,7 @@ async def test_a_service_that_returns_is_done_not_restarted() -> None:
 
 
 def test_backoff_is_full_jitter_and_capped() -> None:
-    b = Backoff(base=1, cap=10)
+    b = Backoff(base_s=1, cap_s=10)
     delays = [b.delay(n) for n in range(1, 40) for _ in range(20)]
     assert all(0 <= d <= 10 for d in delays)
     assert max(delays) > 5  # it does grow

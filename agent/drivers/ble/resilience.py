@@ -27,12 +27,11 @@ radio.
 
 from __future__ import annotations
 
-import asyncio
-import random
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final
 
+from agent.backoff import Backoff, Jitter
 from agent.errors import AgentError, StoreError
 
 
@@ -197,10 +196,9 @@ class BackoffPolicy:
 
     def delay(self, error_class: ErrorClass, consecutive: int) -> float:
         """Seconds to wait after the ``consecutive``-th failure in a row of this class."""
-        n = max(1, consecutive)
-        cap = self.caps.get(error_class, self.cap)
-        full = min(cap, self.base.get(error_class, 10.0) * 2.0 ** min(n - 1, 20)) * self.scale
-        return full / 2 + random.uniform(0, full / 2)
+        cap = self.caps.get(error_class, self.cap) * self.scale
+        base = min(cap, self.base.get(error_class, 10.0) * self.scale)
+        return Backoff(base, cap, Jitter.EQUAL).delay(max(1, consecutive) - 1)
 
 
 class FailureCounter:
@@ -220,12 +218,3 @@ class FailureCounter:
     def succeeded(self) -> None:
         """Forget past failures."""
         self._counts.clear()
-
-
-async def sleep_backoff(
-    policy: BackoffPolicy, counter: FailureCounter, error_class: ErrorClass
-) -> float:
-    """Count a failure, sleep the policy's delay for it, and return the delay slept."""
-    delay = policy.delay(error_class, counter.failed(error_class))
-    await asyncio.sleep(delay)
-    return delay

@@ -1,0 +1,111 @@
+"""The MQTT link: the one paho internal it relies on, TLS resumption, the network watcher."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import struct
+from dataclasses import replace
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+
+from agent.errors import BrokerUnreachableError, CertificateRejectedError
+from agent.uplink import netwatch
+from agent.uplink.link import LinkConfig, LinkHandlers, MqttLink, TlsClient
+from tests.uplink.conftest import FlakyProxy, link_config, wait_until
+
+
+def test_paho_still_calls_the_tls_hook_the_link_overrides():
+    """Fails loudly if a paho upgrade renames or stops calling ``_ssl_wrap_socket``.
+
+    :class:`TlsClient` overrides it to offer the previous TLS session and to close the socket
+    of a failed handshake; paho must still call it from ``_create_socket`` with the TCP
+    socket as its only argument.
+    """
+    assert "_ssl_wrap_socket" in vars(mqtt.Client), "paho no longer has _ssl_wrap_socket"
+    params = list(inspect.signature(mqtt.Client._ssl_wrap_socket).parameters)
+    assert len(params) == 2, f"paho's _ssl_wrap_socket takes {params} now"
+    assert "self._ssl_wrap_socket(" in inspect.getsource(mqtt.Client._create_socket)
+    assert TlsClient._ssl_wrap_socket is not mqtt.Client._ssl_wrap_socket
+    # the rest of what the link uses of paho is public API
+    for name in ("loop_read", "loop_write", "loop_misc", "socket", "want_write"):
+        assert callable(getattr(mqtt.Client, name))
+    for name in ("on_socket_open", "on_socket_close", "on_socket_register_write"):
+        assert isinstance(getattr(mqtt.Client, name), property)
+
+
+async def test_reconnect_resumes_the_tls_session_and_keeps_going(broker):
+    proxy = FlakyProxy(broker.port)
+    await proxy.start()
+    link = MqttLink(replace(link_config(broker, "box-0001"), port=proxy.port))
+    ups: list[str | None] = []
+    link.bind(LinkHandlers(lambda t, p: None, lambda: ups.append(link.reason), lambda: None))
+    task = asyncio.create_task(link.run())
+    try:
+        await wait_until(lambda: len(ups) == 1, 10, "connected")
+        await asyncio.sleep(0.3)  # the session ticket arrives after the handshake
+        proxy.cut()
+        await wait_until(lambda: len(ups) == 2, 15, "reconnected")
+        assert link.tls.handshakes == 2  # our hook did both handshakes
+        # Mosquitto 2.0 with OpenSSL 3 accepts TLS 1.3 resumption with client certificates
+        assert link.tls.resumed == 1, "the second handshake did not resume the session"
+        assert ups[1] is not None
+        assert "resumed" in ups[1]
+        assert link.connects == 2
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await proxy.close()
+    assert link.state == "stopped"
+
+
+def test_refused_before_connack_needs_the_alert_to_blame_the_certificate(tmp_path):
+    cfg = LinkConfig("h", 1, "box-0001", tmp_path / "ca", tmp_path / "c", tmp_path / "k")
+    link = MqttLink(cfg)
+    flaky = link._refused_before_connack(
+        "Unspecified error; failed to receive on socket: EOF occurred in violation of protocol"
+    )
+    assert isinstance(flaky, BrokerUnreachableError)
+    assert "re-enrol" not in str(flaky)
+    refused = link._refused_before_connack(
+        "[SSL: TLSV1_ALERT_UNKNOWN_CA] tlsv1 alert unknown ca (_ssl.c:2580)"
+    )
+    assert isinstance(refused, CertificateRejectedError)
+
+
+def _nlmsg(kind: int, payload: bytes = b"\0" * 4) -> bytes:
+    return struct.pack("=IHHII", 16 + len(payload), kind, 0, 0, 0) + payload
+
+
+def test_netlink_messages_new_ones_count_deletes_do_not():
+    assert netwatch.new_events(_nlmsg(24))  # RTM_NEWROUTE
+    assert netwatch.new_events(_nlmsg(21) + _nlmsg(20))  # a delete, then RTM_NEWADDR
+    assert not netwatch.new_events(_nlmsg(25) + _nlmsg(17))  # RTM_DELROUTE, RTM_DELLINK
+    assert not netwatch.new_events(b"\x01\x00")
+
+
+def test_default_route_from_procfs(tmp_path: Path):
+    head = "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT\n"
+    route = tmp_path / "route"
+    route.write_text(head + "eth0\t0000A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n")
+    v6 = tmp_path / "ipv6_route"
+    v6.write_text("")
+    assert not netwatch.default_route_present((route, v6))
+    route.write_text(head + "wwan0\t00000000\t0101A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n")
+    assert netwatch.default_route_present((route, v6))
+    assert netwatch.default_route_present((tmp_path / "missing",))  # unknown: assume yes
+
+
+async def test_the_watcher_uses_netlink_here():
+    watch = netwatch.KernelNetworkWatch()
+    task = asyncio.create_task(watch.run())
+    try:
+        await wait_until(lambda: watch.mode != "idle", 5, "started")
+        assert watch.mode == "netlink"
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
