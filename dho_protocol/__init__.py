@@ -10,12 +10,15 @@ Modules (everything public is re-exported here, so ``import dho_protocol as p`` 
 
 * :mod:`dho_protocol.topics`: the topics and the receivers' shared subscription,
 * :mod:`dho_protocol.envelope`: signed batch envelopes, acknowledgements, commands, keys,
-* :mod:`dho_protocol.payload`: the compact lossless encoding of readings in a batch,
+* :mod:`dho_protocol.rows`: one reading as a compact row (what the box stores, and sends),
+* :mod:`dho_protocol.rowpayload`: batch payload v2, the stored rows with their references,
+* :mod:`dho_protocol.payload`: batch payload v1 (older boxes; still accepted),
 * :mod:`dho_protocol.errors`: the protocol's exception tree (:class:`ProtocolError`),
 * :mod:`dho_protocol.tls`: the TLS settings both ends use towards the broker.
 """
 
 from dho_protocol.envelope import (
+    BATCH_VERSION,
     DOMAIN,
     FLAG_RAW,
     MAX_BATCH_BYTES,
@@ -32,8 +35,10 @@ from dho_protocol.envelope import (
     Command,
     KeyLookup,
     SignedBatch,
+    batch_contents,
     batch_readings,
     check_command_fresh,
+    decode_stored,
     digest,
     load_public_key,
     open_ack,
@@ -43,6 +48,7 @@ from dho_protocol.envelope import (
     seal_ack,
     seal_batch,
     seal_command,
+    seal_rows,
 )
 from dho_protocol.errors import (
     MalformedMessageError,
@@ -54,6 +60,8 @@ from dho_protocol.errors import (
     UnsupportedVersionError,
 )
 from dho_protocol.payload import decode_readings, encode_readings, utc_datetime
+from dho_protocol.rowpayload import DecodedRows, WireRows, decode_rows, encode_rows
+from dho_protocol.rows import Context, FormatError, RowHead, decode_reading, encode_reading, peek
 from dho_protocol.tls import MINIMUM_VERSION as TLS_MINIMUM_VERSION
 from dho_protocol.tls import TlsFiles, client_context
 from dho_protocol.topics import (
@@ -70,6 +78,7 @@ from dho_protocol.topics import (
 )
 
 __all__ = [
+    "BATCH_VERSION",
     "DOMAIN",
     "FLAG_RAW",
     "MAX_BATCH_BYTES",
@@ -88,17 +97,23 @@ __all__ = [
     "ArgValue",
     "BatchEnvelope",
     "Command",
+    "Context",
+    "DecodedRows",
+    "FormatError",
     "KeyLookup",
     "MalformedMessageError",
     "MessageTooLargeError",
     "ProtocolError",
     "ReplayError",
+    "RowHead",
     "SignatureError",
     "SignedBatch",
     "TlsFiles",
     "UnknownBoxError",
     "UnsupportedVersionError",
+    "WireRows",
     "ack_topic",
+    "batch_contents",
     "batch_readings",
     "batch_topic",
     "box_of_batch_topic",
@@ -106,18 +121,25 @@ __all__ = [
     "check_command_fresh",
     "client_context",
     "command_topic",
+    "decode_reading",
     "decode_readings",
+    "decode_rows",
+    "decode_stored",
     "digest",
+    "encode_reading",
     "encode_readings",
+    "encode_rows",
     "load_public_key",
     "open_ack",
     "open_command",
     "parse_batch",
+    "peek",
     "public_key_bytes",
     "report_topic",
     "seal_ack",
     "seal_batch",
     "seal_command",
+    "seal_rows",
     "status_topic",
     "utc_datetime",
 ]

@@ -84,6 +84,25 @@ class BoundedReader:
             raise MessageTooLargeError("the message holds more items than the limit allows")
         return n
 
+    @property
+    def left(self) -> int:
+        """How many items the budget still allows."""
+        return self._left
+
+    def spend(self, items: int) -> None:
+        """Charge ``items`` read elsewhere (a nested message) against this budget."""
+        self._left -= items
+        if self._left < 0:
+            raise MessageTooLargeError("the message holds more items than the limit allows")
+
+    def is_array(self) -> bool:
+        """True when the next item is a list (nothing is consumed)."""
+        pos = self._tell()
+        if pos >= self._end:
+            return False
+        b = self._data[pos]
+        return 0x90 <= b <= 0x9F or b in (0xDC, 0xDD)
+
     def is_nil(self) -> bool:
         """True (and the nil consumed) when the next item is nil."""
         pos = self._tell()

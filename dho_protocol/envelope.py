@@ -27,6 +27,7 @@ import zstandard
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from agent.clock import ClockAnchor
 from agent.model import Reading
 from dho_protocol.bounded import BoundedReader
 from dho_protocol.errors import (
@@ -37,9 +38,14 @@ from dho_protocol.errors import (
     UnsupportedVersionError,
 )
 from dho_protocol.payload import decode_readings, encode_readings
+from dho_protocol.rowpayload import DecodedRows, WireRows, decode_rows, encode_rows, is_rows_payload
 from dho_protocol.topics import check_box_id
 
 VERSION: Final = 1
+"""The version of acknowledgements and commands, and of the batches of older boxes."""
+BATCH_VERSION: Final = 2
+"""The batch version boxes send: payload v2, the stored rows as they are (section 5)."""
+_VERSIONS: Final = {"dho.batch": (1, 2), "dho.ack": (1,), "dho.cmd": (1,)}
 DOMAIN: Final = b"dho-uplink\x00"
 SIGNATURE_LEN: Final = 64
 
@@ -93,9 +99,10 @@ def _split(data: bytes, kind: str, limit: int) -> tuple[bytes, bytes, list[Any]]
         raise MalformedMessageError(f"{kind} body is not a message array")
     if obj[0] != kind:
         raise UnsupportedVersionError(f"expected a {kind} message, got type {obj[0]!r}")
-    if obj[1] != VERSION:
+    known = _VERSIONS[kind]
+    if type(obj[1]) is not int or obj[1] not in known:
         raise UnsupportedVersionError(
-            f"{kind} version {obj[1]!r} is not supported (only {VERSION})"
+            f"{kind} version {obj[1]!r} is not supported (only {', '.join(map(str, known))})"
         )
     return body, sig, obj
 
@@ -144,7 +151,10 @@ class BatchEnvelope:
         created_ms: the box's wall clock when it sealed the envelope (informational).
         reading_ids: the ids of the readings in the payload, in row order.
         flags: :data:`FLAG_RAW` when raw frames are included.
-        payload: zstd-compressed output of :func:`dho_protocol.payload.encode_readings`.
+        payload: zstd-compressed payload: for ``version`` 2 the output of
+            :func:`dho_protocol.rowpayload.encode_rows`, for version 1 that of
+            :func:`dho_protocol.payload.encode_readings`.
+        version: the batch version (2 from current boxes, 1 from older ones).
     """
 
     box_id: str
@@ -154,6 +164,7 @@ class BatchEnvelope:
     reading_ids: tuple[uuid.UUID, ...]
     flags: int
     payload: bytes
+    version: int = VERSION
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +228,55 @@ def seal_batch(
     return env, _seal(body, key)
 
 
+def seal_rows(
+    box_id: str,
+    seq: int,
+    rows: WireRows,
+    key: Ed25519PrivateKey,
+    *,
+    created_ms: int,
+    anchor: ClockAnchor | None = None,
+    batch_id: uuid.UUID | None = None,
+    raw_frames: bool = True,
+    level: int = ZSTD_LEVEL,
+) -> tuple[BatchEnvelope, bytes]:
+    """Seal a claim's stored rows into a version-2 batch (no reading is decoded).
+
+    Args:
+        anchor: the box's clock anchor now, for readings captured before the clock was
+            synchronised in this boot (see :mod:`dho_protocol.rowpayload`).
+        raw_frames: whether some rows carry raw device frames (the envelope's flag).
+
+    Raises:
+        ValueError: no rows, or rows inconsistent with their ids.
+    """
+    if not rows.rows:
+        raise ValueError("a batch carries at least one reading")
+    payload = zstandard.ZstdCompressor(level=level).compress(encode_rows(rows, anchor))
+    env = BatchEnvelope(
+        box_id=check_box_id(box_id),
+        batch_id=batch_id if batch_id is not None else uuid.uuid4(),
+        seq=seq,
+        created_ms=created_ms,
+        reading_ids=rows.reading_ids,
+        flags=FLAG_RAW if raw_frames else 0,
+        payload=payload,
+        version=BATCH_VERSION,
+    )
+    body = [
+        _BATCH,
+        BATCH_VERSION,
+        env.box_id,
+        env.batch_id.bytes,
+        env.seq,
+        env.created_ms,
+        b"".join(i.bytes for i in env.reading_ids),
+        env.flags,
+        env.payload,
+    ]
+    return env, _seal(body, key)
+
+
 def parse_batch(data: bytes, *, max_bytes: int = MAX_BATCH_BYTES) -> SignedBatch:
     """Parse a batch envelope without verifying it (the key depends on the box id inside).
 
@@ -242,9 +302,9 @@ def parse_batch(data: bytes, *, max_bytes: int = MAX_BATCH_BYTES) -> SignedBatch
     if kind != _BATCH:
         raise UnsupportedVersionError(f"expected a {_BATCH} message, got type {kind!r:.40}")
     version = r.scalar("version")
-    if version != VERSION:
+    if type(version) is not int or version not in _VERSIONS[_BATCH]:
         raise UnsupportedVersionError(
-            f"{_BATCH} version {version!r:.20} is not supported (only {VERSION})"
+            f"{_BATCH} version {version!r:.20} is not supported (only 1, 2)"
         )
     if fields != 9:
         raise MalformedMessageError("batch envelope does not have 9 fields")
@@ -274,6 +334,7 @@ def parse_batch(data: bytes, *, max_bytes: int = MAX_BATCH_BYTES) -> SignedBatch
         reading_ids=reading_ids,
         flags=flags,
         payload=payload,
+        version=version,
     )
     return SignedBatch(env, body, sig, digest(data))
 
@@ -281,12 +342,51 @@ def parse_batch(data: bytes, *, max_bytes: int = MAX_BATCH_BYTES) -> SignedBatch
 def batch_readings(
     env: BatchEnvelope, *, max_payload_bytes: int = MAX_PAYLOAD_BYTES
 ) -> tuple[Reading, ...]:
-    """Decompress and decode the readings of a verified envelope.
+    """Decompress and decode the readings of a verified envelope (either version).
 
     Raises:
         MessageTooLargeError: the payload decompresses past ``max_payload_bytes``.
         MalformedMessageError: it is not a valid zstd frame or payload.
     """
+    raw = _decompress(env, max_payload_bytes)
+    if env.version == BATCH_VERSION:
+        budget = max_payload_bytes - len(raw)
+        return decode_rows(raw, env.reading_ids, budget=budget, bodies=False).readings
+    return decode_readings(raw, env.reading_ids)
+
+
+def batch_contents(
+    env: BatchEnvelope, *, max_payload_bytes: int = MAX_PAYLOAD_BYTES
+) -> DecodedRows:
+    """The readings of a verified envelope and the form to store each in, decoded once.
+
+    For a version-2 batch the stored form is the row as received (with its context); a
+    version-1 batch (older boxes) is encoded again, one reading at a time.
+
+    Raises:
+        MessageTooLargeError, MalformedMessageError: as :func:`batch_readings`.
+    """
+    raw = _decompress(env, max_payload_bytes)
+    if env.version == BATCH_VERSION:
+        return decode_rows(raw, env.reading_ids, budget=max_payload_bytes - len(raw))
+    readings = decode_readings(raw, env.reading_ids)
+    return DecodedRows(readings, tuple(encode_readings([r]) for r in readings))
+
+
+def decode_stored(body: bytes, reading_id: uuid.UUID) -> Reading:
+    """A reading from the form :func:`batch_contents` gave for storing it.
+
+    Raises:
+        MalformedMessageError: it does not decode.
+    """
+    if is_rows_payload(body):
+        (r,) = decode_rows(body, [reading_id], bodies=False).readings
+    else:
+        (r,) = decode_readings(body, [reading_id])
+    return r
+
+
+def _decompress(env: BatchEnvelope, max_payload_bytes: int) -> bytes:
     try:
         reader = zstandard.ZstdDecompressor().stream_reader(env.payload)
         parts: list[bytes] = []
@@ -304,7 +404,7 @@ def batch_readings(
         raise MessageTooLargeError(
             f"payload decompresses past the limit of {max_payload_bytes} bytes"
         )
-    return decode_readings(raw, env.reading_ids)
+    return raw
 
 
 # --- acknowledgements (section 6) ---------------------------------------------------------

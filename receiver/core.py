@@ -196,7 +196,8 @@ class Receiver:
             return self._refuse(err, env.box_id, batch, payload)
         # From here the box really sent this: refusals are answered (signed).
         try:
-            readings = protocol.batch_readings(env, max_payload_bytes=self.max_payload_bytes)
+            # decoded once: the readings to check, and each row as it came, to store
+            contents = protocol.batch_contents(env, max_payload_bytes=self.max_payload_bytes)
         except MessageTooLargeError as err:
             return self._answer_refusal(
                 env, signed.digest, AckResult.REJECTED_TOO_LARGE, err, payload
@@ -205,6 +206,7 @@ class Receiver:
             return self._answer_refusal(
                 env, signed.digest, AckResult.REJECTED_MALFORMED, err, payload
             )
+        readings = contents.readings
         foreign = [r for r in readings if r.patient not in enrolled.patients]
         if foreign:
             return self._alarm(
@@ -215,7 +217,13 @@ class Receiver:
                 f" {len({r.patient for r in foreign})} patient(s) not assigned to this box",
             )
         res = self.store.commit_batch(
-            env.box_id, env.seq, env.batch_id, signed.digest, readings, self.replay_window
+            env.box_id,
+            env.seq,
+            env.batch_id,
+            signed.digest,
+            readings,
+            self.replay_window,
+            bodies=contents.bodies,
         )
         if res.result is AckResult.REJECTED_FORBIDDEN:
             return self._alarm(env, signed.digest, payload, res.reason)

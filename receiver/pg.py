@@ -49,9 +49,9 @@ from receiver.store import (
     RefusedBatch,
     RefusedEntry,
     StoredReading,
+    bodies_for,
     cut_for_audit,
     decode_one,
-    encode_one,
     natural_key_hash,
 )
 
@@ -396,6 +396,7 @@ class PostgresStore:
         digest: bytes,
         readings: Sequence[Reading],
         window: int,
+        bodies: Sequence[bytes] | None = None,
     ) -> CommitResult:
         """Store a verified batch exactly once, in one durable transaction.
 
@@ -410,7 +411,7 @@ class PostgresStore:
         patients = [r.patient for r in readings]
         lanes = [int(r.lane) for r in readings]
         captured = [r.captured.wall_ns for r in readings]
-        bodies = [encode_one(r) for r in readings]
+        store_bodies = bodies_for(readings, bodies)
 
         def work(conn: psycopg.Connection[tuple[Any, ...]]) -> CommitResult:
             now_ms = time.time_ns() // 1_000_000
@@ -436,7 +437,7 @@ class PostgresStore:
                 )
             cur = conn.execute(
                 _INSERT_READINGS,
-                (box_id, seq, now_ms, ids, keys, patients, lanes, captured, bodies),
+                (box_id, seq, now_ms, ids, keys, patients, lanes, captured, store_bodies),
             )
             stored = max(0, cur.rowcount)
             # After the insert, not before: ON CONFLICT waited for any concurrent transaction

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Final, Protocol
 
 from agent.model import Reading
-from dho_protocol import AckResult, decode_readings, encode_readings
+from dho_protocol import AckResult, decode_stored, encode_readings
 from receiver.errors import (
     BoxNotEnrolledError,
     NotAStoreError,
@@ -239,9 +239,17 @@ def encode_one(reading: Reading) -> bytes:
 
 
 def decode_one(body: bytes, reading_id: uuid.UUID) -> Reading:
-    """The inverse of :func:`encode_one`."""
-    (r,) = decode_readings(body, [reading_id])
-    return r
+    """A stored reading: the row a current box sent (payload v2), or :func:`encode_one`."""
+    return decode_stored(body, reading_id)
+
+
+def bodies_for(readings: Sequence[Reading], bodies: Sequence[bytes] | None) -> list[bytes]:
+    """The stored form of each reading: as received when given, else encoded here."""
+    if bodies is None:
+        return [encode_one(r) for r in readings]
+    if len(bodies) != len(readings):
+        raise ValueError("one stored body per reading")
+    return list(bodies)
 
 
 def cut_for_audit(entry: RefusedBatch, limits: AuditLimits) -> RefusedBatch:
@@ -272,6 +280,7 @@ class Store(BoxRegistry, Protocol):
         digest: bytes,
         readings: Sequence[Reading],
         window: int,
+        bodies: Sequence[bytes] | None = None,
     ) -> CommitResult: ...
     def keep_refused(self, entry: RefusedBatch, limits: AuditLimits) -> None: ...
     def refused(self, box_id: str | None = None, limit: int = 100) -> list[RefusedEntry]: ...
@@ -495,8 +504,12 @@ class SqliteStore:
         digest: bytes,
         readings: Sequence[Reading],
         window: int,
+        bodies: Sequence[bytes] | None = None,
     ) -> CommitResult:
         """Store a verified batch exactly once, in one durable transaction.
+
+        ``bodies`` is how to store each reading (as the batch brought it, see
+        :func:`dho_protocol.batch_contents`); without it each reading is encoded here.
 
         * same ``(box, seq)`` and same digest as a committed envelope: ``DUPLICATE``;
         * same ``(box, seq)`` with other content, or ``seq`` at or below
@@ -516,9 +529,9 @@ class SqliteStore:
                 int(r.lane),
                 r.captured.wall_ns,
                 now_ms,
-                encode_one(r),
+                body,
             )
-            for r in readings
+            for r, body in zip(readings, bodies_for(readings, bodies), strict=True)
         ]
         with self._write() as c:
             hw_row = c.execute(

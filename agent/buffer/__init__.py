@@ -2,6 +2,7 @@
 
 from agent.buffer.aio import AsyncBuffer
 from agent.buffer.keys import CredentialKeySource, FileKeySource, KeySource
+from agent.buffer.results import RowClaim
 from agent.buffer.store import AppendResult, Buffer, BufferConfig, BufferStats, Claim
 
 __all__ = [
@@ -14,4 +15,5 @@ __all__ = [
     "CredentialKeySource",
     "FileKeySource",
     "KeySource",
+    "RowClaim",
 ]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from agent.buffer.keys import KeySource
+from agent.buffer.results import RowClaim
 from agent.buffer.store import AppendResult, Buffer, BufferConfig, BufferStats, Claim
 from agent.model import Lane, Reading
 
@@ -68,6 +69,12 @@ class AsyncBuffer:
     async def claim(self, max_readings: int = 500, max_bytes: int | None = None) -> Claim | None:
         """See :meth:`Buffer.claim`."""
         return await self._run(self._buffer.claim, max_readings, max_bytes)
+
+    async def claim_rows(
+        self, max_readings: int = 500, max_bytes: int | None = None
+    ) -> RowClaim | None:
+        """See :meth:`Buffer.claim_rows`."""
+        return await self._run(self._buffer.claim_rows, max_readings, max_bytes)
 
     async def ack(self, batch_id: int) -> int:
         """See :meth:`Buffer.ack`."""

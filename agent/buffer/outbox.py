@@ -18,10 +18,10 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
 from agent.buffer import alarms, codec, integrity
 from agent.buffer.dedup import GENERATION_SHIFT, Seen
@@ -30,10 +30,11 @@ from agent.buffer.keyring import TAG_BYTES, Keyring
 from agent.buffer.keys import NONCE_BYTES
 from agent.buffer.lanes import CLAIM_ORDER, POLICIES, lane_of
 from agent.buffer.refs import Refs
-from agent.buffer.results import AppendResult, BufferConfig, Claim
+from agent.buffer.results import AppendResult, BufferConfig, Claim, RowClaim
 from agent.buffer.schema import Db, Tx
 from agent.errors import RowAuthenticationError
 from agent.model import Lane, Reading
+from dho_protocol.rowpayload import WireRows
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -43,6 +44,19 @@ ACKED: Final = 2
 STATES: Final = (PENDING, CLAIMED, ACKED)
 _MIN_BLOB: Final = NONCE_BYTES + TAG_BYTES
 _LANE_VALUES: Final = ",".join(str(int(ln)) for ln in POLICIES)
+
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+def _reading_id(item: object) -> uuid.UUID:
+    if isinstance(item, Reading):
+        return item.id
+    assert isinstance(item, tuple)
+    head = item[0]
+    assert isinstance(head, codec.RowHead)
+    return head.reading_id
 
 
 @dataclass
@@ -484,6 +498,67 @@ class Outbox:
 
         Rows that fail authentication are quarantined and reported, not returned.
         """
+        got = self._claim(max_readings, max_bytes, self._take_reading)
+        if got is None:
+            return None
+        batch_id, taken, failed, size = got
+        return Claim(batch_id, tuple(r for r, _ in taken), failed, size)
+
+    def claim_rows(self, max_readings: int, max_bytes: int | None) -> RowClaim | None:
+        """Like :meth:`claim`, but the rows stay as stored: decrypted, never decoded.
+
+        What the uplink sends (batch payload v2): each row's plaintext as it is, with the
+        contexts and boots its references stand for. Only the row's id and references are
+        read (msgpack); building readings is left to the receiver.
+        """
+        got = self._claim(max_readings, max_bytes, self._take_row)
+        if got is None:
+            return None
+        batch_id, taken, failed, size = got
+        contexts: dict[int, codec.Context] = {}
+        boots: dict[int, uuid.UUID] = {}
+        for (head, _, _), _ in taken:
+            contexts[head.context_ref] = self._refs_of(head.context_ref, codec.Context)
+            boots[head.boot_ref] = self._refs_of(head.boot_ref, uuid.UUID)
+        rows = WireRows(
+            reading_ids=tuple(head.reading_id for (head, _, _), _ in taken),
+            rows=tuple(pt for (_, pt, _), _ in taken),
+            lanes=bytes(int(lane) for (_, _, lane), _ in taken),
+            contexts=contexts,
+            boots=boots,
+        )
+        raw = any(head.has_raw for (head, _, _), _ in taken)
+        return RowClaim(batch_id, rows, raw, failed, size)
+
+    def _refs_of(self, ref: int, kind: type[_R]) -> _R:
+        value = self._refs.resolve(ref)  # resolved (and cached) while the row was taken
+        assert isinstance(value, kind)
+        return value
+
+    def _take_reading(self, seq: int, lane: Lane, key_id: int, blob: bytes) -> Reading:
+        return self.decode_row(seq, lane, key_id, blob)
+
+    def _take_row(
+        self, seq: int, lane: Lane, key_id: int, blob: bytes
+    ) -> tuple[codec.RowHead, bytes, Lane]:
+        plaintext = self._keyring.open("readings", seq, key_id, lane, blob)
+        head = codec.peek(plaintext)
+        try:
+            ctx = self._refs.resolve(head.context_ref)
+            boot = self._refs.resolve(head.boot_ref)
+        except RowAuthenticationError as exc:
+            raise RowAuthenticationError(seq, f"its reference {exc.reason}") from None
+        if not isinstance(ctx, codec.Context) or not isinstance(boot, uuid.UUID):
+            raise RowAuthenticationError(seq, "reference of the wrong kind")
+        return head, plaintext, lane
+
+    def _claim(
+        self,
+        max_readings: int,
+        max_bytes: int | None,
+        take: Callable[[int, Lane, int, bytes], _T],
+    ) -> tuple[int, list[tuple[_T, int]], tuple[RowAuthenticationError, ...], int] | None:
+        """Select, take and mark claimed, in one transaction; ``take`` opens each row."""
         conn = self._db.conn
         with self._db.tx() as tx:
             batch_id = self.next_batch
@@ -506,13 +581,15 @@ class Outbox:
                     size += n
             if not selected:
                 return None
-            readings: list[Reading] = []
+            taken: list[tuple[_T, int]] = []
             failed: list[RowAuthenticationError] = []
             claimed: list[tuple[int, bytes, int]] = []
+            ids: list[uuid.UUID] = []
             delta = Delta()
             for seq, lane, key_id, blob in selected:
                 try:
-                    readings.append(self.decode_row(seq, lane, key_id, blob))
+                    item = take(seq, lane, key_id, blob)
+                    taken.append((item, seq))
                     claimed.append((batch_id, self._tag(seq, CLAIMED, batch_id), seq))
                     delta.move(lane, PENDING, CLAIMED)
                 except RowAuthenticationError as exc:
@@ -531,15 +608,16 @@ class Outbox:
                 "INSERT OR REPLACE INTO meta (k, v) VALUES ('next_batch', ?)", (self.next_batch,)
             )
             self._commit(tx, delta)
+            ids = [_reading_id(item) for item, _ in taken]
 
             def track() -> None:
-                for r, (_, _, s) in zip(readings, claimed, strict=True):
-                    self._inflight[r.id] = s
+                for rid, (_, s) in zip(ids, taken, strict=True):
+                    self._inflight[rid] = s
 
             tx.after_commit(track)
         if failed:
             _LOGGER.error("%d stored rows failed authentication and were quarantined", len(failed))
-        return Claim(batch_id, tuple(readings), tuple(failed), size)
+        return batch_id, taken, tuple(failed), size
 
     def decode_row(self, seq: int, lane: Lane, key_id: int, blob: bytes) -> Reading:
         """Decrypt and decode one row, resolving its references."""

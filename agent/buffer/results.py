@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from agent.errors import RowAuthenticationError
 from agent.model import Reading
+from dho_protocol.rowpayload import WireRows
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +25,27 @@ class Claim:
     readings: tuple[Reading, ...]
     quarantined: tuple[RowAuthenticationError, ...] = ()
     encrypted_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RowClaim:
+    """A batch of stored rows handed to the uplink as they are (see ``Buffer.claim_rows``).
+
+    Attributes:
+        rows: the decrypted rows with their ids, lanes and references (payload v2).
+        raw_frames: whether some rows carry raw device frames.
+    """
+
+    batch_id: int
+    rows: WireRows
+    raw_frames: bool
+    quarantined: tuple[RowAuthenticationError, ...] = ()
+    encrypted_bytes: int = 0
+
+    @property
+    def readings(self) -> int:
+        """How many readings the claim holds."""
+        return len(self.rows.rows)
 
 
 @dataclass(frozen=True, slots=True)

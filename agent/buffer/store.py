@@ -31,7 +31,7 @@ from agent.buffer.keys import KeySource
 from agent.buffer.outbox import ACKED, CLAIMED, Outbox
 from agent.buffer.pressure import Pressure, Reserve
 from agent.buffer.refs import Refs
-from agent.buffer.results import AppendResult, BufferConfig, BufferStats, Claim
+from agent.buffer.results import AppendResult, BufferConfig, BufferStats, Claim, RowClaim
 from agent.buffer.salvage import Salvage
 from agent.buffer.schema import (
     Db,
@@ -236,6 +236,14 @@ class Buffer:
         Rows that fail authentication are quarantined and reported, not returned.
         """
         return self._maintenance(lambda: self._outbox.claim(max_readings, max_bytes))
+
+    def claim_rows(self, max_readings: int = 500, max_bytes: int | None = None) -> RowClaim | None:
+        """Like :meth:`claim`, but the rows are handed over as stored, not decoded.
+
+        The uplink seals them into a batch as they are (payload v2), which saves decoding
+        every reading into objects and encoding it again for the wire.
+        """
+        return self._maintenance(lambda: self._outbox.claim_rows(max_readings, max_bytes))
 
     def _decode_row(self, seq: int, lane: int, key_id: int, blob: bytes) -> Reading:
         """Decrypt one stored row (tests compare what is on disk with what was promised)."""

@@ -31,7 +31,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 import dho_protocol as protocol
 from agent.clock import ClockAnchor, SystemClock, kernel_clock_synced
 from agent.errors import AgentError, StoreError, UplinkError
-from agent.model import Reading
 from agent.uplink import session as s
 from agent.uplink.link import LinkConfig, LinkHandlers, LinkState, MqttLink
 from agent.uplink.policy import AckTimeout, Attempts, Backoff, BatchSizer, ReconnectPolicy
@@ -45,12 +44,14 @@ _REMEMBER_SIZE_EVERY_S = 600.0
 
 
 class ClaimLike(Protocol):
-    """What the sender needs of :class:`agent.buffer.Claim`."""
+    """What the sender needs of :class:`agent.buffer.RowClaim`."""
 
     @property
     def batch_id(self) -> int: ...
     @property
-    def readings(self) -> tuple[Reading, ...]: ...
+    def rows(self) -> protocol.WireRows: ...
+    @property
+    def raw_frames(self) -> bool: ...
     @property
     def quarantined(self) -> tuple[Any, ...]: ...
 
@@ -58,7 +59,7 @@ class ClaimLike(Protocol):
 class BufferLike(Protocol):
     """The part of :class:`agent.buffer.AsyncBuffer` the sender uses (docs/buffer-api.md)."""
 
-    async def claim(self, max_readings: int = 500, max_bytes: int | None = None) -> Any: ...
+    async def claim_rows(self, max_readings: int = 500, max_bytes: int | None = None) -> Any: ...
     async def ack(self, batch_id: int) -> int: ...
     async def ack_ids(self, ids: Iterable[uuid.UUID]) -> int: ...
     async def release(self, batch_id: int) -> int: ...
@@ -348,7 +349,7 @@ class Uplink:
     async def _claim_and_seal(self, max_readings: int) -> s.Event:
         try:
             while True:
-                claim = await self.buffer.claim(
+                claim: ClaimLike | None = await self.buffer.claim_rows(
                     max_readings=max_readings, max_bytes=self.cfg.max_batch_bytes
                 )
                 if claim is None:
@@ -359,7 +360,7 @@ class Uplink:
                         self.box_id,
                         len(claim.quarantined),
                     )
-                if claim.readings:
+                if claim.rows.rows:
                     break
                 await self.buffer.ack(claim.batch_id)  # only quarantined rows: look again
             try:
@@ -374,29 +375,29 @@ class Uplink:
 
     async def _seal(self, claim: ClaimLike, seq: int) -> s.Event:
         created_ms = time.time_ns() // 1_000_000
-        # Captured before NTP sync in this boot, sent after it: the boot clock gives the
-        # true time now. Readings from a boot that never synced stay flagged uncertain.
+        # The clock anchor lets the receiver re-base readings captured before NTP sync in
+        # this boot; readings from a boot that never synced stay flagged uncertain.
         anchor = self._clock_anchor()
-        readings = [r.with_time_corrected(anchor) for r in claim.readings]
+        n = len(claim.rows.rows)
         try:
             env, wire = await asyncio.to_thread(
-                protocol.seal_batch,
+                protocol.seal_rows,
                 self.box_id,
                 seq,
-                readings,
+                claim.rows,
                 self.cfg.signing_key,
                 created_ms=created_ms,
+                anchor=anchor,
+                raw_frames=claim.raw_frames,
             )
-        except ValueError as err:
-            # Only a bug gets here (every valid reading encodes). Narrow it down to the one
-            # reading, then set that aside so it cannot block its lane.
-            _LOG.error("uplink %s: batch cannot be encoded: %s", self.box_id, err)
-            return s.Unsendable(claim.batch_id, len(readings), f"cannot be encoded: {err}")
+        except ValueError as err:  # only a bug gets here
+            _LOG.error("uplink %s: batch cannot be sealed: %s", self.box_id, err)
+            return s.Unsendable(claim.batch_id, n, f"cannot be sealed: {err}")
         if len(wire) > protocol.MAX_BATCH_BYTES:
             # The receiver would drop it unanswered: split instead of sending.
             return s.Unsendable(
                 claim.batch_id,
-                len(readings),
+                n,
                 f"needs {len(wire)} bytes, over the {protocol.MAX_BATCH_BYTES}-byte limit",
             )
         return s.Sealed(

@@ -433,6 +433,11 @@ class Session:
             return
         self.counters.batches_refused += 1
         self.counters.last_refusal = ack.result.name
+        if ack.result is AckResult.REJECTED_MALFORMED and len(f.reading_ids) == 1:
+            # The service cannot decode this one reading: it would block its lane forever.
+            # Keep it in the buffer's quarantine (encrypted, with the reason) and move on.
+            out.append(Quarantine(f.claim, "refused by the receiver as malformed"))
+            return
         out.append(Release(f.claim, f.seq, f"the receiver refused it: {ack.result.name}"))
         if ack.result is AckResult.REJECTED_REPLAY:
             out.append(SkipTo(ack.high_water + 1))

@@ -23,6 +23,7 @@ from agent.model import (
     SampleChunk,
     Transport,
 )
+from dho_protocol import rows
 
 texts = st.text(max_size=40)
 mdcs = st.one_of(st.sampled_from([c.mdc for c in codes.ALL_CODES]), st.integers(0, 2**32 - 1))
@@ -166,4 +167,4 @@ def test_a_spot_reading_is_small() -> None:
 
 def test_decimal_exponent_and_sign_are_kept() -> None:
     for text in ("36.60", "-0", "-0.0", "1E+3", "123456789012345678901234567890.5"):
-        assert str(codec._unpack_decimal(codec._pack_decimal(Decimal(text)))) == text
+        assert str(rows._unpack_decimal(rows._pack_decimal(Decimal(text)))) == text

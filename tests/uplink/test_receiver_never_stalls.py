@@ -47,10 +47,11 @@ class PoisonedStore(SqliteStore):
         digest: bytes,
         readings: Sequence[Reading],
         window: int,
+        bodies: Sequence[bytes] | None = None,
     ) -> CommitResult:
         if any(r.patient == self.poison for r in readings):
             raise OverflowError("Python int too large to convert to SQLite INTEGER")
-        return super().commit_batch(box_id, seq, batch_id, digest, readings, window)
+        return super().commit_batch(box_id, seq, batch_id, digest, readings, window, bodies)
 
 
 def _acks(client: RawClient, pki: Any, box: str, n: int, timeout: float = 30) -> list[Any]:

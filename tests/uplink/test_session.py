@@ -150,6 +150,20 @@ CASES: dict[str, list[Step]] = {
         (10.0, s.Tick(), []),
         (20.5, s.Tick(), [s.Claim(4)]),
     ],
+    "a single reading the receiver cannot decode is quarantined, not resent forever": [
+        (0.0, s.LinkUp(), [s.Claim(8)]),
+        (
+            0.0,
+            replace(sealed(1), reading_ids=ids(1)[:1]),
+            [s.Publish(bid(1), 101, 1, wire(1)), s.Claim(8)],
+        ),
+        (0.0, s.NothingPending(), []),
+        (
+            0.5,
+            ack(1, AckResult.REJECTED_MALFORMED),
+            [s.Quarantine(1, "refused by the receiver as malformed")],
+        ),
+    ],
     "link down: batches stay in flight, timers stop, no claims until it is back": [
         *UP_AND_TWO_IN_FLIGHT,
         (1.0, s.LinkDown(), []),

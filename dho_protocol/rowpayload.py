@@ -1,0 +1,219 @@
+"""Batch payload v2: the box's stored rows as they are, with their reference tables.
+
+Version 1 (:mod:`dho_protocol.payload`) re-encoded every reading for the wire, so a box had to
+decode its stored rows into objects and encode them again for each batch. Version 2 carries
+the stored rows themselves (:mod:`dho_protocol.rows`); the zstd frame around the payload still
+compresses across them. The payload is the msgpack array::
+
+    [2, contexts, boots, anchor, lanes, rows]
+    contexts = [[context_ref, kind, manufacturer, model, serial, transport, patient], ...]
+    boots    = [[boot_ref, boot_id (bin 16)], ...]
+    anchor   = null | [boot_id (bin 16), offset_ns]
+    lanes    = bin, one byte per row (the lane of each reading)
+    rows     = [row (bin), ...]            # in the order of the envelope's reading ids
+
+``context_ref`` and ``boot_ref`` are the box's own reference numbers (only meaningful inside
+one payload). ``anchor`` is the box's clock anchor at sealing (its boot id and wall minus boot
+clock, once the clock is synchronised): a reading captured in that boot before the clock was
+synchronised gets its wall time re-based on it (``wall = mono + offset``), is marked synced
+and flagged ``gateway-time-corrected``; the receiver applies it while decoding, exactly as a
+v1 box did before encoding.
+
+The receiver stores each reading as a one-row v2 payload (:attr:`DecodedRows.bodies`): the
+row as received plus its context, boot and anchor, so nothing is encoded again.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgpack
+
+from agent.clock import ClockAnchor
+from agent.model import DeviceIdentity, DeviceKind, Lane, Reading, Transport
+from dho_protocol.bounded import BoundedReader
+from dho_protocol.errors import MalformedMessageError
+from dho_protocol.payload import MAX_CODE_TEXT, MAX_ITEMS, MAX_TEXT
+from dho_protocol.rows import MAX_ROW_BYTES, Context, FormatError, decode_reading
+
+PAYLOAD_VERSION: Final = 2
+_LANES: Final = frozenset(int(lane) for lane in Lane)
+_MAX_TABLE: Final = 10_000  # contexts, boots: at most one per reading
+
+
+@dataclass(frozen=True, slots=True)
+class WireRows:
+    """A claim's rows ready for a v2 payload.
+
+    Attributes:
+        reading_ids: the id of each row, in order (they go into the envelope).
+        rows: the rows (:mod:`dho_protocol.rows`), as stored.
+        lanes: one byte per row.
+        contexts, boots: what the rows' reference numbers stand for (at least those used).
+    """
+
+    reading_ids: tuple[uuid.UUID, ...]
+    rows: tuple[bytes, ...]
+    lanes: bytes
+    contexts: Mapping[int, Context]
+    boots: Mapping[int, uuid.UUID]
+
+
+def _context_entry(ref: int, ctx: Context) -> list[Any]:
+    d = ctx.device
+    return [ref, str(d.kind), d.manufacturer, d.model, d.serial, str(d.transport), ctx.patient]
+
+
+def _anchor_entry(anchor: ClockAnchor | None) -> list[Any] | None:
+    return None if anchor is None else [anchor.boot_id.bytes, anchor.offset_ns]
+
+
+def encode_rows(w: WireRows, anchor: ClockAnchor | None) -> bytes:
+    """The uncompressed v2 payload of ``w``.
+
+    Raises:
+        ValueError: ``w`` is inconsistent (a bug of the caller).
+    """
+    if not len(w.rows) == len(w.lanes) == len(w.reading_ids):
+        raise ValueError("rows, lanes and reading ids differ in number")
+    body = [
+        PAYLOAD_VERSION,
+        [_context_entry(ref, ctx) for ref, ctx in w.contexts.items()],
+        [[ref, boot.bytes] for ref, boot in w.boots.items()],
+        _anchor_entry(anchor),
+        w.lanes,
+        list(w.rows),
+    ]
+    packed: bytes = msgpack.packb(body, use_bin_type=True)
+    return packed
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedRows:
+    """The readings of a v2 payload, and how the receiver stores each (see module doc)."""
+
+    readings: tuple[Reading, ...]
+    bodies: tuple[bytes, ...]
+
+
+def _text(v: object, what: str, lo: int, hi: int) -> str:
+    if type(v) is not str or not lo <= len(v) <= hi:
+        raise MalformedMessageError(f"{what} is not a string of {lo} to {hi} characters")
+    return v
+
+
+def _ref(v: object, what: str) -> int:
+    if type(v) is not int or not 0 <= v < 2**63:
+        raise MalformedMessageError(f"{what} is not a reference number")
+    return v
+
+
+def decode_rows(
+    data: bytes,
+    ids: Sequence[uuid.UUID],
+    *,
+    budget: int = MAX_ROW_BYTES,
+    bodies: bool = True,
+) -> DecodedRows:
+    """Decode a v2 payload (uncompressed), one row per envelope id, in order, bounded.
+
+    The payload and each row are read item by item against their layout
+    (:class:`~dho_protocol.bounded.BoundedReader`), with one item budget for the whole
+    payload and one byte budget for what its compressed rows decompress to; every field is
+    checked against the limits of section 5.2 before anything is built from it.
+
+    Args:
+        budget: how many bytes the compressed rows may decompress to, all together.
+        bodies: also build the stored form of each reading (the receiver does).
+
+    Raises:
+        MalformedMessageError: anything that does not parse or make valid readings, a row
+            whose id is not the envelope's, or a reference without its table entry.
+        MessageTooLargeError: the rows decompress past ``budget``, or more than
+            :data:`~dho_protocol.payload.MAX_ITEMS` items.
+    """
+    n = len(ids)
+    r = BoundedReader(
+        data,
+        max_items=MAX_ITEMS,
+        max_str=4 * MAX_TEXT,
+        max_bin=max(len(data), n, 16),
+        max_array=max(n, 7),
+    )
+    r.array("payload", 6, 6)
+    if r.scalar("payload version") != PAYLOAD_VERSION:
+        raise MalformedMessageError("not a version-2 payload")
+    table = min(n, _MAX_TABLE)
+    contexts: dict[int, tuple[Context, list[Any]]] = {}
+    for _ in range(r.array("contexts", 0, table)):
+        ref, kind, man, model, serial, transport, patient = r.record("context", 7)
+        try:
+            device = DeviceIdentity(
+                DeviceKind(_text(kind, "device kind", 1, MAX_CODE_TEXT)),
+                _text(man, "manufacturer", 0, MAX_TEXT),
+                _text(model, "model", 0, MAX_TEXT),
+                _text(serial, "serial", 0, MAX_TEXT),
+                Transport(_text(transport, "transport", 1, MAX_CODE_TEXT)),
+            )
+        except ValueError as err:
+            raise MalformedMessageError(f"bad device entry: {err}") from err
+        key = _ref(ref, "context reference")
+        if key in contexts:
+            raise MalformedMessageError("context reference repeats")
+        entry = [key, kind, man, model, serial, transport, patient]
+        contexts[key] = (Context(device, _text(patient, "patient reference", 1, MAX_TEXT)), entry)
+    boots: dict[int, tuple[uuid.UUID, list[Any]]] = {}
+    for _ in range(r.array("boots", 0, table)):
+        ref, raw_boot = r.record("boot", 2)
+        if type(raw_boot) is not bytes or len(raw_boot) != 16:
+            raise MalformedMessageError("boot id is not 16 bytes")
+        key = _ref(ref, "boot reference")
+        if key in boots:
+            raise MalformedMessageError("boot reference repeats")
+        boots[key] = (uuid.UUID(bytes=raw_boot), [key, raw_boot])
+    anchor: ClockAnchor | None = None
+    anchor_entry: list[Any] | None = None
+    if not r.is_nil():
+        raw_id, offset = r.record("clock anchor", 2)
+        if type(raw_id) is not bytes or len(raw_id) != 16 or type(offset) is not int:
+            raise MalformedMessageError("clock anchor is not [boot id, offset]")
+        if not -(2**63) <= offset < 2**63:
+            raise MalformedMessageError("clock anchor offset out of range")
+        anchor = ClockAnchor(uuid.UUID(bytes=raw_id), offset)
+        anchor_entry = [raw_id, offset]
+    lanes = r.binary("lanes", n, n)
+    r.array("rows", n, n)
+    readings: list[Reading] = []
+    stored: list[bytes] = []
+    left = budget
+    for rid, lane in zip(ids, lanes, strict=True):
+        row = r.binary("row", 1, len(data))
+        if lane not in _LANES:
+            raise MalformedMessageError(f"unknown lane {lane}")
+        packed = decode_reading(row, left, r.left)
+        left -= packed.size
+        r.spend(packed.items)
+        if packed.reading_id != rid:
+            raise MalformedMessageError("a row's id is not the envelope's")
+        ctx = contexts.get(packed.context_ref)
+        boot = boots.get(packed.boot_ref)
+        if ctx is None or boot is None:
+            raise FormatError("a row refers to a context or boot the payload does not carry")
+        readings.append(packed.build(ctx[0], boot[0], Lane(lane)).with_time_corrected(anchor))
+        if bodies:
+            stored.append(
+                msgpack.packb(
+                    [PAYLOAD_VERSION, [ctx[1]], [boot[1]], anchor_entry, bytes((lane,)), [row]],
+                    use_bin_type=True,
+                )
+            )
+    r.finish("payload")
+    return DecodedRows(tuple(readings), tuple(stored))
+
+
+def is_rows_payload(data: bytes) -> bool:
+    """Whether ``data`` looks like a v2 payload (a 6-array starting with 2) rather than v1."""
+    return data[:2] == b"\x96\x02"
