@@ -12,6 +12,8 @@ needs=(
   "dbus-send:dbus-bin"
   "systemd-analyze:systemd"
   "fusermount3:fuse3"
+  "nft:nftables"      # the uplink benchmark blocks a link with it (an honest outage)
+  "tc:iproute2"       # ... and shapes it with tbf between network namespaces
 )
 missing=()
 for pair in "${needs[@]}"; do

@@ -589,37 +589,46 @@ class MqttLink:
         return f"retrying within {wait.delay_s:.0f} s ({why})"
 
     async def _wait(self, wait: Wait) -> None:
-        """Wait as ``wait`` says; return early when the network or the broker is back."""
+        """Wait as ``wait`` says before the next full connection attempt.
+
+        After a network failure (``wait.probe_every_s`` set) the link tries again only once
+        the broker answers a bare TCP probe: the first probe after ``wait.delay_s`` (the
+        back-off) or as soon as the network changes, then every few seconds. So a box in an
+        outage sends a small SYN now and then instead of hanging in TLS attempts, and is
+        connected within a probe interval of the network coming back.
+        """
         self.state = LinkState.BACKING_OFF
         self.reason = self._describe_wait(wait)
-        _LOG.info("uplink %s: next connection attempt within %.1f s", self.cfg.box_id, wait.delay_s)
-        now = time.monotonic()
-        deadline = now + wait.delay_s
-        probing = wait.probe_every_s is not None
-        next_probe = now + (wait.probe_every_s or 0.0)
+        if wait.probe_every_s is None:
+            _LOG.info("uplink %s: next connection attempt in %.1f s", self.cfg.box_id, wait.delay_s)
+            await asyncio.sleep(wait.delay_s)
+            return
+        _LOG.info(
+            "uplink %s: probing the broker, first in %.1f s",
+            self.cfg.box_id,
+            min(wait.delay_s, wait.probe_every_s),
+        )
         changed = self.network.changed()
+        next_probe = time.monotonic() + min(wait.delay_s, wait.probe_every_s)
         while True:
             now = time.monotonic()
-            if now >= deadline:
-                return
-            until = min(deadline, next_probe) if probing else deadline
-            if wait.follow_network:
+            settle = wait.settle_s / 2
+            if next_probe > now:
                 try:
-                    await asyncio.wait_for(changed.wait(), until - now)
+                    await asyncio.wait_for(changed.wait(), next_probe - now)
                 except TimeoutError:
                     pass
                 else:
-                    _LOG.info("uplink %s: the network changed; reconnecting", self.cfg.box_id)
-                    await asyncio.sleep(wait.settle_s)
-                    return
-            else:
-                await asyncio.sleep(until - now)
-            if probing and time.monotonic() >= next_probe:
-                if await self._probe():
-                    _LOG.info("uplink %s: the broker is reachable again", self.cfg.box_id)
-                    await asyncio.sleep(wait.settle_s / 2)
-                    return
-                next_probe = time.monotonic() + self.policy.probe_interval(time.monotonic())
+                    changed.clear()
+                    _LOG.info("uplink %s: the network changed; probing", self.cfg.box_id)
+                    await asyncio.sleep(wait.settle_s)  # a fleet sees the same change
+                    settle = 0.0
+            started = time.monotonic()
+            if await self._probe():
+                _LOG.info("uplink %s: the broker is reachable again", self.cfg.box_id)
+                await asyncio.sleep(settle)
+                return
+            next_probe = started + self.policy.probe_interval(time.monotonic())
 
     async def _probe(self) -> bool:
         """A bare TCP connection to the broker (no TLS): is it reachable at all?"""

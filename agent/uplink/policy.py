@@ -60,14 +60,14 @@ class Wait:
 class ReconnectPolicy:
     """When to try the broker again (``docs/uplink-protocol.md`` section 9).
 
-    * **The network was the problem** (:attr:`FailureKind.UNREACHABLE`): full-jitter
-      back-off capped at one minute, so one box retries often and a fleet that lost the same
-      mast is spread over a minute, never a wave. The wait ends early when the network comes
-      back: a new default route or address (netlink), or a bare TCP probe to the broker that
-      succeeds. Probes (a TCP handshake, about 300 bytes, no TLS) run every few seconds
-      during the first quarter hour of an outage, then less often (``probe_tiers``), so a
-      box is sending within seconds of a short outage and costs little on a long one. After
-      the network returns, each box waits a random ``settle_s`` (0 to 2 s) first.
+    * **The network was the problem** (:attr:`FailureKind.UNREACHABLE`): the next full
+      attempt waits until a bare TCP probe to the broker succeeds (a TCP handshake, about 300
+      bytes, no TLS). The first probe comes after a full-jitter back-off capped at one minute,
+      or at once when the kernel reports a new link, address or route (netlink); then probes
+      run every few seconds during the first quarter hour of an outage and less often after
+      (``probe_tiers``). So a box is sending within seconds of a short outage, costs a small
+      SYN now and then on a long one, and a fleet that lost the same mast comes back spread
+      over the probe interval plus a random ``settle_s`` (0 to 2 s), never in one wave.
     * **The broker answered but failed** (:attr:`FailureKind.REFUSED`): the same back-off,
       without probes (the broker is reachable; probing would only hammer it).
     * **Identity refused** (:attr:`FailureKind.IDENTITY`): a refused certificate is not cured
