@@ -30,6 +30,7 @@ are decompressed within a budget, and the model's own checks run; anything wrong
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -84,8 +85,17 @@ _COMPRESS_OVER: Final = 192  # bytes of msgpack above which zstd pays for its fr
 _MAX_I64: Final = 2**63
 _MAX_STR_BYTES: Final = 4 * MAX_ERROR_TEXT  # UTF-8: up to 4 bytes a character
 
-_zc = zstandard.ZstdCompressor(level=6, write_content_size=True, write_checksum=False)
-_zd = zstandard.ZstdDecompressor()
+
+class _Zstd(threading.local):
+    """One compressor and decompressor per thread: zstandard's objects are not thread-safe,
+    and the buffer's thread, the sealing worker and a receiver may all use this module."""
+
+    def __init__(self) -> None:
+        self.c = zstandard.ZstdCompressor(level=6, write_content_size=True, write_checksum=False)
+        self.d = zstandard.ZstdDecompressor()
+
+
+_zstd = _Zstd()
 
 
 class FormatError(MalformedMessageError):
@@ -207,7 +217,7 @@ def frame(obj: Any) -> bytes:
     """msgpack ``obj`` and frame it: plain, or zstd above 192 bytes."""
     body: bytes = msgpack.packb(obj, use_bin_type=True)
     if len(body) > _COMPRESS_OVER:
-        return bytes([ZSTD]) + _zc.compress(body)
+        return bytes([ZSTD]) + _zstd.c.compress(body)
     return bytes([PLAIN]) + body
 
 
@@ -227,7 +237,7 @@ def _decompressed(data: bytes, budget: int) -> bytes:
     if size != zstandard.CONTENTSIZE_UNKNOWN and size > budget:
         raise MessageTooLargeError("row decompresses past the limit")
     try:
-        out = _zd.decompress(body, max_output_size=max(budget, 1))
+        out = _zstd.d.decompress(body, max_output_size=max(budget, 1))
     except zstandard.ZstdError as err:
         raise FormatError(f"row is not valid zstd: {err}") from err
     if len(out) > budget:

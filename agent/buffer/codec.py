@@ -51,6 +51,7 @@ __all__ = [
     "peek",
 ]
 
+
 def decode_reading(data: bytes) -> PackedReading:
     """Decode one of the store's own rows (every reading the model allows reads back)."""
     return rows.decode_reading(data, lim=rows.STORE_LIMITS, items=rows.STORE_LIMITS.samples)

@@ -264,6 +264,12 @@ class TlsClient(mqtt.Client):
     last_resumed = False
     """Whether the last handshake resumed a session."""
 
+    def tls_set_context(self, context: ssl.SSLContext | None = None) -> None:
+        """As paho's, and keep the context for :meth:`_ssl_wrap_socket`."""
+        ctx = context or ssl.create_default_context()  # what paho does without one
+        super().tls_set_context(ctx)
+        self.tls_context = ctx
+
     def _ssl_wrap_socket(self, tcp_sock: socket.socket) -> ssl.SSLSocket:
         ctx = self.tls_context
         if ctx is None:
@@ -649,7 +655,6 @@ class MqttLink:
         if not self._tls_ready:  # paho accepts one TLS context per client
             ctx = _tls_context(self.cfg)
             client.tls_set_context(ctx)
-            client.tls_context = ctx
             self._tls_ready = True
         props = _connect_properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.cfg.session_expiry_s
