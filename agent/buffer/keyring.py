@@ -241,9 +241,15 @@ class Keyring:
         """Whether ``key_id`` names a data key of this store."""
         return type(key_id) is int and key_id in self._data
 
-    def seal(self, table: str, seq: int, lane: int, plaintext: bytes) -> bytes:
-        """Encrypt a row under the active key: nonce || ciphertext || tag."""
-        nonce = os.urandom(NONCE_BYTES)
+    def seal(
+        self, table: str, seq: int, lane: int, plaintext: bytes, nonce: bytes | None = None
+    ) -> bytes:
+        """Encrypt a row under the active key: nonce || ciphertext || tag.
+
+        ``nonce``: 12 fresh random bytes (an append draws them for all its rows at once).
+        """
+        if nonce is None:
+            nonce = os.urandom(NONCE_BYTES)
         aead = self._data[self.active]
         return nonce + aead.encrypt(nonce, plaintext, aad(table, seq, self.active, lane))
 

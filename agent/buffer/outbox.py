@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Final, TypeVar
 
 from agent.buffer import alarms, codec, integrity
-from agent.buffer.dedup import GENERATION_SHIFT, Seen
+from agent.buffer.dedup import GENERATION_SHIFT, Key, Seen
 from agent.buffer.integrity import Anchor, Ledger, state_tag, tag_ok
 from agent.buffer.keyring import TAG_BYTES, Keyring
 from agent.buffer.keys import NONCE_BYTES
@@ -458,32 +458,38 @@ class Outbox:
     def append(self, readings: Sequence[Reading]) -> AppendResult:
         """Store readings durably in one transaction; duplicates are skipped."""
         first_seq = seq = self.next_seq
-        rows: list[tuple[int, int, int, bytes, bytes]] = []
+        rows: list[tuple[int, int, int, bytes]] = []
         delta = Delta()
         duplicates = 0
         gen = seq >> GENERATION_SHIFT
+        kr = self._keyring
+        refs = self._refs
         with self._db.tx() as tx:
             keys = [self._seen.key(r) for r in readings]
             known = self._seen.known(keys)
-            fresh: list[tuple[bytes, int]] = []
-            for r, key in zip(readings, keys, strict=True):
+            fresh: list[Key] = []
+            nonces = os.urandom(NONCE_BYTES * len(readings))
+            for i, (r, key) in enumerate(zip(readings, keys, strict=True)):
                 if key in known:
                     duplicates += 1
                     continue
                 known.add(key)  # a twin later in the same call is a duplicate too
-                fresh.append((key, gen))
-                ctx_ref = self._refs.context_ref(tx, r)
-                boot_ref = self._refs.boot_ref(tx, r.captured.boot_id)
-                pt = codec.encode_reading(r, ctx_ref, boot_ref)
-                blob = self._keyring.seal("readings", seq, r.lane, pt)
-                tag = self._tag(seq, PENDING, None)
-                rows.append((seq, int(r.lane), self._keyring.active, blob, tag))
+                fresh.append(key)
+                pt = codec.encode_reading(
+                    r, refs.context_ref(tx, r), refs.boot_ref(tx, r.captured.boot_id)
+                )
+                nonce = nonces[i * NONCE_BYTES : (i + 1) * NONCE_BYTES]
+                blob = kr.seal("readings", seq, r.lane, pt, nonce)
+                # No state tag yet, only room for one: a pending row needs none (only rows given
+                # a batch are acknowledged, only rows whose tag says "delivered" are purged), and
+                # the claim then rewrites the row in place, also on a full disk.
+                rows.append((seq, int(r.lane), kr.active, blob))
                 delta.move(r.lane, None, PENDING)
                 seq += 1
-            self._seen.add(fresh)
+            self._seen.add(tx, fresh, gen)
             self._db.conn.executemany(
                 "INSERT INTO readings (seq, lane, state, key_id, blob, tag)"
-                " VALUES (?, ?, 0, ?, ?, ?)",
+                " VALUES (?, ?, 0, ?, ?, zeroblob(16))",
                 rows,
             )
             self._commit(tx, delta)
@@ -779,7 +785,7 @@ class Outbox:
             if len(gone) < len(acked):
                 self._recheck_acked(tx, delta)
                 delta.recount = True
-            self._seen.forget_before(self.next_seq, self._config.seen_generations)
+            self._seen.forget_before(tx, self.next_seq, self._config.seen_generations)
             self._keyring.retire_unused(self._db, tx, self._key_in_use)
             self._commit(tx, delta)
         return len(gone)

@@ -111,6 +111,21 @@ def m002_redundancy_and_ledger(db: Database) -> None:
         db.execute(sql)
 
 
+@MIGRATIONS()
+def m003_seen_log(db: Database) -> None:
+    """De-duplication keys grouped per append and bucket (see :mod:`agent.buffer.dedup`);
+    the old ``seen`` table stays for lookups until its rows expire, now with an index on
+    ``gen`` so that expiring them is not a scan of the whole table every purge."""
+    for sql in (
+        "CREATE TABLE seen_log (id INTEGER PRIMARY KEY, gen INTEGER NOT NULL,"
+        " bucket BLOB NOT NULL, keys BLOB NOT NULL)",
+        "CREATE INDEX seen_log_bucket ON seen_log(bucket)",
+        "CREATE INDEX seen_log_gen ON seen_log(gen)",
+        "CREATE INDEX seen_gen ON seen(gen)",
+    ):
+        db.execute(sql)
+
+
 def error_code(exc: BaseException) -> int | None:
     """The primary SQLite result code of an exception, if it carries one."""
     code = getattr(exc, "sqlite_errorcode", None)
@@ -158,6 +173,19 @@ def is_corruption(exc: BaseException) -> bool:
     return "malformed" in text or "not a database" in text
 
 
+def apply_pragmas(conn: sqlite3.Connection, cfg: BufferConfig) -> None:
+    """The store's durability and privacy settings (also used by the benchmark's plain
+    SQLite baseline, so that both run with the same ones)."""
+    if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # only before the first table
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA secure_delete = ON")
+    conn.execute("PRAGMA temp_store = MEMORY")
+    conn.execute("PRAGMA journal_size_limit = 4194304")
+    conn.execute(f"PRAGMA wal_autocheckpoint = {int(cfg.wal_autocheckpoint_pages)}")
+
+
 def connect(path: Path, cfg: BufferConfig) -> sqlite3.Connection:
     """Open with the durability settings, check integrity, and migrate the schema.
 
@@ -169,14 +197,7 @@ def connect(path: Path, cfg: BufferConfig) -> sqlite3.Connection:
         os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))  # -wal/-shm inherit 0600
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
-        if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
-            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # only before the first table
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = FULL")
-        conn.execute("PRAGMA secure_delete = ON")
-        conn.execute("PRAGMA temp_store = MEMORY")
-        conn.execute("PRAGMA journal_size_limit = 4194304")
-        conn.execute(f"PRAGMA wal_autocheckpoint = {int(cfg.wal_autocheckpoint_pages)}")
+        apply_pragmas(conn, cfg)
         if cfg.check_integrity:
             result = [r[0] for r in conn.execute("PRAGMA integrity_check(20)")]
             if result != ["ok"]:

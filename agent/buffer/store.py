@@ -324,11 +324,14 @@ class Buffer:
         that their keys no longer exist anywhere.
         """
         with self._db.tx():
-            for table in ("keys", "refs", "readings", "seen", "quarantine"):
+            for table in ("keys", "refs", "readings", "seen", "seen_log", "quarantine"):
                 self._db.conn.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
+            # A new store may be made in this file: its ledger starts afresh, no alarm.
+            self._db.conn.execute("UPDATE ledger SET body = x'', mac = x''")
         self._pressure.housekeeping()
         self._keyring.clear()
         self._refs.clear()
+        self._seen.clear()
         try:
             self._keys.destroy()
         finally:

@@ -256,10 +256,17 @@ def test_a_corrupt_store_is_set_aside_reported_at_every_start_and_its_readings_d
     b = Buffer.open(store_path, keys, config=config)
     readings = [factory.bp() for _ in range(600)]
     b.append(readings)
+    leaves = [
+        r[0]
+        for r in b._conn.execute(
+            "SELECT pageno FROM dbstat WHERE name = 'readings' AND pagetype = 'leaf'"
+            " ORDER BY pageno"
+        )
+    ]
     b.close()
     data = bytearray(store_path.read_bytes())
     page = 4096
-    leaf = len(data) // page // 2  # a leaf page of the readings table, mid-file
+    leaf = leaves[len(leaves) // 2] - 1  # a leaf page of the readings table, mid-table
     for i in range(leaf * page + 100, leaf * page + 300):
         data[i] = 0xA5
     store_path.write_bytes(bytes(data))
