@@ -243,3 +243,36 @@ def test_same_reading_id_is_a_duplicate_without_natural_key(
     buf.ack(c.batch_id)
     buf.purge()
     assert buf.append([chunk]).duplicates == 1  # also after delivery
+
+
+def test_dedup_keys_of_a_store_from_before_seen_log_still_count(
+    buf: Buffer, factory: ReadingFactory
+) -> None:
+    """An older store kept 16-byte keys in ``seen``; they are consulted until they expire."""
+    t = datetime(2026, 3, 1, 9, 0)
+    old = factory.bp(120, device_time=t)
+    key = buf._seen.key(old)[1]  # the same HMAC, all 16 bytes
+    buf._conn.execute("INSERT INTO seen (nk, gen) VALUES (?, 0)", (key,))
+    buf._seen.clear()
+    resent = replace(factory.bp(120, device_time=t), observations=old.observations)
+    assert buf.append([resent]).duplicates == 1
+
+
+def test_dedup_memory_expires_by_generation(
+    store_path: Path, keys: FileKeySource, factory: ReadingFactory
+) -> None:
+    b = Buffer.open(store_path, keys, config=BufferConfig(reserve_bytes=0, seen_generations=1))
+    try:
+        t = datetime(2026, 3, 1, 9, 0)
+        first = factory.bp(120, device_time=t)
+        b.append([first])
+        c = b.claim()
+        assert c is not None
+        b.ack(c.batch_id)
+        b._outbox.next_seq = 3 << 16  # as if 196,608 readings had been stored since
+        b.purge()
+        assert b._conn.execute("SELECT count(*) FROM seen_log").fetchone()[0] == 0
+        twin = replace(factory.bp(120, device_time=t), observations=first.observations)
+        assert b.append([twin]).stored == 1  # forgotten, as configured
+    finally:
+        b.close()
