@@ -266,32 +266,25 @@ class Outbox:
         )
         fresh = body == b"" and mac == b""  # new store, or one from before the ledger
         stored = None if fresh else Ledger.unpack(kr, body, mac)
-        groups = conn.execute(
-            "SELECT lane, state, key_id, typeof(blob) = 'blob' AND length(blob) >= ?,"
-            " batch IS NULL OR typeof(batch) = 'integer', count(*) FROM readings"
-            " GROUP BY 1, 2, 3, 4, 5",
+        # One pass, constant memory (a GROUP BY would sort every row in a temporary b-tree).
+        # Each row's cell (lane * 3 + state) is computed once, in a subquery that LIMIT keeps
+        # SQLite from flattening into the 12 sums (it runs as a co-routine, nothing stored).
+        cells = [(ln, st) for ln in POLICIES for st in STATES]
+        sums = ", ".join(f"coalesce(sum(c = {int(ln) * 3 + st}), 0)" for ln, st in cells)
+        total, actual_acked, *per_cell = conn.execute(
+            f"SELECT count(*), coalesce(sum(a), 0), {sums} FROM ("  # noqa: S608 - no input
+            f" SELECT CASE WHEN {self._valid_sql()} THEN lane * 3 + state ELSE -1 END AS c,"
+            " typeof(state) = 'integer' AND state = 2 AS a FROM readings LIMIT -1)",
             (_MIN_BLOB,),
-        ).fetchall()
-        actual_live = sum(g[5] for g in groups)
-        actual_acked = sum(g[5] for g in groups if g[1] == ACKED and type(g[1]) is int)
+        ).fetchone()
+        actual_live = int(total)
         actual_q = conn.execute(
             "SELECT count(*) FROM quarantine WHERE source = 'readings'"
         ).fetchone()[0]
         counts = Counts(quarantined=actual_q)
-        bad = False
-        for lane_value, state, key_id, blob_ok, batch_ok, n in groups:
-            lane = lane_of(lane_value)
-            if (
-                lane is None
-                or type(state) is not int
-                or state not in STATES
-                or not kr.has(key_id)
-                or not blob_ok
-                or not batch_ok
-            ):
-                bad = True
-                continue
-            counts.rows[lane, state] += n
+        for (ln, st), n in zip(cells, per_cell, strict=True):
+            counts.rows[ln, st] = int(n)
+        bad = counts.live < actual_live
         self.counts = counts
         delta = Delta()
         with self._db.tx() as tx:
@@ -340,16 +333,23 @@ class Outbox:
         if self.counts.quarantined:
             self._alarms.add(alarms.ROWS_QUARANTINED)
 
-    def _quarantine_bad_rows(self, tx: Tx, delta: Delta) -> None:
-        conn = self._db.conn
+    def _valid_sql(self) -> str:
+        """An SQL predicate: the row's cleartext columns are what this buffer writes (one
+        ``?`` for the minimum ciphertext length)."""
         keys = ",".join(str(k) for k in self._keyring.data_key_ids()) or "NULL"
-        rows = conn.execute(
-            "SELECT seq, lane, state, batch, key_id, blob FROM readings WHERE NOT ("  # noqa: S608
-            f" typeof(lane) = 'integer' AND lane IN ({_LANE_VALUES})"
+        return (
+            f"(typeof(lane) = 'integer' AND lane IN ({_LANE_VALUES})"
             " AND typeof(state) = 'integer' AND state IN (0, 1, 2)"
             f" AND typeof(key_id) = 'integer' AND key_id IN ({keys})"
             " AND typeof(blob) = 'blob' AND length(blob) >= ?"
-            " AND (batch IS NULL OR typeof(batch) = 'integer'))",
+            " AND (batch IS NULL OR typeof(batch) = 'integer'))"
+        )
+
+    def _quarantine_bad_rows(self, tx: Tx, delta: Delta) -> None:
+        conn = self._db.conn
+        rows = conn.execute(
+            "SELECT seq, lane, state, batch, key_id, blob FROM readings"  # noqa: S608
+            f" WHERE NOT ({self._valid_sql()})",
             (_MIN_BLOB,),
         ).fetchall()
         for seq, lane_value, state, batch, key_id, blob in rows:
