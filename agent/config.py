@@ -158,6 +158,26 @@ class CareTable:
 
 
 @dataclass(frozen=True, config=_Strict)
+class LightSettings:
+    """The ``[light]`` table: the patient's status light (:mod:`agent.light`)."""
+
+    pins: Annotated[
+        tuple[Annotated[int, Field(strict=True, ge=0, le=27)], ...],
+        Field(strict=False, min_length=1, max_length=3),
+    ]
+    """BCM GPIO numbers: one (a single LED) or three (red, green, blue of an RGB LED)."""
+    active_high: Annotated[bool, Field(strict=True)] = True
+    """False for a common-anode RGB LED (the pin sinks the current)."""
+
+    @field_validator("pins")
+    @classmethod
+    def _one_or_three(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if len(value) not in (1, 3):
+            raise ValueError("one pin (a single LED) or three (red, green, blue)")
+        return value
+
+
+@dataclass(frozen=True, config=_Strict)
 class AgentConfig:
     """Everything the agent reads from its configuration file."""
 
@@ -168,6 +188,8 @@ class AgentConfig:
     care: CareTable = Field(default_factory=CareTable)
     devices: Annotated[tuple[Any, ...], Field(strict=False)] = ()
     """The ``[[devices]]`` tables, checked by their transports (:func:`check_device_tables`)."""
+    light: LightSettings | None = None
+    """The status light; absent: the box has none."""
 
     @field_validator("state_dir")
     @classmethod

@@ -372,6 +372,15 @@ def services_from_config(cfg: AgentConfig, buffer: AsyncBuffer) -> list[Service]
                 key_source=cfg.key_source(),
             )
         )
+    if cfg.light is not None:
+        from agent.light import GpioLed, StatusLight
+
+        try:
+            led = GpioLed(cfg.light.pins, active_high=cfg.light.active_high)
+        except Exception as exc:  # noqa: BLE001 - no GPIO here: the box runs without its light
+            _LOGGER.warning("status light unavailable (%s); running without it", type(exc).__name__)
+        else:
+            services.append(StatusLight(led, cfg.state_dir / "status.json"))
     return services
 
 
