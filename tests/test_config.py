@@ -113,7 +113,8 @@ address = "not-an-address"
     by_key = {line.split(": ", 1)[0]: line.split(": ", 1)[1] for line in lines}
     assert by_key == {
         "state_dir": "must be an absolute path (e.g. /var/lib/dho-gateway)",
-        "colour": "unknown setting (known here: ble, buffer, care, devices, light, state_dir, uplink)",
+        "colour": "unknown setting"
+        " (known here: ble, buffer, care, devices, light, state_dir, uplink)",
         "buffer.cap_mb": "must be a whole number, not a string",
         "buffer.reserve_mb": "must be at least 0",
         "buffer.size": "unknown setting (known here: cap_mb, key, reserve_mb)",
