@@ -10,6 +10,7 @@ all well                   green        steady on
 offline, buffering safely  blue         slow blink: 1 s on, 1 s off
 a device needs attention   amber        double blink: two short flashes, then a pause
 the box needs attention    red          fast blink: 5 times a second
+an alarm (docs/care.md)    magenta      three quick flashes, then a pause
 (box off or agent down)    -            off
 =========================  ===========  =====================================================
 
@@ -44,6 +45,7 @@ GREEN: Final[Colour] = (0.0, 1.0, 0.0)
 BLUE: Final[Colour] = (0.0, 0.3, 1.0)
 AMBER: Final[Colour] = (1.0, 0.5, 0.0)
 RED: Final[Colour] = (1.0, 0.0, 0.0)
+MAGENTA: Final[Colour] = (1.0, 0.0, 1.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +72,7 @@ PATTERNS: Final[dict[Concern, Pattern]] = {
     Concern.OFFLINE: Pattern("slow-blink", BLUE, ((1.0, 1.0),)),
     Concern.DEVICE: Pattern("double-blink", AMBER, ((0.2, 0.3), (0.2, 1.3))),
     Concern.FAULT: Pattern("fast-blink", RED, ((0.1, 0.1),) * 10),
+    Concern.ALARM: Pattern("triple-flash", MAGENTA, ((0.15, 0.15), (0.15, 0.15), (0.15, 0.75))),
 }
 """What each concern looks like (every concern has one; the test checks they all differ)."""
 
