@@ -128,6 +128,17 @@ class BleSettings:
     """The Bluetooth adapter BlueZ knows the radio as."""
 
 
+@dataclass(frozen=True, config=_Strict)
+class SerialSettings:
+    """The ``[serial]`` table: how often the serial driver looks (``docs/serial.md``)."""
+
+    rescan_interval: Annotated[float, Field(strict=True, gt=0, le=86_400)] = 30.0
+    """Seconds between looks for a configured port that is absent (ptys and boxes without
+    udev have no hot-plug events)."""
+    download_interval: Annotated[float, Field(strict=True, gt=0, le=86_400)] = 900.0
+    """Seconds between downloads of a device that keeps its records (the Beurer BM65)."""
+
+
 Pin = Annotated[int, Field(strict=True, ge=0, le=27)]
 
 
@@ -185,6 +196,7 @@ class AgentConfig:
     buffer: BufferSettings = Field(default_factory=BufferSettings)
     uplink: UplinkSettings | None = None
     ble: BleSettings = Field(default_factory=BleSettings)
+    serial: SerialSettings = Field(default_factory=SerialSettings)
     care: CareTable = Field(default_factory=CareTable)
     devices: Annotated[tuple[Any, ...], Field(strict=False)] = ()
     """The ``[[devices]]`` tables, checked by their transports (:func:`check_device_tables`)."""

@@ -368,7 +368,10 @@ def services_from_config(cfg: AgentConfig, buffer: AsyncBuffer) -> list[Service]
                 cfg.devices,
                 CareSink(WakingSink(buffer, wake), care),
                 state_dir=cfg.state_dir,
-                settings={"ble": {"adapter": cfg.ble_adapter}},
+                settings={
+                    "ble": {"adapter": cfg.ble_adapter},
+                    "serial": asdict(cfg.serial),
+                },
                 key_source=cfg.key_source(),
             )
         )

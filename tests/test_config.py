@@ -56,6 +56,9 @@ signing_key_file = "sign.pem"
 service_key_file = "service.pub"
 [ble]
 adapter = "hci1"
+[serial]
+rescan_interval = 2
+download_interval = 7.5
 [[devices]]
 family = "and-bpm"
 patient = "p"
@@ -63,6 +66,7 @@ address = "00:09:1F:4B:6B:01"
 """,
     )
     cfg = AgentConfig.load(f)
+    assert (cfg.serial.rescan_interval, cfg.serial.download_interval) == (2.0, 7.5)
     assert cfg.state_dir == Path("/srv/dho")
     assert cfg.buffer_config().cap_bytes == 64 * 2**20
     assert cfg.buffer_config().reserve_bytes == 0
@@ -114,7 +118,7 @@ address = "not-an-address"
     assert by_key == {
         "state_dir": "must be an absolute path (e.g. /var/lib/dho-gateway)",
         "colour": "unknown setting"
-        " (known here: ble, buffer, care, devices, light, state_dir, uplink)",
+        " (known here: ble, buffer, care, devices, light, serial, state_dir, uplink)",
         "buffer.cap_mb": "must be a whole number, not a string",
         "buffer.reserve_mb": "must be at least 0",
         "buffer.size": "unknown setting (known here: cap_mb, key, reserve_mb)",
@@ -270,3 +274,22 @@ def test_preflight_refuses_an_unwritable_state_dir(tmp_path: Path) -> None:
     (tmp_path / "ro").mkdir(mode=0o500)
     with pytest.raises(ConfigError, match="not writable"):
         AgentConfig.load(state_dir=tmp_path / "ro" / "state").preflight()
+
+
+def test_serial_intervals_reach_the_serial_driver(tmp_path: Path) -> None:
+    from agent.drivers.contract import DriverContext
+    from agent.drivers.registry import validate_device_table
+    from agent.drivers.serial.driver import SerialDriver
+    from agent.drivers.serial.transport import TRANSPORT
+
+    table = validate_device_table(
+        0, {"transport": "serial", "family": "beurer-bm65", "port": "/dev/x", "patient": "p"}
+    )
+    settings = {"rescan_interval": 2.0, "download_interval": 7.5, "hotplug": "poll"}
+    driver = TRANSPORT.create([table], None, DriverContext(tmp_path, settings))  # type: ignore[arg-type]
+    assert isinstance(driver, SerialDriver)
+    assert driver.options.rescan_interval == 2.0
+    assert driver.options.family.download_interval == 7.5
+    bad = DriverContext(tmp_path, {"download_interval": 0})
+    with pytest.raises(ConfigError, match=r"serial\.download_interval"):
+        TRANSPORT.create([table], None, bad)  # type: ignore[arg-type]

@@ -15,7 +15,8 @@ A ``[[devices]]`` table with ``transport = "serial"`` is one
 
 All of them go to one :class:`~agent.drivers.serial.driver.SerialDriver`. The transport's own
 settings (``DriverContext.settings``) may set ``hotplug`` (``"udev"``, the default, falls back
-to polling when udev cannot be watched; ``"poll"``) and ``rescan_interval`` (seconds).
+to polling when udev cannot be watched; ``"poll"``), ``rescan_interval`` and
+``download_interval`` (seconds; the ``[serial]`` table of ``agent.toml``).
 Validation imports neither pyserial nor pyudev; :meth:`SerialTransport.create` does.
 """
 
@@ -65,11 +66,19 @@ class SerialTransport:
                 )
             chosen.append(d)
         options = SerialDriverOptions()
-        rescan = context.settings.get("rescan_interval")
-        if rescan is not None:
-            if not isinstance(rescan, int | float) or rescan <= 0:
-                raise ConfigError("serial.rescan_interval: must be a positive number of seconds")
-            options = replace(options, rescan_interval=float(rescan))
+        intervals: dict[str, float] = {}
+        for key in ("rescan_interval", "download_interval"):
+            value = context.settings.get(key)
+            if value is None:
+                continue
+            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"serial.{key}: must be a positive number of seconds")
+            intervals[key] = float(value)
+        if "rescan_interval" in intervals:
+            options = replace(options, rescan_interval=intervals["rescan_interval"])
+        if "download_interval" in intervals:
+            family = replace(options.family, download_interval=intervals["download_interval"])
+            options = replace(options, family=family)
         mode = context.settings.get("hotplug", "udev")
         if mode not in ("udev", "poll"):
             raise ConfigError('serial.hotplug: must be "udev" or "poll"')
