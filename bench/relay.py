@@ -1,0 +1,530 @@
+"""The benchmarks' network: a delaying TCP relay and a shaped veth link (one module for all).
+
+netem does not exist on this machine (no ``sch_netem``), so latency comes from user space and
+bandwidth from the kernel:
+
+* :class:`Relay`: an asyncio TCP relay that holds every chunk of bytes ``one_way_ms`` in each
+  direction (order kept, half-close passed on), so a round trip through it costs twice that on
+  top of what the link costs. It counts the bytes it carries and can :meth:`~Relay.cut` every
+  live connection (a broker-side reset). Run it in-process (:meth:`Relay.start` on a running
+  loop), in a thread of its own (:class:`RelayThread`, for synchronous bench code), or as a
+  program inside a namespace: ``python -m bench.relay LISTEN_HOST:PORT TARGET_HOST:PORT
+  ONE_WAY_MS`` prints ``RELAY <host> <port>`` once it listens.
+* :class:`Topology`: a "home" network namespace joined to the central side by one veth pair,
+  ``tc tbf`` on both ends (the link's rate), addresses from the benchmarking range
+  198.18.0.0/15 (RFC 2544), and an nftables table in the home namespace for packet drops.
+  The central end lives in the root namespace by default (so a broker started by
+  :mod:`receiver.localstack` on 127.0.0.1 is reached through a :class:`Relay` listening on
+  :attr:`Topology.central_ip`); ``central_netns=True`` puts it in a namespace of its own.
+  Every name carries this process's pid and a random suffix (others run the same kind of
+  bench on this machine); everything is deleted on exit, also after a failure, and
+  :func:`sweep` removes what a killed run of this module left behind.
+* :func:`server_certificate`: a broker certificate from the test CA that is also valid for
+  the link's address (the box checks the broker's name against what it dials).
+
+What the relay does not do: it terminates TCP, so the delay is in every application round
+trip (TLS and MQTT handshakes, publish to acknowledgement) but TCP's own congestion control
+sees the short veth round trip; and it does not lose packets (use :meth:`Topology.drop`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import ipaddress
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from receiver.localstack import CA
+
+PREFIX = "dhb"
+"""Every namespace and interface this module makes starts with this, then the owner's pid."""
+
+_CHUNK = 65_536
+_HELD_LIMIT = 4 * 1024 * 1024
+"""Bytes held per direction before the relay stops reading (back-pressure, bounded memory)."""
+
+
+# -- the delaying relay ------------------------------------------------------------------
+
+
+class _Direction:
+    """One direction of one connection: read, hold ``delay_s``, write in order."""
+
+    def __init__(
+        self,
+        relay: Relay,
+        src: asyncio.StreamReader,
+        dst: asyncio.StreamWriter,
+        upstream: bool,
+    ) -> None:
+        self.relay = relay
+        self.src = src
+        self.dst = dst
+        self.upstream = upstream
+        self.held: deque[tuple[float, bytes]] = deque()
+        self.held_bytes = 0
+        self.more = asyncio.Event()
+        self.room = asyncio.Event()
+        self.room.set()
+
+    async def read(self) -> None:
+        try:
+            while True:
+                await self.room.wait()
+                data = await self.src.read(_CHUNK)
+                self.held.append((time.monotonic() + self.relay.delay_s, data))
+                self.more.set()
+                if not data:
+                    return
+                self.held_bytes += len(data)
+                if self.held_bytes >= _HELD_LIMIT:
+                    self.room.clear()
+        except (OSError, asyncio.IncompleteReadError):
+            self.held.append((time.monotonic(), b""))
+            self.more.set()
+
+    async def write(self) -> None:
+        while True:
+            while not self.held:
+                self.more.clear()
+                await self.more.wait()
+            due, data = self.held.popleft()
+            wait = due - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            if not data:
+                with contextlib.suppress(OSError):
+                    if self.dst.can_write_eof():
+                        self.dst.write_eof()
+                return
+            self.held_bytes -= len(data)
+            if self.held_bytes < _HELD_LIMIT:
+                self.room.set()
+            self.dst.write(data)
+            if self.upstream:
+                self.relay.bytes_up += len(data)
+            else:
+                self.relay.bytes_down += len(data)
+            await self.dst.drain()
+
+
+class Relay:
+    """A delaying TCP relay: ``listen`` -> ``target``, ``one_way_ms`` each way.
+
+    Args:
+        target: where every accepted connection is relayed to.
+        one_way_ms: how long each chunk is held in each direction.
+        listen: the address to listen on (port 0: a free one; see :attr:`address`).
+    """
+
+    def __init__(
+        self,
+        target: tuple[str, int],
+        one_way_ms: float,
+        listen: tuple[str, int] = ("127.0.0.1", 0),
+    ) -> None:
+        self.target = target
+        self.delay_s = one_way_ms / 1000.0
+        self.listen = listen
+        self.bytes_up = 0
+        """Bytes carried from the connecting side to the target."""
+        self.bytes_down = 0
+        """Bytes carried back."""
+        self.connections = 0
+        """Connections accepted so far."""
+        self._server: asyncio.Server | None = None
+        self._live: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """Where the relay listens (after :meth:`start`)."""
+        assert self._server is not None, "start() first"
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return str(host), int(port)
+
+    async def start(self) -> None:
+        """Listen (on the running event loop)."""
+        self._server = await asyncio.start_server(
+            self._accept, self.listen[0], self.listen[1], reuse_address=True
+        )
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._live.add(task)
+        self._writers.add(writer)
+        up_writer: asyncio.StreamWriter | None = None
+        try:
+            try:
+                up_reader, up_writer = await asyncio.open_connection(*self.target)
+            except OSError:
+                writer.transport.abort()
+                return
+            self._writers.add(up_writer)
+            up = _Direction(self, reader, up_writer, upstream=True)
+            down = _Direction(self, up_reader, writer, upstream=False)
+            async with asyncio.TaskGroup() as tg:
+                for coro in (up.read(), up.write(), down.read(), down.write()):
+                    tg.create_task(coro)
+        except* (OSError, ConnectionError):
+            pass
+        finally:
+            for w in (writer, up_writer):
+                if w is not None:
+                    self._writers.discard(w)
+                    w.transport.abort()
+            self._live.discard(task)
+
+    def cut(self) -> int:
+        """Reset every live connection (both sides see it at once); returns how many."""
+        n = len(self._live)
+        for w in list(self._writers):
+            w.transport.abort()
+        return n
+
+    async def aclose(self) -> None:
+        """Stop listening and reset every live connection."""
+        if self._server is not None:
+            self._server.close()
+        self.cut()
+        for task in list(self._live):
+            task.cancel()
+        for task in list(self._live):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 5)
+            self._server = None
+
+
+class RelayThread:
+    """A :class:`Relay` on an event loop of its own thread, for synchronous code.
+
+    Use as a context manager; :attr:`relay` is the running relay (its counters).
+    """
+
+    def __init__(
+        self,
+        target: tuple[str, int],
+        one_way_ms: float,
+        listen: tuple[str, int] = ("127.0.0.1", 0),
+    ) -> None:
+        self.relay = Relay(target, one_way_ms, listen)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """Where the relay listens."""
+        return self.relay.address
+
+    def __enter__(self) -> RelayThread:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.relay.start(), self._loop).result(10)
+        return self
+
+    def cut(self) -> int:
+        """Reset every live connection (see :meth:`Relay.cut`)."""
+        fut = asyncio.run_coroutine_threadsafe(self._cut(), self._loop)
+        return fut.result(10)
+
+    async def _cut(self) -> int:
+        return self.relay.cut()
+
+    def set_delay(self, one_way_ms: float) -> None:
+        """Another one-way delay for bytes read from now on."""
+        self._loop.call_soon_threadsafe(setattr, self.relay, "delay_s", one_way_ms / 1000.0)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(self.relay.aclose(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+
+def _hostport(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host or "127.0.0.1", int(port)
+
+
+async def _serve(listen: tuple[str, int], target: tuple[str, int], one_way_ms: float) -> None:
+    relay = Relay(target, one_way_ms, listen)
+    await relay.start()
+    host, port = relay.address
+    print("RELAY", host, port, flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await relay.aclose()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m bench.relay LISTEN_HOST:PORT TARGET_HOST:PORT ONE_WAY_MS``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 3:
+        print(main.__doc__, file=sys.stderr)
+        return 2
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(_hostport(args[0]), _hostport(args[1]), float(args[2])))
+    return 0
+
+
+# -- the shaped link ---------------------------------------------------------------------
+
+
+def unavailable_reason() -> str | None:
+    """Why a :class:`Topology` cannot be made here, or ``None``."""
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    for tool in ("ip", "tc", "nft"):
+        if shutil.which(tool) is None:
+            return f"{tool} is missing (Debian packages iproute2, nftables)"
+    return None
+
+
+def _run(args: Sequence[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(args), check=check, capture_output=True, text=True, timeout=30)
+
+
+def sweep() -> None:
+    """Delete namespaces and links a killed run of this module left behind (pid gone)."""
+    names = _run(["ip", "netns", "list"], check=False).stdout.split("\n")
+    links = _run(["ip", "-o", "link", "show"], check=False).stdout.split("\n")
+    found = [line.split()[0] for line in names if line.strip()]
+    found += [line.split(":")[1].strip().split("@")[0] for line in links if line.count(":") >= 2]
+    for name in found:
+        m = re.fullmatch(rf"{PREFIX}(\d+)x[0-9a-f]{{3}}[a-z]", name)
+        if m is None or os.path.exists(f"/proc/{m.group(1)}"):
+            continue
+        if name.endswith(("h", "c")):
+            _run(["ip", "netns", "del", name], check=False)
+        else:
+            _run(["ip", "link", "del", name], check=False)
+
+
+def _ip(n: int) -> str:
+    return str(ipaddress.IPv4Address(n))
+
+
+class Topology:
+    """A home namespace and a shaped veth to the central side; use as a context manager.
+
+    Args:
+        rate_kbit: the link's rate (``tc tbf`` on both ends).
+        central_netns: put the central end in a namespace of its own (default: the root
+            namespace, where :mod:`receiver.localstack` runs its broker).
+        burst_bytes: the token bucket's depth (default: two full frames, or 20 ms at the
+            rate when that is more), so the link cannot run ahead of its rate for long.
+    """
+
+    def __init__(
+        self, rate_kbit: int = 1000, *, central_netns: bool = False, burst_bytes: int | None = None
+    ) -> None:
+        tag = f"{PREFIX}{os.getpid()}x{random.randrange(16**3):03x}"  # + 1 letter: <= 15
+        self.home = f"{tag}h"
+        self.central: str | None = f"{tag}c" if central_netns else None
+        self.home_if = f"{tag}a"
+        self.central_if = f"{tag}b"
+        self.table = tag
+        subnet = random.randrange(0, 2 * 256 * 64)  # a /30 inside 198.18.0.0/15
+        base = int(ipaddress.IPv4Address("198.18.0.0")) + (subnet << 2)
+        self.home_ip = _ip(base + 1)
+        self.central_ip = _ip(base + 2)
+        self.rate_kbit = rate_kbit
+        self.burst_bytes = burst_bytes
+        self._made: list[str] = []
+        self._root_link = False
+
+    # -- set-up --------------------------------------------------------------------------
+
+    def __enter__(self) -> Topology:
+        try:
+            sweep()
+            self._create()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _create(self) -> None:
+        for ns in (self.home, self.central):
+            if ns is not None:
+                _run(["ip", "netns", "add", ns])
+                self._made.append(ns)
+                self.ns_run(ns, "ip", "link", "set", "lo", "up")
+        _run(["ip", "link", "add", self.home_if, "type", "veth", "peer", "name", self.central_if])
+        self._root_link = True
+        _run(["ip", "link", "set", self.home_if, "netns", self.home])
+        if self.central is not None:
+            _run(["ip", "link", "set", self.central_if, "netns", self.central])
+            self._root_link = False
+        self.ns_run(self.home, "ip", "addr", "add", f"{self.home_ip}/30", "dev", self.home_if)
+        self.central_run("ip", "addr", "add", f"{self.central_ip}/30", "dev", self.central_if)
+        self.central_run("ip", "link", "set", self.central_if, "up")
+        self.link_up()
+        self.shape(self.rate_kbit)
+        self.ns_run(self.home, "nft", "add", "table", "inet", self.table)
+        self.ns_run(
+            self.home,
+            "nft",
+            "add",
+            "chain",
+            "inet",
+            self.table,
+            "out",
+            "{ type filter hook output priority 0 ; }",
+        )
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Delete the namespaces (the veth pair and the nftables table go with them)."""
+        for ns in reversed(self._made):
+            _run(["ip", "netns", "del", ns], check=False)
+        self._made.clear()
+        if self._root_link:  # never moved into a namespace: delete it by hand
+            _run(["ip", "link", "del", self.central_if], check=False)
+            self._root_link = False
+
+    # -- running things ------------------------------------------------------------------
+
+    def prefix(self, ns: str | None) -> list[str]:
+        """The argv prefix that runs a program in namespace ``ns`` (None: the root one)."""
+        return [] if ns is None else ["ip", "netns", "exec", ns]
+
+    def ns_run(
+        self, ns: str | None, *args: str, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command in namespace ``ns`` (None: the root namespace)."""
+        return _run([*self.prefix(ns), *args], check=check)
+
+    def home_run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run a command in the home namespace."""
+        return self.ns_run(self.home, *args, check=check)
+
+    def central_run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run a command where the central end of the link is."""
+        return self.ns_run(self.central, *args, check=check)
+
+    # -- the link ------------------------------------------------------------------------
+
+    def link_down(self) -> None:
+        """The radio link is gone: the home end goes down, its routes with it."""
+        self.home_run("ip", "link", "set", self.home_if, "down")
+
+    def link_up(self) -> None:
+        """The link is back: the home end up and a default route through it (netlink sees
+        both, as a box sees its modem come back)."""
+        self.home_run("ip", "link", "set", self.home_if, "up")
+        self.home_run("ip", "route", "replace", "default", "via", self.central_ip)
+
+    def shape(self, rate_kbit: int) -> None:
+        """``tc tbf`` at ``rate_kbit`` on both ends."""
+        self.rate_kbit = rate_kbit
+        burst = self.burst_bytes or max(3028, rate_kbit * 1000 // 8 // 50)
+        for ns, dev in ((self.home, self.home_if), (self.central, self.central_if)):
+            self.ns_run(
+                ns,
+                *f"tc qdisc replace dev {dev} root tbf rate {rate_kbit}kbit"
+                f" burst {burst} latency 1s".split(),
+            )
+
+    def sent_bytes(self) -> tuple[int, int]:
+        """Bytes the link carried so far (``tc`` counters, frames with their headers):
+        ``(home to central, central to home)``."""
+        out = []
+        for ns, dev in ((self.home, self.home_if), (self.central, self.central_if)):
+            text = self.ns_run(ns, "tc", "-s", "qdisc", "show", "dev", dev).stdout
+            m = re.search(r"Sent (\d+) bytes", text)
+            out.append(int(m.group(1)) if m else 0)
+        return out[0], out[1]
+
+    def drop(self, percent: int) -> None:
+        """Lose ``percent`` % of the packets from home to central (0: none, 100: all)."""
+        self.home_run("nft", "flush", "chain", "inet", self.table, "out")
+        rule = ["ip", "daddr", self.central_ip]
+        if percent >= 100:
+            rule += ["drop"]
+        elif percent > 0:
+            rule += ["numgen", "random", "mod", "100", "<", str(int(percent)), "drop"]
+        else:
+            return
+        self.home_run("nft", "add", "rule", "inet", self.table, "out", *rule)
+
+
+# -- a broker certificate for the link's address ------------------------------------------
+
+
+def server_certificate(ca: CA, root: Path, *ips: str) -> tuple[Path, Path]:
+    """A server certificate from ``ca`` for localhost, 127.0.0.1 and ``ips`` (cert, key).
+
+    Give it to :class:`receiver.localstack.Broker` (``pki.broker_cert``) when boxes reach the
+    broker at a :class:`Topology` address.
+    """
+    assert ca.cert is not None
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    names: list[x509.GeneralName] = [
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips),
+    ]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .sign(ca.key, hashes.SHA256())
+    )
+    tag = os.urandom(3).hex()
+    cert_path, key_path = root / f"broker-{tag}.crt", root / f"broker-{tag}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_path.chmod(0o644)  # mosquitto may drop to its own user; a throw-away key
+    return cert_path, key_path
+
+
+if __name__ == "__main__":
+    sys.exit(main())
