@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup system-packages test lint typecheck pytest demo bench clean
+.PHONY: setup system-packages test lint typecheck pytest demo bench chaos clean
 
 setup: system-packages $(STAMP)
 
@@ -36,6 +36,10 @@ demo: setup
 
 bench: setup
 	$(PY) -m bench.run
+
+# The fault campaign (docs/proof.md): writes bench/chaos-report.json; FULL=1 for the long run.
+chaos: setup
+	FULL=$(FULL) $(PY) -m bench.chaos
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis build dist

@@ -14,6 +14,7 @@ needs=(
   "fusermount3:fuse3"
   "nft:nftables"      # the uplink benchmark blocks a link with it (an honest outage)
   "tc:iproute2"       # ... and shapes it with tbf between network namespaces
+  "faketime:faketime" # the fault campaign jumps the agent's clock (libfaketime, its process only)
 )
 missing=()
 for pair in "${needs[@]}"; do

@@ -1,0 +1,38 @@
+"""A short fault campaign (bench.chaos): every kind of fault once, nothing lost, nothing twice.
+
+The real thing: two network namespaces joined by a shaped veth, Mosquitto and the receiver in
+"central", the real agent (its CLI) with simulated BM65 cuffs on ptys in "home". Bounded: a
+few hundred readings, one round of the fault kinds with short durations, at most a few minutes
+to drain (generous for a loaded machine; it normally drains in seconds). ``make chaos`` is the
+campaign of record.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench import chaos
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(
+        chaos.unavailable_reason() is not None,
+        reason=f"the campaign cannot run here: {chaos.unavailable_reason()}",
+    ),
+]
+
+
+def test_a_short_campaign_loses_nothing_and_stores_nothing_twice(tmp_path: Path) -> None:
+    plan = chaos.Plan(
+        readings=240, faults=len(chaos.KINDS), rate=8.0, download_interval=3.0, scale=0.3
+    )
+    report = chaos.run(plan, seed=12, drain_limit=240, logs=tmp_path / "logs")
+    assert report["faults"] == dict.fromkeys(chaos.KINDS, 1)
+    assert report["produced"] >= 240
+    assert report["lost"] == 0, report
+    assert report["duplicates"] == 0, report
+    assert report["altered"] == 0, report
+    assert report["unexpected"] == 0, report
+    assert report["drain_s"] is not None
