@@ -38,7 +38,9 @@ agent's, broker's and receiver's logs.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -51,7 +53,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +62,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.codes import BP_DIASTOLIC, BP_SYSTOLIC, PULSE_RATE_BP
+from agent.model import DeviceKind
 from bench import relay as net
 from bench.chaos_check import Key, Values, Verdict, check
 from receiver.localstack import MOSQUITTO, Broker, ReceiverProcess, enrol, make_pki
@@ -69,6 +72,7 @@ ROOT = Path(__file__).resolve().parents[1]
 REPORT = Path(__file__).with_name("chaos-report.json")
 BOX_ID = "box-chaos-0001"
 PATIENT = "urn:dho:patient:chaos-0001"
+BLE_SERIAL = "AND-000"
 KINDS = (
     "agent_kill9",
     "broker_restart",
@@ -94,6 +98,11 @@ class Plan:
     rate: float
     """Measurements per second, all cuffs together."""
     download_interval: float
+    ble_rate: float = 0.5
+    """Measurements a second of the A&D BLE cuff (0: none)."""
+    night_every: float = 15.0
+    """Seconds between CPAP nights (the card out of the reader, a night written, back; 0: no
+    card)."""
     scale: float = 1.0
     """Multiplies the fault durations (a short test campaign uses less)."""
 
@@ -127,13 +136,40 @@ def _env() -> dict[str, str]:
 
 
 def reading_key(reading: Any) -> tuple[Key | None, Values]:
-    """A stored reading reduced to the checker's key and values."""
+    """A stored reading reduced to the checker's key and values: a cuff record by its serial
+    and device time (values compared), a card's reading by its natural key (which holds its
+    values)."""
+    if reading.device.kind is DeviceKind.CPAP:
+        nk = reading.natural_key
+        return (None if nk is None else ("cpap", nk.hex())), ()
     values = {o.mdc: o.value for o in reading.observations}
     got = tuple(int(values.get(c.mdc, -1)) for c in (BP_SYSTOLIC, BP_DIASTOLIC, PULSE_RATE_BP))
     if reading.device_time is None:
         return None, got
     when = reading.device_time.replace(tzinfo=None).isoformat()
     return (str(reading.device.serial), when), got
+
+
+def cpap_truth(card: Path, scratch: Path) -> dict[Key, Values]:
+    """Every reading the card holds, by natural key: what the agent's own importer makes of
+    the final card in one fresh pass (the decoding is tested in ``tests/cpap``; here it is
+    delivery that is checked: every reading of the card at the service, once)."""
+    from agent.buffer import AppendResult
+    from agent.drivers.cpap.importer import CardImporter
+    from agent.drivers.cpap.state import StateStore, derive_key
+    from agent.model import Reading
+
+    keys: list[bytes] = []
+
+    class Collect:
+        async def append(self, items: Sequence[Reading]) -> AppendResult:
+            keys.extend(r.natural_key for r in items if r.natural_key is not None)
+            return AppendResult(stored=len(items), duplicates=0)
+
+    scratch.mkdir(parents=True, exist_ok=True)
+    store = StateStore(scratch / "import.state", derive_key(os.urandom(32), "chaos-oracle"))
+    asyncio.run(CardImporter(card, Collect(), store, PATIENT).scan())
+    return {("cpap", k.hex()): () for k in keys}
 
 
 class Campaign:
@@ -158,6 +194,10 @@ class Campaign:
         self._lock = threading.Lock()
         self._acks: list[str] = []
         self._deck: list[str] = []
+        self.nights = 1
+        self.ble_produced = 0
+        """CPAP nights on the card (it starts with one)."""
+        self.cpap_truth: dict[Key, Values] = {}
 
     # -- central -------------------------------------------------------------------------
 
@@ -238,14 +278,19 @@ class Campaign:
         p = self.plan
         self.home_proc = subprocess.Popen(
             [sys.executable, "-m", "bench.chaos_home", str(devdir), str(p.cuffs), str(p.rate),
-             str(p.readings), str(self.rng.randrange(2**31))],
+             str(p.readings), str(self.rng.randrange(2**31)), str(p.night_every),
+             str(p.ble_rate)],
             cwd=ROOT, env=_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         assert self.home_proc.stdout is not None
         first_line = self.home_proc.stdout.readline()
         if not first_line.startswith("HOME "):
             raise RuntimeError(f"the home simulator did not start: {first_line!r}")
-        self.ports = json.loads(first_line[5:])
+        home = json.loads(first_line[5:])
+        self.ports = home["ports"]
+        self.card = None if home["card"] is None else Path(home["card"])
+        self.dbus = home["dbus"]
+        self.ble_address = home["ble_address"]
         threading.Thread(target=self._read_home, daemon=True).start()
         self.state.mkdir(mode=0o700)
         # A small disk of its own for the buffer, so it can be filled without touching others.
@@ -266,16 +311,27 @@ class Campaign:
                 with self._lock:
                     key = (f"BM65-{p['cuff']:03d}", p["when"])
                     self.produced[key] = (p["sys"], p["dia"], p["pulse"])
+            elif line.startswith("B "):
+                p = json.loads(line[2:])
+                with self._lock:
+                    self.produced[(BLE_SERIAL, p["when"])] = (p["sys"], p["dia"], p["pulse"])
+                    self.ble_produced += 1
+            elif line.startswith("N "):
+                self.nights += 1
             elif line.startswith("OK"):
                 self._acks.append(line)
 
-    def home(self, command: str) -> None:
+    def bm65_produced(self) -> int:
+        with self._lock:
+            return len(self.produced) - self.ble_produced
+
+    def home(self, command: str, timeout: float = 10) -> None:
         assert self.home_proc is not None
         assert self.home_proc.stdin is not None
         n = len(self._acks)
         self.home_proc.stdin.write(command + "\n")
         self.home_proc.stdin.flush()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + timeout
         while len(self._acks) <= n and time.monotonic() < deadline:
             time.sleep(0.01)
 
@@ -324,6 +380,23 @@ class Campaign:
                 f'patient = "{PATIENT}"',
                 f'serial = "BM65-{i:03d}"',
             ]
+        if self.ble_address is not None:
+            lines += [
+                "[[devices]]",
+                'transport = "ble"',
+                'family = "and-bpm"',
+                f'address = "{self.ble_address}"',
+                f'patient = "{PATIENT}"',
+                f'serial = "{BLE_SERIAL}"',
+                "bond = false",
+            ]
+        if self.card is not None:
+            lines += [
+                "[[devices]]",
+                'transport = "cpap-card"',
+                f'path = "{self.card}"',
+                f'patient = "{PATIENT}"',
+            ]
         path = self.root / "agent.toml"
         path.write_text("\n".join(lines) + "\n")
         return path
@@ -341,6 +414,8 @@ class Campaign:
             "NO_FAKE_STAT": "1",
             "DONT_FAKE_MONOTONIC": "1",
         }
+        if self.dbus is not None:
+            env["DBUS_SYSTEM_BUS_ADDRESS"] = self.dbus
         self.log_mark = self.agent_log_size()
         with (self.root / "agent.log").open("ab") as log:
             self.agent = subprocess.Popen(
@@ -457,8 +532,13 @@ class Campaign:
 
     def verdict(self) -> Verdict:
         with self._lock:
-            produced = dict(self.produced)
+            produced = {**self.produced, **self.cpap_truth}
         return check(produced, list(self.stored()))
+
+    def read_card(self) -> None:
+        """The card's readings as ground truth, once it changes no more (after ``stop``)."""
+        if self.card is not None:
+            self.cpap_truth = cpap_truth(self.card, self.root / "cpap-oracle")
 
     def box_waiting(self) -> int | None:
         """Readings the box still holds unacknowledged (its status report), None if unknown."""
@@ -518,7 +598,7 @@ def run(
                 time.sleep(3)
                 done = 0
                 limit = time.monotonic() + 3 * plan.readings / plan.rate + 60
-                while done < plan.faults or len(c.produced) < plan.readings:
+                while done < plan.faults or c.bm65_produced() < plan.readings:
                     if time.monotonic() > limit:
                         raise RuntimeError("the cuffs stopped measuring")
                     time.sleep(c.rng.uniform(1.0, 4.0) * plan.scale)
@@ -526,7 +606,8 @@ def run(
                         c.fault(c.next_kind())
                         done += 1
                 faults_end = time.monotonic()
-                c.home("stop")
+                c.home("stop", timeout=40)
+                c.read_card()
                 drain_s = None
                 deadline = faults_end + drain_limit
                 verdict = c.verdict()
@@ -552,6 +633,12 @@ def run(
         "faults_total": sum(c.faults.values()),
         "agent_kill_moments": dict(sorted(c.kill_moments.items())),
         "agent_starts": c.starts["agent"],
+        "produced_by_device": {
+            "bm65_cuffs": len(c.produced) - c.ble_produced,
+            "and_ble_cuff": c.ble_produced,
+            "cpap_card": len(c.cpap_truth),
+        },
+        "cpap_nights": c.nights,
         **{
             k: v
             for k, v in verdict.as_dict().items()
@@ -579,11 +666,10 @@ def main(argv: list[str] | None = None) -> int:
     full = args.full or os.environ.get("FULL") == "1"
     plan = Plan.full() if full else Plan.default()
     if args.faults is not None or args.readings is not None:
-        plan = Plan(
+        plan = dataclasses.replace(
+            plan,
             readings=args.readings or plan.readings,
             faults=plan.faults if args.faults is None else args.faults,
-            rate=plan.rate,
-            download_interval=plan.download_interval,
         )
     report = run(plan, seed=args.seed, full=full)
     args.report.write_text(json.dumps(report, indent=2) + "\n")

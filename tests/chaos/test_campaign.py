@@ -4,7 +4,8 @@ The real thing: two network namespaces joined by a shaped veth, Mosquitto and th
 "central", the real agent (its CLI) with simulated BM65 cuffs on ptys in "home". Bounded: a
 few hundred readings, one round of the fault kinds with short durations, at most a few minutes
 to drain (generous for a loaded machine; it normally drains in seconds). ``make chaos`` is the
-campaign of record.
+campaign of record. The home has every kind of device: BM65 cuffs on ptys, an A&D cuff on the
+mock BlueZ, a CPAP card taken out and put back.
 """
 
 from __future__ import annotations
@@ -26,11 +27,21 @@ pytestmark = [
 
 def test_a_short_campaign_loses_nothing_and_stores_nothing_twice(tmp_path: Path) -> None:
     plan = chaos.Plan(
-        readings=240, faults=len(chaos.KINDS), rate=8.0, download_interval=3.0, scale=0.3
+        readings=240,
+        faults=len(chaos.KINDS),
+        rate=8.0,
+        download_interval=3.0,
+        ble_rate=0.3,
+        night_every=8.0,
+        scale=0.3,
     )
     report = chaos.run(plan, seed=12, drain_limit=240, logs=tmp_path / "logs")
     assert report["faults"] == dict.fromkeys(chaos.KINDS, 1)
     assert report["produced"] >= 240
+    devices = report["produced_by_device"]
+    assert devices["bm65_cuffs"] >= 240
+    assert devices["and_ble_cuff"] > 0
+    assert devices["cpap_card"] > 0
     assert report["lost"] == 0, report
     assert report["duplicates"] == 0, report
     assert report["altered"] == 0, report
