@@ -112,11 +112,11 @@ class Plan:
 
     @classmethod
     def default(cls) -> Plan:
-        return cls(readings=2_400, faults=32, rate=10.0, download_interval=5.0)
+        return cls(readings=2_400, faults=36, rate=10.0, download_interval=5.0)
 
     @classmethod
     def full(cls) -> Plan:
-        return cls(readings=20_400, faults=210, rate=15.0, download_interval=20.0)
+        return cls(readings=20_400, faults=207, rate=15.0, download_interval=20.0)
 
 
 def unavailable_reason() -> str | None:
@@ -194,6 +194,7 @@ class Campaign:
         self._lock = threading.Lock()
         self._acks: list[str] = []
         self._deck: list[str] = []
+        self._moments: list[str] = []
         self.nights = 1
         self.ble_produced = 0
         """CPAP nights on the card (it starts with one)."""
@@ -456,18 +457,25 @@ class Campaign:
     # -- faults --------------------------------------------------------------------------
 
     def next_kind(self) -> str:
-        """Every kind once per round, in a random order each round."""
+        """Every kind once per round and the agent's kill twice, in a random order."""
         if not self._deck:
-            self._deck = list(KINDS)
+            self._deck = [*KINDS, "agent_kill9"]
             self.rng.shuffle(self._deck)
         return self._deck.pop()
+
+    def next_moment(self) -> str:
+        """Every kill moment in turn, in a random order each round."""
+        if not self._moments:
+            self._moments = list(KILL_MOMENTS)
+            self.rng.shuffle(self._moments)
+        return self._moments.pop()
 
     def fault(self, kind: str) -> None:
         r = self.rng
         s = self.plan.scale
         self.faults[kind] += 1
         if kind == "agent_kill9":
-            moment = r.choice(KILL_MOMENTS)
+            moment = self.next_moment()
             self.kill_moments[moment] += 1
             if moment == "after_publish":
                 self.wait_agent_log("sent batch", 15)
