@@ -45,6 +45,7 @@ import datetime as dt
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -548,6 +549,18 @@ class Campaign:
         if self.card is not None:
             self.cpap_truth = cpap_truth(self.card, self.root / "cpap-oracle")
 
+    def receiver_dropped(self) -> tuple[int, int]:
+        """Readings the receiver received again and dropped as already stored, and in how
+        many batches (from its log: re-sends after lost acknowledgements)."""
+        assert self.receiver is not None
+        readings = batches = 0
+        pattern = r"receiver: batch (?:stored|duplicate) .* duplicates=(\d+)"
+        for m in re.finditer(pattern, self.receiver.log()):
+            if int(m.group(1)):
+                readings += int(m.group(1))
+                batches += 1
+        return readings, batches
+
     def box_waiting(self) -> int | None:
         """Readings the box still holds unacknowledged (its status report), None if unknown."""
         from agent.status import read_status
@@ -628,6 +641,7 @@ def run(
                 # A late duplicate would come within a download interval or two.
                 time.sleep(min(2 * plan.download_interval, 20))
                 verdict = c.verdict()
+                resent = c.receiver_dropped()
             finally:
                 c.close()
                 if logs is not None:
@@ -647,6 +661,7 @@ def run(
             "cpap_card": len(c.cpap_truth),
         },
         "cpap_nights": c.nights,
+        "receiver_dropped_resent": {"readings": resent[0], "batches": resent[1]},
         **{
             k: v
             for k, v in verdict.as_dict().items()
