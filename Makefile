@@ -37,11 +37,11 @@ demo: setup
 bench: setup
 	$(PY) -m bench.run
 
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis build dist
+
 # The fault campaign (docs/proof.md): writes bench/chaos-report.json; FULL=1 for the long run,
 # which also runs 1,000 simulated power cuts instead of the suite's 200.
 chaos: setup
 	FULL=$(FULL) $(PY) -m bench.chaos
 	@if [ "$(FULL)" = "1" ]; then DHO_POWERLOSS_CUTS=1000 $(VENV)/bin/pytest -q tests/powerloss; fi
-
-clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis build dist
