@@ -206,11 +206,10 @@ class Relay:
         if self._server is not None:
             self._server.close()
         self.cut()
-        for task in list(self._live):
-            task.cancel()
-        for task in list(self._live):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._live:
+            _, late = await asyncio.wait(list(self._live), timeout=5)
+            for task in late:
+                task.cancel()
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 5)
