@@ -19,6 +19,16 @@
   the run. Omitted, with a note on stderr, when the ``psycopg`` driver or the server binaries
   are missing.
 
+* ``uplink.claim_seal_ms_per_500``: milliseconds to claim 500 buffered spot readings
+  (:meth:`agent.buffer.Buffer.claim_rows`: select, decrypt, mark claimed, commit) and seal them
+  into a signed batch (:func:`dho_protocol.seal_rows`: row payload, zstd, Ed25519); median of
+  20 batches from a 10,000-reading backlog. Goal (issue 8): <= 20.
+* ``receiver.receiver_commit_ms_per_500``: milliseconds for :meth:`receiver.core.Receiver.handle`
+  on one such 500-reading batch: verify, decompress, decode each row once, commit durably
+  (SQLite ``synchronous=FULL``), sign the acknowledgement; median of 20. Goal: <= 30.
+* The networked figures of :mod:`bench.uplink_net` (drains at 1 Mbit/s and 64 kbit/s with a
+  200 ms round trip, reconnect after an outage).
+
 Extra figures: single-reading batch size (a box that uploads each reading as it comes) and
 acknowledgement size.
 """
@@ -27,6 +37,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -37,7 +48,9 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import dho_protocol as protocol
+from agent.buffer import Buffer, FileKeySource
 from agent.model import Reading
+from bench import uplink_net
 from receiver import pg, pgcluster
 from receiver.core import Receiver
 from receiver.store import SqliteStore, Store
@@ -49,8 +62,11 @@ GOALS: dict[str, tuple[str, float]] = {
     "uplink.wire_bytes_per_spot_reading": ("<=", 120),
     "uplink.wire_bytes_per_continuous_sample": ("<=", 4),
     "receiver.ingest_readings_per_s_sqlite": (">=", 5_000),
+    "uplink.claim_seal_ms_per_500": ("<=", 20),
+    "receiver.receiver_commit_ms_per_500": ("<=", 30),
+    **uplink_net.GOALS,
 }
-"""Goals of issue 4 (``bench.run`` prints met/MISSED next to each figure)."""
+"""Goals of issues 4 and 8 (``bench.run`` prints met/MISSED next to each figure)."""
 TLS_RECORD = 16_384
 TLS_OVERHEAD = 22  # 5-byte header + 1 content type + 16-byte AEAD tag (TLS 1.3)
 
@@ -103,7 +119,42 @@ def _ingest_rate(store: Store, key: Ed25519PrivateKey, service: Ed25519PrivateKe
     return per_batch * (len(wires) - 1) / elapsed
 
 
-def run() -> dict[str, float]:
+def _claim_seal_commit_ms(
+    root: Path, key: Ed25519PrivateKey, service: Ed25519PrivateKey
+) -> tuple[float, float]:
+    """Median ms to claim + seal a 500-reading batch, and for the receiver to handle it."""
+    buf = Buffer.open(root / "buffer.db", FileKeySource(root / "buffer.kek"))
+    store = SqliteStore(root / "receiver-500.db")
+    try:
+        readings = f.mixed_readings(10_000, seed=11)
+        for i in range(0, len(readings), 500):
+            buf.append(readings[i : i + 500])
+        store.enrol(BOX, protocol.public_key_bytes(key), ["pt-0001"])
+        receiver = Receiver(store, service)
+        topic = protocol.batch_topic(BOX)
+        claim_seal: list[float] = []
+        commit: list[float] = []
+        for seq in range(1, 21):
+            start = time.perf_counter()
+            claim = buf.claim_rows(500)
+            assert claim is not None
+            _, wire = protocol.seal_rows(
+                BOX, seq, claim.rows, key, created_ms=1, raw_frames=claim.raw_frames
+            )
+            claim_seal.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            out = receiver.handle(topic, wire)
+            commit.append(time.perf_counter() - start)
+            if not out.accepted:
+                raise RuntimeError(f"benchmark batch refused: {out.reason}")
+            buf.ack(claim.batch_id)
+        return statistics.median(claim_seal) * 1000, statistics.median(commit) * 1000
+    finally:
+        store.close()
+        buf.close()
+
+
+def run() -> dict[str, float | None]:
     """Run the uplink benchmarks and return the figures (see the module docstring)."""
     key = Ed25519PrivateKey.generate()
     service = Ed25519PrivateKey.generate()
@@ -118,7 +169,7 @@ def run() -> dict[str, float]:
         protocol.Ack(BOX, uuid.uuid4(), 1, bytes(32), protocol.AckResult.STORED, 50, 0, 1, 1),
         service,
     )
-    figures: dict[str, float] = {
+    figures: dict[str, float | None] = {
         "uplink.wire_bytes_per_spot_reading": round(_wire_per_reading(spot_batches, key), 1),
         "uplink.wire_bytes_per_continuous_sample": round(cont_total / samples, 3),
         "uplink.wire_bytes_single_reading_batch": float(
@@ -134,9 +185,14 @@ def run() -> dict[str, float]:
             )
         finally:
             store.close()
+    with tempfile.TemporaryDirectory(prefix="dho-bench-") as tmp:
+        cs, rc = _claim_seal_commit_ms(Path(tmp), key, service)
+        figures["uplink.claim_seal_ms_per_500"] = round(cs, 2)
+        figures["receiver.receiver_commit_ms_per_500"] = round(rc, 2)
     pg_rate = _postgres_ingest_rate(key, service)
     if pg_rate is not None:
         figures["receiver.ingest_readings_per_s_postgres"] = round(pg_rate)
+    figures |= uplink_net.run()
     return figures
 
 
