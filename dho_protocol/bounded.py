@@ -137,8 +137,15 @@ class BoundedReader:
         return self.scalars(n, what)
 
     def scalar(self, what: str) -> object:
-        """The next item, which must not be a list or map."""
-        return self.scalars(1, what)[0]
+        """The next item, which must not be a list or map (:meth:`scalars` for one item,
+        without the list: this is the decoder's most frequent call)."""
+        try:
+            v = self._unpack()
+        except _READ_ERRORS as err:
+            raise MalformedMessageError(f"{what}: an entry is not a value ({err})") from err
+        if type(v) is list or type(v) is dict:
+            raise MalformedMessageError(f"{what}: an entry is a container, not a value")
+        return v
 
     def integer(self, what: str, lo: int, hi: int) -> int:
         """The next item as an integer in ``[lo, hi]`` (bool is not an integer here)."""

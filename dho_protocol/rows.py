@@ -151,6 +151,9 @@ def _unpack_unit(v: Any) -> str:
 
 
 def _pack_decimal(d: Decimal) -> Any:
+    text = str(d)  # a whole number >= 0 prints as its digits: 4x cheaper than as_tuple()
+    if text.isdigit() and len(text) < 19:
+        return int(text)  # the common case: whole numbers from a cuff or an oximeter
     sign, digits, exponent = d.as_tuple()
     if exponent == 0 and len(digits) < 19 and (digits != (0,) or not sign):
         return int(d)  # the common case: whole numbers from a cuff or an oximeter
@@ -430,10 +433,23 @@ class _RowReader:
         lim = self.lim
         r = self.r
         n = r.array("observation", 3, 4)
-        mdc, loinc = self.code()
+        # The common case inline (code and unit from the tables, a whole value): the decoder's
+        # hottest path, three observations a spot reading.
+        mdc, loinc = self.code() if r.is_array() else _unpack_code(r.scalar("code"))
         if n == 3:
-            value = self.value()
-            unit = self.unit()
+            if r.is_array():
+                value = self.value()
+            else:
+                v = r.scalar("value")
+                if type(v) is int and -_MAX_I64 <= v < _MAX_I64:
+                    value = Decimal(v)
+                elif type(v) is str:
+                    self._text(v, "value text", lim.min_text, lim.decimal_text)
+                    value = _unpack_decimal(v)
+                else:
+                    raise FormatError("value is not a decimal")
+            u = r.scalar("unit")
+            unit = self._text(u, "unit", 0, lim.code_text) if type(u) is str else _unpack_unit(u)
             return Observation(mdc, loinc, value, unit)
         if r.scalar("value") is not None:
             raise FormatError("a special value carries a value")
