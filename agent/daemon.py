@@ -92,7 +92,8 @@ class Watchdog:
         """The problems found now (empty: healthy)."""
         problems: list[str] = []
         try:
-            await asyncio.wait_for(self.buffer.stats(), timeout=self.interval / 2)
+            async with asyncio.timeout(self.interval / 2):  # cancel-safe, unlike wait_for
+                await self.buffer.stats()
         except TimeoutError:
             problems.append(f"the store did not answer within {self.interval / 2:.0f} s")
         except Exception as exc:  # noqa: BLE001 - any failure of the store fails the check

@@ -621,7 +621,8 @@ class MqttLink:
             settle = wait.settle_s / 2
             if next_probe > now:
                 try:
-                    await asyncio.wait_for(changed.wait(), next_probe - now)
+                    async with asyncio.timeout(next_probe - now):  # cancel-safe, unlike wait_for
+                        await changed.wait()
                 except TimeoutError:
                     pass
                 else:
@@ -724,7 +725,8 @@ class MqttLink:
         try:
             while not dropped.done():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(dropped), 1.0)
+                    async with asyncio.timeout(1.0):  # cancel-safe, unlike wait_for on 3.11
+                        await asyncio.shield(dropped)
                 if dropped.done():
                     break
                 self._client.loop_misc()  # keep-alive

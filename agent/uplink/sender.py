@@ -275,8 +275,11 @@ class Uplink:
         while True:
             deadline = self.session.next_deadline()
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancellation that
+            # arrives as the queue hands over an item, and the sender then never stops.
             try:
-                event: s.Event = await asyncio.wait_for(self._events.get(), timeout)
+                async with asyncio.timeout(timeout):
+                    event: s.Event = await self._events.get()
             except TimeoutError:
                 event = s.Tick()
             await self._feed(event)

@@ -254,6 +254,7 @@ class Session:
         transfer_timeout_s: float = 300.0,
         idle_poll_s: float = 5.0,
         refused_hold_s: float = 20.0,
+        publish_retry_s: float = 1.0,
         remember_released: int = 64,
     ) -> None:
         if not 1 <= window <= window_max:
@@ -265,6 +266,7 @@ class Session:
         self.transfer_timeout_s = transfer_timeout_s
         self.idle_poll_s = idle_poll_s
         self.refused_hold_s = refused_hold_s
+        self.publish_retry_s = publish_retry_s
         self.counters = SessionCounters()
         self.connected = False
         self._remember = remember_released
@@ -332,11 +334,15 @@ class Session:
                     out.append(Quarantine(claim, why))
             case ClaimFailed():
                 self._claiming = False
-                self._hold_until = now + self.refused_hold_s
+                self._hold(now + self.refused_hold_s)
             case PublishFailed(batch_id=batch_id):
                 if batch_id in self._in_flight:
                     f = self._in_flight.pop(batch_id)
                     out.append(Release(f.claim, f.seq, "the link went down before sending"))
+                # The link said no before its LinkDown reached us: pause claiming for a moment,
+                # else claim, seal, refuse, release would spin (and use up sequence numbers)
+                # until the shell next reads its events.
+                self._hold(now + self.publish_retry_s)
             case Puback(batch_id=batch_id, ok=ok):
                 self._puback(batch_id, ok, now, out)
             case AckReceived(ack=ack):
@@ -353,6 +359,10 @@ class Session:
         if f.puback_at is None:
             return now + self.transfer_timeout_s
         return now + self.ack_timeout.current_s
+
+    def _hold(self, until: float) -> None:
+        if self._hold_until is None or until > self._hold_until:
+            self._hold_until = until
 
     def _maybe_claim(self, now: float, out: list[Decision]) -> None:
         if not self.connected or self._claiming:

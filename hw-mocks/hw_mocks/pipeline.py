@@ -252,8 +252,7 @@ async def pipeline(root: Path, home: Household | None = None) -> AsyncIterator[P
                         yield p
                     finally:
                         stop.set()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await asyncio.wait_for(agent, 30)
+                        await _stopped(agent, 30)
             finally:
                 if previous is None:
                     os.environ.pop("DBUS_SYSTEM_BUS_ADDRESS", None)
@@ -262,6 +261,39 @@ async def pipeline(root: Path, home: Household | None = None) -> AsyncIterator[P
     finally:
         await asyncio.to_thread(receiver.stop)
         await asyncio.to_thread(broker.stop)
+
+
+async def _stopped(agent: asyncio.Task[Any], limit_s: float) -> None:
+    """Wait for the agent to stop on its own; if it does not within ``limit_s``, say where every
+    task is waiting (a hung shutdown is a finding, not a hung test run), then cancel it with a
+    bound of its own. ``asyncio.wait_for`` would wait without end for a task that does not
+    finish its cancellation."""
+    await asyncio.wait({agent}, timeout=limit_s)
+    if agent.done():
+        if not agent.cancelled():
+            agent.result()
+        return
+    stacks = [f"{t.get_name()}: {_awaiting(t)}" for t in asyncio.all_tasks()]
+    agent.cancel()
+    await asyncio.wait({agent}, timeout=10)
+    raise RuntimeError(
+        f"the agent did not stop within {limit_s:g} s of being asked"
+        + ("" if agent.done() else " nor 10 s after cancellation")
+        + "; tasks:\n"
+        + "\n".join(sorted(stacks))
+    )
+
+
+def _awaiting(task: asyncio.Task[Any]) -> str:
+    """The chain of awaits a task is suspended in, outermost first."""
+    out: list[str] = []
+    obj: Any = task.get_coro()
+    while obj is not None and len(out) < 30:
+        frame = getattr(obj, "cr_frame", None) or getattr(obj, "ag_frame", None)
+        if frame is not None:
+            out.append(f"{frame.f_code.co_qualname}:{frame.f_lineno}")
+        obj = getattr(obj, "cr_await", None) or getattr(obj, "ag_await", None)
+    return " -> ".join(out) or repr(task)
 
 
 def summarize(readings: Sequence[StoredReading]) -> dict[str, int]:

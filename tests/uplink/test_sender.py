@@ -272,3 +272,23 @@ async def test_status_shows_delivery_health(rig):
     assert (status.batches_in_flight, status.batches_refused) == (0, 0)
     assert status.last_upload_unix is None
     assert status.window >= 1
+
+
+async def test_the_sender_stops_when_cancelled_as_an_event_arrives(rig):
+    """Cancelling the uplink in the same step as an event reaches its queue must stop it.
+
+    On Python 3.11, ``asyncio.wait_for(queue.get(), t)`` returns the item and drops such a
+    cancellation; the sender then waited for ever and the agent never stopped (found as a hung
+    pipeline test under load)."""
+    uplink, link, _buf, _service = rig
+    link.up = False  # nothing to do: the sender only waits for its events
+    task = asyncio.create_task(uplink.run())
+    await asyncio.sleep(0.2)
+    for _ in range(3):
+        uplink.wake()
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=5)
+        if done:
+            break
+    assert task.done(), "the uplink did not stop when cancelled"
+    assert task.cancelled()

@@ -190,6 +190,15 @@ CASES: dict[str, list[Step]] = {
         (0.0, sealed(1), [publish(1), s.Claim(8)]),
         (0.1, s.PublishFailed(bid(1)), [s.Release(1, 101, "the link went down before sending")]),
     ],
+    "the link refused publishes before its down event: a pause, not a spin": [
+        (0.0, s.LinkUp(), [s.Claim(8)]),
+        (0.0, sealed(1), [publish(1), s.Claim(8)]),
+        (0.0, sealed(2), [publish(2)]),
+        (0.1, s.PublishFailed(bid(1)), [s.Release(1, 101, "the link went down before sending")]),
+        (0.1, s.PublishFailed(bid(2)), [s.Release(2, 102, "the link went down before sending")]),
+        (1.0, s.Tick(), []),
+        (1.1, s.Tick(), [s.Claim(8)]),
+    ],
     "the broker refused the publish: released, and a pause": [
         (0.0, s.LinkUp(), [s.Claim(8)]),
         (0.0, sealed(1), [publish(1), s.Claim(8)]),
