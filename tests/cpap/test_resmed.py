@@ -11,7 +11,7 @@ DATALOG session on the card (its STR AI is 0.6/h: about 5 apnoeas), so its count
 from __future__ import annotations
 
 import json
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -93,6 +93,50 @@ def test_the_session_belongs_to_its_header_day(loaded: card.LoadedCard) -> None:
     assert round(9 / hours, 1) == s.hi
     assert _night(loaded, date(2024, 11, 28)).events is None
     assert not any(n.day == date(2024, 11, 26) for n in loaded.nights)
+
+
+def test_the_readme_event_counts_are_another_nights_not_our_day_rule(
+    card_dir: Path, loaded: card.LoadedCard
+) -> None:
+    """Every way of dating the EVE file was checked; none puts it on 2024-11-28.
+
+    * Header start ``27.11.25 00.40.10``: EDF's 2-digit rule (85-99 = 19xx, 00-84 = 20xx) gives
+      2025, and the EDF+ recording field says ``Startdate 27-NOV-2025`` too.
+    * The folder ``20241126`` and file name ``20241127_004009`` (the other candidate) give the
+      sleep day 2024-11-26, which STR.edf does not hold (it starts 2024-11-27 12:00).
+    * STR's own ``Date`` signal stamps record 364 as 2025-11-26 (so not our record counting),
+      and that record's one mask period, 00:40-08:02, holds every TAL onset (0..26517 s).
+    * 12 + 59 + 9 events cannot fit 2024-11-28's AHI 0.6 over 7.9 h (about 5 events, HI 0.0).
+    """
+    eve = card_dir / "DATALOG" / "20241126" / "20241127_004009_EVE.edf"
+    data = eve.read_bytes()
+    assert (data[168:176], data[176:184]) == (b"27.11.25", b"00.40.10")  # dd.mm.yy hh.mm.ss
+    f = edf.read_edf(data)
+    assert "Startdate 27-NOV-2025" in f.header.recording
+    assert f.header.start == datetime(2025, 11, 27, 0, 40, 10)
+    assert resmed.sleep_day(f.header.start) == date(2025, 11, 26)
+    assert resmed.sleep_day(datetime(2024, 11, 27, 0, 40, 9)) == date(2024, 11, 26)  # by name
+    assert loaded.days[0].day == date(2024, 11, 27)
+    assert not any(d.day == date(2024, 11, 26) for d in loaded.days)
+
+    str_day = next(d for d in loaded.days if d.day == date(2025, 11, 26))
+    assert str_day.record == 364
+    assert str_day.problems == ()  # its Date signal agrees with its position
+    (period,) = str_day.mask_intervals
+    assert (period.on, period.off) == (datetime(2025, 11, 27, 0, 40), datetime(2025, 11, 27, 8, 2))
+    events, unknown = resmed.read_events(f)
+    assert unknown == 0
+    assert len(events) == 12 + 59 + 9
+    assert all(period.on <= e.at <= period.off + timedelta(minutes=1) for e in events)
+    assert max(e.at for e in events) == f.header.start + timedelta(seconds=26517)
+    assert str_day.ahi == Decimal("10.8")  # (12 + 59 + 9) / 7.37 h
+
+    readme_night = _night(loaded, date(2024, 11, 28))
+    assert readme_night.files == ()
+    assert readme_night.summary is not None
+    assert readme_night.summary.hi == 0  # no room for 9 hypopnoeas
+    assert readme_night.summary.ahi == Decimal("0.6")
+    assert Decimal("0.6") * 475 / 60 < 12 + 59 + 9
 
 
 def test_decode_json_of_the_real_card(card_dir: Path) -> None:

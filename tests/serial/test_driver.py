@@ -186,6 +186,67 @@ async def test_contec_a_download_when_enabled(tmp_path: Path) -> None:
     assert "device-date-inferred" in first.status
 
 
+async def test_stored_sessions_sent_again_are_dropped_by_natural_key(tmp_path: Path) -> None:
+    """A (download enabled) and B send their stored session again on every open: the second
+    copy has the same natural keys and is dropped. A B device without a clock gives chunks
+    without a device time, which cannot be told apart from a new session with the same
+    values, so they are stored again (the documented limit, docs/serial.md)."""
+    a_start, b_start = dt.datetime(2025, 6, 15, 1, 30), dt.datetime(2025, 6, 14, 22, 0, 5)
+    monitor = InjectedMonitor()
+    a = ContecA(tmp_path / "a", interval=0.002, session=StoredSession(a_start, [(95, 68)] * 5))
+    b = ContecB(
+        tmp_path / "b",
+        interval=0.002,
+        live_timeout=1.0,
+        sessions=[StoredSession(b_start, [(97, 60)] * 6)],
+    )
+    c = ContecB(
+        tmp_path / "c",
+        interval=0.002,
+        sessions=[StoredSession(None, [(96, 61)] * 3)],
+        has_clock=False,
+    )
+    devices = (a, b, c)
+    sink = FakeSink()
+    driver = SerialDriver(
+        [
+            device("contec-a", a.path, download=True),
+            device("contec-b", b.path),
+            device("contec-b", c.path),
+        ],
+        sink,
+        monitor=monitor,
+        options=options(),
+    )
+
+    def bulk(dev: ContecA | ContecB) -> list[Reading]:
+        return [r for r in sink.of(Lane.BULK) if r.device.serial == dev.path]
+
+    def downloads(n: int) -> bool:
+        return all(d.count("download") >= n for d in devices)
+
+    with a, b, c:
+        async with running(driver):
+            await until(lambda: all(bulk(d) for d in devices) and downloads(1), "sessions")
+            for dev in devices:
+                dev.unplug()
+                monitor.remove(dev.path)
+            await until(lambda: all(w.status.unplugs >= 1 for w in driver.workers), "unplugs")
+            for dev in devices:
+                dev.replug()
+                monitor.add(dev.path)
+            await until(lambda: downloads(2), "sessions sent again")
+            await until(lambda: driver.workers[0].status.duplicates >= 2, "A copies dropped")
+            await until(lambda: driver.workers[1].status.duplicates >= 2, "B copies dropped")
+            await until(lambda: len(bulk(c)) >= 2, "the clockless session stored again")
+    four = dt.timedelta(seconds=4)
+    assert [r.device_time for r in bulk(a)] == [a_start, a_start + four]
+    assert [r.device_time for r in bulk(b)] == [b_start, b_start + four]
+    assert [r.device_time for r in bulk(c)] == [None, None]
+    assert all("device-time-unknown" in r.status for r in bulk(c))
+    assert driver.workers[2].status.duplicates == 0
+
+
 async def test_unplug_mid_stream_and_replug(tmp_path: Path) -> None:
     link = tmp_path / "by-path" / "usb-0:1.2:1.0-port0"
     link.parent.mkdir()
