@@ -31,6 +31,10 @@ The rules (``docs/uplink-protocol.md`` section 9):
   reconnect, and the broker keeps acknowledgements for the box while it is away, so batches
   in flight stay in flight; their timers stop while the link is down and start again on
   reconnect.
+* **A reading the service will never take does not hold up the rest.** A batch of one reading
+  refused as malformed, too large, forbidden or failed is set aside into the buffer's
+  quarantine (at most ``set_aside_max`` in a row with nothing delivered in between: beyond
+  that the service, not the readings, is the likely fault, and the session holds instead).
 * **Batch size** follows :class:`~agent.uplink.policy.BatchSizer`; the shell persists its size
   so a restart begins with the last good size instead of ramping up again.
 """
@@ -204,6 +208,14 @@ Decision = Claim | Publish | Settle | Release | SkipTo | Quarantine
 
 # --- the state machine -------------------------------------------------------------------
 
+# Refusals that a batch of one reading cannot cure by being resent or made smaller.
+_SET_ASIDE: dict[AckResult, str] = {
+    AckResult.REJECTED_MALFORMED: "malformed",
+    AckResult.REJECTED_TOO_LARGE: "too large",
+    AckResult.REJECTED_FORBIDDEN: "forbidden",
+    AckResult.REJECTED_FAILED: "failed",
+}
+
 
 @dataclass
 class _InFlight:
@@ -228,6 +240,7 @@ class SessionCounters:
     batches_unacknowledged: int = 0
     publishes_refused: int = 0
     acks_ignored: int = 0
+    readings_set_aside: int = 0
     last_refusal: str | None = None
 
 
@@ -242,6 +255,10 @@ class Session:
             (a slow link is still moving bytes; a dead one is noticed by the keep-alive).
         idle_poll_s: how long an empty buffer is left alone when nobody calls :class:`Wake`.
         refused_hold_s: pause after a refusal that resending at once would not cure.
+        set_aside_max: single readings refused in a row (10, 12, 13, 14) that are set aside
+            into the buffer's quarantine before the session holds them instead (the
+            service, not the readings, is then the likely problem); a delivered batch
+            starts the count again.
     """
 
     def __init__(
@@ -256,6 +273,7 @@ class Session:
         refused_hold_s: float = 20.0,
         publish_retry_s: float = 1.0,
         remember_released: int = 64,
+        set_aside_max: int = 3,
     ) -> None:
         if not 1 <= window <= window_max:
             raise ValueError("need 1 <= window <= window_max")
@@ -267,6 +285,8 @@ class Session:
         self.idle_poll_s = idle_poll_s
         self.refused_hold_s = refused_hold_s
         self.publish_retry_s = publish_retry_s
+        self.set_aside_max = set_aside_max
+        self._set_aside_streak = 0  # single readings set aside since the last delivery
         self.counters = SessionCounters()
         self.connected = False
         self._remember = remember_released
@@ -436,6 +456,7 @@ class Session:
         self.ack_timeout.answered()
         if ack.result.delivered:
             self.counters.batches_settled += 1
+            self._set_aside_streak = 0
             self.sizer.acknowledged(len(f.reading_ids), now - f.sent_at)
             if f.window_full and now - f.sent_at <= self.sizer.target_rtt_s:
                 self.window = min(self.window_max, self.window + 1)
@@ -443,15 +464,29 @@ class Session:
             return
         self.counters.batches_refused += 1
         self.counters.last_refusal = ack.result.name
-        if ack.result is AckResult.REJECTED_MALFORMED and len(f.reading_ids) == 1:
-            # The service cannot decode this one reading: it would block its lane forever.
-            # Keep it in the buffer's quarantine (encrypted, with the reason) and move on.
-            out.append(Quarantine(f.claim, "refused by the receiver as malformed"))
-            return
+        why = _SET_ASIDE.get(ack.result)
+        if why is not None and len(f.reading_ids) == 1:
+            if self._set_aside_streak < self.set_aside_max:
+                # The service will never take this one reading (it cannot decode it, it is
+                # too large alone, it is for a patient this box may not deliver for, or it
+                # makes the service fail): resent for ever it would hold back its lane and
+                # every lane behind it. Keep it in the buffer's quarantine (encrypted, with
+                # the reason and an alarm) and move on.
+                self._set_aside_streak += 1
+                self.counters.readings_set_aside += 1
+                out.append(Quarantine(f.claim, f"refused by the receiver as {why}"))
+                return
+            # Several single readings in a row, with nothing delivered in between: the
+            # service is the likely problem (assignments lost, a broken release), not the
+            # readings. Keep them in the queue and hold, as for any refusal.
+            self.counters.last_refusal = (
+                f"{ack.result.name}; {self._set_aside_streak} single readings set aside "
+                "in a row, holding"
+            )
         out.append(Release(f.claim, f.seq, f"the receiver refused it: {ack.result.name}"))
         if ack.result is AckResult.REJECTED_REPLAY:
             out.append(SkipTo(ack.high_water + 1))
-        elif ack.result is AckResult.REJECTED_TOO_LARGE:
+        elif ack.result is AckResult.REJECTED_TOO_LARGE and len(f.reading_ids) > 1:
             self.sizer.too_large()
         else:
             self.sizer.failed()

@@ -347,3 +347,37 @@ async def test_flapping_link_shrinks_batches_and_still_delivers_once(broker, rec
         await _stop(task)
         await buf.close()
         await proxy.close()
+
+
+async def test_one_forbidden_reading_is_set_aside_and_its_lane_moves(broker, receivers, tmp_path):
+    # A reading for a patient the service did not assign to this box sits among good ones on
+    # the spot lane. The receiver refuses every batch holding it (REJECTED_FORBIDDEN, 13);
+    # the box shrinks its batches until that reading travels alone, then sets it aside in
+    # the buffer's quarantine (kept encrypted, with an alarm) and everything behind it flows.
+    key = Ed25519PrivateKey.generate()
+    db = tmp_path / "receiver.db"
+    enrol(db, "box-0001", key, ["pt-0001"])
+    receivers(1, db=db)
+    uplink, buf = await open_agent(
+        broker, tmp_path / "agent", "box-0001", key, batch_start=8, ack_timeout_s=1.0
+    )
+    before = [f.bp_reading(i) for i in range(8)]
+    stray = f.bp_reading(8, patient="pt-0002")
+    after = [f.bp_reading(i) for i in range(9, 20)]
+    await buf.append(before)
+    await buf.append([stray])
+    await buf.append(after)
+    task = asyncio.create_task(uplink.run())
+    try:
+        await wait_until(
+            lambda: uplink.readings_acked >= len(before) + len(after), 60, "the lane moved on"
+        )
+        stats = await buf.stats()
+        assert (stats.pending, stats.claimed, stats.quarantined) == (0, 0, 1)
+        assert stats.alarms  # the set-aside reading is reported
+        assert uplink.session.counters.readings_set_aside == 1
+        assert (await uplink.status()).batches_refused >= 1
+    finally:
+        await _stop(task)
+        await buf.close()
+    assert sorted(_stored(db)) == sorted(r.id for r in [*before, *after])

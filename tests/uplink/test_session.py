@@ -57,6 +57,15 @@ def settle(n: int, *, late: bool = False, result: AckResult = AckResult.STORED) 
 TIMEOUT = "no acknowledgement in time"
 
 
+def one(n: int) -> s.Sealed:
+    """Batch ``n`` holding a single reading."""
+    return replace(sealed(n), reading_ids=ids(n)[:1])
+
+
+def set_aside(n: int, why: str) -> s.Quarantine:
+    return s.Quarantine(n, f"refused by the receiver as {why}")
+
+
 def new_session(**kw: Any) -> s.Session:
     kw.setdefault("window", 2)
     kw.setdefault("window_max", 4)
@@ -163,6 +172,39 @@ CASES: dict[str, list[Step]] = {
             ack(1, AckResult.REJECTED_MALFORMED),
             [s.Quarantine(1, "refused by the receiver as malformed")],
         ),
+    ],
+    "a single reading refused as forbidden, failed or too large is set aside too": [
+        (0.0, s.LinkUp(), [s.Claim(8)]),
+        (0.0, one(1), [s.Publish(bid(1), 101, 1, wire(1)), s.Claim(8)]),
+        (0.0, s.NothingPending(), []),
+        (0.5, ack(1, AckResult.REJECTED_FORBIDDEN), [set_aside(1, "forbidden")]),
+        (0.6, s.Wake(), [s.Claim(8)]),  # no hold: the lane moves on at once
+        (0.6, one(2), [s.Publish(bid(2), 102, 1, wire(2)), s.Claim(8)]),
+        (0.6, s.NothingPending(), []),
+        (1.0, ack(2, AckResult.REJECTED_FAILED), [set_aside(2, "failed")]),
+        (1.1, s.Wake(), [s.Claim(8)]),
+        (1.1, one(3), [s.Publish(bid(3), 103, 1, wire(3)), s.Claim(8)]),
+        (1.1, s.NothingPending(), []),
+        (1.5, ack(3, AckResult.REJECTED_TOO_LARGE), [set_aside(3, "too large")]),
+        # a fourth in a row with nothing delivered in between: the service is the problem,
+        # the reading stays in the queue and the session holds
+        (1.6, s.Wake(), [s.Claim(8)]),
+        (1.6, one(4), [s.Publish(bid(4), 104, 1, wire(4)), s.Claim(8)]),
+        (1.6, s.NothingPending(), []),
+        (
+            2.0,
+            ack(4, AckResult.REJECTED_FORBIDDEN),
+            [s.Release(4, 104, "the receiver refused it: REJECTED_FORBIDDEN")],
+        ),
+        (2.1, s.Wake(), []),  # held
+        (22.1, s.Tick(), [s.Claim(2)]),
+        (22.1, one(5), [s.Publish(bid(5), 105, 1, wire(5)), s.Claim(2)]),
+        (22.1, s.NothingPending(), []),
+        (22.5, ack(5), [settle(5)]),  # a delivery: setting aside is allowed again
+        (22.6, s.Wake(), [s.Claim(2)]),
+        (22.6, one(6), [s.Publish(bid(6), 106, 1, wire(6)), s.Claim(2)]),
+        (22.6, s.NothingPending(), []),
+        (23.0, ack(6, AckResult.REJECTED_FAILED), [set_aside(6, "failed")]),
     ],
     "link down: batches stay in flight, timers stop, no claims until it is back": [
         *UP_AND_TWO_IN_FLIGHT,
