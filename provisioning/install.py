@@ -4,7 +4,11 @@ What it installs comes from ``systemd/`` (packaged with the software): the agent
 sysusers.d and tmpfiles.d entries, the udev rules, and the D-Bus policy that lets only the
 agent's user drive BlueZ. Then it creates the system user (``systemd-sysusers``), the
 directories with their owners and modes, a default ``agent.toml`` when there is none, and
-enables the unit. Every step says whether it changed anything; a second run changes nothing.
+enables the unit. The unit's credential lines follow ``buffer.key`` in ``agent.toml``: a
+drop-in (``dho-agent.service.d/50-buffer-key.conf``) is written when the key source needs a
+credential and removed when it does not, so the unit never asks for a credential the box does
+not use (run ``install`` again after changing ``buffer.key``). Every step says whether it
+changed anything; a second run changes nothing.
 
 With ``--root DIR`` it writes into an image being built: nothing on this machine is touched,
 users are created in ``DIR/etc/passwd`` and owners are looked up there.
@@ -45,6 +49,8 @@ SERVICE_FILES: Final = (
     FileSpec("dho-receiver.sysusers.conf", PurePosixPath("/etc/sysusers.d/dho-receiver.conf")),
     FileSpec("dho-receiver.tmpfiles.conf", PurePosixPath("/etc/tmpfiles.d/dho-receiver.conf")),
 )
+KEY_DROPIN: Final = PurePosixPath("/etc/systemd/system/dho-agent.service.d/50-buffer-key.conf")
+"""The unit's credential lines for the configured key source (docs/security.md, Keys)."""
 _OURS: Final = (b"dho-gateway", b"dho-receiver")
 """Every file we install mentions one of these; a target file without either is not ours."""
 
@@ -185,6 +191,28 @@ def _default_config(layout: BoxLayout) -> Step:
     return Step("configuration", str(CONFIG_DIR / "agent.toml"), "created")
 
 
+def _key_dropin(layout: BoxLayout) -> Step:
+    """Give the unit exactly the credential lines ``buffer.key`` needs (none for a file)."""
+    from agent.buffer.keys import unit_dropin
+    from provisioning import boxconfig
+
+    source = boxconfig.agent_config(layout).key_source()
+    path = layout.host(KEY_DROPIN)
+    if not source.unit_lines():
+        if path.exists() or path.is_symlink():
+            path.unlink()
+            return Step("key drop-in", str(KEY_DROPIN), "removed: the key source needs none")
+        return Step("key drop-in", str(KEY_DROPIN), "skipped: the key source needs none")
+    existed = path.exists()
+    uid = 0 if os.geteuid() == 0 else -1
+    changed = atomic_write(path, unit_dropin(source).encode(), mode=0o644, uid=uid, gid=uid)
+    result = "unchanged" if not changed else ("updated" if existed else "created")
+    sealed = getattr(source, "sealed_path", None)
+    if sealed is not None and not layout.host(sealed).exists():
+        result += f"; the agent will not start until the key is sealed to {sealed}"
+    return Step("key drop-in", str(KEY_DROPIN), result)
+
+
 def _reload_live(layout: BoxLayout) -> list[Step]:
     """On the running box: tell systemd, udev and D-Bus about the new files."""
     if layout.rooted:
@@ -218,6 +246,7 @@ def install_box(layout: BoxLayout, *, enable: bool = True) -> list[Step]:
     steps.append(_sysusers(layout, BOX_FILES[1].target, AGENT_USER))
     steps.extend(_directories(layout, BOX_FILES[2].target))
     steps.append(_default_config(layout))
+    steps.append(_key_dropin(layout))
     if enable:
         steps.append(_enable(layout, "dho-agent.service"))
     steps.extend(_reload_live(layout))
@@ -238,4 +267,4 @@ def install_service(layout: BoxLayout, *, enable: bool = True) -> list[Step]:
 
 def changed(steps: Sequence[Step]) -> int:
     """How many steps changed something."""
-    return sum(s.result in ("created", "updated") for s in steps)
+    return sum(s.result.startswith(("created", "updated", "removed")) for s in steps)
