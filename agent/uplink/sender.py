@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -93,6 +93,22 @@ class LinkLike(Protocol):
         self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
     ) -> asyncio.Future[bool | None]: ...
     async def run(self) -> None: ...
+
+
+_T = TypeVar("_T")
+
+
+async def _to_the_end(aw: Awaitable[_T]) -> _T:
+    """Await a buffer change that must not be cut in half by a stop: cancelled meanwhile, it
+    still runs to its end (a release cancelled before the buffer thread took it would leave
+    its rows claimed until the next open), then the cancellation goes on."""
+    fut = asyncio.ensure_future(aw)
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await fut
+        raise
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,13 +291,13 @@ class Uplink:
         while True:
             deadline = self.session.next_deadline()
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancellation that
-            # arrives as the queue hands over an item, and the sender then never stops.
-            try:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for returns an event that arrives
+            # just as the task is cancelled and drops the cancellation, and the uplink then
+            # never stops (an agent stop hung for ever in the pipeline test).
+            event: s.Event = s.Tick()
+            with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
-                    event: s.Event = await self._events.get()
-            except TimeoutError:
-                event = s.Tick()
+                    event = await self._events.get()
             await self._feed(event)
 
     async def _feed(self, event: s.Event) -> None:
@@ -317,9 +333,9 @@ class Uplink:
                     return self._publish(d)
                 case s.Settle(claim=claim, seq=seq, result=result, late=late):
                     if late:
-                        n = await self.buffer.ack_ids(d.reading_ids)
+                        n = await _to_the_end(self.buffer.ack_ids(d.reading_ids))
                     else:
-                        n = await self.buffer.ack(claim)
+                        n = await _to_the_end(self.buffer.ack(claim))
                     if n or not late:
                         self._delivered(n)
                     _LOG.info(
@@ -331,7 +347,7 @@ class Uplink:
                         n,
                     )
                 case s.Release(claim=claim, seq=seq, why=why):
-                    await self.buffer.release(claim)
+                    await _to_the_end(self.buffer.release(claim))
                     _LOG.warning("uplink %s: batch seq %s released: %s", self.box_id, seq, why)
                 case s.SkipTo(seq=seq):
                     await asyncio.to_thread(self.state.skip_to, seq)
@@ -342,19 +358,32 @@ class Uplink:
                         self.box_id,
                         why,
                     )
-                    await self.buffer.quarantine_batch(claim, f"uplink: reading {why}")
+                    await _to_the_end(self.buffer.quarantine_batch(claim, f"uplink: reading {why}"))
         except (StoreError, OSError) as err:
             # The buffer or the state file is in trouble: nothing is lost (claimed rows return
             # to pending when the buffer is opened again); say so and go on.
             _LOG.error("uplink %s: %s: %s", self.box_id, type(err).__name__, err)
         return None
 
+    async def _claim_rows(self, max_readings: int) -> ClaimLike | None:
+        """``buffer.claim_rows``; stopped meanwhile, the claim the buffer thread still makes is
+        given back (not left claimed until the next open) before the cancellation goes on."""
+        fut = asyncio.ensure_future(
+            self.buffer.claim_rows(max_readings=max_readings, max_bytes=self.cfg.max_batch_bytes)
+        )
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                late = await fut
+                if late is not None:
+                    await _to_the_end(self.buffer.release(late.batch_id))
+            raise
+
     async def _claim_and_seal(self, max_readings: int) -> s.Event:
         try:
             while True:
-                claim: ClaimLike | None = await self.buffer.claim_rows(
-                    max_readings=max_readings, max_bytes=self.cfg.max_batch_bytes
-                )
+                claim: ClaimLike | None = await self._claim_rows(max_readings)
                 if claim is None:
                     return s.NothingPending()
                 if claim.quarantined:
@@ -371,10 +400,19 @@ class Uplink:
             except OSError:
                 await self.buffer.release(claim.batch_id)
                 raise
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await _to_the_end(self.buffer.release(claim.batch_id))
+                raise
         except (StoreError, OSError) as err:
             _LOG.error("uplink %s: %s: %s", self.box_id, type(err).__name__, err)
             return s.ClaimFailed(f"{type(err).__name__}: {err}")
-        return await self._seal(claim, seq)
+        try:
+            return await self._seal(claim, seq)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await _to_the_end(self.buffer.release(claim.batch_id))
+            raise
 
     async def _seal(self, claim: ClaimLike, seq: int) -> s.Event:
         created_ms = time.time_ns() // 1_000_000

@@ -259,6 +259,7 @@ class Session:
             into the buffer's quarantine before the session holds them instead (the
             service, not the readings, is then the likely problem); a delivered batch
             starts the count again.
+        publish_failed_hold_s: pause in claiming after the link did not take a publish.
     """
 
     def __init__(
@@ -271,9 +272,9 @@ class Session:
         transfer_timeout_s: float = 300.0,
         idle_poll_s: float = 5.0,
         refused_hold_s: float = 20.0,
-        publish_retry_s: float = 1.0,
         remember_released: int = 64,
         set_aside_max: int = 3,
+        publish_failed_hold_s: float = 0.25,
     ) -> None:
         if not 1 <= window <= window_max:
             raise ValueError("need 1 <= window <= window_max")
@@ -284,8 +285,8 @@ class Session:
         self.transfer_timeout_s = transfer_timeout_s
         self.idle_poll_s = idle_poll_s
         self.refused_hold_s = refused_hold_s
-        self.publish_retry_s = publish_retry_s
         self.set_aside_max = set_aside_max
+        self.publish_failed_hold_s = publish_failed_hold_s
         self._set_aside_streak = 0  # single readings set aside since the last delivery
         self.counters = SessionCounters()
         self.connected = False
@@ -359,10 +360,10 @@ class Session:
                 if batch_id in self._in_flight:
                     f = self._in_flight.pop(batch_id)
                     out.append(Release(f.claim, f.seq, "the link went down before sending"))
-                # The link said no before its LinkDown reached us: pause claiming for a moment,
-                # else claim, seal, refuse, release would spin (and use up sequence numbers)
-                # until the shell next reads its events.
-                self._hold(now + self.publish_retry_s)
+                # Claim nothing for a moment: the link's LinkDown is still in the shell's
+                # queue, and claiming at once would seal, fail and release the same readings
+                # again and again without ever returning to that queue.
+                self._hold_until = max(self._hold_until or now, now + self.publish_failed_hold_s)
             case Puback(batch_id=batch_id, ok=ok):
                 self._puback(batch_id, ok, now, out)
             case AckReceived(ack=ack):

@@ -274,21 +274,37 @@ async def test_status_shows_delivery_health(rig):
     assert status.window >= 1
 
 
-async def test_the_sender_stops_when_cancelled_as_an_event_arrives(rig):
-    """Cancelling the uplink in the same step as an event reaches its queue must stop it.
-
-    On Python 3.11, ``asyncio.wait_for(queue.get(), t)`` returns the item and drops such a
-    cancellation; the sender then waited for ever and the agent never stopped (found as a hung
-    pipeline test under load)."""
-    uplink, link, _buf, _service = rig
-    link.up = False  # nothing to do: the sender only waits for its events
+async def test_a_link_that_refuses_publishes_does_not_spin_and_the_uplink_stops(rig):
+    # The link still says it is up (its LinkDown is not in yet) but takes no publish. The
+    # uplink used to seal, fail, release and claim the same readings again in one tight loop
+    # that never went back to its event queue (a sequence number burnt on every turn).
+    uplink, link, buf, service = rig
+    await buf.append(f.mixed_readings(8))
+    link.answer = answering(link, service)
+    link.up = False
+    uplink.session.publish_failed_hold_s = 1.0  # at most two tries in the 1.5 s below
     task = asyncio.create_task(uplink.run())
-    await asyncio.sleep(0.2)
-    for _ in range(3):
-        uplink.wake()
+    try:
+        await wait_until(lambda: link.handlers is not None, 10, "bound")
+        await asyncio.sleep(1.5)
+        assert uplink.state._next_seq <= 10  # a few tries a second at most, not a spin
+        link.up = True
+        await wait_until(lambda: uplink.readings_acked == 8, 10, "acked once the link takes")
+    finally:
         task.cancel()
-        done, _ = await asyncio.wait({task}, timeout=5)
-        if done:
-            break
-    assert task.done(), "the uplink did not stop when cancelled"
-    assert task.cancelled()
+        done, _ = await asyncio.wait({task}, timeout=10)
+        assert done, "the uplink did not stop when cancelled"
+    assert (await buf.stats()).pending == 0
+
+
+async def test_the_uplink_stops_when_cancelled_as_an_event_arrives(rig):
+    # On 3.11 asyncio.wait_for returns an item that arrives as the task is cancelled and
+    # drops the cancellation: the agent's stop then hung for ever (tests/test_pipeline.py).
+    uplink, link, _buf, _service = rig
+    task = asyncio.create_task(uplink.run())
+    await wait_until(lambda: link.handlers is not None and uplink.connected, 10, "up")
+    await asyncio.sleep(0.2)  # waiting on its event queue
+    uplink.wake()  # an event and the cancellation in the same loop iteration
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=5)
+    assert done, "a cancellation that came with an event was lost"

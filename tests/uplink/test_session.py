@@ -232,14 +232,16 @@ CASES: dict[str, list[Step]] = {
         (0.0, sealed(1), [publish(1), s.Claim(8)]),
         (0.1, s.PublishFailed(bid(1)), [s.Release(1, 101, "the link went down before sending")]),
     ],
-    "the link refused publishes before its down event: a pause, not a spin": [
+    "the link did not take two publishes: no claim until a short pause is over": [
         (0.0, s.LinkUp(), [s.Claim(8)]),
         (0.0, sealed(1), [publish(1), s.Claim(8)]),
-        (0.0, sealed(2), [publish(2)]),
         (0.1, s.PublishFailed(bid(1)), [s.Release(1, 101, "the link went down before sending")]),
+        # before: a claim here, and the shell spun seal -> publish fails -> release -> claim
+        # without ever reading the LinkDown waiting in its queue
+        (0.1, sealed(2), [publish(2)]),
         (0.1, s.PublishFailed(bid(2)), [s.Release(2, 102, "the link went down before sending")]),
-        (1.0, s.Tick(), []),
-        (1.1, s.Tick(), [s.Claim(8)]),
+        (0.3, s.Tick(), []),
+        (0.4, s.Tick(), [s.Claim(8)]),
     ],
     "the broker refused the publish: released, and a pause": [
         (0.0, s.LinkUp(), [s.Claim(8)]),
