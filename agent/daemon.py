@@ -21,7 +21,7 @@ from agent.config import AgentConfig
 from agent.errors import ConfigError
 from agent.logs import fields
 from agent.model import Lane, Reading
-from agent.status import Provider, StatusReporter, status_line
+from agent.status import Provider, StatusReporter, mark_stopped, status_line
 from agent.supervisor import Service, Supervisor
 
 if TYPE_CHECKING:  # imported where used: without [uplink] the agent never loads paho
@@ -240,6 +240,9 @@ async def run_agent(
             announcer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await announcer
+            if reporter.written.is_set():
+                with contextlib.suppress(OSError):
+                    await asyncio.to_thread(mark_stopped, reporter.path)
     finally:
         sdnotify.notify("STOPPING=1", "STATUS=stopping: closing the encrypted store")
         await buffer.close()

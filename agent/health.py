@@ -139,7 +139,7 @@ def _uplink(up: Mapping[str, Any], now: float) -> Iterable[Problem]:
             "dho-receiver boxes at the service shows why; re-enrol if the box is unknown there",
             Concern.FAULT,
         )
-    unacked = int(up.get("acks_timed_out", 0) or 0)
+    unacked = int(up.get("batches_unacknowledged", up.get("acks_timed_out", 0)) or 0)
     if unacked and link == "connected" and not up.get("last_upload_unix"):
         yield Problem(
             "uplink.unacknowledged",
@@ -204,8 +204,15 @@ def _care(care: Mapping[str, Any]) -> Iterable[Problem]:
         )
 
 
-def assess(report: Mapping[str, Any] | None, *, now: float | None = None) -> Health:
-    """Judge a status report (see the module docstring)."""
+def assess(
+    report: Mapping[str, Any] | None, *, now: float | None = None, process_gone: bool = False
+) -> Health:
+    """Judge a status report (see the module docstring).
+
+    The agent counts as stopped when the report says so (``stopped_at``, written at its
+    clean exit), when it is older than :data:`STALE_AFTER_S`, or when the caller found its
+    process gone (``process_gone``: a crash or a kill leaves no ``stopped_at``).
+    """
     now = time.time() if now is None else now
     if not report:
         return Health(
@@ -220,12 +227,20 @@ def assess(report: Mapping[str, Any] | None, *, now: float | None = None) -> Hea
         )
     age = now - float(report.get("written_at", 0) or 0)
     problems: list[Problem] = []
-    running = age <= STALE_AFTER_S
+    stopped_at = report.get("stopped_at")
+    running = age <= STALE_AFTER_S and not stopped_at and not process_gone
     if not running:
+        why = (
+            f"it stopped {max(0.0, now - float(stopped_at)):.0f} s ago"
+            if stopped_at
+            else "its process is gone"
+            if process_gone and age <= STALE_AFTER_S
+            else f"its last report is {age:.0f} s old"
+        )
         problems.append(
             Problem(
                 "agent.stopped",
-                f"the agent is not running: its last report is {age:.0f} s old",
+                f"the agent is not running: {why}",
                 "systemctl status dho-agent; journalctl -u dho-agent -b says why",
                 Concern.FAULT,
             )

@@ -37,6 +37,16 @@ def write_status(path: Path, report: Mapping[str, Any]) -> None:
     write_atomic(path, body, dir_mode=0o755)
 
 
+def mark_stopped(path: Path, *, now: float | None = None) -> None:
+    """Say in the last report that the agent has stopped (its clean exit), so that nobody
+    reads the report's "connected" as current until it is old."""
+    report = read_status(path)
+    if report is None:
+        return
+    report["stopped_at"] = time.time() if now is None else now
+    write_status(path, report)
+
+
 def read_status(path: Path) -> dict[str, Any] | None:
     """The last report, or None when there is none."""
     try:

@@ -198,6 +198,14 @@ def enroll_command(
         str | None, typer.Option(envvar="DHO_ENROL_PASSWORD", help="Its password.")
     ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the service.")] = 30.0,
+    allow_list: Annotated[
+        bool,
+        typer.Option(
+            "--allow-list",
+            help="Only write the agent's network allow-list for the broker again (an enrolled "
+            "box whose broker moved).",
+        ),
+    ] = False,
     root: RootOpt = Path("/"),
     as_json: JsonOpt = False,
 ) -> None:
@@ -208,10 +216,22 @@ def enroll_command(
     Offline: --export-request FILE, take the file to the service, then
     dho-provision enroll TOKEN --import BUNDLE with what the service gives back.
     """
-    from provisioning import enroll
+    from provisioning import allowlist, enroll
     from provisioning.identity import require_identity
 
     layout = BoxLayout(root)
+    if allow_list:
+        ident = require_identity(layout, enrolled=True)
+        prefixes, _ = allowlist.write(layout, str(ident.broker_host))
+        if as_json:
+            echo_json({"box_id": ident.box_id, "allow_list": prefixes})
+            return
+        console().print(
+            f"network allow-list: the agent may reach {ident.broker_host} at "
+            f"{' '.join(prefixes)} ({allowlist.DROPIN})",
+            markup=False,
+        )
+        return
     if export_request is not None:
         ident = enroll.export_request(layout, export_request)
         if as_json:
@@ -238,17 +258,35 @@ def enroll_command(
         )
         with console().status(f"enrolling with {desk.host}:{desk.port} ..."):
             done = enroll.enroll_online(layout, token, desk, timeout=timeout)
+    allowed: list[str] | None = None
+    allow_error: ProvisionError | None = None
+    try:
+        allowed, _ = allowlist.write(layout, str(done.broker_host))
+    except ProvisionError as exc:
+        allow_error = exc
     if as_json:
-        echo_json(done.public())
-        return
-    out = console()
-    out.print(
-        f"enrolled: box {done.box_id} uploads to {done.broker_host}:{done.broker_port}",
-        markup=False,
-    )
-    out.print(f"service key SHA-256: {done.service_key_sha256}", markup=False)
-    out.print(f"patients bound at the service: {len(done.patients)}", markup=False)
-    out.print("next: dho-provision assign ... for each device, then dho-provision selftest")
+        echo_json({**done.public(), "allow_list": allowed})
+    else:
+        out = console()
+        out.print(
+            f"enrolled: box {done.box_id} uploads to {done.broker_host}:{done.broker_port}",
+            markup=False,
+        )
+        out.print(f"service key SHA-256: {done.service_key_sha256}", markup=False)
+        out.print(f"patients bound at the service: {len(done.patients)}", markup=False)
+        if allowed is not None:
+            out.print(
+                f"network allow-list: the agent may reach {' '.join(allowed)} ({allowlist.DROPIN})",
+                markup=False,
+            )
+        out.print("next: dho-provision assign ... for each device, then dho-provision selftest")
+    if allow_error is not None:
+        raise ProvisionError(
+            f"enrolled, but the agent's network allow-list was not written: {allow_error}",
+            next_step="dho-provision enroll --allow-list once the name resolves (until then "
+            "the agent cannot reach the broker; readings stay buffered)",
+            code=ExitCode.UNREACHABLE,
+        )
 
 
 FamilyArg = Annotated[

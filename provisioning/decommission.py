@@ -7,7 +7,8 @@ and asks. Then, in this order:
 2. unpair its Bluetooth devices,
 3. crypto-shred the buffer (its data keys and key-encryption key are destroyed, then the
    files are removed),
-4. wipe the identity (keys, certificate, CSR, the pinned service keys, ``identity.json``),
+4. wipe the identity (keys, certificate, CSR, the pinned service keys, ``identity.json``,
+   the unit's network allow-list for the broker),
 5. remove the patient references, device addresses and serials (``[[devices]]``) and
    ``[uplink]`` from ``agent.toml``, and the status report and uplink state,
 6. remove the sealed buffer credential, when one is used.
@@ -27,7 +28,7 @@ from typing import Any
 from agent.status import read_status
 from dho_protocol import enrolment as wire
 from dho_protocol import topics
-from provisioning import boxconfig
+from provisioning import allowlist, boxconfig
 from provisioning.fsutil import wipe
 from provisioning.identity import load_identity
 from provisioning.layout import IDENTITY_FILES, BoxLayout
@@ -231,6 +232,7 @@ def wipe_identity(layout: BoxLayout) -> str:
     n = sum(wipe(layout.host(p)) for p in IDENTITY_FILES.values())
     n += wipe(layout.identity_file)
     n += wipe(layout.host("/etc/dho-gateway/enrol-request.json"))
+    n += allowlist.remove(layout)
     return f"{n} file(s) wiped"
 
 

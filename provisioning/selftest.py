@@ -73,6 +73,7 @@ class Selftest:
             self.buffer_key,
             self.adapter,
             self.serial_ports,
+            self.allow_list,
             self.broker,
         ]
         for step in steps:
@@ -295,6 +296,35 @@ class Selftest:
             )
         else:
             self.add("serial ports", PASS, f"{len(serial)} port(s) present")
+
+    def allow_list(self) -> None:
+        """The unit's network allow-list lets the agent reach the broker's addresses now."""
+        from provisioning import allowlist
+
+        cfg = self.cfg
+        if cfg is None or cfg.uplink is None:
+            self.add("allow-list", SKIP, "not enrolled: no broker to allow")
+            return
+        allowed = allowlist.read(self.layout)
+        if allowed is None:
+            self.add(
+                "allow-list",
+                FAIL,
+                f"{allowlist.DROPIN} is missing: the agent's sandbox refuses the broker",
+                "dho-provision enroll --allow-list",
+            )
+            return
+        now = allowlist.resolve(cfg.uplink.host)
+        missing = [p for p in now if p not in allowed]
+        if missing:
+            self.add(
+                "allow-list",
+                FAIL,
+                f"{cfg.uplink.host} is now at {' '.join(missing)}, which the agent may not reach",
+                "dho-provision enroll --allow-list",
+            )
+            return
+        self.add("allow-list", PASS, f"the agent may reach {cfg.uplink.host} ({' '.join(now)})")
 
     def broker(self) -> None:
         """TLS with the broker, as this box (no MQTT session is touched)."""

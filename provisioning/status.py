@@ -84,8 +84,14 @@ def collect(layout: BoxLayout, *, now: float | None = None) -> dict[str, Any]:
     cfg = boxconfig.agent_config(layout)
     ident = load_identity(layout)
     report = read_status(cfg.state_dir / "status.json") or {}
-    health: Health = assess(report or None, now=now)
-    up = report.get("uplink", {}) if health.running else {}
+    pid = report.get("pid")
+    health: Health = assess(
+        report or None, now=now, process_gone=pid is not None and not pid_alive(pid)
+    )
+    # The link state is only believed from a running agent; delivery counters are history
+    # (shown "from then" when the agent has stopped).
+    sent = report.get("uplink", {}) if isinstance(report.get("uplink"), dict) else {}
+    up = sent if health.running else {}
     buf = report.get("buffer", {})
     try:
         disk = shutil.disk_usage(cfg.state_dir if cfg.state_dir.exists() else layout.root)
@@ -93,7 +99,6 @@ def collect(layout: BoxLayout, *, now: float | None = None) -> dict[str, Any]:
     except OSError:
         disk_info = {}
     disk_info.update(used_by_buffer=buf.get("used_bytes"), buffer_cap_bytes=buf.get("cap_bytes"))
-    pid = report.get("pid")
     return {
         "box_id": ident.box_id if ident else None,
         "enrolled": bool(ident and ident.enrolled),
@@ -102,20 +107,25 @@ def collect(layout: BoxLayout, *, now: float | None = None) -> dict[str, Any]:
             "running": health.running,
             "report_age_s": None if health.age_s is None else round(health.age_s, 1),
             "report_written_at": report.get("written_at"),
+            "stopped_at": report.get("stopped_at"),
             "pid": pid,
         },
         "devices": _device_rows(layout, cfg, report),
         "backlog_by_lane": buf.get("pending", {}),
         "claimed": buf.get("claimed"),
         "link": up.get("link", "unknown (agent not running)" if report else "unknown"),
+        "link_reason": up.get("link_reason"),
         "delivery": {
-            "last_error": up.get("last_error"),
-            "last_acknowledged_upload": up.get("last_upload_unix"),
-            "batches_acknowledged": up.get("batches_acked"),
-            "readings_acknowledged": up.get("readings_acked"),
-            "batches_refused": up.get("batches_refused"),
-            "last_refusal": up.get("last_refusal"),
-            "batches_unacknowledged": up.get("acks_timed_out"),
+            "last_error": sent.get("last_error"),
+            "last_acknowledged_upload": sent.get("last_upload_unix"),
+            "batches_acknowledged": sent.get("batches_acked"),
+            "readings_acknowledged": sent.get("readings_acked"),
+            "batches_refused": sent.get("batches_refused"),
+            "last_refusal": sent.get("last_refusal"),
+            "batches_unacknowledged": sent.get(
+                "batches_unacknowledged", sent.get("acks_timed_out")
+            ),
+            "batches_in_flight": sent.get("batches_in_flight"),
         },
         "clock": {
             "now": dt.datetime.fromtimestamp(now, dt.UTC).isoformat(timespec="seconds"),
@@ -160,6 +170,11 @@ def render(data: Mapping[str, Any], *, now: float | None = None) -> None:
     head.add_column()
     if agent["running"]:
         head.add_row("agent", f"running (report {agent['report_age_s']} s old)")
+    elif agent.get("stopped_at"):
+        head.add_row(
+            "agent",
+            f"[red]STOPPED[/red] {_when(agent['stopped_at'], now)}; what follows is from then",
+        )
     elif agent["report_written_at"]:
         head.add_row(
             "agent",
@@ -169,7 +184,8 @@ def render(data: Mapping[str, Any], *, now: float | None = None) -> None:
     else:
         head.add_row("agent", "[red]has never reported[/red]")
     head.add_row("enrolled", f"yes, uploads to {data['service']}" if data["enrolled"] else "no")
-    head.add_row("link", str(data["link"]))
+    reason = data.get("link_reason")
+    head.add_row("link", str(data["link"]) + (f" ({reason})" if reason else ""))
     d = data["delivery"]
     head.add_row("last acknowledged upload", _when(d["last_acknowledged_upload"], now))
     head.add_row(

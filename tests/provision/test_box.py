@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 import tomllib
 from collections.abc import Iterator
@@ -119,6 +120,36 @@ def test_status_does_not_believe_a_stopped_agent(service: Service, tmp_path: Pat
     assert "connected" not in table.stdout.split("link", 1)[1].splitlines()[0]
 
 
+@pytest.mark.parametrize("how", ["clean-exit", "killed"])
+def test_status_knows_at_once_that_the_agent_stopped(
+    service: Service, tmp_path: Path, how: str
+) -> None:
+    """A fresh report is not believed once the agent has gone: its clean exit marks the
+    report ``stopped_at``; a killed agent's process is gone."""
+    from agent.status import mark_stopped
+
+    box = enrolled_box(service, tmp_path, f"box-status-{how}")
+    write_report(box, uplink={"link": "connected", "batches_unacknowledged": 2})
+    report = box / "var/lib/dho-gateway/status.json"
+    if how == "clean-exit":
+        mark_stopped(report)
+    else:
+        child = subprocess.Popen(["true"])
+        child.wait()
+        data = json.loads(report.read_text())
+        data["pid"] = child.pid
+        report.write_text(json.dumps(data))
+    out = json.loads(provision("status", "--root", box, "--json").stdout)
+    assert out["agent"]["running"] is False
+    assert out["agent"]["report_age_s"] < 45
+    assert out["link"].startswith("unknown")
+    stopped = [p["what"] for p in out["problems"] if p["code"] == "agent.stopped"]
+    assert stopped, out["problems"]
+    assert ("stopped" if how == "clean-exit" else "process is gone") in stopped[0]
+    table = provision("status", "--root", box).stdout
+    assert ("STOPPED" if how == "clean-exit" else "NOT RUNNING") in table
+
+
 def test_status_shows_a_service_that_refuses_every_batch(service: Service, tmp_path: Path) -> None:
     box = enrolled_box(service, tmp_path, "box-status-3")
     write_report(
@@ -133,6 +164,13 @@ def test_status_shows_a_service_that_refuses_every_batch(service: Service, tmp_p
     out = json.loads(provision("status", "--root", box, "--json").stdout)
     assert out["health"] == "fault"
     assert any("refused 12 batch" in p["what"] for p in out["problems"])
+    assert out["delivery"]["batches_refused"] == 12
+    assert out["delivery"]["last_acknowledged_upload"] is None
+    table = provision("status", "--root", box).stdout
+    assert "refused / unacknowledged" in table
+    assert "REJECTED_FORBIDDEN" in table
+    assert "last acknowledged upload" in table
+    assert "never" in table
 
 
 # --- selftest ---------------------------------------------------------------------------------
@@ -150,6 +188,7 @@ def test_selftest_passes_on_a_good_box(
     checks = _checks(done)
     assert done.exit_code == 0, done.output
     assert checks["broker"]["result"] == "pass"
+    assert checks["allow-list"]["result"] == "pass", checks["allow-list"]
     assert "with this box's certificate" in checks["broker"]["detail"]
     assert checks["bluetooth"]["result"] in ("pass", "warn")
     assert checks["certificate"]["result"] == "pass"

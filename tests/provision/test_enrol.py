@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from provisioning import enroll as enroll_module
-from provisioning.ui import ExitCode
+from provisioning.ui import ExitCode, ProvisionError
 from receiver.localstack import free_port
 from receiver.store import SqliteStore
 from tests.provision.conftest import Service, fresh_box, provision, receiver
@@ -51,6 +51,10 @@ def test_a_fresh_box_enrols_with_a_token(service: Service, tmp_path: Path) -> No
         "signing_key_file": "/etc/dho-gateway/box-signing.pem",
         "service_key_file": "/etc/dho-gateway/service.pub",
     }
+    # The agent's sandbox may reach the broker now (and nothing else but loopback).
+    dropin = box / "etc/systemd/system/dho-agent.service.d/50-uplink-address.conf"
+    assert "[Service]\nIPAddressAllow=127.0.0.1/32\n" in dropin.read_text()
+    assert "network allow-list: the agent may reach 127.0.0.1/32" in done.stdout
     ident = _identity(box)
     store = SqliteStore(service.receiver.db)
     try:
@@ -167,3 +171,28 @@ def test_tokens_are_listed_without_their_secret(service: Service) -> None:
     for f in (desk, desk.with_name(desk.name + "-wal")):
         if f.exists():
             assert token.replace("-", "").encode() not in f.read_bytes()
+
+
+def test_the_allow_list_follows_the_broker(tmp_path: Path) -> None:
+    """Addresses become host prefixes; a name resolves to all its addresses; an unknown name
+    is exit 69 with a next step; ``enroll --allow-list`` needs an enrolled box."""
+    from provisioning import allowlist
+    from provisioning.layout import BoxLayout
+
+    assert allowlist.resolve("198.51.100.17") == ["198.51.100.17/32"]
+    assert allowlist.resolve("2001:db8:17::1") == ["2001:db8:17::1/128"]
+    assert "127.0.0.1/32" in allowlist.resolve("localhost")
+    with pytest.raises(ProvisionError) as err:
+        allowlist.resolve("no-such-broker.invalid")
+    assert err.value.code == ExitCode.UNREACHABLE
+    layout = BoxLayout(tmp_path)
+    assert allowlist.read(layout) is None
+    assert allowlist.write(layout, "198.51.100.17") == (["198.51.100.17/32"], True)
+    assert allowlist.write(layout, "198.51.100.17") == (["198.51.100.17/32"], False)
+    assert allowlist.read(layout) == ["198.51.100.17/32"]
+    assert allowlist.remove(layout) is True
+    assert allowlist.read(layout) is None
+    box = fresh_box(tmp_path / "box", "box-not-enrolled")
+    done = provision("enroll", "--allow-list", "--root", box)
+    assert done.exit_code == ExitCode.NOT_READY, done.output
+    assert "not enrolled" in done.stderr

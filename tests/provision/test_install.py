@@ -126,9 +126,28 @@ def _verify(root: Path, unit: str) -> None:
 @needs_root
 @pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze not installed")
 def test_systemd_analyze_verify_passes_on_the_installed_box(tmp_path: Path) -> None:
+    from provisioning import allowlist
+    from provisioning.layout import BoxLayout
+
     assert provision("install", "--root", tmp_path).exit_code == 0
     _image_for_verify(tmp_path, "dho-agent")
     _verify(tmp_path, "dho-agent.service")
+    # Enrolled: with the broker's allow-list drop-in (written by enroll) too.
+    allowlist.write(BoxLayout(tmp_path), "198.51.100.17")
+    _verify(tmp_path, "dho-agent.service")
+    shown = subprocess.run(
+        [
+            str(SYSTEMD_ANALYZE),
+            "cat-config",
+            f"--root={tmp_path}",
+            "systemd/system/dho-agent.service",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "IPAddressAllow=198.51.100.17/32" in shown.stdout
 
 
 @needs_root
