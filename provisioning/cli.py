@@ -456,6 +456,13 @@ def assign_command(
     serial_number: Annotated[
         str, typer.Option("--serial-number", help="Serial number (BLE; read at pairing).")
     ] = "",
+    family: Annotated[
+        str | None,
+        typer.Option(
+            help="Serial: the device family (contec, nonin-df1, nonin-df8, masimo, "
+            "beurer-bm65, ...); detected on the port when not given."
+        ),
+    ] = None,
     settings: Annotated[
         list[str] | None,
         typer.Option("--set", help="More KEY=VALUE for the device's table (repeat)."),
@@ -466,8 +473,9 @@ def assign_command(
     """Assign a device to a patient without pairing: writes its [[devices]] table.
 
     For Bluetooth devices that pair by Just Works (the agent pairs them itself), serial
-    devices and the CPAP's SD card. The table is checked as the agent checks it; an error
-    names the key.
+    devices (the family is found on the port unless --family is given; see
+    dho-provision serial) and the CPAP's SD card. The table is checked as the agent checks
+    it; an error names the key.
     """
     from provisioning import devices
 
@@ -475,7 +483,14 @@ def assign_command(
     extra = dict(_value(s) for s in settings or [])
     table: dict[str, Any]
     if kind == "serial":
-        table = {"transport": "serial", "port": target, "patient": patient, **extra}
+        chosen = family or extra.pop("family", None) or devices.detect_serial_family(target)
+        table = {
+            "transport": "serial",
+            "family": chosen,
+            "port": target,
+            "patient": patient,
+            **extra,
+        }
     elif kind in ("cpap-card", "cpap"):
         table = {"transport": "cpap-card", "family": "resmed", "path": target, "patient": patient}
         table.update(extra)
@@ -550,6 +565,92 @@ def scan_command(
     found = scan(adapter, timeout, assigned, live=not as_json)
     if as_json:
         echo_json(found)
+
+
+@app.command("serial")
+def serial_command(
+    ports: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="[PORT]...", help="Probe only these ports (default: every one)."),
+    ] = None,
+    probe: Annotated[
+        bool, typer.Option(help="Find out what answers on each port (about 8 s a port).")
+    ] = True,
+    root: RootOpt = Path("/"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Serial ports (USB adapters, their stable names) and what answers on each.
+
+    Each port is probed with the agent's own codecs: listening first (Nonin, Masimo, Contec
+    protocol A stream by themselves), then asking (Contec protocol B, the Beurer BM65
+    cuff). A port the running agent holds is not touched: its report is shown instead.
+    Then: dho-provision assign serial PORT --patient REF (the family is detected).
+    """
+    from provisioning import devices, serialprobe
+    from provisioning.status import reported_devices
+
+    layout = BoxLayout(root)
+    try:
+        cfg = boxconfig_config(layout)
+    except ProvisionError:
+        cfg = None
+    assigned = devices.serial_assignments(cfg)
+    found = serialprobe.list_ports(assigned, ports or ())
+    if ports:
+        wanted = set(ports)
+        found = [p for p in found if wanted & {p.path, *p.names, p.tty or ""}]
+    held: dict[str, Any] = {}
+    if cfg is not None and devices.agent_running(layout) is not None:
+        from agent.status import read_status
+
+        report = read_status(cfg.state_dir / "status.json") or {}
+        for entry in reported_devices(report).values():
+            if "port" in entry:
+                held[str(entry["port"])] = entry
+    if probe and found:
+        if as_json:
+            serialprobe.probe_ports(found, held=held)
+        else:
+            done: list[str] = []
+            with console().status(f"probing {len(found)} port(s) ...") as spinner:
+
+                def tick(port: Any) -> None:
+                    done.append(port.path)
+                    spinner.update(f"probing: {len(done)} of {len(found)} port(s) done ...")
+
+                serialprobe.probe_ports(found, held=held, progress=tick)
+    if as_json:
+        echo_json(serialprobe.as_json(found))
+        return
+    _serial_table(found, probe)
+
+
+def _serial_table(found: list[Any], probed: bool) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{len(found)} serial port(s)")
+    for col in ("port", "now", "adapter", "assigned here", "what answers"):
+        table.add_column(col, overflow="fold")
+    for p in found:
+        adapter = " ".join(x for x in (p.description, p.usb_id and f"[{p.usb_id}]") if x)
+        answer = p.answer if probed else "-"
+        if p.family:
+            answer = f"{p.family}: {answer}"
+        table.add_row(p.path, p.tty or "absent", adapter or "-", p.assigned or "", answer)
+    out = console()
+    out.print(table, markup=False)
+    if not found:
+        out.print(
+            "no serial port found: plug the device's USB cable in (dmesg shows the adapter)",
+            markup=False,
+        )
+        return
+    free = [p for p in found if p.family and not p.assigned and not p.answer.startswith("held")]
+    for p in free:
+        out.print(
+            f"next: dho-provision assign serial {p.path} --patient REF (found {p.family})",
+            markup=False,
+        )
 
 
 @app.command("status")

@@ -40,8 +40,49 @@ def agent_running(layout: BoxLayout) -> int | None:
     report = read_status(cfg.state_dir / "status.json")
     if not report or time.time() - float(report.get("written_at", 0) or 0) > 45:
         return None
+    if report.get("stopped_at"):
+        return None
     pid = report.get("pid")
     return int(pid) if pid is not None and pid_alive(pid) else None
+
+
+def serial_assignments(cfg: Any) -> dict[str, str]:
+    """Configured serial ports and the log id of the device on each."""
+    from agent.drivers.registry import validate_device_table
+
+    found: dict[str, str] = {}
+    for i, table in enumerate(cfg.devices if cfg is not None else ()):
+        if table.get("transport") != "serial" or not table.get("port"):
+            continue
+        try:
+            log_id = str(validate_device_table(i, table).settings.log_id)
+        except Exception:  # noqa: BLE001 - a broken table still names its port
+            log_id = f"#{i}"
+        found[str(table["port"])] = log_id
+    return found
+
+
+def detect_serial_family(port: str) -> str:
+    """The family that answers on ``port`` (for ``assign serial`` without ``--family``)."""
+    import asyncio
+
+    from provisioning.serialprobe import probe
+
+    if not os.path.exists(port):
+        raise ProvisionError(
+            f"no serial port {port}",
+            next_step="plug the device in; dho-provision serial lists the ports",
+            code=ExitCode.HARDWARE,
+        )
+    heard = asyncio.run(probe(port))
+    if heard.family is None:
+        raise ProvisionError(
+            f"nothing known answers on {port} ({heard.detail})",
+            next_step="switch the device on (and into its PC-link mode), check the cable; or "
+            "give --family",
+            code=ExitCode.HARDWARE,
+        )
+    return heard.family
 
 
 def systemd_manages(layout: BoxLayout) -> bool:

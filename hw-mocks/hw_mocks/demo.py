@@ -3,14 +3,17 @@
 The service side is real: Mosquitto with TLS (client certificates, the project's ACL, the
 enrolment listener) and the reference receiver with its enrolment desk, writing SQLite.
 The home is simulated where nothing else can exist here: a mock BlueZ on a private D-Bus
-with a blood-pressure cuff and a pulse oximeter (the real bleak talks to it), and a CPAP's
-SD card made from the real AirSense 10 card. Between the box and the broker sits the mobile
-link (:class:`hw_mocks.link.MobileLink`), which the demo cuts for a while.
+with a blood-pressure cuff and a pulse oximeter (the real bleak talks to it), a Nonin pulse
+oximeter on a USB-serial cable (a pseudo-terminal under a ``/dev/serial/by-path``-style name;
+the real pyserial reads it), and a CPAP's SD card made from the real AirSense 10 card.
+Between the box and the broker sits the mobile link (:class:`hw_mocks.link.MobileLink`),
+which the demo cuts for a while.
 
 The box is provisioned exactly as a technician does it, with the same commands:
 ``dho-provision install --root DIR``, ``init``, ``enroll TOKEN`` (a token the service's
-operator issued with ``dho-receiver token``), ``pair`` for each Bluetooth device, ``assign``
-for the card, ``selftest``. Then the agent runs on that box, the screen shows what each
+operator issued with ``dho-receiver token``), ``pair`` for each Bluetooth device, ``serial``
+to see what answers on the serial port and ``assign serial`` for it (its family is detected),
+``assign`` for the card, ``selftest``. Then the agent runs on that box, the screen shows what each
 device produced, what the box holds and what the service received; the link goes down while
 capture goes on, comes back, and the backlog drains.
 
@@ -44,6 +47,7 @@ from hw_mocks.bluez.devices import AndCuff, PlxOximeter
 from hw_mocks.bluez.payloads import BloodPressureRecord, PlxContinuousSample, PlxSpotRecord
 from hw_mocks.bluez.threaded import ThreadedMockBlueZ
 from hw_mocks.link import MobileLink
+from hw_mocks.serial import Nonin
 
 BOX_ID: Final = "box-demo-0001"
 PATIENT: Final = "DEMO-PATIENT-1"
@@ -90,6 +94,8 @@ class Demo:
         self.timeline: list[str] = []
         self.devices: list[Device] = []
         self.env = dict(os.environ)
+        self.stack = contextlib.ExitStack()
+        self.backlog_peak = 0
 
     # -- output -------------------------------------------------------------------------------
 
@@ -174,6 +180,7 @@ class Demo:
                     else:
                         os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = previous
         finally:
+            self.stack.close()
             await link.close()
             await asyncio.to_thread(rx.stop)
             await asyncio.to_thread(broker.stop)
@@ -183,6 +190,14 @@ class Demo:
         from hw_mocks.cpap.generator import MockCard
 
         now = datetime.now().replace(microsecond=0)
+        nonin = Nonin(
+            self.serial_port(),
+            data_format="df8",
+            values=[(97, 66), (96, 67), (97, 65), (95, 68)],
+            # four of its one-second frames a second: the demo's time runs fast
+            interval=0.25,
+        ).start()
+        self.stack.callback(nonin.stop)
         cuff = AndCuff(
             records=[
                 BloodPressureRecord(128, 82, pulse=64, timestamp=now - timedelta(hours=20)),
@@ -218,6 +233,11 @@ class Demo:
                 lambda: -1,
             ),
             Device(
+                "pulse oximeter Nonin, DF8 stream (USB serial)",
+                ["assign", "serial", nonin.path],
+                lambda: -1,
+            ),
+            Device(
                 "CPAP ResMed AirSense 10 (SD card)",
                 ["assign", "cpap-card", str(card.root)],
                 lambda: -1,
@@ -226,9 +246,16 @@ class Demo:
         self.extra: dict[str, list[Any]] = {"cuff": [], "nights": []}
         self.say(
             "home: an A&D cuff with 3 measurements in its memory, a PLX oximeter with 2 stored "
-            "spot checks that streams SpO2 and pulse, a CPAP card with 2 nights"
+            "spot checks that streams SpO2 and pulse (Bluetooth), a Nonin oximeter streaming "
+            f"on a USB-serial cable ({nonin.path}), a CPAP card with 2 nights"
         )
-        return {"cuff": cuff, "oximeter": oximeter, "card": card}
+        return {"cuff": cuff, "oximeter": oximeter, "nonin": nonin, "card": card}
+
+    def serial_port(self) -> Path:
+        """The stable name of the simulated USB-serial cable (as udev's by-path link)."""
+        folder = self.work / "dev" / "serial" / "by-path"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / "platform-fd500000.pcie-pci-0000:01:00.0-usb-0:1.3:1.0-port0"
 
     async def provision(self, config: Path, desk: list[str], home: dict[str, Any]) -> None:
         """The technician's commands, and the one the service's operator runs."""
@@ -243,6 +270,8 @@ class Demo:
         self.say(f"(the service's operator issued the one-time token {token} for {BOX_ID})")
         await self.sh("dho-provision", "enroll", token, "--root", box)
         for dev in self.devices:
+            if dev.command[:2] == ["assign", "serial"]:
+                await self.sh("dho-provision", "serial", dev.command[2], "--root", box)
             await self.sh("dho-provision", *dev.command, "-p", PATIENT, "--root", box)
         await self.sh("dho-provision", "selftest", "--root", box, check=False)
 
@@ -278,6 +307,10 @@ class Demo:
         finally:
             store.close()
         c.received_total = sum(c.received.values())
+        # The box's report is a moment older than the service's store: whatever the service
+        # received, the box had captured, so the counts on screen always add up.
+        for key, n in c.received.items():
+            c.stored[key] = max(c.stored.get(key, 0), n)
         c.duplicates = sum(n - 1 for n in keys.values())
         buf = report.get("buffer", {})
         c.waiting = int(sum((buf.get("pending") or {}).values())) + int(buf.get("claimed") or 0)
@@ -359,9 +392,16 @@ class Demo:
             return False
 
         def spot_ok(c: Counts) -> bool:
-            cuff, oxi, cpap = (d.log_id or "" for d in self.devices)
+            cuff, oxi, _nonin, cpap = (d.log_id or "" for d in self.devices)
             return c.received.get(cuff, 0) >= self.devices[0].expected() and all(
                 c.received.get(x, 0) >= 2 for x in (oxi, cpap)
+            )
+
+        def snapshot(c: Counts) -> str:
+            captured = sum(c.stored.values())
+            return (
+                f"{captured} captured = {c.received_total} received by the service + "
+                f"{captured - c.received_total} on their way"
             )
 
         outage = max(8.0, 0.25 * self.duration)
@@ -369,9 +409,13 @@ class Demo:
             if live is not None:
                 live.start()
             await until(spot_ok, max(20.0, 0.45 * self.duration), "the first deliveries")
+            self.say(f"{time.monotonic() - start:4.0f} s  delivering: {snapshot(last)}")
             phase = f"LINK CUT for {outage:.0f} s: the box keeps capturing"
             link.down()
-            self.timeline.append(f"link down at {time.monotonic() - start:.0f} s")
+            self.say(
+                f"{time.monotonic() - start:4.0f} s  the mobile link is CUT for {outage:.0f} s; "
+                "a new cuff measurement and a CPAP night arrive while it is down"
+            )
             when = datetime.now().replace(microsecond=0)
             record = BloodPressureRecord(126, 80, pulse=61, timestamp=when)
             self.extra["cuff"].append(record)
@@ -380,14 +424,37 @@ class Demo:
             home["card"].add_night(night)
             home["card"].write()
             self.extra["nights"].append(night)
-            await until(lambda c: False, outage, "")
+
+            def offline(c: Counts) -> bool:
+                self.backlog_peak = max(self.backlog_peak, c.waiting)
+                return False
+
+            await until(offline, outage, "")
+            self.say(
+                f"{time.monotonic() - start:4.0f} s  link still down: {snapshot(last)} "
+                f"(the encrypted buffer held up to {self.backlog_peak} not yet acknowledged)"
+            )
             phase = "link back: the backlog drains"
             link.up()
-            self.timeline.append(f"link up at {time.monotonic() - start:.0f} s")
+            back = time.monotonic()
+            self.say(f"{back - start:4.0f} s  the link is back; the backlog drains")
             remaining = max(20.0, self.duration - (time.monotonic() - start))
             await until(spot_ok, remaining, "the measurement taken while offline")
-            phase = "the oximeter is taken off; the last readings drain"
-            bluez.call(lambda m: setattr(home["oximeter"], "repeat", False))
+            self.say(
+                f"{time.monotonic() - start:4.0f} s  the offline measurements reached the "
+                f"service {time.monotonic() - back:.0f} s after the link came back: "
+                f"{snapshot(last)}"
+            )
+            phase = "the oximeters are taken off; the last readings drain"
+            oximeter = home["oximeter"]
+
+            def take_off(_m: Any) -> None:
+                oximeter.repeat = False
+                oximeter.set_advertising(False)
+                oximeter.disconnect()
+
+            bluez.call(take_off)
+            home["nonin"].unplug()
             settle: dict[str, Any] = {"stored": -1, "since": time.monotonic()}
 
             def drained(c: Counts) -> bool:
@@ -398,6 +465,7 @@ class Demo:
                 return quiet and c.waiting == 0 and c.received_total >= total
 
             await until(drained, 90.0, "the backlog to drain")
+            self.say(f"{time.monotonic() - start:4.0f} s  drained: {snapshot(last)}")
         finally:
             if live is not None:
                 live.stop()
@@ -451,11 +519,16 @@ class Demo:
         per_device = {
             d.label: {
                 "id": d.log_id,
-                "captured": last.stored.get(d.log_id or "", 0),
+                "captured": max(
+                    last.stored.get(d.log_id or "", 0), final.received.get(d.log_id or "", 0)
+                ),
                 "received": final.received.get(d.log_id or "", 0),
             }
             for d in self.devices
         }
+        # Readings closed as the agent stopped (a stream's last chunk) are in the buffer but
+        # in no report yet: their own row, so that the table adds up.
+        unattributed = produced - sum(int(v["captured"] or 0) for v in per_device.values())
         ok = lost == 0 and final.duplicates == 0 and not leaks
         if self.out is not None:
             self.out.print()
@@ -464,6 +537,8 @@ class Demo:
                 t.add_column(col, justify="left" if col == "device" else "right")
             for label, v in per_device.items():
                 t.add_row(label, str(v["captured"]), str(v["received"]))
+            if unattributed > 0:
+                t.add_row("closed as the agent stopped (still on the box)", str(unattributed), "0")
             t.add_row("[bold]total[/bold]", str(produced), str(delivered))
             self.out.print(t)
             self.out.print(
@@ -490,6 +565,7 @@ class Demo:
             "waiting": waiting,
             "devices": per_device,
             "link_outages": link.outages,
+            "backlog_peak": self.backlog_peak,
             "patient_in_clear": leaks,
             "box_dir": str(self.box),
             "seconds": round(took, 1),

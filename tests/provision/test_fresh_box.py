@@ -130,6 +130,33 @@ def test_the_demo_delivers_everything_once_and_keeps_the_box_under_its_directory
     assert summary["produced"] == summary["delivered"] + summary["waiting"]
     assert summary["patient_in_clear"] == []
     assert summary["link_outages"] == 1
+    assert summary["backlog_peak"] > 0  # captured while the link was down, then drained
+    devices = summary["devices"]
+    assert len(devices) == 4
+    serial = devices["pulse oximeter Nonin, DF8 stream (USB serial)"]
+    assert serial["received"] >= 1  # the oximeter on the pty
+    assert serial["captured"] == serial["received"]
+    cuff = devices["blood-pressure cuff A&D UA-651BLE (Bluetooth)"]
+    assert cuff["received"] == 3 + 1
+    assert len({d["id"] for d in devices.values()}) == 4  # every device told apart
+    assert sum(d["captured"] for d in devices.values()) <= summary["produced"]
+    # What the technician ran, in order, with the same CLI.
+    shown = [line for line in done.stderr.splitlines() if line.startswith("$ ")]
+    for command in (
+        "dho-provision install",
+        "dho-provision init",
+        "dho-receiver token",
+        "dho-provision enroll",
+        "dho-provision pair and-bpm",
+        "dho-provision pair plx",
+        "dho-provision serial",
+        "dho-provision assign serial",
+        "dho-provision assign cpap-card",
+        "dho-provision selftest",
+    ):
+        assert any(line.startswith(f"$ {command}") for line in shown), command
+    assert "the mobile link is CUT" in done.stderr
+    assert "drained:" in done.stderr
     for f in (
         "etc/dho-gateway/box.crt",
         "etc/dho-gateway/agent.toml",

@@ -130,6 +130,11 @@ class SerialDevice:
         return FAMILIES[self.family]
 
     @property
+    def log_id(self) -> str:
+        """The device's id in logs, status and provisioning (as the other transports')."""
+        return self.identity.log_id
+
+    @property
     def identity(self) -> DeviceIdentity:
         """The identity stored with every reading."""
         spec = self.spec
