@@ -371,7 +371,8 @@ def pair(
 
         if not as_json:
             console().print(
-                f"looking for {wanted.log_id} ({scan_timeout:.0f} s): put it in pairing mode",
+                f"looking for the {family} device {address} ({scan_timeout:.0f} s): put it in "
+                "pairing mode",
                 markup=False,
             )
         try:

@@ -405,7 +405,7 @@ def boxes_command(
                 "refusals": d.refusals,
                 "last_refusal": d.last_refusal,
                 "last_refusal_at": d.last_refusal_at,
-                "backlog_reported": None if rep is None else rep[1].get("backlog_by_lane"),
+                "backlog_reported": None if rep is None else _reported_backlog(rep[1]),
                 "backlog_reported_at": None if rep is None else rep[0],
             }
         )
@@ -555,6 +555,14 @@ def command_command(
         return
     typer.echo(f"{box_id} answered {name} (#{cmd.counter}):")
     typer.echo(json.dumps(answer, indent=2, sort_keys=True))
+
+
+def _reported_backlog(answer: dict[str, Any]) -> Any:
+    """The backlog by lane in a box's status-report answer (under ``status``)."""
+    status = answer.get("status")
+    if isinstance(status, dict) and "backlog_by_lane" in status:
+        return status["backlog_by_lane"]
+    return answer.get("backlog_by_lane")
 
 
 def _command_identity(config: Path) -> tuple[Path, Path]:

@@ -363,7 +363,8 @@ class ReceiverProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def _enrolment_table(self, db: Path) -> list[str]:
-        """``[enrolment]``: this receiver answers enrolment requests (docs/enrolment.md)."""
+        """``[enrolment]``: this receiver answers enrolment requests (docs/enrolment.md); and
+        ``[commands]``, so that ``dho-receiver command`` can reach its boxes."""
         ca = self.broker.pki.ca
         return [
             "[enrolment]",
@@ -373,6 +374,14 @@ class ReceiverProcess:
             f"broker_port = {self.box_port or self.broker.port}",
             f'db = "{db.with_name("desk.db")}"',
             f'crl_file = "{self.root / "boxes.crl"}"',
+            # dho-receiver command: the service's command issuer (CN dho-service in the ACL)
+            "[commands]",
+            *(
+                f'{k} = "{v}"'
+                for k, v in zip(
+                    ("cert_file", "key_file"), self.broker.pki.client("dho-service"), strict=True
+                )
+            ),
         ]
 
     @property

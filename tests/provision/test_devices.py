@@ -176,6 +176,7 @@ def test_every_command_has_help_and_completion() -> None:
         "pair",
         "assign",
         "unassign",
+        "serial",
         "status",
         "selftest",
         "decommission",

@@ -89,6 +89,19 @@ def test_install_to_delivered_readings_with_cli_commands_only(
                 time.sleep(0.5)
             assert status["link"] == "connected"
             assert status["delivery"]["last_acknowledged_upload"] is not None
+            # The service's half: a signed command to the box, answered over the uplink.
+            asked = receiver(
+                "command", "box-fresh-1", "status-report", "--config", service.config,
+                "--wait", "60", "--json",
+            )  # fmt: skip
+            assert asked.exit_code == 0, asked.output
+            answer = json.loads(asked.stdout)
+            assert answer["answered"] is True, answer
+            assert answer["answer"]["status"]["box_id"] == "box-fresh-1"
+            bad = receiver("command", "box-fresh-1", "reboot", "--config", service.config,
+                           "--wait", "30", "--json")  # fmt: skip
+            assert bad.exit_code == 0, bad.output
+            assert json.loads(bad.stdout)["answer"]["error"] == "unsupported command"
         finally:
             agent.send_signal(signal.SIGTERM)
             agent.wait(30)
@@ -100,6 +113,7 @@ def test_install_to_delivered_readings_with_cli_commands_only(
     assert fresh["readings"] == 3
     assert fresh["last_upload"] is not None
     assert fresh["refusals"] == 0
+    assert fresh["backlog_reported"] is not None  # from the status-report answer
     stopped = json.loads(provision("status", "--root", box, "--json").stdout)
     assert stopped["agent"]["running"] is False
     assert stopped["agent"]["stopped_at"] is not None
