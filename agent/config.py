@@ -10,6 +10,8 @@ key = "file"                            # or "credential:NAME" / "tpm2" (sealed 
 [uplink]                                # absent: readings stay buffered (no upload)
 host = "mqtt.dho.example"
 port = 8883
+websockets = true                       # after 3 failures on port: MQTT over WebSockets+TLS
+ws_port = 443                           # on ws_port, ws_path "/mqtt" (and back to port)
 box_id = "box-0001"                     # must be the CN of the box certificate
 ca_file = "/etc/dho-gateway/ca.pem"     # relative paths are relative to this file
 cert_file = "/etc/dho-gateway/box.crt"
@@ -101,6 +103,10 @@ class UplinkSettings:
     signing_key_file: FilePath
     service_key_file: FilePath
     port: Annotated[int, Field(strict=True, ge=1, le=65535)] = 8883
+    websockets: Annotated[bool, Field(strict=True)] = True
+    """Fall back to MQTT over WebSockets with TLS after 3 failures on ``port`` (and back)."""
+    ws_port: Annotated[int, Field(strict=True, ge=1, le=65535)] = 443
+    ws_path: Annotated[str, Field(strict=True, pattern=r"^/[A-Za-z0-9._~/-]{0,63}$")] = "/mqtt"
 
     @field_validator("host")
     @classmethod

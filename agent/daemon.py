@@ -291,6 +291,7 @@ def _load_uplink(cfg: AgentConfig, buffer: Any, commands: Any = None) -> Uplink:
         load_pem_public_key,
     )
 
+    from agent.uplink.endpoints import Endpoint
     from agent.uplink.link import LinkConfig
     from agent.uplink.sender import Uplink, UplinkConfig
 
@@ -303,7 +304,15 @@ def _load_uplink(cfg: AgentConfig, buffer: Any, commands: Any = None) -> Uplink:
         raise ConfigError(f"uplink keys: {exc}") from exc
     if not isinstance(signing, Ed25519PrivateKey) or not isinstance(service, Ed25519PublicKey):
         raise ConfigError("uplink keys must be Ed25519 (signing key private, service key public)")
-    link = LinkConfig(u.host, u.port, u.box_id, u.ca_file, u.cert_file, u.key_file)
+    link = LinkConfig(
+        u.host,
+        u.port,
+        u.box_id,
+        u.ca_file,
+        u.cert_file,
+        u.key_file,
+        fallback=Endpoint(u.ws_port, "websockets", u.ws_path) if u.websockets else None,
+    )
     return Uplink(UplinkConfig(link, signing, service, cfg.state_dir), buffer, commands=commands)
 
 

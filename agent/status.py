@@ -81,6 +81,8 @@ def status_line(report: Mapping[str, Any], now: float | None = None) -> str:
     if isinstance(uplink, Mapping) and "link" in uplink:
         link = str(uplink.get("link"))
         text = f"uplink {link}"
+        if str(uplink.get("link_path", "")).startswith("wss:"):  # the 443 fallback
+            text += f" via {uplink['link_path']}"
         if link != "connected":
             trouble = True
             if uplink.get("last_error"):

@@ -115,6 +115,7 @@ def collect(layout: BoxLayout, *, now: float | None = None) -> dict[str, Any]:
         "claimed": buf.get("claimed"),
         "link": up.get("link", "unknown (agent not running)" if report else "unknown"),
         "link_reason": up.get("link_reason"),
+        "link_path": up.get("link_path"),
         "delivery": {
             "last_error": sent.get("last_error"),
             "last_acknowledged_upload": sent.get("last_upload_unix"),
@@ -184,8 +185,11 @@ def render(data: Mapping[str, Any], *, now: float | None = None) -> None:
     else:
         head.add_row("agent", "[red]has never reported[/red]")
     head.add_row("enrolled", f"yes, uploads to {data['service']}" if data["enrolled"] else "no")
-    reason = data.get("link_reason")
-    head.add_row("link", str(data["link"]) + (f" ({reason})" if reason else ""))
+    reason, path = data.get("link_reason"), data.get("link_path")
+    head.add_row(
+        "link",
+        str(data["link"]) + (f" via {path}" if path else "") + (f" ({reason})" if reason else ""),
+    )
     d = data["delivery"]
     head.add_row("last acknowledged upload", _when(d["last_acknowledged_upload"], now))
     head.add_row(

@@ -27,6 +27,12 @@ class Endpoint:
     transport: Transport = "tcp"
     path: str = "/mqtt"
 
+    def __str__(self) -> str:
+        """``mqtts:8883`` or ``wss:443/mqtt``: the path the status shows."""
+        if self.transport == "websockets":
+            return f"wss:{self.port}{self.path}"
+        return f"mqtts:{self.port}"
+
 
 @dataclass
 class EndpointChooser:

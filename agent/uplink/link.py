@@ -12,6 +12,11 @@ a short full-jitter back-off that ends early when the network comes back (netlin
 :mod:`agent.uplink.netwatch`) or a bare TCP probe reaches the broker; a long one when the
 broker refused this box's identity. paho's own reconnect (no jitter) is not used.
 
+When attempts on the MQTT port keep failing (a network that passes only web traffic), the
+link tries MQTT over WebSockets with TLS on 443 instead, and goes back after as many failures
+there (:mod:`agent.uplink.endpoints`; a failed TCP probe counts as a failed attempt). The
+identity and TLS are the same on both; :attr:`MqttLink.path` says which is in use.
+
 TLS sessions are resumed where the broker allows it (Python's ``ssl`` session tickets): a
 reconnect then skips sending the certificate chain again.
 
@@ -31,7 +36,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -50,6 +55,7 @@ from agent.errors import (
     ClockImplausibleError,
     UplinkError,
 )
+from agent.uplink.endpoints import Endpoint, EndpointChooser
 from agent.uplink.netwatch import KernelNetworkWatch, NetworkWatch
 from agent.uplink.policy import FailureKind, ReconnectPolicy, Wait
 from dho_protocol.tls import TlsFiles, client_context
@@ -106,6 +112,9 @@ class LinkConfig:
             box vanishes without a clean disconnect.
         subscriptions: topic filters to (re)subscribe with QoS 1 after every connect.
         stable_after_s: a connection that stayed up this long resets the back-off.
+        fallback: the other way to the broker (MQTT over WebSockets with TLS on 443), tried
+            after ``fallback_after`` failed attempts or probes in a row on ``port``, and
+            left again after as many on it (:class:`~agent.uplink.endpoints.EndpointChooser`).
     """
 
     host: str
@@ -121,6 +130,8 @@ class LinkConfig:
     will_payload: bytes = b"offline"
     subscriptions: tuple[str, ...] = ()
     stable_after_s: float = 60.0
+    fallback: Endpoint | None = None
+    fallback_after: int = 3
 
     @property
     def tls_files(self) -> TlsFiles:
@@ -247,9 +258,11 @@ class TlsClient(mqtt.Client):
     """paho's client with its TLS handshake done here: session resumption, no leaked socket.
 
     paho 2.x calls ``_ssl_wrap_socket(tcp_sock)`` from ``_create_socket`` to wrap and
-    handshake the TCP socket. This override (the only paho internal the agent relies on;
-    ``tests/uplink/test_link.py`` fails loudly if a paho upgrade changes it) does the same
-    with :attr:`tls_context`, and:
+    handshake the TCP socket. This override (with ``_transport``, set by
+    :meth:`use_transport` to switch between MQTT over TLS and MQTT over WebSockets with TLS,
+    the only paho internals the agent relies on; ``tests/uplink/test_link.py`` and
+    ``tests/care/test_websockets.py`` fail loudly if a paho upgrade changes them) does the
+    same with :attr:`tls_context`, and:
 
     * offers the TLS session of the previous connection (:attr:`tls_session`), so a
       reconnect on a metered link resumes instead of sending the certificate chain again;
@@ -269,6 +282,17 @@ class TlsClient(mqtt.Client):
         ctx = context or ssl.create_default_context()  # what paho does without one
         super().tls_set_context(ctx)
         self.tls_context = ctx
+
+    def use_transport(self, endpoint: Endpoint) -> None:
+        """Make the next connection go over ``endpoint``'s transport (and WebSocket path).
+
+        paho's ``transport`` setter refuses after a failed or lost connection (it wants a
+        clean disconnect first), so this sets what the setter sets, ``_transport``, when the
+        link has closed the socket; ``tests/care/test_websockets.py`` checks it still works.
+        """
+        self.ws_set_options(path=endpoint.path)
+        if self.transport != endpoint.transport:
+            self._transport = endpoint.transport
 
     def _ssl_wrap_socket(self, tcp_sock: socket.socket) -> ssl.SSLSocket:
         ctx = self.tls_context
@@ -321,6 +345,8 @@ class MqttLink:
         self.connects = 0
         self.policy = policy or ReconnectPolicy()
         self.network: NetworkWatch = network or KernelNetworkWatch()
+        self.endpoints = EndpointChooser(Endpoint(cfg.port), cfg.fallback, cfg.fallback_after)
+        """Where attempts go: ``cfg.port`` or, after failures there, ``cfg.fallback``."""
         self._handlers = LinkHandlers(_ignore_message, _nothing, _nothing)
         self._clock_check = clock_check
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -358,6 +384,30 @@ class MqttLink:
         if self.cfg.will_topic is not None:
             client.will_set(self.cfg.will_topic, self.cfg.will_payload, qos=1, retain=True)
         return client
+
+    @property
+    def path(self) -> str:
+        """The way to the broker in use or tried next: ``mqtts:8883`` or ``wss:443/mqtt``."""
+        return str(self.endpoints.current)
+
+    @property
+    def _where(self) -> str:
+        ep = self.endpoints.current
+        ws = " (MQTT over WebSockets)" if ep.transport == "websockets" else ""
+        return f"{self.cfg.host}:{ep.port}{ws}"
+
+    def _endpoint_failed(self) -> None:
+        """An attempt or probe on the current endpoint failed: maybe switch to the other."""
+        before = self.endpoints.current
+        after = self.endpoints.failed()
+        if after != before:
+            _LOG.warning(
+                "uplink %s: %s failed %d times in a row; trying %s",
+                self.cfg.box_id,
+                before,
+                self.endpoints.after_failures,
+                after,
+            )
 
     @property
     def tls(self) -> TlsClient:
@@ -423,8 +473,10 @@ class MqttLink:
         sock = client.socket()
         # Decrypted bytes may wait inside the TLS object with nothing left on the socket;
         # the loop would not call us again for them.
-        while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and isinstance(sock, ssl.SSLSocket):
-            if sock.fileno() < 0 or not sock.pending():
+        # (paho's WebSocket wrapper passes ``pending`` on from its TLS socket.)
+        while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and sock is not None:
+            pending = getattr(sock, "pending", None)
+            if pending is None or sock.fileno() < 0 or not pending():
                 break
             rc = client.loop_read()
             sock = client.socket()
@@ -556,12 +608,14 @@ class MqttLink:
     async def _connect_loop(self) -> None:
         while True:
             self.state = LinkState.CONNECTING
-            self.reason = f"connecting to {self.cfg.host}:{self.cfg.port}"
+            self.reason = f"connecting to {self._where}"
             self.network.changed().clear()  # a change from now on may end the next wait
             try:
                 await self._connect_once()
             except UplinkError as err:
                 self._failed(err)
+                if failure_kind(err) is FailureKind.UNREACHABLE:
+                    self._endpoint_failed()
                 wait = self.policy.failed(failure_kind(err), time.monotonic())
             except Exception as err:  # noqa: BLE001 - a bug must not end the uplink
                 _LOG.exception("uplink %s: unexpected error while connecting", self.cfg.box_id)
@@ -569,6 +623,7 @@ class MqttLink:
                 wait = self.policy.failed(FailureKind.REFUSED, time.monotonic())
             else:
                 self.policy.connected()
+                self.endpoints.connected()
                 why = await self._stay_connected()
                 self.last_error = BrokerUnreachableError(f"connection lost: {why}")
                 _LOG.warning("uplink %s: connection lost (%s)", self.cfg.box_id, why)
@@ -635,13 +690,15 @@ class MqttLink:
                 _LOG.info("uplink %s: the broker is reachable again", self.cfg.box_id)
                 await asyncio.sleep(settle)
                 return
+            self._endpoint_failed()  # the next probe may go the other way
             next_probe = started + self.policy.probe_interval(time.monotonic())
 
     async def _probe(self) -> bool:
         """A bare TCP connection to the broker (no TLS): is it reachable at all?"""
         try:
             _, writer = await asyncio.wait_for(
-                asyncio.open_connection(self.cfg.host, self.cfg.port), _PROBE_TIMEOUT_S
+                asyncio.open_connection(self.cfg.host, self.endpoints.current.port),
+                _PROBE_TIMEOUT_S,
             )
         except (OSError, TimeoutError):
             return False
@@ -657,6 +714,8 @@ class MqttLink:
             ctx = _tls_context(self.cfg)
             client.tls_set_context(ctx)
             self._tls_ready = True
+        ep = self.endpoints.current
+        client.use_transport(ep)
         props = _connect_properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.cfg.session_expiry_s
         loop = asyncio.get_running_loop()
@@ -667,13 +726,13 @@ class MqttLink:
             await asyncio.to_thread(
                 client.connect,
                 self.cfg.host,
-                self.cfg.port,
+                ep.port,
                 keepalive=self.cfg.keepalive_s,
                 clean_start=mqtt.MQTT_CLEAN_START_FIRST_ONLY,
                 properties=props,
             )
         except (OSError, ValueError) as err:
-            raise classify_connect_error(err, self.cfg) from err
+            raise classify_connect_error(err, replace(self.cfg, port=ep.port)) from err
         try:
             reason = await asyncio.wait_for(self._connack, self.cfg.connect_timeout_s)
         except ConnectionError as err:
@@ -682,8 +741,7 @@ class MqttLink:
         except TimeoutError as err:
             self._close_socket()
             raise BrokerUnreachableError(
-                f"no CONNACK from {self.cfg.host}:{self.cfg.port} within "
-                f"{self.cfg.connect_timeout_s:.0f} s"
+                f"no CONNACK from {self._where} within {self.cfg.connect_timeout_s:.0f} s"
             ) from err
         if reason.is_failure:
             self._close_socket()
@@ -695,7 +753,7 @@ class MqttLink:
             raise UplinkError(f"the broker refused the connection: {name}")
 
     def _refused_before_connack(self, why: str) -> UplinkError:
-        where = f"{self.cfg.host}:{self.cfg.port}"
+        where = self._where
         if _rejects_certificate(why):
             return CertificateRejectedError(
                 f"the broker at {where} rejected this box's certificate ({why}); the box may "
@@ -716,7 +774,7 @@ class MqttLink:
         self.connected_since = time.monotonic()
         self.last_error = None
         resumed = " (TLS session resumed)" if self._client.last_resumed else ""
-        self.reason = f"connected to {self.cfg.host}:{self.cfg.port}{resumed}"
+        self.reason = f"connected to {self._where}{resumed}"
         self._connected.set()
         _LOG.info("uplink %s: %s", self.cfg.box_id, self.reason)
         self._handlers.on_up()

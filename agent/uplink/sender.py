@@ -88,6 +88,8 @@ class LinkLike(Protocol):
     def connects(self) -> int: ...
     @property
     def reason(self) -> str | None: ...
+    @property
+    def path(self) -> str: ...
     def bind(self, handlers: LinkHandlers) -> None: ...
     def publish(
         self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
@@ -153,6 +155,8 @@ class UplinkStatus:
     Attributes:
         link: ``idle``, ``connecting``, ``connected``, ``backing-off`` or ``stopped``.
         link_reason: why the link is in that state, in words a technician can act on.
+        link_path: the way to the broker in use or tried next: ``mqtts:8883``, or
+            ``wss:443/mqtt`` (MQTT over WebSockets with TLS, after failures on 8883).
         last_error: the last connection error, ``Type: message``.
         last_upload_unix: when the receiver last acknowledged a batch.
         batches_in_flight: sealed batches waiting for their acknowledgement; ``window`` how
@@ -164,6 +168,7 @@ class UplinkStatus:
     box_id: str
     link: str
     link_reason: str | None
+    link_path: str
     last_error: str | None
     last_upload_unix: float | None
     backlog_by_lane: dict[str, int]
@@ -573,6 +578,7 @@ class Uplink:
             box_id=self.box_id,
             link=str(self.link.state),
             link_reason=self.link.reason,
+            link_path=self.link.path,
             last_error=None if err is None else f"{type(err).__name__}: {err}",
             last_upload_unix=self.last_upload_unix,
             backlog_by_lane=dict(stats.pending_by_lane),

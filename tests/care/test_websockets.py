@@ -1,14 +1,21 @@
-"""The WebSocket path (issue 11): MQTT over WebSockets with TLS reaches the real Mosquitto
-with the box's own certificate while its MQTT port is blocked by nftables, and the endpoint
-policy that chooses it after failures on 8883 (pure).
+"""The WebSocket path (issue 11): MQTT over WebSockets with TLS on the broker's second port when
+its MQTT port is blocked by nftables.
 
-The nftables table has a random name and is always deleted. The box's link does not use the
-policy yet: that waits for the uplink's link rework (docs/care.md, "Limits").
+* the real agent (``run_agent`` with ``[uplink]`` as a box has it) finds 8883 refused, switches
+  to MQTT over WebSockets with TLS by itself, delivers through the real Mosquitto to the real
+  receiver exactly once, and says ``wss:`` in its status; then, with the WebSocket port
+  blocked and 8883 open again, goes back to 8883 and delivers the rest, once;
+* paho over WebSockets reaches the broker with the box's certificate, and is refused without;
+* the endpoint policy (pure).
+
+The nftables tables have random names and are always deleted.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import secrets
 import shutil
 import socket
@@ -16,20 +23,41 @@ import ssl
 import subprocess
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
+from hw_mocks.synthetic import PATIENT
 from paho.mqtt.enums import CallbackAPIVersion
 
 import dho_protocol as protocol
+from agent.config import AgentConfig, BufferSettings, UplinkSettings
+from agent.daemon import default_factories, run_agent
+from agent.status import status_line
 from agent.uplink.endpoints import Endpoint, EndpointChooser
-from receiver.localstack import MOSQUITTO, PKI, Broker
+from receiver import brokerplugin
+from receiver.localstack import MOSQUITTO, PKI, Broker, enrol
+from receiver.store import SqliteStore
+from tests.care.helpers import spot
+from tests.uplink.conftest import wait_until
 
 
 @contextlib.contextmanager
-def blocked(port: int) -> Iterator[str]:
-    """Refuse TCP connections to 127.0.0.1:``port`` (nftables, a table of our own)."""
+def blocked(port: int, *, new_only: bool = False) -> Iterator[str]:
+    """Refuse TCP to 127.0.0.1:``port`` (nftables, a table of our own).
+
+    ``new_only``: refuse new connections only (SYN), so the receivers' connections to the
+    broker, made before and standing for the service's side of the network, stay up.
+    """
     nft = shutil.which("nft")
     if nft is None:
         pytest.skip("nftables (nft) is not installed")
@@ -60,6 +88,7 @@ def blocked(port: int) -> Iterator[str]:
             "tcp",
             "dport",
             str(port),
+            *(("tcp", "flags", "&", "(syn|ack)", "==", "syn") if new_only else ()),
             "reject",
             "with",
             "tcp",
@@ -71,13 +100,22 @@ def blocked(port: int) -> Iterator[str]:
 
 
 @pytest.fixture
-def ws_broker(pki: PKI, tmp_path: Path) -> Iterator[Broker]:
+def broker(pki: PKI, tmp_path: Path) -> Iterator[Broker]:
+    """The real broker with its websockets listener (``receivers`` use it too)."""
     if not Path(MOSQUITTO).exists():
         pytest.skip("mosquitto is not installed")
+    reason = brokerplugin.unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
     b = Broker(pki, tmp_path / "broker", websockets=True)
     b.start()
     yield b
     b.stop()
+
+
+@pytest.fixture
+def ws_broker(broker: Broker) -> Broker:
+    return broker
 
 
 def connect(broker: Broker, port: int, transport: str) -> str:
@@ -161,3 +199,171 @@ def test_the_endpoint_policy() -> None:
     assert c.switches == 2
     alone = EndpointChooser(primary)
     assert [alone.failed() for _ in range(5)] == [primary] * 5
+
+
+# -- the real agent ---------------------------------------------------------------------------
+
+
+def agent_config(broker: Broker, root: Path, key: Ed25519PrivateKey) -> AgentConfig:
+    """``[uplink]`` as a provisioned box has it, with the broker's ports (no ``[care]`` pins)."""
+    files = broker.client_files("box-0001")
+    signing, service = root / "box-signing.pem", root / "service.pub"
+    root.mkdir(parents=True, exist_ok=True)
+    signing.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    service.write_bytes(
+        broker.pki.service_key.public_key().public_bytes(
+            Encoding.PEM, PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    assert broker.ws_port is not None
+    return AgentConfig(
+        state_dir=root / "state",
+        buffer=BufferSettings(reserve_mb=0),
+        uplink=UplinkSettings(
+            host="127.0.0.1",
+            port=broker.port,
+            box_id="box-0001",
+            ca_file=files.ca_file,
+            cert_file=files.cert_file,
+            key_file=files.key_file,
+            signing_key_file=signing,
+            service_key_file=service,
+            ws_port=broker.ws_port,
+        ),
+    )
+
+
+def delivered(db: Path) -> list[str]:
+    store = SqliteStore(db)
+    try:
+        return [str(r.reading.id) for r in store.readings("box-0001")]
+    finally:
+        store.close()
+
+
+def uplink_report(cfg: AgentConfig) -> dict[str, Any]:
+    try:
+        report = json.loads((cfg.state_dir / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    up = report.get("uplink")
+    return up if isinstance(up, dict) else {}
+
+
+async def test_the_agent_switches_to_websockets_when_8883_is_blocked_and_back(
+    broker: Broker, receivers: Any, tmp_path: Path
+) -> None:
+    key = Ed25519PrivateKey.generate()
+    db = tmp_path / "receiver.db"
+    enrol(db, "box-0001", key, [PATIENT])
+    receivers(1, db=db)  # connected before the block: the service's side of the network
+    cfg = agent_config(broker, tmp_path / "box", key)
+    assert broker.ws_port is not None
+    wss = f"wss:{broker.ws_port}/mqtt"
+    buffers: list[Any] = []
+
+    def capture(_cfg: AgentConfig, buf: Any) -> list[Any]:
+        buffers.append(buf)
+        return []
+
+    started, stop = asyncio.Event(), asyncio.Event()
+    t0 = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
+    first = [spot(t0 + timedelta(minutes=i), 95) for i in range(5)]
+    then = [spot(t0 + timedelta(hours=1, minutes=i), 96) for i in range(5)]
+    agent = asyncio.create_task(
+        run_agent(
+            cfg, [*default_factories(), capture], started=started, stop=stop, status_interval=0.2
+        )
+    )
+    try:
+        with blocked(broker.port, new_only=True):
+            await asyncio.wait_for(started.wait(), 60)
+            await buffers[0].append(first)
+            await wait_until(lambda: len(delivered(db)) >= 5, 90, "delivery over WebSockets")
+            await wait_until(
+                lambda: uplink_report(cfg).get("link") == "connected", 30, "status written"
+            )
+            up = uplink_report(cfg)
+            assert up["link_path"] == wss
+            assert f":{broker.ws_port} (MQTT over WebSockets)" in up["link_reason"]
+            assert status_line({"uplink": up}).startswith(f"ok: uplink connected via {wss}")
+        # 8883 open again; block the WebSocket port, its live connection too: back to 8883.
+        with blocked(broker.ws_port):
+            await buffers[0].append(then)
+            await wait_until(lambda: len(delivered(db)) >= 10, 120, "delivery back on 8883")
+            await wait_until(
+                lambda: uplink_report(cfg).get("link_path") == f"mqtts:{broker.port}",
+                30,
+                "status back on 8883",
+            )
+        await asyncio.sleep(1.0)  # nothing more comes
+        ids = delivered(db)
+        assert len(ids) == 10
+        assert len(set(ids)) == 10
+        assert set(ids) == {str(r.id) for r in first + then}
+    finally:
+        stop.set()
+        await asyncio.wait_for(agent, 60)
+
+
+def test_the_fallback_comes_from_the_uplink_table(tmp_path: Path) -> None:
+    from agent.daemon import _load_uplink
+    from agent.uplink.link import MqttLink
+
+    key = Ed25519PrivateKey.generate()
+    signing, service = tmp_path / "box-signing.pem", tmp_path / "service.pub"
+    signing.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    service.write_bytes(
+        Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    )
+    table: dict[str, Any] = {
+        "host": "mqtt.dho.example",
+        "box_id": "box-0001",
+        "ca_file": tmp_path / "ca.pem",
+        "cert_file": tmp_path / "box.crt",
+        "key_file": tmp_path / "box.key",
+        "signing_key_file": signing,
+        "service_key_file": service,
+    }
+
+    def link_of(**extra: Any) -> MqttLink:
+        cfg = AgentConfig(state_dir=tmp_path, uplink=UplinkSettings(**table, **extra))
+        link = _load_uplink(cfg, buffer=None).link
+        assert isinstance(link, MqttLink)
+        return link
+
+    default = link_of()
+    assert default.path == "mqtts:8883"
+    assert default.endpoints.fallback == Endpoint(443, "websockets", "/mqtt")
+    assert default.endpoints.after_failures == 3
+    assert link_of(ws_port=8443, ws_path="/ws").endpoints.fallback == Endpoint(
+        8443, "websockets", "/ws"
+    )
+    assert link_of(websockets=False).endpoints.fallback is None
+    with pytest.raises(ValueError, match="ws_path"):
+        UplinkSettings(**table, ws_path="mqtt")
+
+
+def test_the_link_can_switch_transport_after_a_failed_attempt() -> None:
+    """paho's ``transport`` setter refuses after a failed connect; ``use_transport`` does not
+    (it sets ``_transport``, which paho's ``_create_socket`` reads: fails loudly if a paho
+    upgrade changes that)."""
+    import inspect
+
+    from agent.uplink.link import TlsClient
+    from receiver.localstack import free_port
+
+    c = TlsClient(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    with pytest.raises(ConnectionRefusedError):
+        c.connect("127.0.0.1", free_port(), 5)  # nobody listens: the attempt fails
+    with pytest.raises(RuntimeError):
+        c.transport = "websockets"
+    c.use_transport(Endpoint(443, "websockets", "/ws"))
+    assert c.transport == "websockets"
+    c.use_transport(Endpoint(8883))
+    assert str(c.transport) == "tcp"
+    src = inspect.getsource(mqtt.Client._create_socket)
+    assert 'self._transport == "websockets"' in src
+    assert "self._websocket_path" in src

@@ -42,6 +42,7 @@ class FakeLink:
         self.bytes_sent = 0
         self.connects = 1
         self.reason: str | None = "fake link"
+        self.path = "fake"
         self.sent: list[tuple[str, bytes]] = []
         self.answer: Answer = lambda t, b: None
         self.handlers: LinkHandlers | None = None
