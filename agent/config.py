@@ -58,7 +58,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Final
 
-from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.dataclasses import dataclass
 
 from agent.buffer import BufferConfig, KeySource
@@ -167,11 +174,19 @@ class CareTable:
     ``set-alarm-sms after_min`` overrides it per patient)."""
     language: Annotated[str, Field(strict=True, pattern=r"^(nb|nn|en|sma)$")] = "nb"
     """Language of patient-facing text (SMS), unless the service sets one."""
-    alarm_led_pin: Pin | None = None
-    reminder_led_pin: Pin | None = None
     buzzer_pin: Pin | None = None
     button_pin: Pin | None = None
-    """BCM GPIO pins of the alarm light, reminder light, buzzer and button (all four, or none)."""
+    """BCM GPIO pins of the alarm buzzer and the acknowledgement button (both, or neither).
+    The alarm and reminders show on the one status light, ``[light]``."""
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> CareTable:
+        if (self.buzzer_pin is None) != (self.button_pin is None):
+            raise ValueError(
+                "buzzer_pin and button_pin: set both or neither (an alarm that beeps needs "
+                "the button that stops it)"
+            )
+        return self
 
 
 @dataclass(frozen=True, config=_Strict)
@@ -446,6 +461,13 @@ _EXPECTED: Final = {
 }
 
 
+_RETIRED: Final = {
+    "care.alarm_led_pin": "the alarm shows on the status light now: [light] pins",
+    "care.reminder_led_pin": "reminders show on the status light now: [light] pins",
+}
+"""Settings that were removed, and where their job went."""
+
+
 def _explain(exc: ValidationError) -> list[str]:
     """One line per bad key: where it is and what it must be, never its value."""
     lines: dict[str, str] = {}
@@ -457,6 +479,8 @@ def _explain(exc: ValidationError) -> list[str]:
         if kind in ("extra_forbidden", "unexpected_keyword_argument"):
             known = _known_keys(loc)
             text = "unknown setting" + (f" (known here: {', '.join(known)})" if known else "")
+            if where in _RETIRED:
+                text += f"; {_RETIRED[where]}"
         elif kind in ("missing", "missing_argument"):
             text = "is required"
         elif kind in _EXPECTED:

@@ -324,14 +324,13 @@ def _care_service(cfg: AgentConfig, sink: WakingSink) -> CareService:
     from agent.care.service import CareService, CareSettings
 
     c = cfg.care
-    pins = (c.alarm_led_pin, c.reminder_led_pin, c.buzzer_pin, c.button_pin)
     indicator: Indicator = NullIndicator()
-    if all(p is not None for p in pins):
+    if c.buzzer_pin is not None and c.button_pin is not None:
         try:
-            indicator = GpioIndicator(GpioPins(*pins))  # type: ignore[arg-type]
-        except Exception as exc:  # noqa: BLE001 - no GPIO here: run without the light
+            indicator = GpioIndicator(GpioPins(c.buzzer_pin, c.button_pin))
+        except Exception as exc:  # noqa: BLE001 - no GPIO here: run without the buzzer
             _LOGGER.error(
-                "care: the alarm light and buzzer cannot be used (%s)", type(exc).__name__
+                "care: the alarm buzzer and button cannot be used (%s)", type(exc).__name__
             )
     key = cfg.key_source()
     return CareService(
@@ -396,7 +395,9 @@ def services_from_config(cfg: AgentConfig, buffer: AsyncBuffer) -> list[Service]
         except Exception as exc:  # noqa: BLE001 - no GPIO here: the box runs without its light
             _LOGGER.warning("status light unavailable (%s); running without it", type(exc).__name__)
         else:
-            services.append(StatusLight(led, cfg.state_dir / "status.json"))
+            services.append(
+                StatusLight(led, cfg.state_dir / "status.json", conditions=[care.light_concern])
+            )
     return services
 
 

@@ -29,10 +29,14 @@ class Concern(Enum):
 
     WELL = (0, "all well")
     OFFLINE = (1, "offline, readings kept safely on the box")
-    DEVICE = (2, "a device needs attention")
-    FAULT = (3, "the box needs attention")
-    ALARM = (4, "alarm: press the button to acknowledge")
-    """An alarm the patient has not acknowledged at the box (``docs/care.md``)."""
+    REMINDER = (2, "time to measure")
+    """A measurement is due and has not come yet (``docs/care.md``, reminders). Above offline
+    (a measurement taken offline is kept and sent later), below a device or the box needing
+    attention (the patient may not be able to measure then, and must be told why)."""
+    DEVICE = (3, "a device needs attention")
+    FAULT = (4, "the box needs attention")
+    ALARM = (5, "alarm: press the button to acknowledge")
+    """An alarm the patient has not acknowledged at the box (``docs/care.md``): the worst."""
 
     def __init__(self, rank: int, meaning: str) -> None:
         self.rank = rank

@@ -10,6 +10,7 @@ all well                   green        steady on
 offline, buffering safely  blue         slow blink: 1 s on, 1 s off
 a device needs attention   amber        double blink: two short flashes, then a pause
 the box needs attention    red          fast blink: 5 times a second
+time to measure            white        a short flash every 3 s
 an alarm (docs/care.md)    magenta      three quick flashes, then a pause
 (box off or agent down)    -            off
 =========================  ===========  =====================================================
@@ -18,9 +19,12 @@ The patterns differ in rhythm, so the states are told apart without any colour v
 colours add to that for those who have it. The printed card for patients is
 ``docs/status-light.md`` (Bokmål and Nynorsk).
 
-Extending it (issue 11 adds alarms and reminders): add a :class:`~agent.health.Concern`
-and its :class:`Pattern` in :data:`PATTERNS`; :class:`StatusLight` takes extra condition
-callbacks whose concerns join the report's.
+Extending it: add a :class:`~agent.health.Concern` and its :class:`Pattern` in
+:data:`PATTERNS`; :class:`StatusLight` takes extra condition callbacks whose concerns join the
+report's. The care service (``docs/care.md``) is one: its unacknowledged alarm
+(:attr:`~agent.health.Concern.ALARM`, the worst concern) and a due measurement
+(:attr:`~agent.health.Concern.REMINDER`) show on this one light at the next cycle, without
+waiting for the next report; its buzzer and button stay with it (``agent/care/indicator.py``).
 
 gpiozero drives the pins (``LED`` / ``RGBLED``); tests use its ``MockFactory`` and drive the
 light's clock, so nothing here waits on real time in a test.
@@ -46,6 +50,7 @@ BLUE: Final[Colour] = (0.0, 0.3, 1.0)
 AMBER: Final[Colour] = (1.0, 0.5, 0.0)
 RED: Final[Colour] = (1.0, 0.0, 0.0)
 MAGENTA: Final[Colour] = (1.0, 0.0, 1.0)
+WHITE: Final[Colour] = (1.0, 1.0, 1.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +75,7 @@ class Pattern:
 PATTERNS: Final[dict[Concern, Pattern]] = {
     Concern.WELL: Pattern("steady", GREEN, ((2.0, 0.0),)),
     Concern.OFFLINE: Pattern("slow-blink", BLUE, ((1.0, 1.0),)),
+    Concern.REMINDER: Pattern("short-flash", WHITE, ((0.3, 2.7),)),
     Concern.DEVICE: Pattern("double-blink", AMBER, ((0.2, 0.3), (0.2, 1.3))),
     Concern.FAULT: Pattern("fast-blink", RED, ((0.1, 0.1),) * 10),
     Concern.ALARM: Pattern("triple-flash", MAGENTA, ((0.15, 0.15), (0.15, 0.15), (0.15, 0.75))),
@@ -141,7 +147,9 @@ class StatusLight:
     Args:
         led: the LED.
         status_file: the agent's status report (re-read once per cycle).
-        conditions: more sources of concerns (issue 11: alarms, reminders).
+        conditions: more sources of concerns (the care service's alarm and reminder,
+            :meth:`agent.care.service.CareService.light_concern`); called from a worker
+            thread, so each must only read a value.
         sleep: the clock (tests pass one that records instead of waiting).
     """
 

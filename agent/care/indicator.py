@@ -1,14 +1,15 @@
-"""What the patient sees and hears: the alarm and reminder light, the buzzer, the button.
+"""What the patient hears and presses: the buzzer and the acknowledgement button.
 
-:class:`GpioIndicator` drives them with gpiozero (a red LED blinking fast for an alarm, an
-amber LED blinking slowly for a reminder, a buzzer, a push button); tests use gpiozero's mock
-pin factory. The box's status light (``agent/health.py`` concerns: well, offline, device,
-fault) is the provisioning work's; this module only shows care's two states and can be given
-that light's LED pins when the two are merged. :class:`NullIndicator` does nothing (no GPIO).
+What the patient *sees* is the box's one status light (:mod:`agent.light`, ``[light]``): the
+care service feeds it the alarm (the worst concern) and a due measurement through
+:meth:`agent.care.service.CareService.light_concern`. This module keeps the rest:
 
-* alarm: red blinks fast and the buzzer beeps until the button is pressed;
-* reminder due: amber blinks slowly; :meth:`Indicator.chime` is the short sound at the start
-  and at each repeat (the planner already left it out in quiet hours).
+* alarm: the buzzer beeps until the button is pressed (the light flashes magenta meanwhile);
+* reminder due: :meth:`Indicator.chime` is the short sound at the start and at each repeat
+  (the planner already left it out in quiet hours); the light flashes white.
+
+:class:`GpioIndicator` drives them with gpiozero (``Buzzer``, ``Button``); tests use its mock
+pin factory. :class:`NullIndicator` does nothing (no buzzer or button on this box).
 """
 
 from __future__ import annotations
@@ -51,22 +52,18 @@ class NullIndicator:
 
 @dataclass(frozen=True, slots=True)
 class GpioPins:
-    """BCM pin numbers (``[care]`` in the configuration)."""
+    """BCM pin numbers (``[care] buzzer_pin``, ``button_pin``)."""
 
-    alarm_led: int
-    reminder_led: int
     buzzer: int
     button: int
 
 
 class GpioIndicator:
-    """gpiozero LEDs, buzzer and button (``pin_factory`` for tests: ``MockFactory()``)."""
+    """gpiozero buzzer and button (``pin_factory`` for tests: ``MockFactory()``)."""
 
     def __init__(self, pins: GpioPins, *, pin_factory: Any = None) -> None:
-        from gpiozero import LED, Button, Buzzer
+        from gpiozero import Button, Buzzer
 
-        self.alarm_led = LED(pins.alarm_led, pin_factory=pin_factory)
-        self.reminder_led = LED(pins.reminder_led, pin_factory=pin_factory)
         self.buzzer = Buzzer(pins.buzzer, pin_factory=pin_factory)
         self.button = Button(pins.button, pin_factory=pin_factory, bounce_time=None)
         self._state = (False, False)
@@ -87,7 +84,7 @@ class GpioIndicator:
             self._loop = asyncio.get_running_loop()
 
     def show(self, *, alarm: bool, reminder: bool) -> None:
-        """Blink and beep for the states that changed."""
+        """Beep for an alarm until it is acknowledged (only changes do anything)."""
         if self._loop is None:
             with contextlib.suppress(RuntimeError):
                 self._loop = asyncio.get_running_loop()
@@ -95,15 +92,9 @@ class GpioIndicator:
             return
         self._state = (alarm, reminder)
         if alarm:
-            self.alarm_led.blink(on_time=0.2, off_time=0.2)
             self.buzzer.beep(on_time=0.3, off_time=0.7)
         else:
-            self.alarm_led.off()
             self.buzzer.off()
-        if reminder:
-            self.reminder_led.blink(on_time=1.0, off_time=2.0)
-        else:
-            self.reminder_led.off()
 
     def chime(self) -> None:
         """Two short beeps (not while the alarm beeps)."""
@@ -112,5 +103,5 @@ class GpioIndicator:
 
     def close(self) -> None:
         """Release the pins."""
-        for dev in (self.alarm_led, self.reminder_led, self.buzzer, self.button):
+        for dev in (self.buzzer, self.button):
             dev.close()

@@ -44,6 +44,7 @@ from agent.care.state import CareStateFile, derive_key
 from agent.care.thresholds import Alarm, Evaluator, ThresholdError, Thresholds, reading_time
 from agent.clock import Clock, SystemClock
 from agent.codes import PULSE_RATE_BP, PULSE_RATE_OXIM, SPO2
+from agent.health import Concern
 from agent.model import DeviceIdentity, DeviceKind, Lane, Reading, Transport
 
 _LOG = logging.getLogger(__name__)
@@ -176,6 +177,7 @@ class CareService:
         self._pending_ack = False
         self._pending_summaries: list[_Night] = []
         self._taken: list[tuple[Reading, ...]] = []
+        self._light: Concern | None = None
         self.indicator.on_button(self._button)
 
     # -- inputs -----------------------------------------------------------------------------
@@ -453,7 +455,18 @@ class CareService:
 
     def _show(self) -> None:
         alarm = any(not o.acknowledged for o in self.outgoing)
-        self.indicator.show(alarm=alarm, reminder=bool(self.planner.due()))
+        reminder = bool(self.planner.due())
+        self._light = Concern.ALARM if alarm else Concern.REMINDER if reminder else None
+        self.indicator.show(alarm=alarm, reminder=reminder)
+
+    def light_concern(self) -> Concern | None:
+        """What the status light (:mod:`agent.light`) should show for care: an alarm not yet
+        acknowledged with the button, else a due measurement, else nothing.
+
+        A condition of :class:`agent.light.StatusLight`, which calls it from a worker thread:
+        it only reads the value the service set on the loop at its last change.
+        """
+        return self._light
 
     async def _acknowledge(self) -> None:
         notes: list[Reading] = []

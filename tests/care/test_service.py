@@ -17,6 +17,7 @@ from agent.care import readings as cr
 from agent.care.indicator import GpioIndicator, GpioPins
 from agent.care.modem import SmsModem
 from agent.care.service import CareService, CareSettings, DeliveryWatch
+from agent.health import Concern
 from agent.model import Lane, Reading
 from tests.care.helpers import bp, chunk
 
@@ -86,7 +87,7 @@ async def configure(svc: CareService) -> None:
 
 async def test_alarm_light_button_and_one_sms_when_the_uplink_stays_down(tmp_path, modem) -> None:
     factory = MockFactory()
-    pins = GpioPins(alarm_led=17, reminder_led=27, buzzer=22, button=23)
+    pins = GpioPins(buzzer=22, button=23)
     indicator = GpioIndicator(pins, pin_factory=factory)
     wall, sink = Wall(T0), ListSink()
     svc = service(
@@ -100,8 +101,8 @@ async def test_alarm_light_button_and_one_sms_when_the_uplink_stays_down(tmp_pat
     assert alarms[0].lane is Lane.ALARM
     assert "alarm:spo2-below" in alarms[0].status
     await svc._tick()
-    assert indicator.alarm_led.is_active or indicator.alarm_led.value in (0, 1)
-    assert indicator._state == (True, False)  # blinking red, buzzer beeping
+    assert indicator._state == (True, False)  # the buzzer beeping
+    assert svc.light_concern() is Concern.ALARM  # the status light flashing magenta
     # ten minutes later, still not acknowledged by the service: one SMS to each number
     wall.advance(601)
     await svc._tick()
@@ -120,6 +121,8 @@ async def test_alarm_light_button_and_one_sms_when_the_uplink_stays_down(tmp_pat
     await asyncio.sleep(0.1)
     await svc._tick()
     assert indicator._state == (False, False)
+    assert not indicator.buzzer.is_active
+    assert svc.light_concern() is None
     assert len(sink.flagged(cr.ACKNOWLEDGED)) == 1
     indicator.close()
 
@@ -216,10 +219,12 @@ async def test_a_reminder_fires_stops_on_the_measurement_and_misses_are_reported
     await svc._tick()
     assert svc.counters["reminders"] == 1
     assert len(svc.planner.due()) == 1
+    assert svc.light_concern() is Concern.REMINDER
     when = datetime.fromtimestamp(wall(), UTC)
     await svc._process((bp(when, 128),))
     await svc._tick()
     assert svc.planner.due() == []
+    assert svc.light_concern() is None
     # the next morning nothing comes: reported missed once, at 08:00
     wall.advance(24 * 3600)
     await svc._tick()
