@@ -90,6 +90,25 @@ def oximetry_summary_command(
     typer.echo(to_json(summary.to_json()))
 
 
+@app.command("card")
+def card_command(
+    language: Annotated[
+        str,
+        typer.Option(
+            "--language", "-l", help="nb (Bokmål), nn (Nynorsk), en, or sma (South Sami)."
+        ),
+    ] = "nb",
+) -> None:
+    """Print the status light's card for the patient (Markdown, from the message catalogue)."""
+    from agent.care.i18n import LANGUAGES
+    from agent.light import card
+
+    if language not in LANGUAGES:
+        typer.echo(f"error: --language must be one of {', '.join(LANGUAGES)}", err=True)
+        raise typer.Exit(2)
+    typer.echo(card(language), nl=False)
+
+
 # readable=False: the commands check the paths themselves and say what to do (exit 77/78).
 ConfigOpt = Annotated[
     Path | None,

@@ -204,3 +204,30 @@ class StatusLight:
     async def status_section(self) -> dict[str, Any]:
         """What the light shows (for the technician's status)."""
         return {"state": self.concern.name.lower(), "pattern": PATTERNS[self.concern].name}
+
+
+def card(language: str = "nb") -> str:
+    """The printed card for the patient (Markdown), every word from the message catalogue
+    (``agent/care/i18n.py`` ``CARD``, ``CARD_ROWS``): one row per concern, worst last, and the
+    light off. ``dho-agent card --language nn`` prints it; ``docs/status-light.md`` holds the
+    Bokmål and Nynorsk cards as printed (a test keeps them in step)."""
+    from agent.care import i18n
+
+    def t(message: str) -> str:
+        return i18n._(message, language)
+
+    head = i18n.CARD
+    lines = [
+        f"## {t(head['title'])}",
+        "",
+        t(head["intro"]),
+        "",
+        f"| {t(head['light'])} | {t(head['means'])} | {t(head['do'])} |",
+        "| --- | --- | --- |",
+    ]
+    for key in [c.name.lower() for c in sorted(Concern, key=lambda c: c.rank)] + ["off"]:
+        rhythm, colour, means, do = i18n.CARD_ROWS[key]
+        shown = f"**{t(rhythm)}**" + (f" ({t(colour)})" if colour is not None else "")
+        lines.append(f"| {shown} | {t(means)} | {t(do)} |")
+    lines += ["", f"{t(head['phone'])} ______________________"]
+    return "\n".join(lines) + "\n"

@@ -66,12 +66,86 @@ REMINDER: Final = {
     "oximetry": N_("Time to put on the oximeter for the night"),
 }
 
+
+# The printed card of the status light (agent/light.py ``card``; docs/status-light.md).
+CARD: Final = {
+    "title": N_("The light on the box (English)"),
+    "intro": N_(
+        "The box sends your measurements to the follow-up service. The light tells you how "
+        "things are. You do not need to see the colour: each state blinks in its own way."
+    ),
+    "light": N_("the light"),
+    "means": N_("it means"),
+    "do": N_("you do"),
+    "phone": N_("Phone number of the follow-up service:"),
+}
+CARD_ROWS: Final = {
+    # by light state (agent.health.Concern name, lower case; "off"):
+    # how it blinks, its colour (None: dark), what it means, what to do
+    "well": (
+        N_("steady on"),
+        N_("green"),
+        N_("All is well. Your measurements are being sent."),
+        N_("Nothing."),
+    ),
+    "offline": (
+        N_("slow blink, one second on and one second off"),
+        N_("blue"),
+        N_(
+            "The box has no network right now. Your measurements are kept safely in the box "
+            "and are sent when the network is back."
+        ),
+        N_("Nothing. It sorts itself out."),
+    ),
+    "reminder": (
+        N_("a short flash every three seconds"),
+        N_("white"),
+        N_("It is time to measure, for example your blood pressure."),
+        N_(
+            "Take the measurement now. The light stops blinking when the measurement has "
+            "reached the box."
+        ),
+    ),
+    "device": (
+        N_("two blinks, then a pause"),
+        N_("yellow"),
+        N_(
+            "One of your devices needs attention, for example the blood pressure monitor or "
+            "the oximeter."
+        ),
+        N_(
+            "Check that the device has power or a battery and is near the box. Call if it does "
+            "not pass within a day."
+        ),
+    ),
+    "fault": (
+        N_("fast blink"),
+        N_("red"),
+        N_("The box needs attention."),
+        N_("Call the follow-up service. Do not pull out the cable."),
+    ),
+    "alarm": (
+        N_("three quick blinks, then a pause"),
+        N_("purple"),
+        N_("Alarm: a measurement was outside your limits."),
+        N_("Press the button on the box and follow the plan you have been given."),
+    ),
+    "off": (
+        N_("off"),
+        None,
+        N_("The box is off or has no power."),
+        N_("Check that the box is plugged in. Call if it still does not light up."),
+    ),
+}
+
 MESSAGES: Final = (
     *ALARM_WHAT.values(),
     FOR_MINUTES,
     SMS_ALARM,
     *LIGHT.values(),
     *REMINDER.values(),
+    *CARD.values(),
+    *(m for row in CARD_ROWS.values() for m in row if m is not None),
 )
 """Every msgid, for the catalogue checks."""
 

@@ -86,3 +86,36 @@ def test_no_patient_facing_string_is_written_outside_the_catalogue() -> None:
         if path.name == "i18n.py":
             continue
         assert not re.search(r"\bN_\(", path.read_text()), path
+
+
+@pytest.mark.parametrize("lang", ["nb", "nn"])
+def test_the_printed_card_is_the_catalogue_s(lang: str) -> None:
+    """docs/status-light.md holds the cards exactly as ``dho-agent card`` prints them."""
+    from agent.light import card
+
+    doc = (ROOT / "docs" / "status-light.md").read_text()
+    begin = doc.index(f"<!-- card {lang}:")
+    begin = doc.index("\n", begin) + 1
+    end = doc.index(f"<!-- end card {lang} -->")
+    assert doc[begin:end] == card(lang), f"run: dho-agent card --language {lang}"
+
+
+def test_the_card_has_a_row_per_light_state_in_every_language() -> None:
+    from typer.testing import CliRunner
+
+    from agent.cli import app
+    from agent.health import Concern
+    from agent.light import card
+
+    assert set(i18n.CARD_ROWS) == {c.name.lower() for c in Concern} | {"off"}
+    for lang in i18n.LANGUAGES:
+        text = card(lang)
+        assert text.count("\n| **") == len(Concern) + 1
+    assert card("sma") == card("nb")  # no cited South Sami yet: Bokmål, string by string
+    assert "Lyset på boksen (nynorsk)" in card("nn")
+    runner = CliRunner()
+    done = runner.invoke(app, ["card", "--language", "nn"])
+    assert done.exit_code == 0
+    assert done.output == card("nn")
+    bad = runner.invoke(app, ["card", "--language", "de"])
+    assert bad.exit_code == 2
