@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from agent.health import Health, assess
+from agent.health import Concern, Health, assess
 from agent.status import read_status
 from provisioning import boxconfig
 from provisioning.identity import load_identity
@@ -135,9 +135,25 @@ def collect(layout: BoxLayout, *, now: float | None = None) -> dict[str, Any]:
         "disk": disk_info,
         "alarms": list(buf.get("alarms", []) or []),
         "health": health.concern.name.lower(),
+        "light": _light(report.get("status-light") if health.running else None, cfg.care.language),
         "problems": [
             {"code": p.code, "what": p.what, "next": p.next_step} for p in health.problems
         ],
+    }
+
+
+def _light(section: Any, language: str) -> dict[str, str] | None:
+    """What the patient's light shows now, and what it says to them (the catalogue's words in
+    the box's language, as on the printed card)."""
+    if not isinstance(section, Mapping):
+        return None
+    state = str(section.get("state", "")).upper()
+    if state not in Concern.__members__:
+        return None
+    return {
+        "state": state.lower(),
+        "pattern": str(section.get("pattern", "")),
+        "says": Concern[state].said(language),
     }
 
 
@@ -217,6 +233,9 @@ def render(data: Mapping[str, Any], *, now: float | None = None) -> None:
         f"{_mb(disk.get('used_by_buffer'))} of {_mb(disk.get('buffer_cap_bytes'))}",
     )
     head.add_row("alarms", ", ".join(data["alarms"]) or "none")
+    light = data.get("light")
+    if light:
+        head.add_row("patient's light", f'{light["pattern"]}: "{light["says"]}"')
     out.print(head)
 
     devices = Table(title="devices")

@@ -31,3 +31,26 @@ def test_every_concern_is_in_the_message_catalogue() -> None:
 
     assert {c.meaning for c in Concern} <= set(LIGHT.values())
     assert Concern.OFFLINE.said("nn") == "fråkopla, målingane er trygt lagra i boksen"
+
+
+def test_the_technicians_status_says_what_the_patients_light_says(tmp_path) -> None:
+    """``dho-provision status`` shows the light's state and its words in the box's language
+    (``[care] language``, Bokmål by default), from the catalogue like the printed card."""
+    import json
+    import os
+
+    from tests.provision.conftest import fresh_box, provision
+
+    box = fresh_box(tmp_path / "box", "box-light-1")
+    report = {
+        "written_at": time.time(),
+        "pid": os.getpid(),
+        "status-light": {"state": "reminder", "pattern": "short-flash"},
+    }
+    (box / "var/lib/dho-gateway/status.json").write_text(json.dumps(report))
+    done = provision("status", "--root", box, "--json")
+    assert done.exit_code == 0, done.output
+    light = json.loads(done.stdout)["light"]
+    assert light == {"state": "reminder", "pattern": "short-flash", "says": "tid for måling"}
+    table = provision("status", "--root", box)
+    assert 'short-flash: "tid for måling"' in table.stdout
