@@ -2,7 +2,7 @@
 ``set-schedule`` through the real broker; the reminder fires (light, and the chime only outside
 quiet hours), stops when the measurement arrives, and a window with nothing is reported
 missed: the missed-measurement reading reaches the real receiver through the real uplink
-(Mosquitto with TLS), once.
+(Mosquitto with TLS), once, and is exported as FHIR.
 
 The care service runs its own loop (``run``, ticks of 50 ms); only its wall clock is the
 test's, stepped through two mornings; the uplink, the broker and the receiver run in real time.
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fhir.resources.R4B.bundle import Bundle
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 from hw_mocks.synthetic import PATIENT
 
@@ -29,6 +30,7 @@ from agent.care.indicator import GpioIndicator, GpioPins
 from agent.care.service import CareService, CareSettings, CareSink, DeliveryWatch
 from agent.health import Concern
 from agent.light import GpioLed, StatusLight
+from receiver import fhir
 from receiver.localstack import enrol
 from receiver.store import SqliteStore
 from tests.care.helpers import bp
@@ -188,6 +190,21 @@ async def test_a_reminder_fires_stops_on_the_measurement_and_a_miss_reaches_the_
         everything = stored(db)
         assert [r.id for r in everything].count(measured.id) == 1
         assert len(everything) == 2  # the measurement and the miss, once each
+        # what a clinician's system gets: the miss as a FHIR observation (validated)
+        store = SqliteStore(db)
+        try:
+            text = fhir.dumps(fhir.bundle(list(store.readings("box-0001"))))
+        finally:
+            store.close()
+        Bundle.model_validate_json(text)
+        (obs,) = [
+            e["resource"]
+            for e in json.loads(text)["entry"]
+            if e["resource"]["resourceType"] == "Observation"
+            and e["resource"]["code"]["coding"][0]["code"] == str(codes.MEASUREMENT_MISSED.mdc)
+        ]
+        assert obs["valueQuantity"]["value"] == 60
+        assert any("missed:bp" in n["text"] for n in obs["note"])
     finally:
         for t in tasks:
             t.cancel()
