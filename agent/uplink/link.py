@@ -12,10 +12,11 @@ a short full-jitter back-off that ends early when the network comes back (netlin
 :mod:`agent.uplink.netwatch`) or a bare TCP probe reaches the broker; a long one when the
 broker refused this box's identity. paho's own reconnect (no jitter) is not used.
 
-When attempts on the MQTT port keep failing (a network that passes only web traffic), the
-link tries MQTT over WebSockets with TLS on 443 instead, and goes back after as many failures
-there (:mod:`agent.uplink.endpoints`; a failed TCP probe counts as a failed attempt). The
-identity and TLS are the same on both; :attr:`MqttLink.path` says which is in use.
+When attempts on the MQTT port keep failing while 443 answers (a network that passes only
+web traffic), the link tries MQTT over WebSockets with TLS on 443 instead, and goes back
+after as many failures there, or at a reconnect an hour later (:mod:`agent.uplink.endpoints`;
+a failed TCP probe counts as a failed attempt). The identity and TLS are the same on both;
+:attr:`MqttLink.path` says which is in use.
 
 TLS sessions are resumed where the broker allows it (Python's ``ssl`` session tickets): a
 reconnect then skips sending the certificate chain again.
@@ -396,10 +397,13 @@ class MqttLink:
         ws = " (MQTT over WebSockets)" if ep.transport == "websockets" else ""
         return f"{self.cfg.host}:{ep.port}{ws}"
 
-    def _endpoint_failed(self) -> None:
-        """An attempt or probe on the current endpoint failed: maybe switch to the other."""
-        before = self.endpoints.current
-        after = self.endpoints.failed()
+    async def _endpoint_failed(self) -> None:
+        """An attempt or probe on the current endpoint failed: maybe switch to the other
+        (only if it answers a probe: when nothing answers, the network is just down)."""
+        ch = self.endpoints
+        before, other = ch.current, ch.other
+        reachable = other is not None and ch.switch_due and await self._probe(other.port)
+        after = ch.failed(other_reachable=reachable, now=time.monotonic())
         if after != before:
             _LOG.warning(
                 "uplink %s: %s failed %d times in a row; trying %s",
@@ -607,6 +611,8 @@ class MqttLink:
 
     async def _connect_loop(self) -> None:
         while True:
+            if self.endpoints.prefer_primary(time.monotonic()):
+                _LOG.info("uplink %s: trying %s again", self.cfg.box_id, self.path)
             self.state = LinkState.CONNECTING
             self.reason = f"connecting to {self._where}"
             self.network.changed().clear()  # a change from now on may end the next wait
@@ -615,7 +621,7 @@ class MqttLink:
             except UplinkError as err:
                 self._failed(err)
                 if failure_kind(err) is FailureKind.UNREACHABLE:
-                    self._endpoint_failed()
+                    await self._endpoint_failed()
                 wait = self.policy.failed(failure_kind(err), time.monotonic())
             except Exception as err:  # noqa: BLE001 - a bug must not end the uplink
                 _LOG.exception("uplink %s: unexpected error while connecting", self.cfg.box_id)
@@ -690,15 +696,16 @@ class MqttLink:
                 _LOG.info("uplink %s: the broker is reachable again", self.cfg.box_id)
                 await asyncio.sleep(settle)
                 return
-            self._endpoint_failed()  # the next probe may go the other way
+            await self._endpoint_failed()  # the next probe may go the other way
             next_probe = started + self.policy.probe_interval(time.monotonic())
 
-    async def _probe(self) -> bool:
-        """A bare TCP connection to the broker (no TLS): is it reachable at all?"""
+    async def _probe(self, port: int | None = None) -> bool:
+        """A bare TCP connection to the broker (no TLS): is it reachable at all? (On the
+        current endpoint's port unless ``port`` is given.)"""
+        port = self.endpoints.current.port if port is None else port
         try:
             _, writer = await asyncio.wait_for(
-                asyncio.open_connection(self.cfg.host, self.endpoints.current.port),
-                _PROBE_TIMEOUT_S,
+                asyncio.open_connection(self.cfg.host, port), _PROBE_TIMEOUT_S
             )
         except (OSError, TimeoutError):
             return False

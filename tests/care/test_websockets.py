@@ -201,6 +201,23 @@ def test_the_endpoint_policy() -> None:
     assert [alone.failed() for _ in range(5)] == [primary] * 5
 
 
+def test_the_endpoint_policy_does_not_switch_when_nothing_answers_and_returns_by_itself() -> None:
+    primary, fallback = Endpoint(8883), Endpoint(443, "websockets")
+    c = EndpointChooser(primary, fallback, after_failures=3, retry_primary_s=3600)
+    # the network is down (the fallback does not answer either): the box stays on 8883
+    assert [c.failed(other_reachable=False, now=t) for t in range(10)] == [primary] * 10
+    assert c.switch_due
+    assert c.failed(other_reachable=True, now=100) == fallback  # 8883 blocked, 443 answers
+    c.connected()
+    assert not c.prefer_primary(now=100 + 3599)
+    assert c.current == fallback
+    assert c.prefer_primary(now=100 + 3600)  # an hour on 443: the next attempt tries 8883
+    assert c.current == primary
+    assert c.other == fallback
+    assert not c.prefer_primary(now=10_000)  # already there
+    assert c.switches == 2
+
+
 # -- the real agent ---------------------------------------------------------------------------
 
 
