@@ -8,9 +8,9 @@ concern                    colour       pattern (what a colour-blind patient tel
 =========================  ===========  =====================================================
 all well                   green        steady on
 offline, buffering safely  blue         slow blink: 1 s on, 1 s off
+time to measure            white        a short flash every 3 s
 a device needs attention   amber        double blink: two short flashes, then a pause
 the box needs attention    red          fast blink: 5 times a second
-time to measure            white        a short flash every 3 s
 an alarm (docs/care.md)    magenta      three quick flashes, then a pause
 (box off or agent down)    -            off
 =========================  ===========  =====================================================
