@@ -6,6 +6,11 @@ service's state shows it, and it is restarted after a back-off that grows with c
 failures. One device misbehaving must not stop the others or the uplink. Cancellation
 (SIGTERM, Ctrl-C) stops every service and the supervisor returns after they have cleaned up.
 
+Stopping is robust against a service that mishandles its cancellation: one that fails while
+stopping (its clean-up raised, so the cancellation became an error) is not restarted, and one
+that swallowed the cancellation is cancelled again every :data:`STOP_RECANCEL_S` (logged by
+name) until it ends. Before this, either kind kept the agent from ever stopping.
+
 Start and progress (what systemd's READY and WATCHDOG rest on, :mod:`agent.daemon`):
 
 * :attr:`Supervisor.started` is set once every service has been started: its ``run()`` was
@@ -33,6 +38,9 @@ from agent.backoff import Backoff
 from agent.logs import fields
 
 _LOGGER = logging.getLogger(__name__)
+
+STOP_RECANCEL_S = 5.0
+"""While stopping, services still running after this long are cancelled again."""
 
 
 class WedgedError(Exception):
@@ -123,6 +131,18 @@ class Supervisor:
                 raise
             except Exception as exc:  # a service must never take the agent down
                 self._mark_started(st)
+                task = asyncio.current_task()
+                if self._stop.is_set() or (task is not None and task.cancelling()):
+                    # failed while being stopped (its clean-up raised): stopped, not restarted
+                    st.state, st.since = "stopped", time.time()
+                    st.last_error = type(exc).__name__ + (f": {exc}" if str(exc) else "")
+                    _LOGGER.warning(
+                        "service %s failed while stopping (%s)",
+                        service.name,
+                        type(exc).__name__,
+                        extra=fields(service=service.name, event="service-failed-stopping"),
+                    )
+                    return
                 if time.monotonic() - started > 60:
                     failures = 0  # it ran for a while: this is a new problem, not a crash loop
                 failures += 1
@@ -180,8 +200,17 @@ class Supervisor:
             for s in self.services:
                 self._tasks[s.name] = tg.create_task(self._supervise(s), name=f"service:{s.name}")
             await self._stop.wait()
-            for t in self._tasks.values():
-                t.cancel()
+            while pending := [t for t in self._tasks.values() if not t.done()]:
+                for t in pending:
+                    t.cancel()
+                _, late = await asyncio.wait(pending, timeout=STOP_RECANCEL_S)
+                if late:
+                    _LOGGER.warning(
+                        "services still running %.0f s after the stop: %s; cancelling again",
+                        STOP_RECANCEL_S,
+                        ", ".join(sorted(t.get_name() for t in late)),
+                        extra=fields(event="stop-slow"),
+                    )
 
     def stop(self) -> None:
         """Ask every service to stop (safe to call from a signal handler)."""

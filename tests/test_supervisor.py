@@ -76,3 +76,58 @@ def test_backoff_is_full_jitter_and_capped() -> None:
     delays = [b.delay(n) for n in range(1, 40) for _ in range(20)]
     assert all(0 <= d <= 10 for d in delays)
     assert max(delays) > 5  # it does grow
+
+
+class FailsWhenStopped:
+    """Its clean-up raises: the cancellation becomes an error."""
+
+    name = "fails-when-stopped"
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    async def run(self) -> None:
+        self.runs += 1
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise RuntimeError("clean-up failed") from None
+
+
+class SwallowsOneCancel:
+    """Swallows the first cancellation (as a timeout racing a cancel can), then stops."""
+
+    name = "swallows-one-cancel"
+
+    def __init__(self) -> None:
+        self.cancels = 0
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.cancels += 1
+                if self.cancels >= 2:
+                    raise
+
+
+async def test_stop_ends_services_that_mishandle_their_cancellation(monkeypatch) -> None:
+    """Before: a service failing while stopped was restarted, and one that swallowed the
+    cancellation ran on; either way the agent never stopped (make test hung in
+    tests/test_pipeline.py at the pipeline's shutdown)."""
+    import agent.supervisor as sup
+
+    monkeypatch.setattr(sup, "STOP_RECANCEL_S", 0.2)
+    failing, swallowing, steady = FailsWhenStopped(), SwallowsOneCancel(), Steady()
+    stop = asyncio.Event()
+    s = Supervisor([failing, swallowing, steady], stop=stop)
+    task = asyncio.create_task(s.run())
+    await asyncio.wait_for(s.started.wait(), 10)
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    assert failing.runs == 1  # not restarted
+    assert s.states[failing.name].state == "stopped"
+    assert "clean-up failed" in str(s.states[failing.name].last_error)
+    assert swallowing.cancels == 2
+    assert steady.cancelled
