@@ -1,10 +1,12 @@
 """``make bench``: run every benchmark, print a table and write ``bench/report.json``.
 
-Sections: ``buffer`` (issue 2), and ``uplink``/``receiver`` when their benchmark module exists.
+Sections: ``buffer`` (issue 2), ``uplink``/``receiver`` when their benchmark module exists, and
+``fleet`` (issue 12: 1,000 boxes after a storm, ``bench/fleet.py``).
 Each figure sits next to its goal; a missed goal is reported, not hidden.
 
-``python -m bench.run SECTION ...`` runs only the named sections (``buffer``, ``uplink``; the
-uplink module also yields ``receiver``) and keeps the other sections of the existing report.
+``python -m bench.run SECTION ...`` runs only the named sections (``buffer``, ``uplink``,
+``fleet``; the uplink module also yields ``receiver``) and keeps the other sections of the
+existing report.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import buffer_bench
+from bench import buffer_bench, fleet
 
 REPORT = Path(__file__).with_name("report.json")
 
@@ -57,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
             keys = {k.split(".", 1)[1]: v for k, v in figures.items() if k.startswith(section)}
             sect_goals = {k.split(".", 1)[1]: v for k, v in goals.items() if k.startswith(section)}
             sections.append((section, keys, sect_goals))
+    if not wanted or "fleet" in wanted:
+        reason = fleet.unavailable_reason()
+        if reason is None:
+            sections.append(("fleet", fleet.run_all(), fleet.GOALS))
+        else:
+            print(f"fleet: skipped ({reason})")
     missed = [
         m
         for m in report.get("missed_goals", [])
