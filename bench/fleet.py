@@ -32,7 +32,8 @@ Figures (section ``fleet`` of ``bench/report.json``; the ``probe`` scenario as `
 * ``peak_connects_per_s``: the most TCP connections the boxes opened to the broker in any one
   second (a sliding window over the masts' accept times; each is forwarded to the broker at
   once, :mod:`bench.fleet_mast`): probes and MQTT connection attempts alike, which is what
-  the broker has to accept;
+  the broker has to accept; ``connects_by_second``: the same connections per second after the
+  masts came back (the spread);
   ``peak_mqtt_connects_per_s``: MQTT sessions the broker accepted in one calendar second (its
   log, one-second resolution);
 * ``lost``: readings of a backlog that the service did not store under that box;
@@ -217,6 +218,12 @@ def _stored(dsn: str) -> tuple[dict[str, str], int]:
     return {bytes(r[0]).hex(): str(r[1]) for r in rows}, len(rows)
 
 
+def _by_second(times: Iterable[float], t0: float) -> list[int]:
+    """How many of ``times`` fell in each whole second after ``t0`` (0, 1, ... to the last)."""
+    counts: Counter[int] = Counter(int(t - t0) for t in times if t >= t0)
+    return [counts[i] for i in range(max(counts) + 1)] if counts else []
+
+
 def _quantile(done: list[float], q: float) -> float | None:
     if not done:
         return None
@@ -394,6 +401,7 @@ def run(
         "last_connected_s": round(connected[-1], 1) if connected else None,
         "peak_connects_per_s": peak_in_window(mast_times),
         "tcp_connections": len(mast_times),
+        "connects_by_second": _by_second(mast_times, t0),
         "peak_mqtt_connects_per_s": peak_mqtt,
         "mqtt_connects": mqtt_total,
         "lost": lost,
@@ -424,6 +432,7 @@ _PROBE_KEYS = (
     "last_connected_s",
     "peak_connects_per_s",
     "tcp_connections",
+    "connects_by_second",
     "peak_mqtt_connects_per_s",
     "lost",
     "duplicates",
