@@ -34,8 +34,12 @@ test: lint typecheck pytest
 demo: setup
 	$(VENV)/bin/dho-agent demo
 
-bench: setup
+bench: setup $(VENV)/.bench-installed
 	$(PY) -m bench.run
+
+$(VENV)/.bench-installed: pyproject.toml
+	$(PY) -m pip install -q -e '.[test,bench]'
+	@touch $@
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis build dist

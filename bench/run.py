@@ -1,12 +1,14 @@
 """``make bench``: run every benchmark, print a table and write ``bench/report.json``.
 
-Sections: ``buffer`` (issue 2), ``uplink``/``receiver`` when their benchmark module exists, and
-``fleet`` (issue 12: 1,000 boxes after a storm, ``bench/fleet.py``).
-Each figure sits next to its goal; a missed goal is reported, not hidden.
+Sections: ``buffer`` (issue 2), ``uplink``/``receiver`` when their benchmark module exists,
+``fleet`` (issue 12: 1,000 boxes after a storm, ``bench/fleet.py``) and ``ours``/``peer`` (the
+side by side of issue 12, :mod:`bench.sidebyside`; a few minutes, and it plots). Each figure sits
+next to its goal; a missed goal is reported, not hidden. Then ``bench/report.md`` is written from
+the whole report (:mod:`bench.report_md`).
 
 ``python -m bench.run SECTION ...`` runs only the named sections (``buffer``, ``uplink``,
-``fleet``; the uplink module also yields ``receiver``) and keeps the other sections of the
-existing report.
+``fleet``; the uplink module also yields ``receiver``; ``sidebyside`` runs ``ours`` and
+``peer``) and keeps the other sections of the existing report.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import buffer_bench, fleet
+from bench import buffer_bench, fleet, report_md
 
 REPORT = Path(__file__).with_name("report.json")
 
@@ -65,6 +67,15 @@ def main(argv: list[str] | None = None) -> int:
             sections.append(("fleet", fleet.run_all(), fleet.GOALS))
         else:
             print(f"fleet: skipped ({reason})")
+    if not wanted or wanted & {"sidebyside", "ours", "peer"}:
+        side = importlib.import_module("bench.sidebyside")
+        figures = side.run()
+        for section in ("ours", "peer"):
+            keys = {k.split(".", 1)[1]: v for k, v in figures.items() if k.startswith(section)}
+            sect_goals = {
+                k.split(".", 1)[1]: v for k, v in side.GOALS.items() if k.startswith(section)
+            }
+            sections.append((section, keys, sect_goals))
     missed = [
         m
         for m in report.get("missed_goals", [])
@@ -75,15 +86,19 @@ def main(argv: list[str] | None = None) -> int:
         for key, value in figures.items():
             goal = goals.get(key)
             verdict = ""
-            if goal is not None and value is not None:
+            if goal is not None and isinstance(value, int | float):
                 ok = _check(value, goal)
                 verdict = f"goal {goal[0]} {goal[1]}: {'met' if ok else 'MISSED'}"
                 if not ok:
                     missed.append(f"{name}.{key}")
+            elif goal is not None:
+                verdict = f"goal {goal[0]} {goal[1]}: MISSED (no figure)"
+                missed.append(f"{name}.{key}")
             print(f"{name}.{key:<40} {value!s:>14}  {verdict}")
     report["missed_goals"] = missed
     REPORT.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {REPORT}")
+    print(f"wrote {report_md.write(report)}")
     return 0
 
 

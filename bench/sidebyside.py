@@ -1,0 +1,854 @@
+"""Side by side (issue 12): our box against the Mosquitto bridge most gateways use.
+
+Same topology and workload in one run (:mod:`bench.relay`: the box in a "home" network
+namespace, one veth shaped with ``tc tbf`` on both ends, a relay holding every byte 100 ms
+each way, 200 ms round trip, the central side on 127.0.0.1 behind it):
+
+* **ours**: the real daemon (:mod:`bench.sidebyside_box`) with its encrypted store, our
+  Mosquitto (TLS, client certificates, the project's ACL) and a reference receiver (SQLite).
+* **peer**: :mod:`bench.peer`, each reading and each 1 Hz sample one JSON message at QoS 1 to
+  a Mosquitto on the box (persistence on, default autosave), bridged over TLS to a central
+  Mosquitto, ``max_queued_messages 0``.
+
+Workload (:mod:`bench.sidebyside_workload`): 7 days offline (7 nights x 8 h of 1 Hz
+oximetry, 2 BP and 2 spot SpO2 a day, the nightly CPAP summary, mask-on periods and events from
+the real AirSense 10 card) released at once (the link comes up) at 64 kbit/s and 1 Mbit/s.
+
+Figures, per system (section ``ours`` / ``peer``; ``_1mbit`` for the second rate):
+
+* ``drain_s``: from the link coming up to the last reading at the central side (our
+  receiver's store; the peer's central subscriber), at 64 kbit/s. The peer's drain of a week
+  takes over an hour; it is measured for ``BENCH_PEER_WINDOW_S`` (default 150 s) and the rest
+  extrapolated at the delivery rate of the window's second half (``drain_extrapolated`` = 1;
+  ``BENCH_PEER_WINDOW_S=0`` runs it to the end).
+* ``link_floor_s``: bytes that crossed the link in the busier direction (``tc`` counters:
+  frames with TCP/IP, TLS and MQTT framing, handshakes, acknowledgements, retransmissions)
+  over the rate; for the peer, bytes per delivered message of the window times the messages.
+* ``wire_bytes_per_reading``: both directions, for the week's spot readings (BP, SpO2, CPAP)
+  drained on their own, less an empty connection's bytes; ``wire_bytes_per_sample``: the
+  week's other bytes per 1 Hz time point (SpO2 + pulse).
+* ``wire_bytes_total``: the whole week on the wire; ours also ``peer_over_ours_wire``.
+* ``lost_on_power_cut``: ``kill -9`` of every box process half way through a drain, then a
+  restart: readings produced that never reach the central side. Ours: the 7-day drain at
+  64 kbit/s. Peer: its box broker keeps what it saved at its last autosave (every 1800 s:
+  saved on average 900 s before the release, forced here with SIGUSR1 as mosquitto offers),
+  so the run is the last ``PEER_CUT_TAIL_S`` of the week, cut at 40 % delivered.
+* ``rss_mb`` (peak, ``VmHWM``) and ``cpu_s`` (user + system from the release to the end of
+  the drain) of the box-side processes (ours: the daemon; peer: the box's Mosquitto).
+* ours only: ``wire_bytes_per_patient_day`` and ``flash_bytes_per_patient_day`` (see
+  :func:`_steady`).
+
+Also writes ``bench/sidebyside-64kbit.png`` and ``-1mbit.png`` (backlog over time, both).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from agent.buffer import Buffer
+from agent.config import AgentConfig
+from agent.model import Reading
+from bench import peer, relay
+from bench import sidebyside_workload as wl
+from receiver import brokerplugin
+from receiver.localstack import (
+    MOSQUITTO,
+    PKI,
+    Broker,
+    ReceiverProcess,
+    enrol,
+    free_port,
+    make_pki,
+)
+from receiver.store import SqliteStore
+
+REPO = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+BOX = "box-ours-0001"
+ONE_WAY_MS = 100.0
+RATES = (("64kbit", 64), ("1mbit", 1000))
+PEER_UNSAVED_S = 900.0
+"""What the peer's broker holds only in memory at the release: half its 1800 s autosave."""
+PEER_CUT_TAIL_S = 3600.0
+RECONNECTS_PER_DAY = 24
+"""Reconnects counted per patient-day (a mobile link lost once an hour; stated, not measured)."""
+
+GOALS: dict[str, tuple[str, float]] = {
+    "ours.drain_over_floor": ("<=", 1.2),
+    "ours.drain_over_floor_1mbit": ("<=", 1.2),
+    "ours.peer_over_ours_wire": (">=", 50),
+    "ours.lost_on_power_cut": ("<=", 0),
+    "ours.rss_mb": ("<=", 80),
+    "ours.wire_bytes_per_patient_day": ("<=", 150_000),
+    "ours.flash_bytes_per_patient_day": ("<=", 5_000_000),
+}
+"""Goals of issue 12 for ours (150 KB and 5 MB taken as 10^3 and 10^6 bytes)."""
+
+
+def unavailable_reason() -> str | None:
+    """Why the side-by-side cannot run here, or ``None``."""
+    if not Path(MOSQUITTO).exists():
+        return "mosquitto is not installed"
+    return relay.unavailable_reason() or brokerplugin.unavailable_reason()
+
+
+# -- processes --------------------------------------------------------------------------
+
+
+def _proc_cpu_s(pid: int) -> float:
+    fields_ = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields_[11]) + int(fields_[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _proc_hwm_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _proc_write_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("write_bytes:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _stop(proc: subprocess.Popen[Any] | None, sig: int = signal.SIGTERM) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _wait(cond: Callable[[], bool], timeout: float, what: str, step: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(step)
+    raise TimeoutError(what)
+
+
+@dataclass
+class Run:
+    """What one run measured."""
+
+    produced: int
+    delivered: int = 0
+    duplicates: int = 0
+    drain_s: float | None = None
+    first_delivery_s: float | None = None
+    up_bytes: int = 0
+    down_bytes: int = 0
+    cpu_s: float = 0.0
+    rss_mb: float = 0.0
+    write_bytes: int = 0
+    series: list[tuple[float, float]] = field(default_factory=list)
+    """(seconds since the release, share of the backlog still on the box)."""
+    window_s: float = 0.0
+    readings_delivered: int = 0
+    samples_delivered: int = 0
+
+    @property
+    def total_bytes(self) -> int:
+        return self.up_bytes + self.down_bytes
+
+    @property
+    def busier_bytes(self) -> int:
+        return max(self.up_bytes, self.down_bytes)
+
+
+# -- the shared stack -------------------------------------------------------------------
+
+
+@dataclass
+class Stack:
+    """One topology with both central sides (ours and the peer's) behind their relays."""
+
+    root: Path
+    topo: relay.Topology
+    pki: PKI
+    broker: Broker
+    receiver: ReceiverProcess
+    db: Path
+    signing: Ed25519PrivateKey
+    ours_relay: relay.RelayThread
+    peer_central: subprocess.Popen[bytes]
+    peer_port: int
+    peer_relay: relay.RelayThread
+    runs: int = 0
+
+    def bytes_now(self) -> tuple[int, int]:
+        return self.topo.sent_bytes()
+
+    def fresh_receiver(self) -> None:
+        """A new receiver with an empty store (a run's readings are counted on their own)."""
+        self.receiver.stop()
+        self.db = self.root / f"receiver-{self.runs}.db"
+        enrol(self.db, BOX, self.signing, [wl.PATIENT])
+        self.receiver = ReceiverProcess(self.broker, self.db, self.root / f"receivers-{self.runs}")
+        self.receiver.start()
+
+
+@contextmanager
+def stack(root: Path, rate_kbit: int) -> Iterator[Stack]:
+    """Topology, our broker and receiver, the peer's central broker, both relays."""
+    with ExitStack() as ex:
+        topo = ex.enter_context(relay.Topology(rate_kbit=rate_kbit))
+        pki = make_pki(root / "pki")
+        pki.broker_cert = relay.server_certificate(pki.ca, root / "pki", topo.central_ip)
+        broker = Broker(pki, root / "broker")
+        broker.start()
+        ex.callback(broker.stop)
+        signing = Ed25519PrivateKey.generate()
+        db = root / "receiver.db"
+        enrol(db, BOX, signing, [wl.PATIENT])
+        receiver = ReceiverProcess(broker, db, root / "receivers")
+        receiver.start()
+        ours = ex.enter_context(
+            relay.RelayThread(("127.0.0.1", broker.port), ONE_WAY_MS, listen=(topo.central_ip, 0))
+        )
+        peer_port = free_port()
+        conf = peer.central_config(
+            root / "peer-central", peer_port, pki.ca.ca_file, *pki.broker_cert
+        )
+        central = subprocess.Popen(
+            [MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        ex.callback(_stop, central)
+        _wait(lambda: _listening("127.0.0.1", peer_port), 10, "peer central broker")
+        peer_relay = ex.enter_context(
+            relay.RelayThread(("127.0.0.1", peer_port), ONE_WAY_MS, listen=(topo.central_ip, 0))
+        )
+        st = Stack(
+            root, topo, pki, broker, receiver, db, signing, ours, central, peer_port, peer_relay
+        )
+        try:
+            yield st
+        finally:
+            st.receiver.stop()
+
+
+def _listening(host: str, port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection((host, port), 0.2).close()
+    except OSError:
+        return False
+    return True
+
+
+def _home_listening(st: Stack, port: int) -> bool:
+    out = st.topo.home_run("ss", "-ltnH", f"sport = :{port}", check=False).stdout
+    return bool(out.strip())
+
+
+# -- ours -------------------------------------------------------------------------------
+
+
+def _box_files(st: Stack, state: Path) -> Path:
+    """A provisioned box (agent.toml with [uplink]) whose store is ``state``."""
+    state.mkdir(parents=True, exist_ok=True)
+    etc = state.parent / f"{state.name}-etc"
+    etc.mkdir(exist_ok=True)
+    (etc / "signing.pem").write_bytes(
+        st.signing.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    (etc / "service.pub").write_bytes(
+        st.pki.service_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    cert, key = st.pki.client(BOX)
+    host, port = st.ours_relay.address
+    toml = etc / "agent.toml"
+    toml.write_text(
+        "\n".join(
+            [
+                f'state_dir = "{state}"',
+                "[uplink]",
+                f'host = "{host}"',
+                f"port = {port}",
+                f'box_id = "{BOX}"',
+                f'ca_file = "{st.pki.ca.ca_file}"',
+                f'cert_file = "{cert}"',
+                f'key_file = "{key}"',
+                f'signing_key_file = "{etc / "signing.pem"}"',
+                f'service_key_file = "{etc / "service.pub"}"',
+            ]
+        )
+        + "\n"
+    )
+    return toml
+
+
+def _fill(toml: Path, readings: Sequence[Reading]) -> None:
+    cfg = AgentConfig.load(toml)
+    buf = Buffer.open(cfg.buffer_path, cfg.key_source(), config=cfg.buffer_config())
+    try:
+        for i in range(0, len(readings), 500):
+            buf.append(readings[i : i + 500])
+    finally:
+        buf.close()
+
+
+def _start_box(st: Stack, toml: Path) -> subprocess.Popen[str]:
+    log = (toml.parent / "box.log").open("a")
+    try:
+        return subprocess.Popen(
+            [*st.topo.prefix(st.topo.home), sys.executable, "-m", "bench.sidebyside_box",
+             str(toml)],
+            cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
+        )  # fmt: skip
+    finally:
+        log.close()
+
+
+def _stored(db: Path) -> int:
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    except sqlite3.Error:
+        return 0
+    try:
+        return int(conn.execute("SELECT count(*) FROM readings").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+    finally:
+        conn.close()
+
+
+def ours_drain(
+    st: Stack,
+    readings: Sequence[Reading],
+    *,
+    cut_at: float | None = None,
+    released: bool = True,
+    settle_s: float = 0.0,
+    timeout_s: float = 900,
+) -> Run:
+    """Our box drains ``readings`` (see the module docstring); a fresh receiver store.
+
+    ``released``: the box starts with the link down and the drain runs from ``link_up``;
+    otherwise the link is up first and bytes count from the box's start. ``cut_at``: the
+    share delivered at which every box process gets SIGKILL, and the box is started again.
+    """
+    st.runs += 1
+    st.fresh_receiver()
+    base = _stored(st.db)
+    state = st.root / f"ours-{st.runs}"
+    toml = _box_files(st, state)
+    _fill(toml, readings)
+    run = Run(len(readings))
+    if released:
+        st.topo.link_down()
+    else:
+        st.topo.link_up()
+    up0, down0 = st.bytes_now()
+    box = _start_box(st, toml)
+    try:
+        _wait(lambda: (state / "status.json").exists(), 60, "the box never reported status")
+        cpu0 = _proc_cpu_s(box.pid)
+        if released:
+            time.sleep(2.0)
+            cpu0 = _proc_cpu_s(box.pid)
+            up0, down0 = st.bytes_now()
+            st.topo.link_up()
+        t0 = time.monotonic()
+        cpu_extra = 0.0
+        deadline = t0 + timeout_s
+        while readings and time.monotonic() < deadline:
+            got = _stored(st.db) - base
+            now = time.monotonic() - t0
+            if got and run.first_delivery_s is None:
+                run.first_delivery_s = now
+            run.series.append((now, 1 - got / len(readings)))
+            if got >= len(readings):
+                run.drain_s = now
+                break
+            if cut_at is not None and got >= cut_at * len(readings):
+                cpu_extra += _proc_cpu_s(box.pid)
+                box.kill()
+                box.wait()
+                cut_at = None
+                box = _start_box(st, toml)
+            time.sleep(0.25)
+        if settle_s:
+            _wait(lambda: "connected to" in _log(toml), 60, "the box never connected")
+            time.sleep(settle_s)
+        up1, down1 = st.bytes_now()
+        run.up_bytes, run.down_bytes = up1 - up0, down1 - down0
+        run.cpu_s = cpu_extra + _proc_cpu_s(box.pid) - cpu0
+        run.rss_mb = _proc_hwm_mb(box.pid)
+        run.write_bytes = _proc_write_bytes(box.pid)
+    finally:
+        _stop(box)
+    ids = _ids(st.db)
+    wanted = wl.reading_ids(readings)
+    run.delivered = len(wanted & set(ids))
+    run.duplicates = len(ids) - len(set(ids))
+    return run
+
+
+def _log(toml: Path) -> str:
+    path = toml.parent / "box.log"
+    return path.read_text() if path.exists() else ""
+
+
+def _ids(db: Path) -> list[Any]:
+    store = SqliteStore(db)
+    try:
+        return store.reading_ids()
+    finally:
+        store.close()
+
+
+# -- the peer ---------------------------------------------------------------------------
+
+
+@dataclass
+class PeerBox:
+    """The peer's Mosquitto on the box (in the home namespace)."""
+
+    st: Stack
+    root: Path
+    conf: Path
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [*self.st.topo.prefix(self.st.topo.home), MOSQUITTO, "-c", str(self.conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _wait(lambda: _home_listening(self.st, self.port), 20, "the peer's box broker")
+
+    def publish(self, messages: Sequence[wl.PeerMessage]) -> None:
+        if not messages:
+            return
+        path = self.root / "messages.jsonl"
+        peer.write_messages(path, messages)
+        subprocess.run(
+            [*self.st.topo.prefix(self.st.topo.home), sys.executable, "-m", "bench.peer",
+             "publish", str(self.port), str(path)],
+            cwd=REPO, check=True, capture_output=True, timeout=1800,
+        )  # fmt: skip
+
+    def save(self) -> None:
+        """What its autosave does, now (mosquitto writes its database on SIGUSR1)."""
+        assert self.proc is not None
+        db = self.root / "data" / "mosquitto.db"
+        before = db.stat().st_mtime_ns if db.exists() else 0
+        self.proc.send_signal(signal.SIGUSR1)
+        _wait(lambda: db.exists() and db.stat().st_mtime_ns != before, 60, "no autosave")
+        time.sleep(0.5)  # written to a temporary file and renamed: let it finish
+
+
+def peer_drain(
+    st: Stack,
+    w: wl.Workload,
+    *,
+    window_s: float = 0.0,
+    cut_at: float | None = None,
+    released: bool = True,
+    settle_s: float = 0.0,
+    quiet_s: float = 45.0,
+    timeout_s: float = 7200,
+) -> Run:
+    """The peer drains ``w.messages`` (see :func:`ours_drain` for the arguments).
+
+    ``window_s``: stop after that long (0: at the end). After a cut the run ends when nothing
+    new arrived for ``quiet_s`` (the bridge retries after 5-30 s).
+    """
+    st.runs += 1
+    root = st.root / f"peer-{st.runs}"
+    root.mkdir()
+    cert, key = st.pki.client(peer.BOX_ID)
+    host, port = st.peer_relay.address
+    local = free_port()
+    conf = peer.box_config(root, local, (host, port), st.pki.ca.ca_file, cert, key)
+    box = PeerBox(st, root, conf, local)
+    total = len(w.messages)
+    run = Run(total)
+    sink_id = f"{peer.SINK_ID}-{st.runs}"
+    sink_cert, sink_key = st.pki.client(sink_id)
+    with peer.Sink(st.peer_port, st.pki.ca.ca_file, sink_cert, sink_key, sink_id) as sink:
+        if released:
+            st.topo.link_down()
+        else:
+            st.topo.link_up()
+        up0, down0 = st.bytes_now()
+        box.start()
+        try:
+            saved = [m for m in w.messages if m.before_s > PEER_UNSAVED_S]
+            box.publish(saved)
+            box.save()
+            box.publish([m for m in w.messages if m.before_s <= PEER_UNSAVED_S])
+            assert box.proc is not None
+            cpu0 = _proc_cpu_s(box.proc.pid)
+            if released:
+                up0, down0 = st.bytes_now()
+                st.topo.link_up()
+            t0 = time.monotonic()
+            cpu_extra = 0.0
+            cut_done_at: float | None = None
+            while total and time.monotonic() - t0 < timeout_s:
+                got = sink.unique
+                now = time.monotonic() - t0
+                run.series.append((now, 1 - got / total))
+                if got >= total:
+                    run.drain_s = (sink.last_at or time.monotonic()) - t0
+                    break
+                if window_s and now >= window_s:
+                    break
+                if cut_at is not None and got >= cut_at * total:
+                    cpu_extra += _proc_cpu_s(box.proc.pid)
+                    box.proc.kill()
+                    box.proc.wait()
+                    cut_at = None
+                    box.start()
+                    cut_done_at = time.monotonic()
+                if cut_done_at is not None:
+                    last = max(sink.last_at or 0.0, cut_done_at)
+                    if time.monotonic() - last > quiet_s:
+                        break
+                time.sleep(0.25)
+            run.window_s = time.monotonic() - t0
+            if sink.first_at is not None:
+                run.first_delivery_s = sink.first_at - t0
+            if settle_s:
+                time.sleep(settle_s)
+            up1, down1 = st.bytes_now()
+            run.up_bytes, run.down_bytes = up1 - up0, down1 - down0
+            assert box.proc is not None
+            run.cpu_s = cpu_extra + _proc_cpu_s(box.proc.pid) - cpu0
+            run.rss_mb = _proc_hwm_mb(box.proc.pid)
+            run.delivered = sink.unique
+            run.duplicates = sink.duplicates
+            run.readings_delivered = sink.readings
+            run.samples_delivered = sink.samples
+        finally:
+            _stop(box.proc)
+    return run
+
+
+# -- steady state (ours) ----------------------------------------------------------------
+
+IDLE_S = float(os.environ.get("BENCH_IDLE_S", "125"))
+"""Idle window: two MQTT keep-alives (the daemon's 60 s) and twelve status reports."""
+
+
+def _steady(st: Stack) -> dict[str, float]:
+    """Bytes on the wire and written to flash per patient-day, in steady state.
+
+    The box runs connected with an empty store. The feeder appends one patient-day
+    (:func:`bench.sidebyside_workload.patient_day`: 480 oximetry chunks, two BP readings, one
+    CPAP night) one reading every 0.3 s (a chunk a minute, time compressed; each goes up as
+    it comes, as it would), and the run waits for the service to hold it all and for the
+    daemon's next purge. Then an idle window (:data:`IDLE_S`) gives keep-alives, status
+    reports and their writes per second; then one reconnect (the relay resets the connection,
+    as a NAT timeout or a cell change does) gives the bytes of a reconnect with its TLS
+    handshake. Per day: the day's bytes, plus the idle rate
+    over the rest of the 24 h, plus :data:`RECONNECTS_PER_DAY` reconnects. Flash: the
+    daemon's ``/proc/PID/io`` ``write_bytes`` the same way (the day, then the idle rate).
+    """
+    st.topo.link_up()
+    st.runs += 1
+    st.fresh_receiver()
+    base = _stored(st.db)
+    state = st.root / "steady"
+    toml = _box_files(st, state)
+    box = _start_box(st, toml)
+    assert box.stdin is not None
+    assert box.stdout is not None
+    try:
+        _wait(lambda: "connected to" in _log(toml), 90, "the box never connected")
+        time.sleep(5)
+        day = len(wl.patient_day())
+        b0, w0, t0 = sum(st.bytes_now()), _proc_write_bytes(box.pid), time.monotonic()
+        box.stdin.write("day 0.3\n")
+        box.stdin.flush()
+        line = box.stdout.readline()
+        if not line.startswith("FED"):
+            raise RuntimeError(f"the feeder said {line!r}")
+        _wait(lambda: _stored(st.db) - base >= day, 300, "the patient-day never arrived", 0.5)
+        purges = _log(toml).count("delivered readings")
+        _wait(lambda: _log(toml).count("delivered readings") > purges, 90, "no purge", 0.5)
+        time.sleep(2)
+        b1, w1, t1 = sum(st.bytes_now()), _proc_write_bytes(box.pid), time.monotonic()
+        time.sleep(IDLE_S)
+        b2, w2, t2 = sum(st.bytes_now()), _proc_write_bytes(box.pid), time.monotonic()
+        idle_rate = (b2 - b1) / (t2 - t1)
+        flash_rate = (w2 - w1) / (t2 - t1)
+        connects = _log(toml).count("connected to")
+        st.ours_relay.cut()  # the connection reset (a NAT timeout, a cell change)
+        _wait(lambda: _log(toml).count("connected to") > connects, 120, "no reconnect")
+        time.sleep(3)
+        b3, t3 = sum(st.bytes_now()), time.monotonic()
+        reconnect = (b3 - b2) - idle_rate * (t3 - t2)
+    finally:
+        _stop(box)
+    feed_s = t1 - t0
+    rest = 86_400 - feed_s
+    return {
+        "wire_bytes_per_patient_day": round(
+            (b1 - b0) + idle_rate * rest + RECONNECTS_PER_DAY * reconnect
+        ),
+        "flash_bytes_per_patient_day": round((w1 - w0) + flash_rate * rest),
+        "patient_day_data_wire_bytes": b1 - b0,
+        "patient_day_readings": day,
+        "idle_wire_bytes_per_s": round(idle_rate, 2),
+        "reconnect_wire_bytes": round(reconnect),
+        "reconnects_per_day_assumed": RECONNECTS_PER_DAY,
+        "patient_day_data_flash_bytes": w1 - w0,
+        "idle_flash_bytes_per_s": round(flash_rate, 1),
+    }
+
+
+# -- the whole comparison ---------------------------------------------------------------
+
+
+def _rate_after(run: Run, total: int) -> float:
+    """Messages per second over the second half of a run's window."""
+    pts = [(t, share) for t, share in run.series if t >= run.window_s / 2]
+    if len(pts) < 2 or pts[-1][0] <= pts[0][0]:
+        return 0.0
+    return (pts[0][1] - pts[-1][1]) * total / (pts[-1][0] - pts[0][0])
+
+
+def _r(x: float | None, nd: int = 2) -> float | None:
+    return None if x is None else round(x, nd)
+
+
+@dataclass
+class Results:
+    """Raw runs, for the figures, the plots and the report."""
+
+    workload: dict[str, int]
+    ours: dict[str, Run] = field(default_factory=dict)
+    peer: dict[str, Run] = field(default_factory=dict)
+    steady: dict[str, float] = field(default_factory=dict)
+
+
+def measure(window_s: float, days: int = wl.DAYS) -> Results:
+    """Every run (see the module docstring)."""
+    week = wl.build(days=days, box=peer.BOX_ID)
+    spot = week.spot_only()
+    tail = week.tail(PEER_CUT_TAIL_S)
+    res = Results(wl.describe(week))
+    print(f"side by side: workload {res.workload}", file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory(prefix="dho-sidebyside-") as tmp:
+        for name, kbit in RATES:
+            with stack(Path(tmp) / name, kbit) as st:
+                if kbit == 1000:
+                    res.ours["empty"] = ours_drain(st, [], released=False, settle_s=3)
+                    res.ours["spot"] = ours_drain(st, spot.readings, released=False, settle_s=3)
+                    res.peer["empty"] = peer_drain(st, replace(spot, messages=()),
+                                                   released=False, settle_s=5)  # fmt: skip
+                    res.peer["spot"] = peer_drain(st, spot, released=False, settle_s=3)
+                    save(res)
+                _note(f"{name}: ours, the week")
+                res.ours[name] = ours_drain(st, week.readings)
+                save(res)
+                _note(f"{name}: peer, the week ({window_s:.0f} s window)")
+                res.peer[name] = peer_drain(st, week, window_s=window_s)
+                save(res)
+                if kbit == 64:
+                    _note("64kbit: ours, power cut half way")
+                    res.ours["cut"] = ours_drain(st, week.readings, cut_at=0.5)
+                else:
+                    _note("1mbit: peer, power cut at 40 % of the last hour")
+                    res.peer["cut"] = peer_drain(st, tail, cut_at=0.4)
+                    save(res)
+                    _note("1mbit: ours, a patient-day in steady state")
+                    try:
+                        res.steady = _steady(st)
+                    except (TimeoutError, RuntimeError) as exc:
+                        _note(f"the steady-state run failed: {exc}")
+                save(res)
+    return res
+
+
+def _note(text: str) -> None:
+    print(f"side by side: {text}", file=sys.stderr, flush=True)
+
+
+def figures(res: Results) -> dict[str, dict[str, Any]]:
+    """The ``ours`` and ``peer`` sections from the runs."""
+    n_spot = res.workload["spot_readings"]
+    samples = res.workload["samples"]
+    out: dict[str, dict[str, Any]] = {}
+    for who, runs in (("ours", res.ours), ("peer", res.peer)):
+        empty, spot = runs["empty"].total_bytes, runs["spot"].total_bytes
+        per_reading = (spot - empty) / n_spot
+        w64 = runs["64kbit"]
+        if who == "ours":
+            per_sample = (w64.total_bytes - empty - n_spot * per_reading) / samples
+        else:
+            per_sample = (w64.total_bytes - empty - w64.readings_delivered * per_reading) / max(
+                1, w64.samples_delivered
+            )
+        total_bytes = empty + n_spot * per_reading + samples * per_sample
+        sect: dict[str, Any] = {
+            "wire_bytes_per_reading": round(per_reading, 1),
+            "wire_bytes_per_sample": round(per_sample, 2),
+            "wire_bytes_total": round(total_bytes),
+            "wire_bytes_empty_connection": empty,
+        }
+        for name, kbit in RATES:
+            run = runs[name]
+            suffix = "" if kbit == 64 else f"_{name}"
+            rate_bits = kbit * 1000
+            if who == "ours" or run.drain_s is not None:
+                drain = run.drain_s
+                floor = run.busier_bytes * 8 / rate_bits
+                cpu = run.cpu_s
+                extrapolated = 0
+            else:
+                mps = _rate_after(run, run.produced)
+                remaining = run.produced - run.delivered
+                drain = run.window_s + remaining / mps if mps > 0 else None
+                floor = run.busier_bytes / max(1, run.delivered) * run.produced * 8 / rate_bits
+                cpu = run.cpu_s / max(1, run.delivered) * run.produced
+                extrapolated = 1
+                sect[f"delivered_in_window{suffix}"] = run.delivered
+                sect[f"window_s{suffix}"] = round(run.window_s, 1)
+            sect[f"drain_s{suffix}"] = _r(drain, 1)
+            sect[f"link_floor_s{suffix}"] = _r(floor, 1)
+            sect[f"drain_over_floor{suffix}"] = (
+                None if drain is None or not floor else round(drain / floor, 3)
+            )
+            sect[f"first_delivery_s{suffix}"] = _r(run.first_delivery_s)
+            sect[f"cpu_s{suffix}"] = _r(cpu)
+            sect[f"drain_extrapolated{suffix}"] = extrapolated
+        cut = runs["cut"]
+        sect["lost_on_power_cut"] = cut.produced - cut.delivered
+        sect["duplicates_after_power_cut"] = cut.duplicates
+        sect["power_cut_produced"] = cut.produced
+        sect["rss_mb"] = round(max(runs[n].rss_mb for n, _ in RATES), 1)
+        out[who] = sect
+    out["ours"]["peer_over_ours_wire"] = round(
+        out["peer"]["wire_bytes_total"] / out["ours"]["wire_bytes_total"], 1
+    )
+    out["ours"] |= res.steady
+    return out
+
+
+# -- plots and the entry point ----------------------------------------------------------
+
+
+def plot(res: Results, figs: dict[str, dict[str, Any]], out_dir: Path = HERE) -> list[Path]:
+    """Backlog over time, both systems, one PNG per rate (matplotlib, no display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for name, kbit in RATES:
+        fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+        suffix = "" if kbit == 64 else f"_{name}"
+        for who, colour in (("ours", "tab:blue"), ("peer", "tab:red")):
+            run = (res.ours if who == "ours" else res.peer)[name]
+            pts = [(max(t, 0.1), 100 * share) for t, share in run.series]
+            if not pts:
+                continue
+            xs, ys = zip(*pts, strict=True)
+            drain = figs[who].get(f"drain_s{suffix}")
+            label = f"{who}: drained in {drain:.0f} s" if drain else who
+            ax.plot(xs, ys, color=colour, label=label)
+            if figs[who].get(f"drain_extrapolated{suffix}") and drain:
+                ax.plot([xs[-1], drain], [ys[-1], 0], color=colour, linestyle="--",
+                        label=f"{who}: extrapolated at the window's rate")  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_xlabel("seconds since the link came back (log scale)")
+        ax.set_ylabel("backlog still on the box (%)")
+        ax.set_ylim(0, 102)
+        ax.set_title(f"7-day backlog released at once, {kbit} kbit/s, 200 ms round trip")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(loc="lower left")
+        fig.tight_layout()
+        path = out_dir / f"sidebyside-{name}.png"
+        fig.savefig(path)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def run() -> dict[str, Any]:
+    """Measure, plot, and return ``{"ours.<key>": value, "peer.<key>": value}``."""
+    reason = unavailable_reason()
+    if reason is not None:
+        print(f"note: no side-by-side figures: {reason}", file=sys.stderr)
+        return {}
+    # SIGTERM (a stopped make bench) unwinds: namespaces, brokers and boxes are removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    window = float(os.environ.get("BENCH_PEER_WINDOW_S", "150"))
+    days = int(os.environ.get("BENCH_SIDEBYSIDE_DAYS", str(wl.DAYS)))
+    res = measure(window, days)
+    save(res)
+    return report_of(res)
+
+
+RUNS = HERE / "sidebyside-runs.json"
+"""Every run's raw counts and backlog series (``python -m bench.sidebyside --replot``)."""
+
+
+def save(res: Results, path: Path = RUNS) -> None:
+    """Keep the raw runs next to the report."""
+    path.write_text(json.dumps(asdict(res), separators=(",", ":")) + "\n")
+
+
+def load(path: Path = RUNS) -> Results:
+    """The runs :func:`save` wrote."""
+    raw = json.loads(path.read_text())
+
+    def runs(d: dict[str, Any]) -> dict[str, Run]:
+        out = {}
+        for k, v in d.items():
+            v["series"] = [tuple(p) for p in v["series"]]
+            out[k] = Run(**v)
+        return out
+
+    return Results(raw["workload"], runs(raw["ours"]), runs(raw["peer"]), raw["steady"])
+
+
+def report_of(res: Results) -> dict[str, Any]:
+    """Figures and plots from the runs, flat (``ours.<key>``, ``peer.<key>``)."""
+    figs = figures(res)
+    figs["ours"]["workload"] = res.workload
+    plot(res, figs)
+    flat: dict[str, Any] = {}
+    for who, sect in figs.items():
+        for key, value in sect.items():
+            flat[f"{who}.{key}"] = value
+    return flat
+
+
+if __name__ == "__main__":
+    print(json.dumps(report_of(load()) if "--replot" in sys.argv else run(), indent=2))
