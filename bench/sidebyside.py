@@ -780,9 +780,12 @@ def plot(res: Results, figs: dict[str, dict[str, Any]], out_dir: Path = HERE) ->
                 continue
             xs, ys = zip(*pts, strict=True)
             drain = figs[who].get(f"drain_s{suffix}")
-            label = f"{who}: drained in {drain:.0f} s" if drain else who
+            extrapolated = bool(figs[who].get(f"drain_extrapolated{suffix}"))
+            label = who
+            if drain:
+                label += f": {'about ' if extrapolated else ''}{drain:.0f} s to drain"
             ax.plot(xs, ys, color=colour, label=label)
-            if figs[who].get(f"drain_extrapolated{suffix}") and drain:
+            if extrapolated and drain:
                 ax.plot([xs[-1], drain], [ys[-1], 0], color=colour, linestyle="--",
                         label=f"{who}: extrapolated at the window's rate")  # fmt: skip
         ax.set_xscale("log")
