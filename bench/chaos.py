@@ -120,6 +120,10 @@ class Plan:
         return cls(readings=20_400, faults=207, rate=15.0, download_interval=20.0)
 
 
+def _iso(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
 def unavailable_reason() -> str | None:
     """Why the campaign cannot run here, or ``None``."""
     reason = net.unavailable_reason()
@@ -200,6 +204,10 @@ class Campaign:
         self.ble_produced = 0
         """CPAP nights on the card (it starts with one)."""
         self.cpap_truth: dict[Key, Values] = {}
+        self.timeline: list[list[str]] = []
+        """Every fault: kind, start, end (UTC wall clock of the campaign, not the agent's)."""
+        self.made_at: dict[Key, str] = {}
+        """When each device record was made (for a lost one: which faults were around)."""
 
     # -- central -------------------------------------------------------------------------
 
@@ -313,10 +321,12 @@ class Campaign:
                 with self._lock:
                     key = (f"BM65-{p['cuff']:03d}", p["when"])
                     self.produced[key] = (p["sys"], p["dia"], p["pulse"])
+                    self.made_at[key] = _iso(time.time())
             elif line.startswith("B "):
                 p = json.loads(line[2:])
                 with self._lock:
                     self.produced[(BLE_SERIAL, p["when"])] = (p["sys"], p["dia"], p["pulse"])
+                    self.made_at[(BLE_SERIAL, p["when"])] = _iso(time.time())
                     self.ble_produced += 1
             elif line.startswith("N "):
                 self.nights += 1
@@ -472,6 +482,13 @@ class Campaign:
         return self._moments.pop()
 
     def fault(self, kind: str) -> None:
+        began = time.time()
+        try:
+            self._fault(kind)
+        finally:
+            self.timeline.append([kind, _iso(began), _iso(time.time())])
+
+    def _fault(self, kind: str) -> None:
         r = self.rng
         s = self.plan.scale
         self.faults[kind] += 1
@@ -542,7 +559,7 @@ class Campaign:
     def verdict(self) -> Verdict:
         with self._lock:
             produced = {**self.produced, **self.cpap_truth}
-        return check(produced, list(self.stored()))
+        return check(produced, list(self.stored()), sample=200)
 
     def read_card(self) -> None:
         """The card's readings as ground truth, once it changes no more (after ``stop``)."""
@@ -667,6 +684,8 @@ def run(
             for k, v in verdict.as_dict().items()
             if k not in ("produced", "lost", "duplicates")
         },
+        "lost_made_at": [c.made_at.get((k[0], k[1]), "") for k in verdict.lost_sample],
+        "fault_timeline": c.timeline,
         "seconds": round(time.monotonic() - t_start, 1),
         "full": full,
         "seed": seed,
