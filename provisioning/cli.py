@@ -363,10 +363,21 @@ def pair(
     try:
         devices.adapter_present(adapter)
 
+        # A spinner while the scan and the pairing wait; stopped while the passkey is asked.
+        spinner = None if as_json else console().status(f"waiting for {address} ...")
+
         async def ask_passkey(_address: str) -> int | None:
-            text: str = await asyncio.to_thread(
-                typer.prompt, "passkey shown on the device (6 digits, empty to refuse)", default=""
-            )
+            if spinner is not None:
+                spinner.stop()
+            try:
+                text: str = await asyncio.to_thread(
+                    typer.prompt,
+                    "passkey shown on the device (6 digits, empty to refuse)",
+                    default="",
+                )
+            finally:
+                if spinner is not None:
+                    spinner.start()
             return int(text) if text.strip().isdigit() else None
 
         if not as_json:
@@ -375,12 +386,17 @@ def pair(
                 "pairing mode",
                 markup=False,
             )
+        if spinner is not None:
+            spinner.start()
         try:
             enrolled = asyncio.run(
                 pair_device(wanted, adapter=adapter, passkey=ask_passkey, scan_timeout=scan_timeout)
             )
         except Exception as exc:  # noqa: BLE001 - every Bluetooth failure gets its own message
             raise devices.ble_error(exc, adapter) from None
+        finally:
+            if spinner is not None:
+                spinner.stop()
         final = DeviceAssignment(
             wanted.family,
             patient=patient,
