@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from agent.buffer.files import atomic_write
+from agent.atomicfile import write_atomic
 from agent.buffer.keyring import Keyring
 
 # version, store id, tx, live, acked, quarantined, next batch, next ref id, sticky flags
@@ -150,4 +150,4 @@ def write_anchor(store_path: Path, keyring: Keyring, anchor: Anchor) -> None:
     """Atomically replace the anchor (write, fsync, rename, fsync the directory)."""
     body = _ANCHOR.pack(_VERSION, anchor.store_id, anchor.tx, anchor.next_batch)
     data = body + keyring.blind(b"anchor|", body)
-    atomic_write(anchor_path(store_path), data)
+    write_atomic(anchor_path(store_path), data)

@@ -40,7 +40,7 @@ from typing import Final, Protocol
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from agent.buffer.files import atomic_write, fsync_dir
+from agent.atomicfile import fsync_dir, write_atomic
 from agent.errors import KeyLostError, KeyUnavailableError
 
 _LOGGER = logging.getLogger(__name__)
@@ -198,7 +198,7 @@ class FileKeySource:
 
     def _write_new(self, key: bytes) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        atomic_write(self.path, key)
+        write_atomic(self.path, key)
 
     def replace(self, new_key: bytes) -> None:
         """Atomically replace the key file."""
