@@ -356,8 +356,9 @@ def buffer_status(
 
 
 def _print_status(data: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from dho_cli.output import Console
 
     table = Table(title=f"buffer ({data['source']})", show_header=False)
     pending = data.get("pending", {})

@@ -33,6 +33,13 @@ exit code. Use it like this (the other CLIs are welcome to, that is what it is f
   other library exceptions with :func:`register_error`.
 * Anything else is a bug: it is reported as ``internal error`` with exit 70; setting
   ``DHO_DEBUG=1`` shows the traceback.
+* A reader that goes away early (``dho-agent decode ... | head``) is not an error: the command
+  stops quietly with exit 141 (128 + SIGPIPE, what the shell reports for ``yes | head``), as the
+  Python documentation's note on SIGPIPE advises (stdout is pointed at ``/dev/null`` so that the
+  flush at exit does not fail again). SIGPIPE itself is left ignored: restoring its default
+  would also kill the daemon when a socket's peer goes away. Print rich output (tables,
+  spinners) with :class:`dho_cli.output.Console`, which does the same (rich's own console exits
+  with 1, the code of a failed check).
 
 Exit codes follow ``sysexits.h`` so scripts and systemd (``RestartPreventExitStatus=``) can
 tell them apart; see :class:`ExitCode`. Messages never contain a measured value or a patient
@@ -63,6 +70,7 @@ __all__ = [
     "register_error",
     "report",
     "run_app",
+    "silence_stdout",
     "version_option",
 ]
 
@@ -95,6 +103,8 @@ class ExitCode(enum.IntEnum):
     """The configuration is missing or wrong."""
     INTERRUPTED = 130
     """Stopped with Ctrl-C."""
+    BROKEN_PIPE = 141
+    """The reader of the output went away (``... | head``): 128 + SIGPIPE, nothing printed."""
 
 
 class CliError(Exception):
@@ -190,8 +200,29 @@ def report(error: CliError) -> None:
         typer.echo(f"next step: {error.hint}", err=True)
 
 
+def silence_stdout() -> None:
+    """Point stdout at ``/dev/null``: Python flushes it at exit, and the pipe is gone."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # not a real file (typer.testing.CliRunner): nothing is flushed to a pipe
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
 class ReportingGroup(TyperGroup):
     """The root command: every exception a command raises becomes a report and an exit code."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        """Parse the root's arguments; ``--help`` or ``--version`` into a closed pipe is quiet."""
+        try:
+            return super().make_context(*args, **kwargs)
+        except BrokenPipeError:
+            silence_stdout()
+            raise typer.Exit(ExitCode.BROKEN_PIPE) from None
 
     def invoke(self, ctx: Any) -> Any:
         """Invoke the subcommand; see the module docstring for what happens on errors."""
@@ -199,6 +230,9 @@ class ReportingGroup(TyperGroup):
             return super().invoke(ctx)
         except (typer.Exit, typer.Abort, typer.TyperException):
             raise  # typer's own: --help, usage errors (exit 2), typer.Exit(code)
+        except BrokenPipeError:
+            silence_stdout()  # the reader went away (`| head`): stop quietly
+            raise typer.Exit(ExitCode.BROKEN_PIPE) from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(ExitCode.INTERRUPTED) from None
@@ -278,9 +312,15 @@ def make_group(*, help: str, **kwargs: Any) -> typer.Typer:
 def run_app(app: typer.Typer) -> NoReturn:
     """Console-script entry point: run ``app`` and exit with its code (never a traceback)."""
     try:
-        app()
+        try:
+            app()
+        finally:
+            sys.stdout.flush()  # a closed pipe shows here, not as a warning at interpreter exit
     except SystemExit:
         raise
+    except BrokenPipeError:
+        silence_stdout()
+        sys.exit(ExitCode.BROKEN_PIPE)
     except BaseException as exc:  # noqa: BLE001 - errors outside any command (e.g. parsing)
         if os.environ.get("DHO_DEBUG"):
             traceback.print_exc()

@@ -16,10 +16,10 @@ from enum import IntEnum
 from typing import Any
 
 import typer
-from rich.console import Console
 
 from dho_cli import CliError
 from dho_cli import ExitCode as Sysexits
+from dho_cli.output import Console
 
 
 class ExitCode(IntEnum):

@@ -228,8 +228,9 @@ def tokens_command(
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    from rich.console import Console
     from rich.table import Table
+
+    from dho_cli.output import Console
 
     table = Table(title="enrolment tokens")
     for col in ("token id", "box", "state", "issued", "expires", "patients"):
@@ -412,8 +413,9 @@ def boxes_command(
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    from rich.console import Console
     from rich.table import Table
+
+    from dho_cli.output import Console
 
     table = Table(title="enrolled boxes")
     for col in (

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -83,3 +85,96 @@ def test_every_installed_cli_has_version(prog: str) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout == f"{prog} {package_version()}\n"
+
+
+def _into_a_closed_pipe(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` with stdout a pipe whose reader has gone, as ``| head`` is after its lines.
+
+    The read end is closed before the command starts, so its first write fails (EPIPE), every
+    time, whatever the pipe's buffer size.
+    """
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run(
+            argv, stdout=write_end, stderr=subprocess.PIPE, text=True, check=False, timeout=120
+        )
+    finally:
+        os.close(write_end)
+
+
+BPM = "16 7C 00 56 00 61 00 E8 07 06 0F 11 11 1B 33 00 00 00"  # README: 124/86 mmHg, pulse 51
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["dho-agent", "decode", "ble.bpm", BPM],  # typer.echo
+        ["dho-agent", "card"],
+        # a rich table; --no-probe: never write to this machine's serial ports
+        ["dho-provision", "serial", "--no-probe", "--root", "{tmp}"],
+        ["dho-provision", "serial", "--json", "--no-probe", "--root", "{tmp}"],
+        ["dho-provision", "--help"],
+        ["dho-receiver", "new-service-key", "{tmp}/service.pem"],
+        ["dho-receiver", "--version"],
+    ],
+    ids=lambda argv: " ".join(argv[:3]),
+)
+def test_a_reader_that_goes_away_ends_the_command_quietly(argv: list[str], tmp_path: Path) -> None:
+    """``dho-agent decode ... | head``: exit 141 (128 + SIGPIPE, as ``yes | head``), no message."""
+    command = [str(BIN / argv[0]), *(a.format(tmp=tmp_path) for a in argv[1:])]
+    out = _into_a_closed_pipe(command)
+    assert out.stderr == ""
+    assert out.returncode == 141  # ExitCode.BROKEN_PIPE
+
+
+_PIPE_APP = textwrap.dedent(
+    """
+    import sys
+    import typer
+    from dho_cli import make_app, run_app
+    from dho_cli.output import Console
+
+    app = make_app("dho-test", help="A test app.")
+
+    @app.command()
+    def echo() -> None:
+        for n in range(100_000):
+            typer.echo(f"line {n}")
+
+    @app.command()
+    def buffered() -> None:
+        print("held in Python's buffer until the flush at exit")
+
+    @app.command()
+    def table() -> None:
+        Console().print("a rich line")
+
+    run_app(app)
+    """
+)
+
+
+@pytest.mark.parametrize("command", ["echo", "buffered", "table"])
+def test_every_way_of_printing_ends_quietly_on_a_closed_pipe(command: str) -> None:
+    """``typer.echo``, a plain ``print`` flushed only at exit, and rich output: all exit 141."""
+    out = _into_a_closed_pipe([sys.executable, "-c", _PIPE_APP, command])
+    assert out.stderr == ""
+    assert out.returncode == ExitCode.BROKEN_PIPE
+
+
+def test_a_closed_pipe_under_the_test_runner() -> None:
+    """Under ``CliRunner`` (no real stdout file) a broken pipe is still exit 141, not an error."""
+    app = make_app("dho-test", help="A test app.")
+
+    @app.command()
+    def gone() -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    @app.command()
+    def other() -> None:
+        """A second command, so that ``gone`` stays a sub-command."""
+
+    result = runner.invoke(app, ["gone"])
+    assert result.exit_code == ExitCode.BROKEN_PIPE
+    assert result.stderr == ""
