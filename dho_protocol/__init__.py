@@ -10,6 +10,7 @@ Modules (everything public is re-exported here, so ``import dho_protocol as p`` 
 
 * :mod:`dho_protocol.topics`: the topics and the receivers' shared subscription,
 * :mod:`dho_protocol.envelope`: signed batch envelopes, acknowledgements, commands, keys,
+* :mod:`dho_protocol.commands`: the commands a box carries out (section 7.1), checked by name,
 * :mod:`dho_protocol.rows`: one reading as a compact row (what the box stores, and sends),
 * :mod:`dho_protocol.rowpayload`: batch payload v2, the stored rows with their references,
 * :mod:`dho_protocol.payload`: batch payload v1 (older boxes; still accepted),
@@ -17,6 +18,13 @@ Modules (everything public is re-exported here, so ``import dho_protocol as p`` 
 * :mod:`dho_protocol.tls`: the TLS settings both ends use towards the broker.
 """
 
+from dho_protocol.commands import (
+    COMMANDS,
+    MAX_IDLE_POLL_S,
+    CommandError,
+    check_command,
+    idle_poll_s,
+)
 from dho_protocol.envelope import (
     BATCH_VERSION,
     DOMAIN,
@@ -79,10 +87,12 @@ from dho_protocol.topics import (
 
 __all__ = [
     "BATCH_VERSION",
+    "COMMANDS",
     "DOMAIN",
     "FLAG_RAW",
     "MAX_BATCH_BYTES",
     "MAX_CONTROL_BYTES",
+    "MAX_IDLE_POLL_S",
     "MAX_PAYLOAD_BYTES",
     "MAX_READINGS",
     "SHARED_BATCH_SUBSCRIPTION",
@@ -97,6 +107,7 @@ __all__ = [
     "ArgValue",
     "BatchEnvelope",
     "Command",
+    "CommandError",
     "Context",
     "DecodedRows",
     "FormatError",
@@ -118,6 +129,7 @@ __all__ = [
     "batch_topic",
     "box_of_batch_topic",
     "check_box_id",
+    "check_command",
     "check_command_fresh",
     "client_context",
     "command_topic",
@@ -129,6 +141,7 @@ __all__ = [
     "encode_reading",
     "encode_readings",
     "encode_rows",
+    "idle_poll_s",
     "load_public_key",
     "open_ack",
     "open_command",

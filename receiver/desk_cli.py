@@ -500,7 +500,12 @@ def _arg(text: str) -> tuple[str, Any]:
 
 def command_command(
     box_id: Annotated[str, typer.Argument(help="the box")],
-    name: Annotated[str, typer.Argument(help="status-report, set-schedule, rotate-keys")],
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="status-report, set-schedule, rotate-keys, set-thresholds, set-alarm-sms"
+        ),
+    ],
     args: Annotated[list[str] | None, typer.Argument(help="KEY=VALUE arguments")] = None,
     wait: Annotated[float, typer.Option(help="seconds to wait for the box's answer")] = 30.0,
     expires: Annotated[str, typer.Option(help="how long the box may still act on it")] = "1d",
@@ -511,14 +516,25 @@ def command_command(
 
     The command waits at the broker while the box is offline (until it expires); a
     status-report answer is kept and shown by dho-receiver boxes as the backlog reported.
+    An unknown command, or arguments the protocol defines and the box would refuse, is exit 2
+    and nothing is sent.
     """
     with _errors():
+        from dho_protocol import CommandError, check_command
         from receiver.mqtt import ReceiverConfig, load_service_key
 
-        settings = _settings(config)
-        cfg = ReceiverConfig.load(config)
         topics.check_box_id(box_id)
         parsed = dict(_arg(a) for a in args or [])
+        try:
+            check_command(name, parsed)
+        except CommandError as exc:
+            raise Failure(
+                f"not sent: {exc}",
+                "check the command's name and arguments (docs/uplink-protocol.md section 7.1)",
+                ExitCode.USAGE,
+            ) from None
+        settings = _settings(config)
+        cfg = ReceiverConfig.load(config)
         cert = _command_identity(config)
         db = _desk_db(settings, create=True)
         try:

@@ -35,7 +35,7 @@ from agent.uplink import session as s
 from agent.uplink.link import LinkConfig, LinkHandlers, LinkState, MqttLink
 from agent.uplink.policy import AckTimeout, Attempts, Backoff, BatchSizer, ReconnectPolicy
 from agent.uplink.state import UplinkState
-from dho_protocol import ProtocolError, ReplayError
+from dho_protocol import CommandError, ProtocolError, ReplayError, idle_poll_s
 
 _LOG = logging.getLogger(__name__)
 
@@ -542,16 +542,11 @@ class Uplink:
         elif cmd.name == "status-report":
             result["status"] = asdict(await self.status())
         elif cmd.name == "set-schedule":
-            interval = cmd.args.get("idle_poll_s")
-            if (
-                isinstance(interval, int)
-                and not isinstance(interval, bool)
-                and 1 <= interval <= 86_400
-            ):
-                self.session.idle_poll_s = float(interval)
+            try:
+                self.session.idle_poll_s = float(idle_poll_s(cmd.args))
                 result["ok"] = True
-            else:
-                result["error"] = "idle_poll_s must be an integer from 1 to 86400"
+            except CommandError as err:
+                result["error"] = str(err)
         elif cmd.name == "rotate-keys":
             # The box's own data keys; its identity (TLS certificate, signing key) is renewed
             # by re-provisioning, which needs the service's enrolment as well.

@@ -68,6 +68,13 @@ async def test_signed_care_commands(broker, tmp_path: Path, pki) -> None:
         )
         assert "E.164" in str(r["error"])
         assert PATIENT not in json.dumps(r)
+        # A name the box does not know (dho-receiver command refuses it before signing; a
+        # service of another version might still send one): answered, nothing done.
+        r = await asyncio.to_thread(send, 5, "reboot", {})
+        assert r["error"] == "unsupported command"
+        r = await asyncio.to_thread(send, 6, "set-schedule", {"idle_poll_s": 0})
+        assert r["error"] == "idle_poll_s must be an integer from 1 to 86400"
+        assert uplink.idle_poll_s == 5
         assert care.evaluator.rules_for(PATIENT)
         assert [s.kind for s in care.planner.schedules[PATIENT].slots] == [Kind.BP]
     finally:

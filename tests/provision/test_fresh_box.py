@@ -97,11 +97,18 @@ def test_install_to_delivered_readings_with_cli_commands_only(
             assert asked.exit_code == 0, asked.output
             answer = json.loads(asked.stdout)
             assert answer["answered"] is True, answer
+            answer_counter = answer["counter"]
             assert answer["answer"]["status"]["box_id"] == "box-fresh-1"
+            # A typo is refused at the service, before anything is signed or sent (the box's
+            # own "unsupported command" answer: tests/care/test_care_commands.py).
             bad = receiver("command", "box-fresh-1", "reboot", "--config", service.config,
                            "--wait", "30", "--json")  # fmt: skip
-            assert bad.exit_code == 0, bad.output
-            assert json.loads(bad.stdout)["answer"]["error"] == "unsupported command"
+            assert bad.exit_code == 2, bad.output
+            assert "unknown command 'reboot' (known: status-report, " in bad.stderr
+            again = receiver("command", "box-fresh-1", "status-report", "--config",
+                             service.config, "--wait", "60", "--json")  # fmt: skip
+            assert again.exit_code == 0, again.output
+            assert json.loads(again.stdout)["counter"] == answer_counter + 1  # none used
         finally:
             agent.send_signal(signal.SIGTERM)
             agent.wait(30)

@@ -267,3 +267,27 @@ def test_run_waits_for_an_unreachable_database(broker, tmp_path):
     finally:
         assert rx.stop() == 0
     assert "Traceback" not in rx.log()
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["reboot"], "unknown command 'reboot' (known: status-report, set-schedule, rotate-keys, "),
+        (["status-reprot"], "unknown command 'status-reprot'"),
+        (["set-schedule", "idle_poll_s=0"], "set-schedule: idle_poll_s must be an integer"),
+        (["set-schedule", "idle_pol_s=60"], "set-schedule: idle_pol_s: unknown key"),
+        (["status-report", "now=true"], "status-report: takes no arguments, not now"),
+    ],
+)
+def test_command_refuses_at_the_service_what_the_box_would_refuse(tmp_path, args, says):
+    """A typo is exit 2 with the known commands, before the configuration is read: no key is
+    loaded, no counter is used, nothing is signed or sent (the box used to be the one to say)."""
+    config = tmp_path / "receiver.toml"  # never read: the command line is checked first
+    result = CliRunner().invoke(app, ["command", "box-0001", *args, "--config", str(config)])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("error: not sent: ")
+    assert says in lines[0]
+    assert lines[1].startswith("next step: ")
+    assert "Traceback" not in result.output
+    assert list(tmp_path.iterdir()) == []
