@@ -5,8 +5,9 @@ care service feeds it the alarm (the worst concern) and a due measurement throug
 :meth:`agent.care.service.CareService.light_concern`. This module keeps the rest:
 
 * alarm: the buzzer beeps until the button is pressed (the light flashes magenta meanwhile);
-* reminder due: :meth:`Indicator.chime` is the short sound at the start and at each repeat
-  (the planner already left it out in quiet hours); the light flashes white.
+* reminder due: :meth:`Indicator.chime` is the short sound at the start and at each repeat;
+  the light flashes white. In the patient's quiet hours neither: the planner gives no
+  reminder then and the light leaves it out (an alarm still beeps and shows).
 
 :class:`GpioIndicator` drives them with gpiozero (``Buzzer``, ``Button``); tests use its mock
 pin factory. :class:`NullIndicator` does nothing (no buzzer or button on this box).

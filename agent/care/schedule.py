@@ -7,7 +7,11 @@ quiet hours. Each window on each day is an :class:`Occurrence`:
 
 * while it is open and nothing of its kind has arrived since it opened, it is **due**: the
   box reminds the patient (the light shows it the whole time; a short sound when the window
-  opens and again every ``remind_every_min``, never in quiet hours);
+  opens and again every ``remind_every_min``);
+* in the patient's **quiet hours** a due occurrence is kept but not shown: no light, no
+  sound, no reminder counted (:meth:`Planner.shown`). When quiet hours end with its window
+  still open, it is reminded (light and sound) at once; a window that closes in quiet hours
+  is missed as any other;
 * a measurement of its kind inside the window makes it **done** and the reminding stops;
 * a window that closes with nothing is **missed**, reported once to the service.
 
@@ -224,7 +228,8 @@ class ActionKind(enum.StrEnum):
 class Action:
     """One thing to do now.
 
-    ``REMIND``: show the reminder (with a short sound if ``sound``); ``STOP``: the occurrence
+    ``REMIND``: show the reminder (with a short sound if ``sound``: always, since quiet
+    hours give no ``REMIND`` at all); ``STOP``: the occurrence
     is done (``why`` ``measured``) or its window ended (``why`` ``window-ended``), stop
     showing it; ``MISSED``: report it to the service (``reminders`` given).
     """
@@ -278,8 +283,20 @@ class Planner:
             del times[:-_HISTORY]
 
     def due(self) -> list[Occurrence]:
-        """Occurrences being reminded now."""
+        """Occurrences due now (open, nothing measured yet), shown or held by quiet hours."""
         return [o.occurrence for o in self._open.values()]
+
+    def shown(self, now: datetime) -> list[Occurrence]:
+        """The due occurrences the light shows at ``now``: none in their patient's quiet hours."""
+        return [
+            o.occurrence
+            for o in self._open.values()
+            if not self._quiet(o.occurrence.patient, now)
+        ]
+
+    def _quiet(self, patient: str, now: datetime) -> bool:
+        schedule = self.schedules.get(patient)
+        return schedule is not None and schedule.is_quiet(now)
 
     def _satisfied(self, occ: Occurrence) -> bool:
         return any(
@@ -333,12 +350,17 @@ class Planner:
                     continue
                 if open_ is None:
                     open_ = self._open[key] = _Open(occ)
+                if schedule.is_quiet(now):
+                    continue  # kept, not shown: no light, no sound
                 every = timedelta(minutes=schedule.remind_every_min)
-                if open_.last_reminded is None or now - open_.last_reminded >= every:
+                if (
+                    open_.last_reminded is None
+                    or now - open_.last_reminded >= every
+                    or (self.last_tick is not None and schedule.is_quiet(self.last_tick))
+                ):  # first time, time again, or quiet hours just ended
                     open_.reminders += 1
                     open_.last_reminded = now
-                    sound = not schedule.is_quiet(now)
-                    actions.append(Action(ActionKind.REMIND, occ, sound=sound))
+                    actions.append(Action(ActionKind.REMIND, occ, sound=True))
         horizon = now - MAX_CATCH_UP - timedelta(days=1)
         self._judged = {k: end for k, end in self._judged.items() if end >= horizon}
         self.last_tick = now

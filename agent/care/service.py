@@ -455,7 +455,7 @@ class CareService:
 
     def _show(self) -> None:
         alarm = any(not o.acknowledged for o in self.outgoing)
-        reminder = bool(self.planner.due())
+        reminder = bool(self.planner.shown(self._local_now()))  # none in quiet hours
         self._light = Concern.ALARM if alarm else Concern.REMINDER if reminder else None
         self.indicator.show(alarm=alarm, reminder=reminder)
 

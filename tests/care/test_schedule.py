@@ -75,11 +75,43 @@ def test_a_window_with_nothing_is_reported_missed_once() -> None:
     assert not [a for a in p.tick(at(22.2)) if a.kind is ActionKind.MISSED]
 
 
-def test_quiet_hours_keep_the_light_but_not_the_sound() -> None:
-    p = planner()
-    p.tick(at(21))
-    actions = p.tick(at(22.75))  # 22:45, in quiet hours
-    assert ("remind", "oximetry", False) in kinds(actions)
+def test_quiet_hours_hold_a_reminder_and_a_window_closing_in_them_is_missed() -> None:
+    """In quiet hours no light, no sound, no repeat; the reminder is kept."""
+    p = planner()  # quiet 22:30-07:00; oximetry 21:00-01:00
+    assert ("remind", "oximetry", True) in kinds(p.tick(at(21)))
+    assert [o.kind for o in p.shown(at(21))] == [Kind.BP, Kind.OXIMETRY]
+    assert [a for a in p.tick(at(22.75)) if a.occurrence.kind is Kind.OXIMETRY] == []  # 22:45
+    assert [o.kind for o in p.due()] == [Kind.OXIMETRY]  # kept ...
+    assert p.shown(at(22.75)) == []  # ... but not on the light
+    assert p.tick(at(23.5)) == []  # no repeat either
+    actions = p.tick(at(25.01))  # 01:00: the window closed in quiet hours
+    assert [(str(a.kind), a.why) for a in actions] == [("stop", "window-ended"), ("missed", "")]
+    assert actions[1].reminders == 1  # only the one before quiet hours was given
+
+
+def test_a_reminder_held_by_quiet_hours_comes_at_once_when_they_end() -> None:
+    p = planner(quiet="21:30-21:40", remind_every_min=60)
+    p.measured(PATIENT, {Kind.BP}, at(19.2))
+    assert kinds(p.tick(at(21))) == [("remind", "oximetry", True)]
+    assert p.tick(at(21.5 + 1 / 60)) == []  # 21:31, quiet
+    assert p.shown(at(21.5 + 1 / 60)) == []
+    # The agent restarts in quiet hours: what is held is in the state (its last tick).
+    p = Planner.from_state(json.loads(json.dumps(p.state())))
+    # 21:41: quiet hours are over; 41 minutes after the last reminder, not 60: at once anyway
+    assert kinds(p.tick(at(21 + 41 / 60))) == [("remind", "oximetry", True)]
+    assert [o.kind for o in p.shown(at(21 + 41 / 60))] == [Kind.OXIMETRY]
+    assert p.tick(at(21 + 50 / 60)) == []  # then every 60 minutes again
+    assert kinds(p.tick(at(22 + 41 / 60))) == [("remind", "oximetry", True)]
+
+
+def test_a_window_opening_in_quiet_hours_is_reminded_when_they_end() -> None:
+    p = planner(quiet="22:30-07:30")  # bp 07:00-10:00 opens in quiet hours
+    p.tick(at(24 + 6.9))
+    assert [a for a in p.tick(at(24 + 7.05)) if a.occurrence.kind is Kind.BP] == []
+    assert Kind.BP in [o.kind for o in p.due()]
+    assert p.shown(at(24 + 7.05)) == []
+    assert ("remind", "bp", True) in kinds(p.tick(at(24 + 7.5)))
+    assert [o.kind for o in p.shown(at(24 + 7.5))] == [Kind.BP]
 
 
 def test_night_oximetry_crosses_midnight_and_stops_on_samples() -> None:

@@ -237,6 +237,31 @@ async def test_a_reminder_fires_stops_on_the_measurement_and_misses_are_reported
     assert missed[0].lane is Lane.SPOT
 
 
+async def test_in_quiet_hours_a_reminder_is_not_on_the_light_but_an_alarm_is(tmp_path) -> None:
+    """A patient at night: a due measurement neither lights nor sounds; an alarm does both."""
+    factory = MockFactory()
+    indicator = GpioIndicator(GpioPins(buzzer=22, button=23), pin_factory=factory)
+    local = datetime(2026, 11, 16, 1, 59).astimezone()
+    wall, sink = Wall(local), ListSink()
+    svc = service(tmp_path, wall, sink, indicator=indicator)
+    await svc._load()
+    await configure(svc)
+    schedule = {"patient": PATIENT, "oximetry": "02:00-04:00", "quiet": "22:00-07:00"}
+    assert ok(await svc.command("set-schedule", schedule))
+    await svc._tick()
+    wall.advance(120)  # 02:01: due, in quiet hours
+    await svc._tick()
+    assert len(svc.planner.due()) == 1  # kept
+    assert svc.counters["reminders"] == 0
+    assert svc.light_concern() is None  # no white flash into the bedroom
+    assert not indicator.buzzer.is_active  # and no chime
+    await svc._process((chunk(datetime.fromtimestamp(wall(), UTC), [95] * 30 + [85] * 150),))
+    await svc._tick()
+    assert svc.light_concern() is Concern.ALARM  # magenta, at any hour
+    assert indicator._state == (True, False)  # the buzzer beeping
+    indicator.close()
+
+
 async def test_unknown_and_bad_commands(tmp_path) -> None:
     svc = service(tmp_path, Wall(T0), ListSink())
     await svc._load()
