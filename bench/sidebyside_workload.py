@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-import struct
 import tarfile
 import uuid
 from collections.abc import Sequence
@@ -33,18 +32,16 @@ from datetime import UTC, date, datetime, timedelta
 from functools import cache
 from pathlib import Path
 
-from agent import codes
+from hw_mocks import synthetic
+
 from agent.clock import CaptureTime
 from agent.drivers.cpap import edf, readings, resmed
 from agent.ids import uuid7
 from agent.model import (
-    Channel,
     DeviceIdentity,
     DeviceKind,
     Lane,
-    Observation,
     Reading,
-    SampleChunk,
     Transport,
 )
 
@@ -163,17 +160,9 @@ def _oximetry_chunk(rng: random.Random, start: datetime, state: list[int]) -> Re
         dropout = rng.random() < 0.005
         spo2.append(None if dropout else s)
         pulse.append(None if dropout else p)
-        # PLX continuous measurement, flags 0: SpO2 and PR as SFLOAT (exponent 0).
-        raw.append(struct.pack("<BHH", 0, 0x07FF if dropout else s, 0x07FF if dropout else p))
+        raw.append(synthetic.plx_frame(spo2[-1], pulse[-1]))
     state[:] = [s, p]
-    chunk = SampleChunk(
-        interval_ms=1000,
-        channels=(
-            Channel(codes.SPO2.mdc, codes.SPO2.loinc, "%", 0, tuple(spo2)),
-            Channel(codes.PULSE_RATE_OXIM.mdc, codes.PULSE_RATE_OXIM.loinc, "/min", 0,
-                    tuple(pulse)),
-        ),
-    )  # fmt: skip
+    chunk = synthetic.oximetry_samples(spo2, pulse)
     return Reading(
         id=uuid7(),
         device=OXIMETER,
@@ -206,17 +195,12 @@ def _bp(rng: random.Random, at: datetime) -> Reading:
     dia = 78 + rng.randrange(-10, 12)
     mean = (sys_ + 2 * dia) // 3
     pulse = 66 + rng.randrange(-8, 20)
-    raw = struct.pack("<BHHH7sH", 0x1E, sys_, dia, mean, b"\xea\x07\x0b\x1e\x08\x00\x00", pulse)
+    raw = synthetic.bp_frame(sys_, dia, mean, pulse, b"\xea\x07\x0b\x1e\x08\x00\x00")
     return Reading(
         id=uuid7(),
         device=CUFF,
         patient=PATIENT,
-        observations=(
-            Observation.of(codes.BP_SYSTOLIC, sys_, "mm[Hg]"),
-            Observation.of(codes.BP_DIASTOLIC, dia, "mm[Hg]"),
-            Observation.of(codes.BP_MEAN, mean, "mm[Hg]"),
-            Observation.of(codes.PULSE_RATE_BP, pulse, "/min"),
-        ),
+        observations=synthetic.bp_observations(sys_, dia, mean, pulse),
         captured=_capture(at),
         device_time=at.replace(tzinfo=None),
         raw=(raw,),
@@ -229,12 +213,9 @@ def _spot_spo2(rng: random.Random, at: datetime) -> Reading:
         id=uuid7(),
         device=OXIMETER,
         patient=PATIENT,
-        observations=(
-            Observation.of(codes.SPO2, value, "%"),
-            Observation.of(codes.PULSE_RATE_OXIM, pulse, "/min"),
-        ),
+        observations=synthetic.spo2_observations(value, pulse),
         captured=_capture(at),
-        raw=(struct.pack("<BHH", 0, value, pulse),),
+        raw=(synthetic.plx_frame(value, pulse),),
     )
 
 

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import random
 import struct
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 
 from agent import codes
 from agent.clock import CaptureTime, SystemClock
+from agent.drivers.ieee11073 import sfloat_bytes
 from agent.ids import uuid7
 from agent.model import (
+    Absent,
     Channel,
     DeviceIdentity,
     DeviceKind,
@@ -33,6 +36,58 @@ OXIMETER = DeviceIdentity(
     DeviceKind.PULSE_OXIMETER, "Nonin Medical", "3230", "501234567", Transport.BLE
 )
 PATIENT = "urn:dho:patient:7f3a9c21-56b0-4d2e-9a51-0c8e2f4b7d13"
+
+
+# What a measurement of each kind carries, said once for every synthetic source (this factory,
+# tests/uplink/factories.py, bench/sidebyside_workload.py): which codes, in which units.
+
+
+def bp_observations(
+    systolic: int, diastolic: int, mean: int, pulse: int
+) -> tuple[Observation, ...]:
+    """A cuff's blood-pressure measurement: systolic, diastolic, mean arterial (mmHg), pulse."""
+    return (
+        Observation.of(codes.BP_SYSTOLIC, systolic, "mm[Hg]"),
+        Observation.of(codes.BP_DIASTOLIC, diastolic, "mm[Hg]"),
+        Observation.of(codes.BP_MEAN, mean, "mm[Hg]"),
+        Observation.of(codes.PULSE_RATE_BP, pulse, "/min"),
+    )
+
+
+def spo2_observations(spo2: Decimal | int, pulse: int) -> tuple[Observation, ...]:
+    """An oximeter's spot check: SpO2 (%) and pulse rate (/min)."""
+    return (
+        Observation.of(codes.SPO2, spo2, "%"),
+        Observation.of(codes.PULSE_RATE_OXIM, pulse, "/min"),
+    )
+
+
+def oximetry_samples(spo2: Sequence[int | None], pulse: Sequence[int | None]) -> SampleChunk:
+    """1 Hz continuous oximetry: an SpO2 (%) and a pulse-rate (/min) channel, None = missing."""
+    return SampleChunk(
+        interval_ms=1000,
+        channels=(
+            Channel(codes.SPO2.mdc, codes.SPO2.loinc, "%", 0, tuple(spo2)),
+            Channel(
+                codes.PULSE_RATE_OXIM.mdc, codes.PULSE_RATE_OXIM.loinc, "/min", 0, tuple(pulse)
+            ),
+        ),
+    )
+
+
+def plx_frame(spo2: int | None, pulse: int | None) -> bytes:
+    """A PLX measurement as the oximeter sends it (spot check 0x2A5E, continuous 0x2A5F):
+    flags 0, SpO2 and pulse rate as SFLOAT (exponent 0), NaN for a missing sample."""
+    return (
+        b"\x00"
+        + sfloat_bytes(Absent.NAN if spo2 is None else spo2)
+        + sfloat_bytes(Absent.NAN if pulse is None else pulse)
+    )
+
+
+def bp_frame(systolic: int, diastolic: int, mean: int, pulse: int, stamp: bytes) -> bytes:
+    """A synthetic cuff frame: flags 0x1E, the three pressures, a 7-byte time, the pulse."""
+    return struct.pack("<BHHH7sH", 0x1E, systolic, diastolic, mean, stamp, pulse)
 
 
 class ReadingFactory:
@@ -63,17 +118,12 @@ class ReadingFactory:
         if device_time is None:
             self._device_time += timedelta(minutes=self.rng.randint(30, 600))
             device_time = self._device_time
-        raw = struct.pack("<BHHH7sH", 0x1E, sys_, dia, mean, b"\xea\x07\x0b\x01\x08\x00\x00", pulse)
+        raw = bp_frame(sys_, dia, mean, pulse, b"\xea\x07\x0b\x01\x08\x00\x00")
         return Reading(
             id=uuid7(),
             device=device,
             patient=self.patient,
-            observations=(
-                Observation.of(codes.BP_SYSTOLIC, sys_, "mm[Hg]"),
-                Observation.of(codes.BP_DIASTOLIC, dia, "mm[Hg]"),
-                Observation.of(codes.BP_MEAN, mean, "mm[Hg]"),
-                Observation.of(codes.PULSE_RATE_BP, pulse, "/min"),
-            ),
+            observations=bp_observations(sys_, dia, mean, pulse),
             captured=self._now(),
             lane=lane,
             device_time=device_time,
@@ -88,12 +138,9 @@ class ReadingFactory:
             id=uuid7(),
             device=OXIMETER,
             patient=self.patient,
-            observations=(
-                Observation.of(codes.SPO2, value, "%"),
-                Observation.of(codes.PULSE_RATE_OXIM, pulse, "/min"),
-            ),
+            observations=spo2_observations(value, pulse),
             captured=self._now(),
-            raw=(struct.pack("<BHH", 0, int(value), pulse),),
+            raw=(plx_frame(int(value), pulse),),
         )
 
     def oximetry_chunk(self, seconds: int = 60, *, lane: Lane = Lane.CONTINUOUS) -> Reading:
@@ -108,17 +155,8 @@ class ReadingFactory:
             dropout = self.rng.random() < 0.01
             spo2.append(None if dropout else s)
             pulse.append(None if dropout else p)
-            # PLX continuous measurement, flags 0: SpO2 and PR as SFLOAT (exponent 0).
-            raw.append(struct.pack("<BHH", 0, 0x07FF if dropout else s, 0x07FF if dropout else p))
-        chunk = SampleChunk(
-            interval_ms=1000,
-            channels=(
-                Channel(codes.SPO2.mdc, codes.SPO2.loinc, "%", 0, tuple(spo2)),
-                Channel(
-                    codes.PULSE_RATE_OXIM.mdc, codes.PULSE_RATE_OXIM.loinc, "/min", 0, tuple(pulse)
-                ),
-            ),
-        )
+            raw.append(plx_frame(spo2[-1], pulse[-1]))
+        chunk = oximetry_samples(spo2, pulse)
         return Reading(
             id=uuid7(),
             device=OXIMETER,

@@ -7,19 +7,20 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from agent import codes
+from hw_mocks.synthetic import (
+    bp_observations,
+    oximetry_samples,
+    plx_frame,
+    spo2_observations,
+)
+
 from agent.clock import CaptureTime
-from agent.drivers.ieee11073 import sfloat_bytes
 from agent.ids import uuid7
 from agent.model import (
-    Absent,
-    Channel,
     DeviceIdentity,
     DeviceKind,
     Lane,
-    Observation,
     Reading,
-    SampleChunk,
     Transport,
 )
 
@@ -62,12 +63,7 @@ def bp_reading(
         id=uuid7(wall),
         device=CUFF,
         patient=patient,
-        observations=(
-            Observation.of(codes.BP_SYSTOLIC, sys_, "mm[Hg]"),
-            Observation.of(codes.BP_DIASTOLIC, dia, "mm[Hg]"),
-            Observation.of(codes.BP_MEAN, mean, "mm[Hg]"),
-            Observation.of(codes.PULSE_RATE_BP, pulse, "/min"),
-        ),
+        observations=bp_observations(sys_, dia, mean, pulse),
         captured=_capture(wall),
         lane=lane,
         device_time=device_time.replace(tzinfo=None),
@@ -85,10 +81,7 @@ def spo2_reading(i: int, *, patient: str = "pt-0001", rng: random.Random | None 
         id=uuid7(wall),
         device=OXIMETER,
         patient=patient,
-        observations=(
-            Observation.of(codes.SPO2, spo2, "%"),
-            Observation.of(codes.PULSE_RATE_OXIM, pulse, "/min"),
-        ),
+        observations=spo2_observations(spo2, pulse),
         captured=_capture(wall),
         raw=(bytes([0x00, int(spo2), 0, pulse, 0]),),
     )
@@ -111,13 +104,8 @@ def continuous_reading(
             p = min(110, max(45, p + rng.choice((-1, 1))))
         spo2.append(None if r > 0.998 else s)
         pulse.append(None if r > 0.998 else p)
-    # The raw notifications as a PLX Continuous Measurement (0x2A5F) would carry them: flags 0,
-    # SpO2 and pulse rate as SFLOAT, NaN for a missing sample. They travel for audit.
-    nan = Absent.NAN
-    raw = tuple(
-        b"\x00" + sfloat_bytes(nan if sv is None else sv) + sfloat_bytes(nan if pv is None else pv)
-        for sv, pv in zip(spo2, pulse, strict=True)
-    )
+    # The raw notifications as the oximeter sent them: they travel for audit.
+    raw = tuple(plx_frame(sv, pv) for sv, pv in zip(spo2, pulse, strict=True))
     return Reading(
         id=uuid7(wall),
         device=OXIMETER,
@@ -125,15 +113,7 @@ def continuous_reading(
         observations=(),
         captured=_capture(wall),
         lane=Lane.CONTINUOUS,
-        samples=SampleChunk(
-            1000,
-            (
-                Channel(codes.SPO2.mdc, codes.SPO2.loinc, "%", 0, tuple(spo2)),
-                Channel(
-                    codes.PULSE_RATE_OXIM.mdc, codes.PULSE_RATE_OXIM.loinc, "/min", 0, tuple(pulse)
-                ),
-            ),
-        ),
+        samples=oximetry_samples(spo2, pulse),
         raw=raw,
     )
 
