@@ -214,18 +214,7 @@ def seal_batch(
         flags=FLAG_RAW if any(r.raw for r in readings) else 0,
         payload=payload,
     )
-    body = [
-        _BATCH,
-        VERSION,
-        env.box_id,
-        env.batch_id.bytes,
-        env.seq,
-        env.created_ms,
-        b"".join(i.bytes for i in env.reading_ids),
-        env.flags,
-        env.payload,
-    ]
-    return env, _seal(body, key)
+    return env, _seal(_batch_body(env), key)
 
 
 def seal_rows(
@@ -263,9 +252,14 @@ def seal_rows(
         payload=payload,
         version=BATCH_VERSION,
     )
-    body = [
+    return env, _seal(_batch_body(env), key)
+
+
+def _batch_body(env: BatchEnvelope) -> list[Any]:
+    """The nine fields a batch envelope signs (section 4.2), in order, for either version."""
+    return [
         _BATCH,
-        BATCH_VERSION,
+        env.version,
         env.box_id,
         env.batch_id.bytes,
         env.seq,
@@ -274,7 +268,6 @@ def seal_rows(
         env.flags,
         env.payload,
     ]
-    return env, _seal(body, key)
 
 
 def parse_batch(data: bytes, *, max_bytes: int = MAX_BATCH_BYTES) -> SignedBatch:
