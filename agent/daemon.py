@@ -280,6 +280,21 @@ class WakingSink:
             self.wake(any(r.lane is Lane.ALARM for r in readings))
         return result
 
+    async def append_first(self, readings: Sequence[Reading]) -> AppendResult:
+        """:meth:`append` ahead of queued buffer work (``FirstSink``)."""
+        result = await self.buffer.append_first(readings)
+        if result.stored:
+            self.wake(any(r.lane is Lane.ALARM for r in readings))
+        return result
+
+    def transfer_hold(self, max_wait: float = 0.5) -> str | None:
+        """See :meth:`agent.buffer.AsyncBuffer.transfer_hold`."""
+        return self.buffer.transfer_hold(max_wait)
+
+    async def probe_first(self) -> None:
+        """See :meth:`agent.buffer.AsyncBuffer.probe_first`."""
+        await self.buffer.probe_first()
+
 
 def _load_uplink(cfg: AgentConfig, buffer: Any, commands: Any = None) -> Uplink:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (

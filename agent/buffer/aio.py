@@ -3,25 +3,47 @@
 SQLite with ``synchronous=FULL`` blocks for an fsync on every commit; on an SD card that can be
 tens of milliseconds. The event loop must never wait on it, and the connection must only ever
 be used from one thread, so one single-thread executor owns the :class:`Buffer`.
+
+Calls run in the order they were made, except :meth:`AsyncBuffer.append_first`, which runs
+before every call still waiting (not before the one running): the readings of a device that
+deletes what it sent (A&D cuffs) are held only in memory until appended, so they must not wait
+behind a hundred other devices' downloads. :meth:`AsyncBuffer.transfer_hold` says whether such
+a transfer should wait (the thread is busy, or appends are failing).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import heapq
+import itertools
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Final, ParamSpec, TypeVar
 
 from agent.buffer.keys import KeySource
 from agent.buffer.results import RowClaim
 from agent.buffer.store import AppendResult, Buffer, BufferConfig, BufferStats, Claim
+from agent.errors import BufferFullError
 from agent.model import Lane, Reading
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
+
+
+def _nothing() -> None:
+    return None
+
+
+_FIRST: Final = 0
+_IN_ORDER: Final = 1
+FAILURE_HOLD_S: Final = 10.0
+"""After a failed append (a full disk), :meth:`AsyncBuffer.transfer_hold` holds transfers
+this long unless an append succeeds first."""
 
 
 class AsyncBuffer:
@@ -30,6 +52,13 @@ class AsyncBuffer:
     def __init__(self, buffer: Buffer, executor: ThreadPoolExecutor) -> None:
         self._buffer = buffer
         self._executor = executor
+        # Calls waiting or running: (priority, order) -> (call, its future, when it was made).
+        # The executor runs one ``_next`` per call made; each takes the first call of the heap.
+        self._lock = threading.Lock()
+        self._heap: list[tuple[int, int, Callable[[], Any], Future[Any]]] = []
+        self._made: dict[int, float] = {}
+        self._order = itertools.count()
+        self._append_failed_at: float | None = None
 
     @classmethod
     async def open(
@@ -54,8 +83,70 @@ class AsyncBuffer:
         return cls(buf, executor)
 
     async def _run(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        return await self._call(_IN_ORDER, functools.partial(fn, *args, **kwargs))
+
+    async def _call(self, priority: int, call: Callable[[], _T]) -> _T:
+        future: Future[_T] = Future()
+        order = next(self._order)
+        with self._lock:
+            heapq.heappush(self._heap, (priority, order, call, future))
+            self._made[order] = time.monotonic()
+        try:
+            self._executor.submit(self._next)
+        except BaseException:
+            with self._lock:
+                self._heap = [e for e in self._heap if e[1] != order]
+                heapq.heapify(self._heap)
+                self._made.pop(order, None)
+            raise
+        # Cancelling the awaiting task cancels the call if it has not started (as
+        # ``run_in_executor`` does); a started call runs to its end.
+        return await asyncio.wrap_future(future)
+
+    def _next(self) -> None:
+        """On the worker thread: run the first waiting call."""
+        with self._lock:
+            _, order, call, future = heapq.heappop(self._heap)
+        if not future.set_running_or_notify_cancel():
+            self._finished(order)
+            return
+        try:
+            result = call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, as an executor does
+            self._finished(order)
+            future.set_exception(exc)
+        else:
+            self._finished(order)  # before the caller can see the result
+            future.set_result(result)
+
+    def _finished(self, order: int) -> None:
+        with self._lock:
+            self._made.pop(order, None)
+
+    async def probe_first(self) -> None:
+        """A call that does nothing, ahead of every call still waiting: returns once the
+        thread has finished the call it is running (how soon an :meth:`append_first` made
+        now would start)."""
+        await self._call(_FIRST, _nothing)
+
+    def busy_for(self) -> float:
+        """Seconds the oldest call still waiting or running was made ago (0: idle)."""
+        with self._lock:
+            oldest = min(self._made.values(), default=None)
+        return 0.0 if oldest is None else time.monotonic() - oldest
+
+    def transfer_hold(self, max_wait: float = 0.5) -> str | None:
+        """Why a transfer from a device that deletes what it sent should wait now, or
+        ``None``: ``"store-busy"`` while the oldest call has waited or run ``max_wait``
+        seconds or more (an append made now would wait about as long), ``"store-failing"``
+        for :data:`FAILURE_HOLD_S` after an append failed (a full disk), unless one
+        succeeded since."""
+        failed = self._append_failed_at
+        if failed is not None and time.monotonic() - failed < FAILURE_HOLD_S:
+            return "store-failing"
+        if self.busy_for() >= max_wait:
+            return "store-busy"
+        return None
 
     @property
     def sync(self) -> Buffer:
@@ -64,7 +155,22 @@ class AsyncBuffer:
 
     async def append(self, readings: Sequence[Reading]) -> AppendResult:
         """See :meth:`Buffer.append`."""
-        return await self._run(self._buffer.append, readings)
+        return await self._append(_IN_ORDER, readings)
+
+    async def append_first(self, readings: Sequence[Reading]) -> AppendResult:
+        """:meth:`append`, run before every call still waiting (see the module docstring)."""
+        return await self._append(_FIRST, readings)
+
+    async def _append(self, priority: int, readings: Sequence[Reading]) -> AppendResult:
+        try:
+            result = await self._call(priority, functools.partial(self._buffer.append, readings))
+        except BufferFullError:
+            raise  # the cap's policy for continuous data, not a failing store
+        except Exception:
+            self._append_failed_at = time.monotonic()
+            raise
+        self._append_failed_at = None
+        return result
 
     async def claim(self, max_readings: int = 500, max_bytes: int | None = None) -> Claim | None:
         """See :meth:`Buffer.claim`."""

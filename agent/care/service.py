@@ -44,6 +44,7 @@ from agent.care.state import CareStateFile, derive_key
 from agent.care.thresholds import Alarm, Evaluator, ThresholdError, Thresholds, reading_time
 from agent.clock import Clock, SystemClock
 from agent.codes import PULSE_RATE_BP, PULSE_RATE_OXIM, SPO2
+from agent.drivers.contract import FirstSink
 from agent.health import Concern
 from agent.model import DeviceIdentity, DeviceKind, Lane, Reading, Transport
 
@@ -692,6 +693,26 @@ class CareSink:
         result = await self.inner.append(readings)
         self.care.observe(readings)
         return result
+
+    async def append_first(self, readings: Sequence[Reading]) -> AppendResult:
+        """:meth:`append` ahead of queued buffer work, when the inner sink can (``FirstSink``)."""
+        if isinstance(self.inner, FirstSink):
+            result = await self.inner.append_first(readings)
+        else:
+            result = await self.inner.append(readings)
+        self.care.observe(readings)
+        return result
+
+    def transfer_hold(self, max_wait: float = 0.5) -> str | None:
+        """The inner sink's :meth:`~agent.drivers.contract.FirstSink.transfer_hold`."""
+        if isinstance(self.inner, FirstSink):
+            return self.inner.transfer_hold(max_wait)
+        return None
+
+    async def probe_first(self) -> None:
+        """The inner sink's :meth:`~agent.drivers.contract.FirstSink.probe_first`."""
+        if isinstance(self.inner, FirstSink):
+            await self.inner.probe_first()
 
 
 class DeliveryWatch:

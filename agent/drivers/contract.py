@@ -47,7 +47,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias, TypeVar, runtime_checkable
 
 from agent.errors import ConfigError
 from agent.model import Lane, Observation, Reading
@@ -65,6 +65,30 @@ class ReadingSink(Protocol):
 
     async def append(self, readings: Sequence[Reading]) -> AppendResult:
         """Store readings durably; duplicates by natural key are skipped and counted."""
+        ...
+
+
+@runtime_checkable
+class FirstSink(ReadingSink, Protocol):
+    """A sink that can put readings ahead of queued work and say when it is slow or failing
+    (:class:`agent.buffer.AsyncBuffer`, and the daemon's wrappers of it).
+
+    For a device that deletes its records itself once it has sent them (A&D cuffs): its
+    readings exist only in the driver's memory until appended, so its driver asks
+    :meth:`transfer_hold` before a transfer and appends with :meth:`append_first`.
+    """
+
+    async def append_first(self, readings: Sequence[Reading]) -> AppendResult:
+        """:meth:`ReadingSink.append`, ahead of every store call still waiting."""
+        ...
+
+    def transfer_hold(self, max_wait: float = 0.5) -> str | None:
+        """Why such a transfer should wait now (``"store-busy"``, ``"store-failing"``), or
+        ``None``."""
+        ...
+
+    async def probe_first(self) -> None:
+        """Return once a call made now, ahead of queued work, would start (a no-op call)."""
         ...
 
 

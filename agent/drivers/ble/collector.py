@@ -21,6 +21,10 @@ a reading is durable within milliseconds of arriving.
 * Nothing is lost on a store error: the batch goes back to the front of the queue and is
   retried with back-off. The one exception is the buffer's documented refusal of continuous
   data when it is full (:class:`~agent.errors.BufferFullError`), counted as ``refused``.
+* For a device that deletes what it sent (``first=True``, A&D) the readings are appended
+  ahead of other buffer work (:meth:`~agent.drivers.contract.FirstSink.append_first`), and
+  :meth:`Collector.unstored_for` / :attr:`Collector.store_failed` tell the driver when the
+  buffer is not taking them (it then hangs up before the device completes its transfer).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from agent.clock import CaptureTime, Clock
 from agent.drivers.ble.assignment import DeviceAssignment
 from agent.drivers.ble.resilience import BackoffPolicy, ErrorClass, FailureCounter
 from agent.drivers.ble.status import DeviceStatus
-from agent.drivers.contract import ReadingSink
+from agent.drivers.contract import FirstSink, ReadingSink
 from agent.drivers.profiles import decode_payload, measurement_for_characteristic
 from agent.errors import BufferFullError, CodecError
 from agent.ids import uuid7
@@ -109,6 +113,8 @@ class Collector:
             no model.
         stream_interval_ms: the nominal interval of continuous frames.
         chunk_samples: samples per chunk of a continuous signal.
+        first: append ahead of queued buffer work, when the sink can (a device that
+            deletes what it sent).
     """
 
     def __init__(
@@ -122,6 +128,7 @@ class Collector:
         *,
         stream_interval_ms: int = 1000,
         chunk_samples: int = 60,
+        first: bool = False,
     ) -> None:
         self.assignment = assignment
         self.stream_interval_ms = stream_interval_ms
@@ -138,6 +145,11 @@ class Collector:
         self._seen: set[bytes] = set()
         self._seen_order: collections.deque[bytes] = collections.deque()
         self._pending: list[Reading] = []
+        self._arrived: dict[object, float] = {}
+        """When each reading not yet stored was queued (by reading id)."""
+        self._append = sink.append_first if first and isinstance(sink, FirstSink) else sink.append
+        self.store_failed = False
+        """An append failed in this session (the readings are kept and retried)."""
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
 
@@ -219,7 +231,13 @@ class Collector:
 
     def _queue(self, reading: Reading) -> None:
         self._pending.append(reading)
+        self._arrived.setdefault(reading.id, time.monotonic())
         self._wake.set()
+
+    def unstored_for(self) -> float:
+        """Seconds the oldest reading received but not yet stored has waited (0: none)."""
+        oldest = min(self._arrived.values(), default=None)
+        return 0.0 if oldest is None else time.monotonic() - oldest
 
     def _sample(
         self,
@@ -300,11 +318,12 @@ class Collector:
                 if not group:
                     continue
                 try:
-                    result = await self.sink.append(group)
+                    result = await self._append(group)
                 except BufferFullError:
                     if group[0].lane <= Lane.SPOT:
                         self._pending[:0] = [r for g in groups[i:] for r in g]
                         raise
+                    self._settled(group)
                     self.refused += len(group)  # the buffer's documented policy
                     _LOGGER.warning(
                         "%s: buffer full, %d continuous readings refused",
@@ -315,15 +334,22 @@ class Collector:
                 except BaseException:
                     self._pending[:0] = [r for g in groups[i:] for r in g]
                     raise
+                self._settled(group)
                 self.status.readings_stored += result.stored
                 self.status.duplicates += result.duplicates
+
+    def _settled(self, group: Sequence[Reading]) -> None:
+        for r in group:
+            self._arrived.pop(r.id, None)
 
     async def _flush_or_wait(self, failures: FailureCounter) -> None:
         try:
             await self.flush()
         except BufferFullError:
+            self.store_failed = True
             self.status.error(ErrorClass.STORE)
         except Exception as exc:  # noqa: BLE001 - store errors are retried, never fatal
+            self.store_failed = True
             self.status.error(ErrorClass.STORE)
             _LOGGER.error(
                 "%s: storing readings failed (%s)", self.assignment.log_id, type(exc).__name__

@@ -23,6 +23,14 @@ Recovery ladder of the scanner loop (every ``watchdog_interval``):
 
 The driver never calls ``Adapter1.RemoveDevice``: it would delete the bond of a single-bond
 cuff. A pairing failure shows as ``re-pair-needed`` for the technician instead.
+
+A device that deletes its records once they were sent (``BleFamily.deletes_what_it_sent``,
+A&D) gets three guards, because BlueZ confirms indications itself and what arrived exists
+only in this process until the buffer has it: it is not connected while the buffer is busy or
+failing (:meth:`~agent.drivers.contract.FirstSink.transfer_hold`; state ``held-for-store``,
+the device keeps its records), its readings are appended ahead of other buffer work, and if
+the buffer still does not take them within ``store_wait`` the driver hangs up before the
+device completes its transfer (it keeps what it has not finished sending).
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ from agent.clock import Clock, SystemClock, kernel_clock_synced
 from agent.drivers.ble.assignment import DeviceAssignment
 from agent.drivers.ble.bluez import BluezBus
 from agent.drivers.ble.collector import Collector, ReadingSink
+from agent.drivers.ble.families import family
 from agent.drivers.ble.pairing import PairingAgent, PasskeyCallback
 from agent.drivers.ble.resilience import (
     AdapterUnavailableError,
@@ -57,6 +66,7 @@ from agent.drivers.ble.resilience import (
 )
 from agent.drivers.ble.session import OMRON_COMPANY_ID, Link, SessionOptions, run_family
 from agent.drivers.ble.status import DeviceState, DeviceStatus
+from agent.drivers.contract import FirstSink
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -86,6 +96,10 @@ class BleDriverOptions:
         power_cycle_after: scanner failures in a row before the adapter is power-cycled.
         power_off_seconds: how long the adapter stays off in a power cycle.
         device_time: the time written to devices; ``None`` means "not trustworthy".
+        store_ready: a device that deletes what it sent is connected only while the buffer's
+            oldest call has waited less than this (``FirstSink.transfer_hold``).
+        store_wait: while such a device is connected, hang up when a record it sent has
+            waited this long for the buffer, or an append failed.
     """
 
     adapter: str = "hci0"
@@ -100,6 +114,8 @@ class BleDriverOptions:
     power_cycle_after: int = 2
     power_off_seconds: float = 1.0
     device_time: Callable[[], datetime | None] = synced_local_time
+    store_ready: float = 0.5
+    store_wait: float = 1.0
 
 
 def omron_sequence(advertisement: AdvertisementData | None) -> int | None:
@@ -138,6 +154,8 @@ class DeviceWorker:
         self._advertised = asyncio.Event()
         self.downloaded_sequence: int | None = None
         """Newest record sequence number downloaded completely (Omron; this run only)."""
+        self.deletes = family(str(assignment.family)).deletes_what_it_sent
+        """The device deletes what it sent (see the module docstring)."""
 
     def advertised(self, device: BLEDevice, advertisement: AdvertisementData) -> None:
         """The scanner saw this device (called on the event loop)."""
@@ -160,6 +178,10 @@ class DeviceWorker:
                 if self.status.state is not DeviceState.REPAIR_NEEDED:
                     self.status.set_state(DeviceState.WAITING)
                 device, advertisement = await self._next_advertisement()
+                hold = await self._store_hold()
+                if hold is not None:
+                    await self._hold_for_store(hold)
+                    continue  # the device may have gone quiet meanwhile: a fresh advertisement
                 try:
                     ended = await self.session(device, advertisement)
                 except Exception as exc:  # noqa: BLE001 - classified, backed off, retried
@@ -189,6 +211,60 @@ class DeviceWorker:
         finally:
             self.status.set_state(DeviceState.STOPPED)
 
+    async def _store_hold(self) -> str | None:
+        """Why a transfer from this device must wait for the buffer now (``None``: go): the
+        buffer's own view (a call waiting long, appends failing), then a probe through its
+        thread ahead of queued work, which must come back within ``store_ready``."""
+        if not self.deletes or not isinstance(self.sink, FirstSink):
+            return None
+        reason = self.sink.transfer_hold(self.options.store_ready)
+        if reason is not None:
+            return reason
+        try:
+            async with asyncio.timeout(self.options.store_ready):
+                await self.sink.probe_first()
+        except TimeoutError:
+            return "store-busy"
+        return None
+
+    async def _hold_for_store(self, reason: str) -> None:
+        """Wait until the buffer can take this device's records at once."""
+        self.status.held_for_store += 1
+        self.status.set_state(DeviceState.HELD)
+        _LOGGER.info(
+            "%s: transfer put off (%s); the device keeps its records",
+            self.assignment.log_id,
+            reason,
+        )
+        # polled: the hold ends with time (the oldest call finishing), not on an event
+        while True:
+            await asyncio.sleep(min(0.1, self.options.store_ready / 2))
+            if await self._store_hold() is None:
+                return
+
+    async def _guard_store(
+        self, collector: Collector, client: BleakClient, hung_up: asyncio.Event
+    ) -> None:
+        """While a device that deletes is connected: hang up if the buffer stops taking its
+        records, so the device does not complete (and delete) a transfer we only hold in
+        memory."""
+        limit = self.options.store_wait
+        while True:  # polled: the limit is a time, not an event
+            await asyncio.sleep(min(0.05, limit / 4))
+            if collector.store_failed or collector.unstored_for() >= limit:
+                break
+        hung_up.set()
+        self.status.hung_up_for_store += 1
+        _LOGGER.warning(
+            "%s: the buffer is not taking the records (%s): hanging up before the device "
+            "completes its transfer",
+            self.assignment.log_id,
+            "append failed" if collector.store_failed else "too slow",
+        )
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(_CLEANUP_TIMEOUT):
+                await client.disconnect()
+
     async def session(self, device: BLEDevice, advertisement: AdvertisementData | None) -> str:
         """One connection: connect (pair), run the family, make readings durable, hang up.
 
@@ -206,9 +282,12 @@ class DeviceWorker:
             model=advertisement.local_name if advertisement is not None else device.name,
             stream_interval_ms=opts.session.stream_interval_ms,
             chunk_samples=opts.session.chunk_samples,
+            first=self.deletes,
         )
         flusher = asyncio.create_task(collector.run(), name=f"ble-store:{self.assignment.log_id}")
         client: BleakClient | None = None
+        guard: asyncio.Task[None] | None = None
+        hung_up = asyncio.Event()
         try:
             self.status.set_state(DeviceState.CONNECTING)
             async with self.slots, asyncio.timeout(opts.connect_timeout):
@@ -224,6 +303,11 @@ class DeviceWorker:
             self.status.connections += 1
             self.status.last_connected = time.time()
             self.status.set_state(DeviceState.TRANSFERRING)
+            if self.deletes:
+                guard = asyncio.create_task(
+                    self._guard_store(collector, client, hung_up),
+                    name=f"ble-store-guard:{self.assignment.log_id}",
+                )
             link = Link(
                 client,
                 self.assignment,
@@ -235,21 +319,32 @@ class DeviceWorker:
                 downloaded_sequence=self.downloaded_sequence,
             )
             try:
-                result = await run_family(link, opts.device_time)
-            except LinkLostError:
-                raise
-            except Exception as exc:
-                if disconnected.is_set():
-                    raise LinkLostError() from exc
-                if isinstance(exc, TimeoutError):
-                    raise BleTransportError(
-                        ErrorClass.GATT, "the device stopped answering a GATT step"
-                    ) from exc
-                raise
+                try:
+                    result = await run_family(link, opts.device_time)
+                except LinkLostError:
+                    raise
+                except Exception as exc:
+                    if disconnected.is_set():
+                        raise LinkLostError() from exc
+                    if isinstance(exc, TimeoutError):
+                        raise BleTransportError(
+                            ErrorClass.GATT, "the device stopped answering a GATT step"
+                        ) from exc
+                    raise
+            except Exception:
+                if not hung_up.is_set():
+                    raise
+            if hung_up.is_set():
+                # our own hang-up: the readings received stay queued until stored (below)
+                raise BleTransportError(
+                    ErrorClass.STORE, "the buffer did not take the records in time"
+                )
             if result.records_complete:
                 self.downloaded_sequence = link.downloaded_sequence
             return result.ended_by
         finally:
+            if guard is not None:
+                guard.cancel()
             await self._finish(collector, flusher, client)
 
     async def _finish(
@@ -276,8 +371,10 @@ class DeviceWorker:
                 raise
             finally:
                 flusher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await flusher
+                # ``asyncio.wait`` neither raises the flusher's own CancelledError nor swallows
+                # a cancellation of this task (``suppress(CancelledError): await flusher``
+                # did: a cancel arriving while the flusher stopped was lost).
+                await asyncio.wait([flusher])
 
 
 @dataclass

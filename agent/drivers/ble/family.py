@@ -45,6 +45,11 @@ class BleFamily:
             profile registry with everything else.
         set_time_at_pairing: write Date Time 0x2A08 while pairing (A&D: the cuff's clock is
             unset until then).
+        deletes_what_it_sent: the device deletes its records itself once BlueZ has
+            confirmed their indications (A&D), so what arrived exists only in the driver's
+            memory until the buffer has it. The driver connects only while the buffer can take
+            the records at once, stores them ahead of other work, and hangs up before the
+            transfer completes if the buffer stops taking them (``docs/ble.md``).
     """
 
     name: str
@@ -54,6 +59,7 @@ class BleFamily:
     reads: tuple[str, ...]
     profiles: tuple[Profile, ...] = ()
     set_time_at_pairing: bool = False
+    deletes_what_it_sent: bool = False
 
 
 FAMILIES_DIR: Final = Path(__file__).with_name("families")

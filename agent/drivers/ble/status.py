@@ -25,6 +25,9 @@ class DeviceState(StrEnum):
     """Connected: setting the time, downloading records, or streaming."""
     COOLDOWN = "cooldown"
     """A transfer finished; ignoring the device's advertisements for a while."""
+    HELD = "held-for-store"
+    """A device that deletes what it sent is waiting to be served, but the buffer is busy or
+    failing: not connected until it can take the records at once (the device keeps them)."""
     BACKOFF = "backoff"
     """The last attempt failed; waiting before the next one."""
     REPAIR_NEEDED = "re-pair-needed"
@@ -55,6 +58,11 @@ class DeviceStatus:
     last_error_class: ErrorClass | None = None
     last_error_at: float | None = None
     errors: int = 0
+    held_for_store: int = 0
+    """Transfers put off because the buffer was busy or failing (devices that delete)."""
+    hung_up_for_store: int = 0
+    """Transfers cut short because the buffer did not take the records in time (devices
+    that delete: it keeps what it has not finished sending)."""
 
     def set_state(self, state: DeviceState) -> None:
         """Move to ``state`` (and remember since when)."""
@@ -84,6 +92,8 @@ class DeviceStatus:
             "duplicates": self.duplicates,
             "decode_errors": self.decode_errors,
             "errors": self.errors,
+            "held_for_store": self.held_for_store,
+            "hung_up_for_store": self.hung_up_for_store,
             "last_error_class": None
             if self.last_error_class is None
             else str(self.last_error_class),

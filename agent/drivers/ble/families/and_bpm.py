@@ -46,4 +46,5 @@ FAMILY: Final = BleFamily(
         ),
     ),
     set_time_at_pairing=True,
+    deletes_what_it_sent=True,
 )
