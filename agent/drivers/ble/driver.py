@@ -375,6 +375,12 @@ class DeviceWorker:
                 # a cancellation of this task (``suppress(CancelledError): await flusher``
                 # did: a cancel arriving while the flusher stopped was lost).
                 await asyncio.wait([flusher])
+                if not flusher.cancelled() and (exc := flusher.exception()) is not None:
+                    _LOGGER.error(
+                        "%s: the store task failed (%s)",
+                        self.assignment.log_id,
+                        type(exc).__name__,
+                    )
 
 
 @dataclass
