@@ -1,5 +1,6 @@
-"""The store's SQLite file: schema and migrations, pragmas, the one-process lock, transactions
-with commit hooks, and what SQLite's errors mean for the store.
+"""The store's SQLite file: which migrations it needs (applied by
+:mod:`agent.buffer.migrations`), pragmas, the one-process lock, transactions with commit hooks,
+and what SQLite's errors mean for the store.
 
 Durability (``security-and-reliability.md`` section 4.3): WAL with ``synchronous=FULL``, so a
 returned ``COMMIT`` survives a power cut; ``secure_delete=ON`` so deleted rows are zeroed;
@@ -17,9 +18,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Final
 
-from sqlite_utils import Database
-from sqlite_utils.migrations import Migrations
-
 from agent.buffer.results import BufferConfig
 from agent.errors import StorageFullError, StoreCorruptError, StoreError
 
@@ -31,99 +29,31 @@ SQLITE_FULL: Final = 13
 SQLITE_CANTOPEN: Final = 14
 SQLITE_NOTADB: Final = 26
 
-MIGRATIONS = Migrations("dho-buffer")
+MIGRATION_SET: Final = "dho-buffer"
+MIGRATION_NAMES: Final = ("m001_initial", "m002_redundancy_and_ledger", "m003_seen_log")
+"""The schema's migrations (:mod:`agent.buffer.migrations`), in order; kept here so that opening
+an up-to-date store need not import sqlite-utils (``tests/buffer/test_buffer.py`` checks that
+the two agree)."""
+MIGRATIONS_TABLE: Final = "_sqlite_migrations"
+"""Where sqlite-utils records the applied migrations (``Migrations.migrations_table``)."""
 
 
-@MIGRATIONS()
-def m001_initial(db: Database) -> None:
-    """Keys, encrypted refs, the outbox, the de-duplication index and the quarantine."""
-    db.executescript(
-        """
-        CREATE TABLE keys (
-            key_id INTEGER PRIMARY KEY,
-            purpose TEXT NOT NULL,
-            state TEXT NOT NULL,          -- active | retired
-            wrapped BLOB NOT NULL,        -- nonce || ChaCha20-Poly1305(KEK, DEK)
-            wrapped_next BLOB             -- set only while a KEK rotation is in progress
-        );
-        CREATE TABLE refs (
-            ref_id INTEGER PRIMARY KEY,
-            h BLOB NOT NULL UNIQUE,       -- HMAC(index key, plaintext): lookup without decrypting
-            key_id INTEGER NOT NULL,
-            blob BLOB NOT NULL
-        );
-        CREATE TABLE readings (
-            seq INTEGER PRIMARY KEY AUTOINCREMENT,
-            lane INTEGER NOT NULL,
-            state INTEGER NOT NULL,
-            batch INTEGER,
-            key_id INTEGER NOT NULL,
-            blob BLOB NOT NULL            -- nonce || ciphertext || tag
-        );
-        CREATE INDEX readings_pending ON readings(lane, seq) WHERE state = 0;
-        CREATE INDEX readings_batch ON readings(batch) WHERE batch IS NOT NULL;
-        CREATE INDEX readings_acked ON readings(seq) WHERE state = 2;
-        CREATE TABLE seen (nk BLOB PRIMARY KEY, gen INTEGER NOT NULL) WITHOUT ROWID;
-        CREATE TABLE quarantine (
-            qid INTEGER PRIMARY KEY,
-            source TEXT NOT NULL,         -- readings | refs
-            seq INTEGER NOT NULL,
-            lane INTEGER,
-            key_id INTEGER,
-            reason TEXT NOT NULL,
-            blob BLOB NOT NULL
-        );
-        CREATE TABLE meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
-        INSERT INTO meta (k, v) VALUES ('next_batch', 1);
-        """
-    )
-
-
-@MIGRATIONS()
-def m002_redundancy_and_ledger(db: Database) -> None:
-    """Second copies of wrapped keys and refs, state tags, and the MAC'd ledger.
-
-    * ``keys.wrapped_copy``: a second wrapping of each data key (its own nonce), so one
-      damaged byte does not lose every row sealed with that key.
-    * ``refs.copy``: a second sealed copy of each reference (``key_id (4) || nonce || ct``,
-      its own key id), and ``h`` no longer unique: a damaged reference is replaced by a new
-      row with the same blind index while the rows that depend on the old one keep it.
-    * ``readings.tag``: HMAC of (seq, state, batch), see :mod:`agent.buffer.integrity`.
-    * ``ledger``: one row; an empty body means "not written yet" (a store from before this
-      migration), which the first open fills in from the file.
-
-    Single statements, not ``executescript`` (which would commit half-way): the whole
-    migration and its record are one transaction.
-    """
-    for sql in (
-        "ALTER TABLE keys ADD COLUMN wrapped_copy BLOB",
-        "CREATE TABLE refs_v2 (ref_id INTEGER PRIMARY KEY, h BLOB NOT NULL,"
-        " key_id INTEGER NOT NULL, blob BLOB NOT NULL, copy BLOB)",
-        "INSERT INTO refs_v2 (ref_id, h, key_id, blob) SELECT ref_id, h, key_id, blob FROM refs",
-        "DROP TABLE refs",
-        "ALTER TABLE refs_v2 RENAME TO refs",
-        "CREATE INDEX refs_h ON refs(h)",
-        "ALTER TABLE readings ADD COLUMN tag BLOB",
-        "CREATE TABLE ledger (id INTEGER PRIMARY KEY CHECK (id = 1),"
-        " body BLOB NOT NULL, mac BLOB NOT NULL)",
-        "INSERT INTO ledger (id, body, mac) VALUES (1, x'', x'')",
-    ):
-        db.execute(sql)
-
-
-@MIGRATIONS()
-def m003_seen_log(db: Database) -> None:
-    """De-duplication keys grouped per append and bucket (see :mod:`agent.buffer.dedup`);
-    the old ``seen`` table stays for lookups until its rows expire, now with an index on
-    ``gen`` so that expiring them is not a scan of the whole table every purge."""
-    for sql in (
-        "CREATE TABLE seen_log (id INTEGER PRIMARY KEY, gen INTEGER NOT NULL,"
-        " bucket BLOB NOT NULL, keys BLOB NOT NULL)",
-        "CREATE INDEX seen_log_bucket ON seen_log(bucket)",
-        "CREATE INDEX seen_log_gen ON seen_log(gen)",
-        "CREATE INDEX seen_gen ON seen(gen)",
-    ):
-        db.execute(sql)
+def migrations_pending(conn: sqlite3.Connection) -> bool:
+    """Whether a migration of :data:`MIGRATION_NAMES` is not recorded as applied (a new store,
+    or one from an older release). Read-only; plain :mod:`sqlite3`."""
+    exists = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (MIGRATIONS_TABLE,)
+    ).fetchone()
+    if exists is None:
+        return True
+    applied = {
+        row[0]
+        for row in conn.execute(
+            f"SELECT name FROM {MIGRATIONS_TABLE} WHERE migration_set = ?",  # noqa: S608
+            (MIGRATION_SET,),
+        )
+    }
+    return not applied.issuperset(MIGRATION_NAMES)
 
 
 def error_code(exc: BaseException) -> int | None:
@@ -202,7 +132,12 @@ def connect(path: Path, cfg: BufferConfig) -> sqlite3.Connection:
             result = [r[0] for r in conn.execute("PRAGMA integrity_check(20)")]
             if result != ["ok"]:
                 raise StoreCorruptError("integrity_check failed: " + "; ".join(result[:3]))
-        MIGRATIONS.apply(Database(conn))
+        if migrations_pending(conn):
+            # sqlite-utils (and what it imports: click, pluggy, dateutil, numpy where it is
+            # installed; about 11 MB resident, 33 MB with numpy) is loaded only to migrate.
+            from agent.buffer.migrations import apply_migrations
+
+            apply_migrations(conn)
     except BaseException:
         conn.close()
         raise

@@ -276,3 +276,38 @@ def test_dedup_memory_expires_by_generation(
         assert b.append([twin]).stored == 1  # forgotten, as configured
     finally:
         b.close()
+
+
+def test_the_migration_names_known_at_open_are_the_migrations() -> None:
+    from sqlite_utils.migrations import Migrations
+
+    from agent.buffer import migrations, schema
+
+    assert tuple(m.name for m in migrations.MIGRATIONS._migrations) == schema.MIGRATION_NAMES
+    assert Migrations.migrations_table == schema.MIGRATIONS_TABLE
+
+
+def test_an_up_to_date_store_opens_without_sqlite_utils(
+    buf: Buffer, factory: ReadingFactory, store_path: Path, keys: FileKeySource
+) -> None:
+    """The daemon's memory: sqlite-utils (and numpy, where installed) is loaded only to
+    migrate, so a fresh process opening an existing store never imports it."""
+    import subprocess
+    import sys
+
+    buf.append([factory.bp()])
+    buf.close()
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from agent.buffer import Buffer, FileKeySource\n"
+        f"b = Buffer.open(Path({str(store_path)!r}), FileKeySource(Path({str(keys.path)!r})))\n"
+        "assert b.stats().pending == 1\n"
+        "b.close()\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in"
+        " ('sqlite_utils', 'numpy', 'click')))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]"

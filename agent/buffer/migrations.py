@@ -1,0 +1,116 @@
+"""The store's schema migrations (sqlite-utils ``Migrations``), applied by
+:func:`agent.buffer.schema.connect` only when one is pending.
+
+This is the only module of the agent that imports sqlite-utils: an up-to-date store is opened
+without it (:func:`agent.buffer.schema.migrations_pending` reads the migrations table with
+plain :mod:`sqlite3`), which keeps sqlite-utils and its imports out of the daemon's memory.
+A new migration is added here *and* to :data:`agent.buffer.schema.MIGRATION_NAMES`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+from agent.buffer.schema import MIGRATION_SET
+
+MIGRATIONS = Migrations(MIGRATION_SET)
+
+
+@MIGRATIONS()
+def m001_initial(db: Database) -> None:
+    """Keys, encrypted refs, the outbox, the de-duplication index and the quarantine."""
+    db.executescript(
+        """
+        CREATE TABLE keys (
+            key_id INTEGER PRIMARY KEY,
+            purpose TEXT NOT NULL,
+            state TEXT NOT NULL,          -- active | retired
+            wrapped BLOB NOT NULL,        -- nonce || ChaCha20-Poly1305(KEK, DEK)
+            wrapped_next BLOB             -- set only while a KEK rotation is in progress
+        );
+        CREATE TABLE refs (
+            ref_id INTEGER PRIMARY KEY,
+            h BLOB NOT NULL UNIQUE,       -- HMAC(index key, plaintext): lookup without decrypting
+            key_id INTEGER NOT NULL,
+            blob BLOB NOT NULL
+        );
+        CREATE TABLE readings (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            lane INTEGER NOT NULL,
+            state INTEGER NOT NULL,
+            batch INTEGER,
+            key_id INTEGER NOT NULL,
+            blob BLOB NOT NULL            -- nonce || ciphertext || tag
+        );
+        CREATE INDEX readings_pending ON readings(lane, seq) WHERE state = 0;
+        CREATE INDEX readings_batch ON readings(batch) WHERE batch IS NOT NULL;
+        CREATE INDEX readings_acked ON readings(seq) WHERE state = 2;
+        CREATE TABLE seen (nk BLOB PRIMARY KEY, gen INTEGER NOT NULL) WITHOUT ROWID;
+        CREATE TABLE quarantine (
+            qid INTEGER PRIMARY KEY,
+            source TEXT NOT NULL,         -- readings | refs
+            seq INTEGER NOT NULL,
+            lane INTEGER,
+            key_id INTEGER,
+            reason TEXT NOT NULL,
+            blob BLOB NOT NULL
+        );
+        CREATE TABLE meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
+        INSERT INTO meta (k, v) VALUES ('next_batch', 1);
+        """
+    )
+
+
+@MIGRATIONS()
+def m002_redundancy_and_ledger(db: Database) -> None:
+    """Second copies of wrapped keys and refs, state tags, and the MAC'd ledger.
+
+    * ``keys.wrapped_copy``: a second wrapping of each data key (its own nonce), so one
+      damaged byte does not lose every row sealed with that key.
+    * ``refs.copy``: a second sealed copy of each reference (``key_id (4) || nonce || ct``,
+      its own key id), and ``h`` no longer unique: a damaged reference is replaced by a new
+      row with the same blind index while the rows that depend on the old one keep it.
+    * ``readings.tag``: HMAC of (seq, state, batch), see :mod:`agent.buffer.integrity`.
+    * ``ledger``: one row; an empty body means "not written yet" (a store from before this
+      migration), which the first open fills in from the file.
+
+    Single statements, not ``executescript`` (which would commit half-way): the whole
+    migration and its record are one transaction.
+    """
+    for sql in (
+        "ALTER TABLE keys ADD COLUMN wrapped_copy BLOB",
+        "CREATE TABLE refs_v2 (ref_id INTEGER PRIMARY KEY, h BLOB NOT NULL,"
+        " key_id INTEGER NOT NULL, blob BLOB NOT NULL, copy BLOB)",
+        "INSERT INTO refs_v2 (ref_id, h, key_id, blob) SELECT ref_id, h, key_id, blob FROM refs",
+        "DROP TABLE refs",
+        "ALTER TABLE refs_v2 RENAME TO refs",
+        "CREATE INDEX refs_h ON refs(h)",
+        "ALTER TABLE readings ADD COLUMN tag BLOB",
+        "CREATE TABLE ledger (id INTEGER PRIMARY KEY CHECK (id = 1),"
+        " body BLOB NOT NULL, mac BLOB NOT NULL)",
+        "INSERT INTO ledger (id, body, mac) VALUES (1, x'', x'')",
+    ):
+        db.execute(sql)
+
+
+@MIGRATIONS()
+def m003_seen_log(db: Database) -> None:
+    """De-duplication keys grouped per append and bucket (see :mod:`agent.buffer.dedup`);
+    the old ``seen`` table stays for lookups until its rows expire, now with an index on
+    ``gen`` so that expiring them is not a scan of the whole table every purge."""
+    for sql in (
+        "CREATE TABLE seen_log (id INTEGER PRIMARY KEY, gen INTEGER NOT NULL,"
+        " bucket BLOB NOT NULL, keys BLOB NOT NULL)",
+        "CREATE INDEX seen_log_bucket ON seen_log(bucket)",
+        "CREATE INDEX seen_log_gen ON seen_log(gen)",
+        "CREATE INDEX seen_gen ON seen(gen)",
+    ):
+        db.execute(sql)
+
+
+def apply_migrations(conn: sqlite3.Connection) -> None:
+    """Apply every pending migration (each in its own transaction, with its record)."""
+    MIGRATIONS.apply(Database(conn))
