@@ -99,3 +99,33 @@ def test_report_md_shows_both_and_every_missed_goal() -> None:
     assert "| `drain_over_floor` | 1.5 | 3 | <= 1.2: **MISSED** |" in text
     assert "| `rss_mb` | 60 | 40 | <= 80: met |" in text
     assert "- `ours.drain_over_floor`" in text
+
+
+def test_report_md_renders_every_section_with_its_goals() -> None:
+    report = {
+        "machine": {"cpus": 2},
+        "buffer": {"append_readings_per_s": 30_000, "rss_growth_mb_1m": 25.0},
+        "fleet": {
+            "boxes": 1000,
+            "lost": 0,
+            "duplicates": 2,
+            "connects_by_second": list(range(20)),
+        },
+        "missed_goals": [],
+    }
+    text = report_md.render(report)
+    assert "## fleet" in text
+    assert "| `lost` | 0 | <= 0: met |" in text
+    assert "| `duplicates` | 2 | <= 0: **MISSED** |" in text
+    # A goal of the section without its figure is shown, and missed.
+    assert "| `boxes_not_drained` | — | <= 0: **MISSED** (no figure) |" in text
+    assert "| `append_readings_per_s` | 30,000 | >= 20,000: met |" in text
+    assert "| `rss_growth_mb_1m` | 25 | <= 20: **MISSED** |" in text
+    assert "0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, … (20 values in report.json)" in text
+    # The missed goals are listed even when the report's own list lacks them.
+    missed = text.split("## Missed goals", 1)[1]
+    for key in ("fleet.duplicates", "fleet.boxes_not_drained", "buffer.rss_growth_mb_1m"):
+        assert f"- `{key}`" in missed
+    assert "fleet.lost`" not in missed
+    # Sections absent from the report are not invented.
+    assert "## uplink" not in text
