@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 import dho_protocol as protocol
 from agent.backoff import Attempts, Backoff
-from agent.buffer import AsyncBuffer, FileKeySource
+from agent.buffer import AsyncBuffer, BufferConfig, FileKeySource
 from agent.uplink.link import LinkConfig, LinkHandlers, LinkState, MqttLink
 from agent.uplink.policy import ReconnectPolicy
 from agent.uplink.sender import Uplink, UplinkConfig
@@ -115,7 +115,13 @@ class _CountingBuffer:
 async def main(cfg: dict[str, Any]) -> int:
     started = time.monotonic()
     state = Path(cfg["state_dir"])
-    buf = await AsyncBuffer.open(state / "buffer.db", FileKeySource(state / "buffer.kek"))
+    # As the daemon opens it: integrity_check deferred until after the first publish
+    # (agent.daemon.StoreCheck); "defer_check": false checks during the open instead.
+    buf = await AsyncBuffer.open(
+        state / "buffer.db",
+        FileKeySource(state / "buffer.kek"),
+        config=BufferConfig(defer_integrity_check=bool(cfg.get("defer_check", True))),
+    )
     opened = time.monotonic()
     pending = (await buf.stats()).pending
     pem = await asyncio.to_thread(Path(cfg["signing_key"]).read_bytes)
@@ -149,6 +155,15 @@ async def main(cfg: dict[str, Any]) -> int:
     uplink = Uplink(ucfg, counting, link=link)
     until = cfg.get("until", "empty")
     task = asyncio.create_task(uplink.run())
+    checked: list[float] = []
+
+    async def check() -> None:
+        if buf.integrity_owed:
+            await uplink.published.wait()
+            await buf.verify_integrity()
+            checked.append(time.monotonic())
+
+    checker = asyncio.create_task(check())
     try:
         said_waiting = False
         while True:
@@ -179,9 +194,11 @@ async def main(cfg: dict[str, Any]) -> int:
             handshakes=link.tls.handshakes,
             resumed=link.tls.resumed,
             bytes_sent=link.bytes_sent,
+            store_checked=checked[0] if checked else None,
         )
         return 0
     finally:
+        checker.cancel()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

@@ -288,3 +288,43 @@ def test_status_line_reads_like_a_sentence() -> None:
         "safely; service ble backing off (restart 3, BleTransportError); 1 services running; "
         "alarms: storage-low"
     )
+
+
+async def test_the_store_check_runs_after_the_start_and_damage_stops_the_agent(
+    tmp_path: Path, notify: Notifications
+) -> None:
+    """The open defers ``integrity_check`` (a large store on a cold cache took seconds); the
+    check runs in the background, and a damaged store ends the agent so that the next start
+    sets it aside and salvages it (tests/buffer/test_security.py, the buffer's half)."""
+    from dataclasses import replace
+
+    from hw_mocks.synthetic import ReadingFactory
+
+    from agent.errors import StoreCorruptError
+    from agent.status import read_status
+    from tests.buffer.test_security import _scribble_index
+
+    cfg = _cfg(tmp_path)
+    async with _agent(cfg):
+        for _ in range(int(DEADLINE / 0.05)):
+            report = read_status(cfg.state_dir / "status.json")
+            if report and report.get("store-check", {}).get("state") == "ok":
+                break
+            await asyncio.sleep(0.05)
+        assert report is not None
+        assert report["store-check"]["state"] == "ok"
+    bcfg = replace(cfg.buffer_config(), defer_integrity_check=True)
+    b = Buffer.open(cfg.buffer_path, cfg.key_source(), config=bcfg)
+    factory = ReadingFactory(seed=3)
+    b.append([factory.bp() for _ in range(600)])
+    b.verify_integrity()
+    _scribble_index(cfg.buffer_path, b)
+    with pytest.raises(StoreCorruptError):
+        await asyncio.wait_for(run_agent(cfg, status_interval=0.05), DEADLINE)
+    b = Buffer.open(cfg.buffer_path, cfg.key_source(), config=bcfg)  # the restart
+    try:
+        s = b.stats()
+        assert len(s.set_aside) == 1
+        assert s.pending == 600
+    finally:
+        b.close()

@@ -214,6 +214,16 @@ class AsyncBuffer:
         """See :meth:`Buffer.rotate_data_key`."""
         return await self._run(self._buffer.rotate_data_key)
 
+    @property
+    def integrity_owed(self) -> bool:
+        """See :attr:`Buffer.integrity_owed`."""
+        return self._buffer.integrity_owed
+
+    async def verify_integrity(self) -> float:
+        """See :meth:`Buffer.verify_integrity`: on a thread of its own, not the buffer's
+        worker, so appends, claims and acknowledgements go on while the file is read."""
+        return await asyncio.to_thread(self._buffer.verify_integrity)
+
     async def close(self) -> None:
         """Close the store and stop the worker thread."""
         try:

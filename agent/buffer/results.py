@@ -83,6 +83,11 @@ class BufferConfig:
     wal_autocheckpoint_pages: int = 256
     seen_generations: int = 32  # de-duplication memory: 32 * 65,536 readings
     check_integrity: bool = True
+    # With check_integrity: run SQLite's integrity_check after the open instead of during it
+    # (Buffer.verify_integrity, which the daemon calls in the background), unless the check
+    # owed by the last such open never passed (``<store>.unverified`` exists); see
+    # docs/buffer.md, "Damaged files at open".
+    defer_integrity_check: bool = False
     # At most this often (after a change), record the ledger's transaction counter outside the
     # database, so that committed transactions lost with the WAL are noticed at the next open.
     anchor_interval_s: float = 10.0

@@ -17,13 +17,16 @@ live in their own modules (``docs/buffer.md`` has the reasoning and the numbers)
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import sqlite3
+import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from agent.atomicfile import write_atomic
 from agent.buffer import alarms
 from agent.buffer.dedup import Seen
 from agent.buffer.keyring import Keyring
@@ -51,6 +54,18 @@ _LOGGER = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 
+def unverified_path(path: Path) -> Path:
+    """``<store>.unverified``: an open deferred the integrity check and it has not passed."""
+    return path.with_name(path.name + ".unverified")
+
+
+def _mark_unverified(path: Path) -> None:
+    try:
+        write_atomic(unverified_path(path), b"integrity_check owed\n")
+    except OSError as exc:  # a full disk: the deferred check still runs, only not remembered
+        _LOGGER.warning("store marker not written: %s", exc.strerror)
+
+
 class Buffer:
     """The encrypted outbox. Not thread-safe: use it from one thread (see AsyncBuffer)."""
 
@@ -64,6 +79,8 @@ class Buffer:
     ) -> None:
         self.path = path
         self.config = config
+        self.integrity_owed = False
+        """An integrity check this open deferred and :meth:`verify_integrity` has not passed."""
         self._keys = keys
         self._lock = lock
         self._set_aside: list[str] = []
@@ -122,6 +139,10 @@ class Buffer:
             cfg.cap_bytes = cap_bytes
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         lock = StoreLock(path.with_name(path.name + ".lock"))
+        unverified = unverified_path(path)
+        deferred = cfg.check_integrity and cfg.defer_integrity_check and not unverified.exists()
+        if deferred:
+            cfg = dataclasses.replace(cfg, check_integrity=False)  # counts by the full scan
         reserve = Reserve(path, cfg.reserve_bytes, set())
         aside = False
         released = False
@@ -156,6 +177,12 @@ class Buffer:
                 break
             if released:
                 buf._alarms.add(alarms.STORAGE_FULL)
+            if deferred:
+                # Until verify_integrity passes, the next open checks before it trusts the file.
+                buf.integrity_owed = True
+                _mark_unverified(path)
+            elif cfg.check_integrity:
+                unverified.unlink(missing_ok=True)  # checked at this open
             buf._report_set_aside()
             buf._salvage_some()
             return buf
@@ -342,6 +369,7 @@ class Buffer:
             for suffix in ("", "-wal", "-shm"):
                 self.path.with_name(name + suffix).unlink(missing_ok=True)
         self.path.with_name(self.path.name + ".anchor").unlink(missing_ok=True)
+        unverified_path(self.path).unlink(missing_ok=True)
 
     # -- status -------------------------------------------------------------------------
 
@@ -368,6 +396,37 @@ class Buffer:
             set_aside=tuple(self._set_aside),
             salvaged=self._salvage.imported,
         )
+
+    def verify_integrity(self) -> float:
+        """Run the ``integrity_check`` an open with ``defer_integrity_check`` left owed.
+
+        On a read-only connection of its own, so call it from another thread than the one
+        using the buffer: the buffer's operations go on meanwhile (WAL: readers do not block
+        the writer). Returns the seconds it took; a pass removes ``<store>.unverified``.
+
+        Raises:
+            StoreCorruptError: the file is damaged. ``<store>.unverified`` stays, so the next
+                open checks first and sets the store aside (and salvages it) as it would
+                have at this one; the caller should close and open the store again.
+            sqlite3.Error: the check could not run (I/O); the marker stays as well.
+        """
+        started = time.monotonic()
+        uri = self.path.resolve().as_uri() + "?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        try:
+            result = [r[0] for r in conn.execute("PRAGMA integrity_check(20)")]
+        except sqlite3.DatabaseError as exc:
+            if not is_corruption(exc):
+                raise
+            result = [str(exc)]
+        finally:
+            conn.close()
+        if result != ["ok"]:
+            _mark_unverified(self.path)  # it is there; unless its write failed at open
+            raise StoreCorruptError("integrity_check failed: " + "; ".join(result[:3]))
+        unverified_path(self.path).unlink(missing_ok=True)
+        self.integrity_owed = False
+        return time.monotonic() - started
 
     def integrity_ok(self) -> bool:
         """Run ``PRAGMA integrity_check`` now."""

@@ -233,6 +233,9 @@ class Uplink:
         self._clock_synced = clock_synced
         self._clock_anchor = clock_anchor or SystemClock().anchor
         self._events: asyncio.Queue[s.Event] = asyncio.Queue()
+        self.published = asyncio.Event()
+        """Set once a batch was handed to the link (the agent's deferred store check waits
+        for it, so that reading the whole file does not delay the first upload)."""
         self._tg: asyncio.TaskGroup | None = None
         self._remembered_size = self.session.sizer.size
         self._remembered_at = time.monotonic()
@@ -455,6 +458,7 @@ class Uplink:
             fut = self.link.publish(protocol.batch_topic(self.box_id), d.wire, qos=1)
         except UplinkError:
             return s.PublishFailed(d.batch_id)
+        self.published.set()
         _LOG.info(
             "uplink %s: sent batch %s seq %d (%d readings, %d bytes)",
             self.box_id,

@@ -14,7 +14,7 @@ import pytest
 from hw_mocks.synthetic import ReadingFactory
 
 from agent.buffer import Buffer, BufferConfig, FileKeySource
-from agent.errors import KeyLostError
+from agent.errors import KeyLostError, StoreCorruptError
 from agent.model import DeviceIdentity, DeviceKind, Reading, Transport
 
 PATIENT_MARKER = "PATIENT-MARKER-4f1c"
@@ -294,5 +294,84 @@ def test_lost_key_file_sets_store_aside(
         assert s.set_aside
         assert "keys" in s.set_aside[0]
         assert b.append([factory.bp()]).stored == 1
+    finally:
+        b.close()
+
+
+def _owed(b: Buffer) -> bool:
+    return b.integrity_owed  # a call: mypy does not narrow it between two asserts
+
+
+def _scribble_index(store_path: Path, b: Buffer, index: str = "seen_log_bucket") -> None:
+    """Overwrite a leaf page of an index that opening without ``integrity_check`` never
+    reads (the de-duplication memory's), so only the check itself finds the damage."""
+    (leaf,) = (
+        r[0]
+        for r in b._conn.execute(
+            "SELECT pageno FROM dbstat WHERE name = ? AND pagetype = 'leaf' LIMIT 1", (index,)
+        )
+    )
+    b.close()
+    data = bytearray(store_path.read_bytes())
+    page = 4096
+    data[(leaf - 1) * page : leaf * page] = b"\xa5" * page
+    store_path.write_bytes(bytes(data))
+
+
+def test_a_deferred_integrity_check_is_owed_until_it_passes(
+    store_path: Path, keys: FileKeySource, config: BufferConfig, factory: ReadingFactory
+) -> None:
+    cfg = replace(config, defer_integrity_check=True)
+    marker = store_path.with_name("buffer.db.unverified")
+    b = Buffer.open(store_path, keys, config=cfg)
+    assert _owed(b)
+    assert marker.exists()
+    b.append([factory.bp() for _ in range(20)])
+    assert b.verify_integrity() >= 0
+    assert not _owed(b)
+    assert not marker.exists()
+    b.close()
+    b = Buffer.open(store_path, keys, config=cfg)  # deferred again: the last check passed
+    assert _owed(b)
+    assert marker.exists()
+    b.close()  # stopped (or power lost) before the check ran
+    b = Buffer.open(store_path, keys, config=cfg)  # so this open checks first
+    try:
+        assert not _owed(b)
+        assert not marker.exists()
+        assert b.stats().pending == 20
+    finally:
+        b.close()
+
+
+def test_damage_found_by_the_deferred_check_is_set_aside_and_salvaged_at_the_next_open(
+    store_path: Path, keys: FileKeySource, config: BufferConfig, factory: ReadingFactory
+) -> None:
+    cfg = replace(config, defer_integrity_check=True)
+    b = Buffer.open(store_path, keys, config=cfg)
+    readings = [factory.bp() for _ in range(600)]
+    b.append(readings)
+    b.verify_integrity()
+    _scribble_index(store_path, b)
+    b = Buffer.open(store_path, keys, config=cfg)
+    try:
+        assert _owed(b)
+        assert not b.stats().set_aside  # the open did not read the damaged page
+        assert b.stats().pending == 600  # and the readings can go meanwhile
+        with pytest.raises(StoreCorruptError):
+            b.verify_integrity()
+        assert _owed(b)
+    finally:
+        b.close()
+    b = Buffer.open(store_path, keys, config=cfg)
+    try:
+        s = b.stats()
+        assert len(s.set_aside) == 1
+        assert "corrupt" in s.set_aside[0]
+        assert "store.set-aside" in s.alarms
+        assert s.salvaged == 600
+        assert s.pending == 600
+        assert not _owed(b)  # checked at this open
+        assert not store_path.with_name("buffer.db.unverified").exists()
     finally:
         b.close()
