@@ -334,9 +334,9 @@ class Outbox:
         The usual case, a file whose every row is valid and whose indexes ``integrity_check``
         has just verified: one scan for the validity predicate (nothing else per row), and
         the counts from the indexes (``readings_pending`` is ordered by lane, so no sorting).
-        Otherwise (a damaged row, or no integrity check at open) one pass that computes each
-        row's cell; constant memory either way (a GROUP BY over the table would sort every
-        row in a temporary b-tree). At 1M rows: 0.3 s instead of 1.2 s.
+        Otherwise (a damaged row, or no integrity check at open: the daemon's deferred check)
+        one pass that computes each row's cell; constant memory either way (a GROUP BY over
+        the table would sort every row in a temporary b-tree). At 1M rows: 0.3 s instead of 1.2 s.
         """
         conn = self._db.conn
         cells = [(ln, st) for ln in POLICIES for st in STATES]
@@ -369,7 +369,9 @@ class Outbox:
             (_MIN_BLOB,),
         ).fetchone()
         per = {cell: int(n) for cell, n in zip(cells, per_cell, strict=True)}
-        return int(total), int(actual_acked), per, False
+        # Every row valid when every row fell in a cell (an invalid one counts in none): then
+        # the claimed count is exact too, and recover() need not scan again for claimed rows.
+        return int(total), int(actual_acked), per, sum(per.values()) == int(total)
 
     def _valid_sql(self) -> str:
         """An SQL predicate: the row's cleartext columns are what this buffer writes (one

@@ -82,17 +82,27 @@ def test_max_bytes_bounds_a_batch(buf: Buffer, factory: ReadingFactory) -> None:
     assert len(c.readings) == 1  # at least one, even when it alone exceeds the bound
 
 
+@pytest.mark.parametrize("check", ["at open", "deferred"])
 def test_restart_turns_claimed_back_into_pending(
-    store_path: Path, keys: FileKeySource, config: BufferConfig, factory: ReadingFactory
+    store_path: Path,
+    keys: FileKeySource,
+    config: BufferConfig,
+    factory: ReadingFactory,
+    check: str,
 ) -> None:
+    # Deferred (the daemon's open): the counts come from the full scan, not the indexes.
+    config = replace(config, defer_integrity_check=check == "deferred")
     b = Buffer.open(store_path, keys, config=config)
     readings = [factory.bp() for _ in range(6)]
     b.append(readings)
     c = b.claim(4)
     assert c is not None
+    if b.integrity_owed:
+        b.verify_integrity()  # else the next open would check first
     b.close()  # no ack: the process "restarts"
     b = Buffer.open(store_path, keys, config=config)
     try:
+        assert b.integrity_owed == (check == "deferred")
         s = b.stats()
         assert (s.pending, s.claimed) == (6, 0)
         c2 = b.claim(10)
