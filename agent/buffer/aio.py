@@ -14,6 +14,7 @@ a transfer should wait (the thread is busy, or appends are failing).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import heapq
 import itertools
@@ -221,8 +222,16 @@ class AsyncBuffer:
 
     async def verify_integrity(self) -> float:
         """See :meth:`Buffer.verify_integrity`: on a thread of its own, not the buffer's
-        worker, so appends, claims and acknowledgements go on while the file is read."""
-        return await asyncio.to_thread(self._buffer.verify_integrity)
+        worker, so appends, claims and acknowledgements go on while the file is read.
+        Cancelled, it interrupts the check (which stays owed) instead of holding up a stop."""
+        fut = asyncio.ensure_future(asyncio.to_thread(self._buffer.verify_integrity))
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            self._buffer.interrupt_verify()
+            with contextlib.suppress(Exception):
+                await fut
+            raise
 
     async def close(self) -> None:
         """Close the store and stop the worker thread."""

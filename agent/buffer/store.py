@@ -81,6 +81,8 @@ class Buffer:
         self.config = config
         self.integrity_owed = False
         """An integrity check this open deferred and :meth:`verify_integrity` has not passed."""
+        self._verifying: sqlite3.Connection | None = None
+        self._verify_stopped = False
         self._keys = keys
         self._lock = lock
         self._set_aside: list[str] = []
@@ -413,13 +415,17 @@ class Buffer:
         started = time.monotonic()
         uri = self.path.resolve().as_uri() + "?mode=ro"
         conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        self._verifying = conn
         try:
+            if self._verify_stopped:
+                raise sqlite3.OperationalError("interrupted")
             result = [r[0] for r in conn.execute("PRAGMA integrity_check(20)")]
         except sqlite3.DatabaseError as exc:
             if not is_corruption(exc):
                 raise
             result = [str(exc)]
         finally:
+            self._verifying = None
             conn.close()
         if result != ["ok"]:
             _mark_unverified(self.path)  # it is there; unless its write failed at open
@@ -427,6 +433,14 @@ class Buffer:
         unverified_path(self.path).unlink(missing_ok=True)
         self.integrity_owed = False
         return time.monotonic() - started
+
+    def interrupt_verify(self) -> None:
+        """Stop a :meth:`verify_integrity` running on another thread (it raises
+        ``sqlite3.OperationalError``; the check stays owed). For a stop of the agent."""
+        self._verify_stopped = True
+        conn = self._verifying
+        if conn is not None:
+            conn.interrupt()
 
     def integrity_ok(self) -> bool:
         """Run ``PRAGMA integrity_check`` now."""

@@ -375,3 +375,17 @@ def test_damage_found_by_the_deferred_check_is_set_aside_and_salvaged_at_the_nex
         assert not store_path.with_name("buffer.db.unverified").exists()
     finally:
         b.close()
+
+
+def test_an_interrupted_deferred_check_stays_owed(
+    store_path: Path, keys: FileKeySource, config: BufferConfig
+) -> None:
+    b = Buffer.open(store_path, keys, config=replace(config, defer_integrity_check=True))
+    try:
+        b.interrupt_verify()  # the agent stops while (or before) the check runs
+        with pytest.raises(sqlite3.OperationalError, match="interrupted"):
+            b.verify_integrity()
+        assert _owed(b)
+        assert store_path.with_name("buffer.db.unverified").exists()
+    finally:
+        b.close()
