@@ -82,6 +82,7 @@ class Buffer:
         self.integrity_owed = False
         """An integrity check this open deferred and :meth:`verify_integrity` has not passed."""
         self._verifying: sqlite3.Connection | None = None
+        self._verify_running = False
         self._verify_stopped = False
         self._keys = keys
         self._lock = lock
@@ -305,7 +306,12 @@ class Buffer:
         give free pages back to the filesystem and truncate the WAL (so deleted ciphertext
         does not linger in it)."""
         n = self._maintenance(self._outbox.purge_rows)
-        self._pressure.housekeeping()
+        if self._verify_running:
+            # The check's read transaction holds an old snapshot: a truncating checkpoint
+            # would wait out the busy timeout (5 s) on this thread. The next purge does it.
+            _LOGGER.debug("WAL truncation left for the next purge: integrity check running")
+        else:
+            self._pressure.housekeeping()
         self._report_set_aside()
         self._salvage_some()
         return n
@@ -413,8 +419,13 @@ class Buffer:
             sqlite3.Error: the check could not run (I/O); the marker stays as well.
         """
         started = time.monotonic()
+        self._verify_running = True
         uri = self.path.resolve().as_uri() + "?mode=ro"
-        conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        try:
+            conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        except BaseException:
+            self._verify_running = False
+            raise
         self._verifying = conn
         try:
             if self._verify_stopped:
@@ -427,6 +438,7 @@ class Buffer:
         finally:
             self._verifying = None
             conn.close()
+            self._verify_running = False
         if result != ["ok"]:
             _mark_unverified(self.path)  # it is there; unless its write failed at open
             raise StoreCorruptError("integrity_check failed: " + "; ".join(result[:3]))

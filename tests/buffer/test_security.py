@@ -389,3 +389,28 @@ def test_an_interrupted_deferred_check_stays_owed(
         assert store_path.with_name("buffer.db.unverified").exists()
     finally:
         b.close()
+
+
+def test_a_purge_during_the_deferred_check_does_not_wait_for_its_snapshot(
+    store_path: Path, keys: FileKeySource, config: BufferConfig, factory: ReadingFactory
+) -> None:
+    """The check's read transaction holds an old snapshot; a truncating checkpoint would
+    wait out SQLite's busy timeout (5 s) on the buffer's thread, holding up appends."""
+    import time
+
+    b = Buffer.open(store_path, keys, config=replace(config, defer_integrity_check=True))
+    try:
+        b.append([factory.bp() for _ in range(10)])
+        reader = sqlite3.connect(store_path)  # stands in for the check's connection
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM readings").fetchone()
+        c = b.claim(10)
+        assert c is not None
+        b.ack(c.batch_id)
+        b._verify_running = True  # as while verify_integrity reads the file
+        started = time.monotonic()
+        assert b.purge() == 10
+        assert time.monotonic() - started < 2.5
+        reader.close()
+    finally:
+        b.close()
