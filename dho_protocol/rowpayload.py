@@ -188,30 +188,53 @@ def decode_rows(
     r.array("rows", n, n)
     readings: list[Reading] = []
     stored: list[bytes] = []
+    # The stored form of a reading is a one-row payload: all of it but the row is the same
+    # for every row of one context, boot and lane, so it is packed once for each of those.
+    heads: dict[tuple[int, int, int], bytes] = {}
     left = budget
     for rid, lane in zip(ids, lanes, strict=True):
         row = r.binary("row", 1, len(data))
         if lane not in _LANES:
             raise MalformedMessageError(f"unknown lane {lane}")
-        packed = decode_reading(row, left, r.left)
+        packed = decode_reading(row, left, r.left, expect=rid)
         left -= packed.size
         r.spend(packed.items)
-        if packed.reading_id != rid:
-            raise MalformedMessageError("a row's id is not the envelope's")
         ctx = contexts.get(packed.context_ref)
         boot = boots.get(packed.boot_ref)
         if ctx is None or boot is None:
             raise FormatError("a row refers to a context or boot the payload does not carry")
-        readings.append(packed.build(ctx[0], boot[0], Lane(lane)).with_time_corrected(anchor))
+        readings.append(packed.build(ctx[0], boot[0], _LANE_OF[lane]).with_time_corrected(anchor))
         if bodies:
-            stored.append(
-                msgpack.packb(
-                    [PAYLOAD_VERSION, [ctx[1]], [boot[1]], anchor_entry, bytes((lane,)), [row]],
-                    use_bin_type=True,
-                )
-            )
+            where = (packed.context_ref, packed.boot_ref, lane)
+            head = heads.get(where)
+            if head is None:
+                head = heads[where] = _stored_head(ctx[1], boot[1], anchor_entry, lane)
+            stored.append(head + _bin(row))
     r.finish("payload")
     return DecodedRows(tuple(readings), tuple(stored))
+
+
+_LANE_OF: Final = {int(lane): lane for lane in Lane}
+
+
+def _bin(b: bytes) -> bytes:
+    """``b`` as msgpack binary (bin 8, 16 or 32), as ``packb`` packs it."""
+    n = len(b)
+    if n < 0x100:
+        return b"\xc4" + n.to_bytes(1, "big") + b
+    if n < 0x10000:
+        return b"\xc5" + n.to_bytes(2, "big") + b
+    return b"\xc6" + n.to_bytes(4, "big") + b
+
+
+def _stored_head(ctx: list[Any], boot: list[Any], anchor: list[Any] | None, lane: int) -> bytes:
+    """The msgpack of ``[2, [ctx], [boot], anchor, lane byte, [row]]`` up to the row itself:
+    the same bytes ``packb`` gives for the whole list, less the row's own."""
+    whole: bytes = msgpack.packb(
+        [PAYLOAD_VERSION, [ctx], [boot], anchor, bytes((lane,)), [b""]], use_bin_type=True
+    )
+    assert whole.endswith(b"\x91\xc4\x00")  # one-entry list, then the empty row
+    return whole[:-2]
 
 
 def is_rows_payload(data: bytes) -> bool:

@@ -23,22 +23,27 @@ compressed msgpack for rows above 192 bytes, i.e. sample chunks). The msgpack ar
   ``[seconds, microseconds, utc_offset_minutes | None]``;
 * ``samples = [interval_ms, [[code, unit, exponent, values, stat], ...]]``.
 
-:func:`decode_reading` trusts nothing: every field is type- and range-checked, compressed rows
-are decompressed within a budget, and the model's own checks run; anything wrong is a
-:class:`FormatError` (a :class:`~dho_protocol.errors.MalformedMessageError`).
+:func:`decode_reading` trusts nothing: the row is read by a typed msgspec decoder of this
+layout (C; every field type- and range-checked as it is read, a list refused at its header when
+it is longer than its limit), compressed rows are decompressed within a budget, and the model's
+own checks run; anything wrong is a :class:`FormatError` (a
+:class:`~dho_protocol.errors.MalformedMessageError`). The bytes are plain msgpack: msgspec only
+reads them.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
-from typing import Any, Final
+from typing import Annotated, Any, Final, Literal
 
 import msgpack
+import msgspec
 import zstandard
 
 from agent import codes
@@ -53,7 +58,6 @@ from agent.model import (
     Reading,
     SampleChunk,
 )
-from dho_protocol.bounded import BoundedReader
 from dho_protocol.errors import MalformedMessageError, MessageTooLargeError
 from dho_protocol.payload import (
     MAX_CHANNELS,
@@ -374,215 +378,267 @@ STORE_LIMITS: Final = Limits(
 )
 
 
-class _RowReader:
-    """One row read with :class:`~dho_protocol.bounded.BoundedReader` in layout order, every
-    field checked for its type and range (the limits of section 5.2) before it is used."""
+@functools.lru_cache(maxsize=4)
+def _row_decoder(lim: Limits) -> msgspec.msgpack.Decoder[Any]:
+    """A typed msgspec decoder of the row layout under ``lim`` (built once per limits).
 
-    def __init__(self, body: bytes, items: int, lim: Limits) -> None:
-        self.lim = lim
-        self.r = BoundedReader(
-            body,
-            max_items=max(items, 0),
-            max_str=self.lim.str_bytes,
-            max_bin=self.lim.raw_frame_bytes,
-            max_array=max(self.lim.samples, self.lim.raw_frames),
+    Every field's type and range is a constraint of the decoder's schema, checked in C while
+    the row is read: a list is refused at its header when it is longer than its limit (before
+    any element is read), a value of the wrong type (a list where a number goes, a bool for
+    an integer) at once, and extra entries in a fixed-shape record too. Nothing outside the
+    schema is ever built, so a row costs at most a small multiple of its own bytes.
+    """
+
+    def text(lo: int, hi: int) -> Any:
+        return Annotated[str, msgspec.Meta(min_length=lo, max_length=hi)]
+
+    def whole(lo: int, hi: int) -> Any:
+        return Annotated[int, msgspec.Meta(ge=lo, le=hi)]
+
+    def many(item: Any, most: int) -> Any:
+        """A list of at most ``most`` entries of ``item``, decoded as a tuple."""
+        return Annotated[tuple.__class_getitem__((item, ...)), msgspec.Meta(max_length=most)]
+
+    def record(name: str, fields: list[Any]) -> Any:
+        return msgspec.defstruct(
+            f"_{name}", fields, array_like=True, forbid_unknown_fields=True, frozen=True, gc=False
         )
 
-    @staticmethod
-    def _text(v: object, what: str, lo: int, hi: int) -> str:
-        if type(v) is not str or not lo <= len(v) <= hi:
-            raise FormatError(f"{what} is not a string of {lo} to {hi} characters")
-        return v
-
-    def code(self) -> tuple[int, str | None]:
-        lim = self.lim
-        r = self.r
-        if r.is_array():
-            mdc, loinc = r.record("code", 2)
-            text = (
-                None
-                if loinc is None
-                else self._text(loinc, "LOINC code", lim.min_text, lim.code_text)
-            )
-            return _int_in(mdc, 0, 2**32 - 1, "MDC code"), text
-        return _unpack_code(r.scalar("code"))
-
-    def unit(self) -> str:
-        lim = self.lim
-        v = self.r.scalar("unit")
-        if type(v) is str:
-            return self._text(v, "unit", 0, lim.code_text)
-        return _unpack_unit(v)
-
-    def value(self) -> Decimal:
-        lim = self.lim
-        r = self.r
-        if r.is_array():
-            mantissa, exponent = r.record("value", 2)
-            m = _int_in(mantissa, -_MAX_I64, _MAX_I64 - 1, "mantissa")
-            return Decimal(m).scaleb(_int_in(exponent, -lim.exponent, lim.exponent, "exponent"))
-        v = r.scalar("value")
-        if type(v) is int:
-            return Decimal(_int_in(v, -_MAX_I64, _MAX_I64 - 1, "value"))
-        if type(v) is str:
-            self._text(v, "value text", lim.min_text, lim.decimal_text)
-            return _unpack_decimal(v)
-        raise FormatError("value is not a decimal")
-
-    def observation(self) -> Observation:
-        lim = self.lim
-        r = self.r
-        n = r.array("observation", 3, 4)
-        # The common case inline (code and unit from the tables, a whole value): the decoder's
-        # hottest path, three observations a spot reading.
-        mdc, loinc = self.code() if r.is_array() else _unpack_code(r.scalar("code"))
-        if n == 3:
-            if r.is_array():
-                value = self.value()
-            else:
-                v = r.scalar("value")
-                if type(v) is int and -_MAX_I64 <= v < _MAX_I64:
-                    value = Decimal(v)
-                elif type(v) is str:
-                    self._text(v, "value text", lim.min_text, lim.decimal_text)
-                    value = _unpack_decimal(v)
-                else:
-                    raise FormatError("value is not a decimal")
-            u = r.scalar("unit")
-            unit = self._text(u, "unit", 0, lim.code_text) if type(u) is str else _unpack_unit(u)
-            return Observation(mdc, loinc, value, unit)
-        if r.scalar("value") is not None:
-            raise FormatError("a special value carries a value")
-        unit = self.unit()
-        absent = self._text(r.scalar("special value"), "special value", lim.min_text, lim.code_text)
-        return Observation(mdc, loinc, None, unit, Absent(absent))
-
-    def device_time(self) -> datetime | None:
-        lim = self.lim
-        r = self.r
-        if r.is_nil():
-            return None
-        if not r.is_array():
-            secs = _int_in(r.scalar("device time"), -(2**40), 2**40, "device time")
-            micros, off_min = 0, None
-        else:
-            raw_s, raw_us, raw_off = r.record("device time", 3)
-            secs = _int_in(raw_s, -(2**40), 2**40, "device time")
-            micros = _int_in(raw_us, 0, 999_999, "device time µs")
-            off_min = (
-                None
-                if raw_off is None
-                else _int_in(raw_off, -lim.utc_offset_s // 60, lim.utc_offset_s // 60, "offset")
-            )
-        try:
-            t = _EPOCH + timedelta(seconds=secs, microseconds=micros)
-            if off_min is None:
-                return t
-            return t.replace(tzinfo=UTC if off_min == 0 else timezone(timedelta(minutes=off_min)))
-        except (OverflowError, ValueError) as err:
-            raise FormatError(f"device time out of range: {err}") from err
-
-    def samples(self) -> SampleChunk | None:
-        lim = self.lim
-        r = self.r
-        if r.is_nil():
-            return None
-        r.array("samples", 2, 2)
-        interval = _int_in(r.scalar("sample interval"), 1, lim.interval_ms, "sample interval")
-        channels = []
-        total = 0
-        for _ in range(r.array("channels", 0, lim.channels)):
-            r.array("channel", 5, 5)
-            mdc, loinc = self.code()
-            unit = self.unit()
-            exponent = _int_in(r.scalar("exponent"), -lim.exponent, lim.exponent, "exponent")
-            n = r.array("channel samples", 0, lim.samples)
-            total += n
-            if total > lim.reading_samples:
-                raise FormatError(f"more than {lim.reading_samples} samples a reading")
-            values: list[int | None] = []
-            for v in r.scalars(n, "channel samples"):
-                if v is None:
-                    values.append(None)
-                elif type(v) is int and -SAMPLE_LIMIT < v < SAMPLE_LIMIT:
-                    values.append(v)
-                else:
-                    raise FormatError("a sample is not an integer in range")
-            stat = r.scalar("statistic")
-            channels.append(
-                Channel(
-                    mdc,
-                    loinc,
-                    unit,
-                    exponent,
-                    tuple(values),
-                    None
-                    if stat is None
-                    else self._text(stat, "statistic", lim.min_text, lim.code_text),
-                )
-            )
-        return SampleChunk(interval, tuple(channels))
+    pair_code = record(
+        "CodePair",
+        [("mdc", whole(0, 2**32 - 1)), ("loinc", text(lim.min_text, lim.code_text) | None)],
+    )
+    pair_value = record(
+        "ValuePair",
+        [
+            ("mantissa", whole(-_MAX_I64, _MAX_I64 - 1)),
+            ("exponent", whole(-lim.exponent, lim.exponent)),
+        ],
+    )
+    code = whole(0, len(codes.ALL_CODES) - 1) | pair_code
+    unit = whole(0, len(codes.KNOWN_UNITS) - 1) | text(0, lim.code_text)
+    observation = record(
+        "Observation",
+        [
+            ("code", code),
+            (
+                "value",
+                whole(-_MAX_I64, _MAX_I64 - 1)
+                | text(lim.min_text, lim.decimal_text)
+                | pair_value
+                | None,
+            ),
+            ("unit", unit),
+            # no None in the type: a fourth entry that is nil is refused (the default is None)
+            ("absent", text(lim.min_text, lim.code_text), None),
+        ],
+    )
+    off = lim.utc_offset_s // 60
+    device_time = record(
+        "DeviceTime",
+        [
+            ("secs", whole(-(2**40), 2**40)),
+            ("micros", whole(0, 999_999)),
+            ("offset", whole(-off, off) | None),
+        ],
+    )
+    sample = Annotated[int, msgspec.Meta(gt=-SAMPLE_LIMIT, lt=SAMPLE_LIMIT)] | None
+    channel = record(
+        "Channel",
+        [
+            ("code", code),
+            ("unit", unit),
+            ("exponent", whole(-lim.exponent, lim.exponent)),
+            ("values", many(sample, lim.samples)),
+            ("stat", text(lim.min_text, lim.code_text) | None),
+        ],
+    )
+    samples = record(
+        "Samples",
+        [
+            ("interval", whole(1, lim.interval_ms)),
+            ("channels", many(channel, lim.channels)),
+        ],
+    )
+    capture = record(
+        "Capture",
+        [
+            ("wall_ns", whole(0, _MAX_I64 - 1)),
+            ("boot_ref", whole(0, _MAX_I64 - 1)),
+            ("mono_ns", whole(0, _MAX_I64 - 1)),
+            ("synced", bool),
+        ],
+    )
+    row = record(
+        "Row",
+        [
+            ("version", Literal[1]),
+            ("id", Annotated[bytes, msgspec.Meta(min_length=16, max_length=16)]),
+            ("context_ref", whole(0, _MAX_I64 - 1)),
+            ("observations", many(observation, lim.observations)),
+            ("captured", capture),
+            ("device_time", whole(-(2**40), 2**40) | device_time | None),
+            ("status", many(text(lim.min_text, lim.code_text), lim.status_flags)),
+            ("samples", samples | None),
+            (
+                "raw",
+                many(
+                    Annotated[bytes, msgspec.Meta(max_length=lim.raw_frame_bytes)], lim.raw_frames
+                ),
+            ),
+            ("decode_error", text(lim.min_text, lim.error_text), None),
+        ],
+    )
+    return msgspec.msgpack.Decoder(row)
 
 
-def _int_in(v: object, lo: int, hi: int, what: str) -> int:
-    if type(v) is not int or not lo <= v <= hi:
-        raise FormatError(f"{what} is not an integer from {lo} to {hi}")
-    return v
+_OBSERVATIONS: Final[dict[Any, Observation]] = {}
+_OBSERVATIONS_CACHED: Final = 4096
+
+
+def _code(c: Any) -> tuple[int, str | None]:
+    if type(c) is int:
+        known = codes.ALL_CODES[c]
+        return known.mdc, known.loinc
+    return c.mdc, c.loinc
+
+
+def _array_items(row: Any) -> int:
+    """msgpack items (values and list headers) of a decoded row: each list counts its
+    entries and its own header, as :class:`~dho_protocol.bounded.BoundedReader` counts."""
+    n = 11 if row.decode_error is not None else 10
+    n += len(row.observations) + 1 + 5 + len(row.status) + 1 + len(row.raw) + 1
+    for o in row.observations:
+        n += 4 if o.absent is None else 5
+        if type(o.code) is not int:
+            n += 3
+        v = o.value
+        if v is not None and type(v) is not int and type(v) is not str:
+            n += 3
+    if type(row.device_time) is not int and row.device_time is not None:
+        n += 4
+    s = row.samples
+    if s is not None:
+        n += 3 + len(s.channels) + 1
+        for c in s.channels:
+            n += 6 + len(c.values) + 1 + (0 if type(c.code) is int else 3)
+    return n
 
 
 def decode_reading(
-    data: bytes, budget: int = MAX_ROW_BYTES, items: int = MAX_ITEMS, *, lim: Limits | None = None
+    data: bytes,
+    budget: int = MAX_ROW_BYTES,
+    items: int = MAX_ITEMS,
+    *,
+    lim: Limits | None = None,
+    expect: uuid.UUID | None = None,
 ) -> PackedReading:
     """Decode a row, bounded; the caller resolves its references and calls ``build``.
+
+    The row is read by a typed msgspec decoder (:func:`_row_decoder`): every field is type-
+    and range-checked against ``lim`` (the limits of section 5.2) while it is read, before
+    anything is built from it; then the model's own checks run.
 
     Args:
         budget: how many bytes a compressed row may decompress to.
         items: how many msgpack items (values and list headers) it may hold.
+        expect: the id the row must carry (an envelope's); it is then the reading's id.
 
     Raises:
-        FormatError: anything outside the layout or its limits, or not a valid reading.
+        FormatError: anything outside the layout or its limits, or not a valid reading, or
+            a row whose id is not ``expect``.
         MessageTooLargeError: it decompresses past ``budget`` or holds more than ``items``.
     """
     lim = lim or WIRE_LIMITS
     body = _decompressed(data, budget)
-    rr = _RowReader(body, items, lim)
-    r = rr.r
     try:
-        n = r.array("row", 9, 10)
-        if r.scalar("row format") != FORMAT_VERSION:
-            raise FormatError("not a version-1 reading row")
-        rid = r.binary("reading id", 16, 16)
-        context_ref = _int_in(r.scalar("context reference"), 0, _MAX_I64 - 1, "context ref")
-        observations = tuple(
-            rr.observation() for _ in range(r.array("observations", 0, lim.observations))
-        )
-        r.array("capture time", 4, 4)
-        raw_wall, raw_boot, raw_mono, synced = r.scalars(4, "capture time")
-        wall_ns = _int_in(raw_wall, 0, _MAX_I64 - 1, "wall time")
-        boot_ref = _int_in(raw_boot, 0, _MAX_I64 - 1, "boot reference")
-        mono_ns = _int_in(raw_mono, 0, _MAX_I64 - 1, "boot time")
-        if type(synced) is not bool:
-            raise FormatError("synced is not a boolean")
-        device_time = rr.device_time()
-        k = r.array("status", 0, lim.status_flags)
-        status = frozenset(
-            rr._text(v, "status flag", lim.min_text, lim.code_text) for v in r.scalars(k, "status")
-        )
-        samples = rr.samples()
-        raw = r.binaries(r.array("raw frames", 0, lim.raw_frames), "raw frame", lim.raw_frame_bytes)
-        decode_error = (
-            rr._text(r.scalar("decode error"), "decode error", lim.min_text, lim.error_text)
-            if n == 10
-            else None
-        )
-        r.finish("row")
+        row = _row_decoder(lim).decode(body)
+    except msgspec.DecodeError as err:  # ValidationError is one: a type, range or length
+        raise FormatError(f"not a valid version-1 reading row: {err}") from err
+    used = _array_items(row)
+    if used > items:
+        raise MessageTooLargeError("the message holds more items than the limit allows")
+    units = codes.KNOWN_UNITS
+    try:
+        observations: list[Observation] = []
+        cache = _OBSERVATIONS
+        for o in row.observations:
+            # Observations are values, and a device sends few distinct ones: the decoded
+            # entry (a frozen msgspec struct of this decoder's own type) is the key.
+            known = cache.get(o)
+            if known is not None:
+                observations.append(known)
+                continue
+            if len(cache) >= _OBSERVATIONS_CACHED:
+                cache.clear()
+            mdc, loinc = _code(o.code)
+            u = o.unit
+            unit = units[u] if type(u) is int else u
+            v = o.value
+            if o.absent is not None:
+                if v is not None:
+                    raise FormatError("a special value carries a value")
+                observations.append(ob := Observation(mdc, loinc, None, unit, Absent(o.absent)))
+                cache[o] = ob
+                continue
+            if type(v) is int:
+                value = Decimal(v)
+            elif type(v) is str:
+                value = _unpack_decimal(v)
+            elif v is None:
+                raise FormatError("value is not a decimal")
+            else:
+                value = Decimal(v.mantissa).scaleb(v.exponent)
+            observations.append(ob := Observation(mdc, loinc, value, unit))
+            cache[o] = ob
+        dt = row.device_time
+        device_time: datetime | None = None
+        if dt is not None:
+            if type(dt) is int:
+                secs, micros, off_min = dt, 0, None
+            else:
+                secs, micros, off_min = dt.secs, dt.micros, dt.offset
+            try:
+                device_time = _EPOCH + timedelta(seconds=secs, microseconds=micros)
+            except OverflowError as err:
+                raise FormatError(f"device time out of range: {err}") from err
+            if off_min is not None:
+                device_time = device_time.replace(
+                    tzinfo=UTC if off_min == 0 else timezone(timedelta(minutes=off_min))
+                )
+        samples: SampleChunk | None = None
+        s = row.samples
+        if s is not None:
+            channels: list[Channel] = []
+            total = 0
+            for c in s.channels:
+                total += len(c.values)
+                mdc, loinc = _code(c.code)
+                u = c.unit
+                channels.append(
+                    Channel(
+                        mdc, loinc, units[u] if type(u) is int else u, c.exponent, c.values, c.stat
+                    )
+                )
+            if total > lim.reading_samples:
+                raise FormatError(f"more than {lim.reading_samples} samples a reading")
+            samples = SampleChunk(s.interval, tuple(channels))
     except FormatError:
         raise
-    except MalformedMessageError as err:  # from the reader: a row that is not a row
-        raise FormatError(str(err)) from err
-    except (ValueError, TypeError, ArithmeticError) as err:
+    except (ValueError, TypeError, ArithmeticError, OverflowError) as err:
         raise FormatError(f"row does not make a valid reading: {err}") from err
-    reading_id = uuid.UUID(bytes=rid)
+    if expect is None:
+        reading_id = uuid.UUID(bytes=row.id)
+    elif expect.bytes == row.id:
+        reading_id = expect
+    else:
+        raise FormatError("a row's id is not the envelope's")
+    cap = row.captured
+    wall_ns, mono_ns, synced = cap.wall_ns, cap.mono_ns, cap.synced
+    obs = tuple(observations)
+    status = frozenset(row.status)
+    raw: tuple[bytes, ...] = row.raw
+    decode_error: str | None = row.decode_error
 
     def build(ctx: Context, boot: uuid.UUID, lane: Lane) -> Reading:
         try:
@@ -590,7 +646,7 @@ def decode_reading(
                 id=reading_id,
                 device=ctx.device,
                 patient=ctx.patient,
-                observations=observations,
+                observations=obs,
                 captured=CaptureTime(wall_ns=wall_ns, boot_id=boot, mono_ns=mono_ns, synced=synced),
                 lane=lane,
                 device_time=device_time,
@@ -602,7 +658,7 @@ def decode_reading(
         except (ValueError, TypeError) as err:
             raise FormatError(f"row does not make a valid reading: {err}") from err
 
-    return PackedReading(reading_id, context_ref, boot_ref, build, len(body), items - r.left)
+    return PackedReading(reading_id, row.context_ref, cap.boot_ref, build, len(body), used)
 
 
 @dataclass(frozen=True, slots=True)
