@@ -25,7 +25,9 @@ turned into a plausible number.
 from __future__ import annotations
 
 import hashlib
+import operator
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
@@ -121,6 +123,7 @@ class Observation:
 
 
 SAMPLE_LIMIT = 2**62
+_BY_MDC = operator.attrgetter("mdc")
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,15 +277,11 @@ class Reading:
         """
         if self.device_time is None or self.decode_error is not None:
             return None
-        parts = [
-            self.device.transport,
-            self.device.serial,
-            self.device_time.isoformat(),
-            *(
-                f"{o.mdc}={o.value if o.value is not None else o.absent}{o.unit}"
-                for o in sorted(self.observations, key=lambda o: o.mdc)
-            ),
-        ]
+        obs: Sequence[Observation] = self.observations
+        if len(obs) > 1:
+            obs = sorted(obs, key=_BY_MDC)  # stable: equal codes keep their order
+        parts = [self.device.transport, self.device.serial, self.device_time.isoformat()]
+        parts += [f"{o.mdc}={o.absent if o.value is None else o.value}{o.unit}" for o in obs]
         if self.samples is not None:
             parts.append(f"n={self.samples.sample_count}")
             parts.append(f"dt={self.samples.interval_ms}")

@@ -87,16 +87,16 @@ _UNIT_INDEX: Final = {u: i for i, u in enumerate(codes.KNOWN_UNITS)}
 _EPOCH: Final = datetime(1970, 1, 1)
 _COMPRESS_OVER: Final = 192  # bytes of msgpack above which zstd pays for its frame header
 _MAX_I64: Final = 2**63
-_MAX_STR_BYTES: Final = 4 * MAX_ERROR_TEXT  # UTF-8: up to 4 bytes a character
 
 
 class _Zstd(threading.local):
-    """One compressor and decompressor per thread: zstandard's objects are not thread-safe,
+    """One compressor, decompressor and msgpack packer per thread: they are not thread-safe,
     and the buffer's thread, the sealing worker and a receiver may all use this module."""
 
     def __init__(self) -> None:
         self.c = zstandard.ZstdCompressor(level=6, write_content_size=True, write_checksum=False)
         self.d = zstandard.ZstdDecompressor()
+        self.p = msgpack.Packer(use_bin_type=True)  # autoreset: pack() returns the bytes
 
 
 _zstd = _Zstd()
@@ -128,30 +128,9 @@ def _int(v: object, what: str) -> int:
     raise FormatError(f"{what} is not an integer")
 
 
-def _unpack_code(v: Any) -> tuple[int, str | None]:
-    if type(v) is int:
-        if 0 <= v < len(codes.ALL_CODES):
-            c = codes.ALL_CODES[v]
-            return c.mdc, c.loinc
-        raise FormatError("code index outside the code table")
-    if type(v) is list and len(v) == 2 and (v[1] is None or type(v[1]) is str):
-        return _int(v[0], "MDC code"), v[1]
-    raise FormatError("code is neither an index nor [mdc, loinc]")
-
-
 def _pack_unit(unit: str) -> Any:
     idx = _UNIT_INDEX.get(unit)
     return idx if idx is not None else unit
-
-
-def _unpack_unit(v: Any) -> str:
-    if type(v) is int:
-        if 0 <= v < len(codes.KNOWN_UNITS):
-            return codes.KNOWN_UNITS[v]
-        raise FormatError("unit index outside the unit table")
-    if type(v) is str:
-        return v
-    raise FormatError("unit is neither an index nor a string")
 
 
 def _pack_decimal(d: Decimal) -> Any:
@@ -190,6 +169,10 @@ def _unpack_decimal(v: Any) -> Decimal:
 
 
 def _pack_time(t: datetime) -> Any:
+    if t.tzinfo is None:  # the common case: a device's local clock
+        delta = t - _EPOCH
+        if not delta.microseconds:
+            return delta.days * 86_400 + delta.seconds
     offset = t.utcoffset()
     naive = t.replace(tzinfo=None)
     delta = naive - _EPOCH
@@ -210,11 +193,33 @@ def _pack_observation(o: Observation) -> list[Any]:
     return out
 
 
+_PACKED: Final[dict[tuple[int, str | None, str, str, bool], list[Any]]] = {}
+_PACKED_CACHED: Final = 4096
+
+
+def _packed_observations(obs: tuple[Observation, ...]) -> list[list[Any]]:
+    """The packed form of each observation (:func:`_pack_observation`), from a cache: a
+    device sends few distinct values, and a decimal's text names it exactly (its digits and
+    exponent), so ``(code, unit, text)`` says what the packed entry is."""
+    out = []
+    cache = _PACKED
+    for o in obs:
+        v = o.value
+        key = (o.mdc, o.loinc, o.unit, str(o.absent) if v is None else str(v), v is None)
+        packed = cache.get(key)
+        if packed is None:
+            if len(cache) >= _PACKED_CACHED:
+                cache.clear()
+            packed = cache[key] = _pack_observation(o)
+        out.append(packed)
+    return out
+
+
 def _pack_samples(s: SampleChunk) -> list[Any]:
     return [
         s.interval_ms,
         [
-            [_pack_code(c.mdc, c.loinc), _pack_unit(c.unit), c.exponent, list(c.values), c.stat]
+            [_pack_code(c.mdc, c.loinc), _pack_unit(c.unit), c.exponent, c.values, c.stat]
             for c in s.channels
         ],
     ]
@@ -222,10 +227,10 @@ def _pack_samples(s: SampleChunk) -> list[Any]:
 
 def frame(obj: Any) -> bytes:
     """msgpack ``obj`` and frame it: plain, or zstd above 192 bytes."""
-    body: bytes = msgpack.packb(obj, use_bin_type=True)
+    body: bytes = _zstd.p.pack(obj)
     if len(body) > _COMPRESS_OVER:
-        return bytes([ZSTD]) + _zstd.c.compress(body)
-    return bytes([PLAIN]) + body
+        return b"\x01" + _zstd.c.compress(body)
+    return b"\x00" + body
 
 
 def _decompressed(data: bytes, budget: int) -> bytes:
@@ -275,20 +280,20 @@ def unframe(data: bytes, budget: int = MAX_ROW_BYTES) -> Any:
 def encode_reading(r: Reading, context_ref: int, boot_ref: int) -> bytes:
     """A reading as a row; ``context_ref`` and ``boot_ref`` are the writer's reference ids."""
     c = r.captured
-    return frame(
-        [
-            FORMAT_VERSION,
-            r.id.bytes,
-            context_ref,
-            [_pack_observation(o) for o in r.observations],
-            [c.wall_ns, boot_ref, c.mono_ns, c.synced],
-            None if r.device_time is None else _pack_time(r.device_time),
-            sorted(r.status),
-            None if r.samples is None else _pack_samples(r.samples),
-            list(r.raw),
-            *(() if r.decode_error is None else (r.decode_error,)),
-        ]
-    )
+    row = [
+        FORMAT_VERSION,
+        r.id.bytes,
+        context_ref,
+        _packed_observations(r.observations),
+        [c.wall_ns, boot_ref, c.mono_ns, c.synced],
+        None if r.device_time is None else _pack_time(r.device_time),
+        sorted(r.status) if r.status else [],
+        None if r.samples is None else _pack_samples(r.samples),
+        r.raw,  # a tuple packs as the same msgpack array a list does
+    ]
+    if r.decode_error is not None:
+        row.append(r.decode_error)
+    return frame(row)
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,19 +308,6 @@ class PackedReading:
     """Bytes of msgpack the row unpacked from (after decompression)."""
     items: int = 0
     """msgpack items (values and list headers) the row held."""
-
-
-def _fields(v: Any) -> list[Any]:
-    if type(v) is not list or not 9 <= len(v) <= 10 or v[0] != FORMAT_VERSION:
-        raise FormatError("not a version-1 reading row")
-    rid, ctx_ref, cap = v[1], v[2], v[4]
-    if type(rid) is not bytes or len(rid) != 16:
-        raise FormatError("reading id is not 16 bytes")
-    if type(cap) is not list or len(cap) != 4:
-        raise FormatError("capture time is not [wall, boot, mono, synced]")
-    _int(ctx_ref, "context reference")
-    _int(cap[1], "boot reference")
-    return v
 
 
 @dataclass(frozen=True, slots=True)
@@ -677,5 +669,36 @@ def peek(data: bytes) -> RowHead:
     Raises:
         FormatError: not a row.
     """
-    v = _fields(unframe(data))
-    return RowHead(uuid.UUID(bytes=v[1]), v[2], v[4][1], bool(v[8]))
+    try:
+        h = _head_decoder().decode(_decompressed(data, MAX_ROW_BYTES))
+    except msgspec.DecodeError as err:
+        raise FormatError(f"not a version-1 reading row: {err}") from err
+    frames = bytes(memoryview(h.raw)[:5])  # the list header (fix, 16 or 32 bit count)
+    has_raw = not frames.startswith((b"\x90", b"\xdc\x00\x00", b"\xdd\x00\x00\x00\x00"))
+    return RowHead(uuid.UUID(bytes=h.id), h.context_ref, h.captured[1], has_raw)
+
+
+@functools.cache
+def _head_decoder() -> msgspec.msgpack.Decoder[Any]:
+    """A decoder of a row's id, references and raw frames; the rest is skipped unread
+    (:class:`msgspec.Raw`), so a claim builds nothing of the reading."""
+    whole = Annotated[int, msgspec.Meta(ge=0, le=_MAX_I64 - 1)]
+    head = msgspec.defstruct(
+        "_RowHead",
+        [
+            ("version", Literal[1]),
+            ("id", Annotated[bytes, msgspec.Meta(min_length=16, max_length=16)]),
+            ("context_ref", whole),
+            ("observations", msgspec.Raw),
+            ("captured", tuple[Any, whole, Any, Any]),
+            ("device_time", msgspec.Raw),
+            ("status", msgspec.Raw),
+            ("samples", msgspec.Raw),
+            ("raw", msgspec.Raw),
+            ("decode_error", msgspec.Raw, msgspec.Raw()),
+        ],
+        array_like=True,
+        forbid_unknown_fields=True,
+        gc=False,
+    )
+    return msgspec.msgpack.Decoder(head)

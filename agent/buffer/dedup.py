@@ -66,25 +66,40 @@ class Seen:
         days = r.device_time.toordinal() - _EPOCH_ORDINAL
         return self._bucket(days // 7), self._keyring.blind(b"nk|", nk)
 
-    def _bucket_keys(self, bucket: bytes) -> set[bytes]:
-        got = self._cache.get(bucket)
-        if got is not None:
-            self._cache.move_to_end(bucket)
-            return got
-        got = set()
-        for (blob,) in self._db.conn.execute(
-            "SELECT keys FROM seen_log WHERE bucket = ?", (bucket,)
-        ):
-            if type(blob) is bytes:
-                got.update(blob[i : i + MAC_BYTES] for i in range(0, len(blob), MAC_BYTES))
-        self._cache[bucket] = got
+    def _buckets_keys(self, buckets: set[bytes]) -> dict[bytes, set[bytes]]:
+        """The stored keys of each of ``buckets``: from the cache, the others in one query."""
+        out: dict[bytes, set[bytes]] = {}
+        missing: list[bytes] = []
+        for b in buckets:
+            got = self._cache.get(b)
+            if got is None:
+                missing.append(b)
+            else:
+                self._cache.move_to_end(b)
+                out[b] = got
+        conn = self._db.conn
+        for i in range(0, len(missing), _PARAMS):
+            part = missing[i : i + _PARAMS]
+            fresh: dict[bytes, set[bytes]] = {b: set() for b in part}
+            marks = ",".join("?" * len(part))
+            for bucket, blob in conn.execute(
+                f"SELECT bucket, keys FROM seen_log WHERE bucket IN ({marks})",  # noqa: S608
+                part,
+            ):
+                if type(bucket) is bytes and bucket in fresh and type(blob) is bytes:
+                    fresh[bucket].update(
+                        blob[j : j + MAC_BYTES] for j in range(0, len(blob), MAC_BYTES)
+                    )
+            for b, got in fresh.items():
+                out[b] = self._cache[b] = got
         while len(self._cache) > _CACHED_BUCKETS:
             self._cache.popitem(last=False)
-        return got
+        return out
 
     def known(self, keys: Sequence[Key]) -> set[Key]:
         """Which of ``keys`` are already remembered."""
-        found = {k for k in keys if k[1][:MAC_BYTES] in self._bucket_keys(k[0])}
+        by_bucket = self._buckets_keys({k[0] for k in keys})
+        found = {k for k in keys if k[1][:MAC_BYTES] in by_bucket[k[0]]}
         if self._has_legacy():
             rest = [k for k in keys if k not in found]
             by_old = {k[1]: k for k in rest}

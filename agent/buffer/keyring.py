@@ -12,11 +12,11 @@ open.
 from __future__ import annotations
 
 import functools
-import hmac
+import hashlib
 import logging
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -34,9 +34,12 @@ PURPOSE_INDEX: Final = "index"
 TAG_BYTES: Final = 16
 
 
+_AAD_TAIL: Final = struct.Struct(">QIB")
+
+
 def aad(table: str, seq: int, key_id: int, lane: int) -> bytes:
     """Associated data of a sealed row. Fixed-width binary: no field can run into another."""
-    return b"dho-buffer/v1/" + table.encode() + struct.pack(">QIB", seq, key_id, lane)
+    return b"dho-buffer/v1/" + table.encode() + _AAD_TAIL.pack(seq, key_id, lane)
 
 
 @dataclass
@@ -72,6 +75,32 @@ def _unwrap_any(
     return None
 
 
+class _HmacSha256:
+    """HMAC-SHA256 (RFC 2104) under one key, the key's two padded blocks hashed once.
+
+    :func:`hmac.digest` hashes them again on every call; here each MAC costs two copies of
+    the prepared SHA-256 states and three updates, about half the time for the short
+    messages a blind index takes. The result equals ``hmac.digest(key, msg, "sha256")``
+    (``tests/buffer/test_keys.py``).
+    """
+
+    __slots__ = ("inner", "key", "outer")
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+        block = (hashlib.sha256(key).digest() if len(key) > 64 else key).ljust(64, b"\0")
+        self.inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
+        self.outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+
+    def digest(self, msg: bytes) -> bytes:
+        """The MAC of ``msg``."""
+        inner = self.inner.copy()
+        inner.update(msg)
+        outer = self.outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+
 class Keyring:
     """Unwrapped data keys of one open store. Never written anywhere in clear."""
 
@@ -80,6 +109,7 @@ class Keyring:
         self._raw: dict[int, bytes] = {}
         self._index = b""
         self._index_id = 0
+        self._mac = _HmacSha256(b"")
         self.active = 0
         self.permissions_fixed = False
 
@@ -253,6 +283,19 @@ class Keyring:
         aead = self._data[self.active]
         return nonce + aead.encrypt(nonce, plaintext, aad(table, seq, self.active, lane))
 
+    def seal_many(self, table: str, rows: Sequence[tuple[int, int, bytes]]) -> list[bytes]:
+        """:meth:`seal` for each ``(seq, lane, plaintext)``, with fresh nonces drawn at once."""
+        key_id = self.active
+        encrypt = self._data[key_id].encrypt
+        head = b"dho-buffer/v1/" + table.encode()
+        pack = _AAD_TAIL.pack
+        nonces = os.urandom(NONCE_BYTES * len(rows))
+        out = []
+        for i, (seq, lane, plaintext) in enumerate(rows):
+            nonce = nonces[i * NONCE_BYTES : (i + 1) * NONCE_BYTES]
+            out.append(nonce + encrypt(nonce, plaintext, head + pack(seq, key_id, lane)))
+        return out
+
     def open(self, table: str, seq: int, key_id: object, lane: int, blob: object) -> bytes:
         """Decrypt a row.
 
@@ -274,7 +317,10 @@ class Keyring:
 
     def blind(self, label: bytes, data: bytes) -> bytes:
         """A blind index: HMAC-SHA256 under the index key, truncated to 16 bytes."""
-        return hmac.digest(self._index, label + data, "sha256")[:TAG_BYTES]
+        mac = self._mac
+        if mac.key is not self._index:  # the index key was loaded, replaced or cleared
+            mac = self._mac = _HmacSha256(self._index)
+        return mac.digest(label + data)[:TAG_BYTES]
 
     # -- changing -----------------------------------------------------------------------
 

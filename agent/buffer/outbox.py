@@ -500,7 +500,6 @@ class Outbox:
     def append(self, readings: Sequence[Reading]) -> AppendResult:
         """Store readings durably in one transaction; duplicates are skipped."""
         first_seq = seq = self.next_seq
-        rows: list[tuple[int, int, int, bytes]] = []
         delta = Delta()
         duplicates = 0
         gen = seq >> GENERATION_SHIFT
@@ -510,24 +509,38 @@ class Outbox:
             keys = [self._seen.key(r) for r in readings]
             known = self._seen.known(keys)
             fresh: list[Key] = []
-            nonces = os.urandom(NONCE_BYTES * len(readings))
-            for i, (r, key) in enumerate(zip(readings, keys, strict=True)):
+            plain: list[tuple[int, int, bytes]] = []
+            lanes: dict[Lane, int] = {}
+            encode = codec.encode_reading
+            # The references of the reading before: an append's readings mostly share them.
+            device, patient, context, boot_id, boot = None, None, 0, None, 0
+            for r, key in zip(readings, keys, strict=True):
                 if key in known:
                     duplicates += 1
                     continue
                 known.add(key)  # a twin later in the same call is a duplicate too
                 fresh.append(key)
-                pt = codec.encode_reading(
-                    r, refs.context_ref(tx, r), refs.boot_ref(tx, r.captured.boot_id)
-                )
-                nonce = nonces[i * NONCE_BYTES : (i + 1) * NONCE_BYTES]
-                blob = kr.seal("readings", seq, r.lane, pt, nonce)
-                # No state tag yet, only room for one: a pending row needs none (only rows given
-                # a batch are acknowledged, only rows whose tag says "delivered" are purged), and
-                # the claim then rewrites the row in place, also on a full disk.
-                rows.append((seq, int(r.lane), kr.active, blob))
-                delta.move(r.lane, None, PENDING)
+                if r.device is not device or r.patient is not patient:
+                    device, patient, context = r.device, r.patient, refs.context_ref(tx, r)
+                if r.captured.boot_id is not boot_id:
+                    boot_id = r.captured.boot_id
+                    boot = refs.boot_ref(tx, boot_id)
+                lane = r.lane
+                plain.append((seq, lane, encode(r, context, boot)))
+                lanes[lane] = lanes.get(lane, 0) + 1
                 seq += 1
+            # No state tag yet, only room for one: a pending row needs none (only rows given a
+            # batch are acknowledged, only rows whose tag says "delivered" are purged), and the
+            # claim then rewrites the row in place, also on a full disk.
+            key_id = kr.active
+            rows = [
+                (seq_, int(lane), key_id, blob)
+                for (seq_, lane, _), blob in zip(
+                    plain, kr.seal_many("readings", plain), strict=True
+                )
+            ]
+            for lane, n in lanes.items():
+                delta.move(lane, None, PENDING, n)
             self._seen.add(tx, fresh, gen)
             self._db.conn.executemany(
                 "INSERT INTO readings (seq, lane, state, key_id, blob, tag)"
@@ -559,24 +572,50 @@ class Outbox:
         contexts and boots its references stand for. Only the row's id and references are
         read (msgpack); building readings is left to the receiver.
         """
-        got = self._claim(max_readings, max_bytes, self._take_row)
+        checked: set[tuple[int, int]] = set()  # references already resolved in this claim
+
+        def take(
+            seq: int, lane: Lane, key_id: int, blob: bytes
+        ) -> tuple[codec.RowHead, bytes, Lane]:
+            plaintext = self._keyring.open("readings", seq, key_id, lane, blob)
+            head = codec.peek(plaintext)
+            refs = (head.context_ref, head.boot_ref)
+            if refs not in checked:
+                self._check_refs(seq, head)
+                checked.add(refs)
+            return head, plaintext, lane
+
+        got = self._claim(max_readings, max_bytes, take)
         if got is None:
             return None
         batch_id, taken, failed, size = got
-        contexts: dict[int, codec.Context] = {}
-        boots: dict[int, uuid.UUID] = {}
-        for (head, _, _), _ in taken:
-            contexts[head.context_ref] = self._refs_of(head.context_ref, codec.Context)
-            boots[head.boot_ref] = self._refs_of(head.boot_ref, uuid.UUID)
+        ids: list[uuid.UUID] = []
+        plain: list[bytes] = []
+        lanes = bytearray()
+        raw = False
+        for (head, pt, lane), _ in taken:
+            ids.append(head.reading_id)
+            plain.append(pt)
+            lanes.append(lane)
+            raw = raw or head.has_raw
         rows = WireRows(
-            reading_ids=tuple(head.reading_id for (head, _, _), _ in taken),
-            rows=tuple(pt for (_, pt, _), _ in taken),
-            lanes=bytes(int(lane) for (_, _, lane), _ in taken),
-            contexts=contexts,
-            boots=boots,
+            reading_ids=tuple(ids),
+            rows=tuple(plain),
+            lanes=bytes(lanes),
+            contexts={c: self._refs_of(c, codec.Context) for c, _ in checked},
+            boots={b: self._refs_of(b, uuid.UUID) for _, b in checked},
         )
-        raw = any(head.has_raw for (head, _, _), _ in taken)
         return RowClaim(batch_id, rows, raw, failed, size)
+
+    def _check_refs(self, seq: int, head: codec.RowHead) -> None:
+        """That a row's references resolve to a context and a boot (else it is quarantined)."""
+        try:
+            ctx = self._refs.resolve(head.context_ref)
+            boot = self._refs.resolve(head.boot_ref)
+        except RowAuthenticationError as exc:
+            raise RowAuthenticationError(seq, f"its reference {exc.reason}") from None
+        if not isinstance(ctx, codec.Context) or not isinstance(boot, uuid.UUID):
+            raise RowAuthenticationError(seq, "reference of the wrong kind")
 
     def _refs_of(self, ref: int, kind: type[_R]) -> _R:
         value = self._refs.resolve(ref)  # resolved (and cached) while the row was taken
@@ -585,20 +624,6 @@ class Outbox:
 
     def _take_reading(self, seq: int, lane: Lane, key_id: int, blob: bytes) -> Reading:
         return self.decode_row(seq, lane, key_id, blob)
-
-    def _take_row(
-        self, seq: int, lane: Lane, key_id: int, blob: bytes
-    ) -> tuple[codec.RowHead, bytes, Lane]:
-        plaintext = self._keyring.open("readings", seq, key_id, lane, blob)
-        head = codec.peek(plaintext)
-        try:
-            ctx = self._refs.resolve(head.context_ref)
-            boot = self._refs.resolve(head.boot_ref)
-        except RowAuthenticationError as exc:
-            raise RowAuthenticationError(seq, f"its reference {exc.reason}") from None
-        if not isinstance(ctx, codec.Context) or not isinstance(boot, uuid.UUID):
-            raise RowAuthenticationError(seq, "reference of the wrong kind")
-        return head, plaintext, lane
 
     def _claim(
         self,
@@ -634,12 +659,14 @@ class Outbox:
             claimed: list[tuple[int, bytes, int]] = []
             ids: list[uuid.UUID] = []
             delta = Delta()
+            moved: dict[Lane, int] = {}
+            tag = self._tag
             for seq, lane, key_id, blob in selected:
                 try:
                     item = take(seq, lane, key_id, blob)
                     taken.append((item, seq))
-                    claimed.append((batch_id, self._tag(seq, CLAIMED, batch_id), seq))
-                    delta.move(lane, PENDING, CLAIMED)
+                    claimed.append((batch_id, tag(seq, CLAIMED, batch_id), seq))
+                    moved[lane] = moved.get(lane, 0) + 1
                 except RowAuthenticationError as exc:
                     self.quarantine(tx, delta, seq, lane, PENDING, key_id, exc.reason, blob)
                     failed.append(exc)
@@ -647,6 +674,8 @@ class Outbox:
                     err = RowAuthenticationError(seq, f"undecodable plaintext: {exc}")
                     self.quarantine(tx, delta, seq, lane, PENDING, key_id, err.reason, blob)
                     failed.append(err)
+            for lane, n in moved.items():
+                delta.move(lane, PENDING, CLAIMED, n)
             conn.executemany(
                 "UPDATE readings SET state = 1, batch = ?, tag = ? WHERE seq = ?", claimed
             )

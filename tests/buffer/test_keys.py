@@ -4,6 +4,7 @@ follow the configured source."""
 
 from __future__ import annotations
 
+import hmac
 import os
 import shutil
 import socket
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import pytest
 from hw_mocks.synthetic import ReadingFactory
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agent.buffer import Buffer, BufferConfig, CredentialKeySource, FileKeySource
 from agent.buffer import keys as keymod
@@ -462,3 +465,11 @@ def test_kek_rotation_and_shredding_with_a_tpm_sealed_key(
     assert c.readings[0].id == r.id
     b.shred()
     assert not sealed.exists()
+
+
+@given(st.binary(max_size=130), st.binary(max_size=300))
+def test_the_prepared_hmac_is_hmac_sha256(key: bytes, msg: bytes) -> None:
+    """The keyring's blind index (its HMAC with the key's blocks hashed once) is HMAC-SHA256."""
+    from agent.buffer.keyring import _HmacSha256
+
+    assert _HmacSha256(key).digest(msg) == hmac.digest(key, msg, "sha256")
