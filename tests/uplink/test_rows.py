@@ -207,3 +207,89 @@ def test_a_row_bomb_is_refused_cheaply():
     assert time.process_time() - start < 2.0
     grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert grown_mib < 200
+
+
+def _row_fields(reading) -> list:
+    row = p.encode_reading(reading, 1, 2)
+    assert row[0] == 0x00  # plain msgpack
+    return msgpack.unpackb(row[1:])
+
+
+def _set_row(path, value):
+    def mutate(v: list) -> None:
+        node = v
+        for i in path[:-1]:
+            node = node[i]
+        node[path[-1]] = value
+
+    return mutate
+
+
+# In the v2 row layout [1, id, ctx, observations, capture, device_time, status, samples, raw]
+# (a spot reading for the first entries, a sample chunk for those under "samples").
+BAD_ROWS = {
+    "format version 2": ("spot", _set_row((0,), 2)),
+    "id of 15 bytes": ("spot", _set_row((1,), b"x" * 15)),
+    "context reference negative": ("spot", _set_row((2,), -1)),
+    "context reference as text": ("spot", _set_row((2,), "1")),
+    "capture time 2**64 - 1": ("spot", _set_row((4, 0), 2**64 - 1)),
+    "capture time below zero": ("spot", _set_row((4, 0), -1)),
+    "capture time as a float": ("spot", _set_row((4, 0), 1.5)),
+    "synced as 1": ("spot", _set_row((4, 3), 1)),
+    "capture with a fifth entry": ("spot", lambda v: v[4].append(0)),
+    "code index outside the table": ("spot", _set_row((3, 0, 0), 10_000)),
+    "MDC code over 32 bits": ("spot", _set_row((3, 0, 0), [2**32, None])),
+    "LOINC of 65 characters": ("spot", _set_row((3, 0, 0), [1, "1" * 65])),
+    "unit index outside the table": ("spot", _set_row((3, 0, 2), 9999)),
+    "unit of 65 characters": ("spot", _set_row((3, 0, 2), "u" * 65)),
+    "value as bytes": ("spot", _set_row((3, 0, 1), b"\x01")),
+    "value as a bool": ("spot", _set_row((3, 0, 1), True)),
+    "value over 64 bits": ("spot", _set_row((3, 0, 1), 2**64 - 1)),
+    "value text nan": ("spot", _set_row((3, 0, 1), "NaN")),
+    "value text not a decimal": ("spot", _set_row((3, 0, 1), "12,5")),
+    "exponent 100000": ("spot", _set_row((3, 0, 1), [1, 100_000])),
+    "a value and a special value": ("spot", lambda v: v[3][0].append("nan")),
+    "no value and no special value": ("spot", _set_row((3, 0, 1), None)),
+    "special value nil": ("spot", lambda v: (v[3][0].__setitem__(1, None), v[3][0].append(None))),
+    "unknown special value": (
+        "spot",
+        lambda v: (v[3][0].__setitem__(1, None), v[3][0].append("x")),
+    ),
+    "observation of 5 entries": ("spot", lambda v: v[3][0].extend(["nan", 1])),
+    "observation as a map": ("spot", _set_row((3, 0), {"a": 1})),
+    "65 observations": ("spot", _set_row((3,), [[1, 1, 1]] * 65)),
+    "device time beyond 2**40 s": ("spot", _set_row((5,), 2**41)),
+    "device time offset of a day": ("spot", _set_row((5,), [0, 0, 1440])),
+    "device time µs of a second": ("spot", _set_row((5,), [0, 1_000_000, None])),
+    "33 status flags": ("spot", _set_row((6,), [f"f{i}" for i in range(33)])),
+    "empty status flag": ("spot", _set_row((6,), [""])),
+    "raw frame as text": ("spot", _set_row((8,), ["frame"])),
+    "raw frames as empty lists": ("spot", _set_row((8,), [[]] * 1000)),
+    "decode error nil": ("spot", lambda v: v.append(None)),
+    "decode error empty": ("spot", lambda v: v.append("")),
+    "an eleventh entry": ("spot", lambda v: v.extend(["err", 1])),
+    "a row of 8 entries": ("spot", lambda v: v.pop()),
+    "sample interval 0": ("samples", _set_row((7, 0), 0)),
+    "sample interval over a day": ("samples", _set_row((7, 0), 86_400_001)),
+    "sample beyond 2**62": ("samples", _set_row((7, 1, 0, 3, 0), 2**62)),
+    "sample as text": ("samples", _set_row((7, 1, 0, 3, 0), "2")),
+    "sample as a list": ("samples", _set_row((7, 1, 0, 3, 0), [])),
+    "channel statistic empty": ("samples", _set_row((7, 1, 0, 4), "")),
+    "channels of unequal length": ("samples", lambda v: v[7][1][0][3].pop()),
+    "33 channels": ("samples", _set_row((7, 1), [[6, 2, 0, [1], None]] * 33)),
+    "channel with a sixth entry": ("samples", lambda v: v[7][1][0].append(None)),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_ROWS))
+def test_every_row_field_is_checked_by_the_typed_decoder(case):
+    kind, mutate = BAD_ROWS[case]
+    reading = f.bp_reading(1) if kind == "spot" else f.continuous_reading(0, samples=3)
+    fields = _row_fields(reading)
+    ctx = p.Context(reading.device, reading.patient)
+    good = b"\x00" + msgpack.packb(fields, use_bin_type=True)
+    assert p.decode_reading(good).build(ctx, reading.captured.boot_id, reading.lane) == reading
+    mutate(fields)
+    bad = b"\x00" + msgpack.packb(fields, use_bin_type=True)
+    with pytest.raises(p.FormatError):
+        p.decode_reading(bad).build(ctx, reading.captured.boot_id, reading.lane)
