@@ -11,6 +11,7 @@ import contextlib
 import uuid
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -209,14 +210,15 @@ def test_a_row_bomb_is_refused_cheaply():
     assert grown_mib < 200
 
 
-def _row_fields(reading) -> list:
+def _row_fields(reading) -> list[Any]:
     row = p.encode_reading(reading, 1, 2)
     assert row[0] == 0x00  # plain msgpack
-    return msgpack.unpackb(row[1:])
+    fields: list[Any] = msgpack.unpackb(row[1:])
+    return fields
 
 
 def _set_row(path, value):
-    def mutate(v: list) -> None:
+    def mutate(v: list[Any]) -> None:
         node = v
         for i in path[:-1]:
             node = node[i]
