@@ -124,6 +124,8 @@ class Observation:
 
 SAMPLE_LIMIT = 2**62
 _BY_MDC = operator.attrgetter("mdc")
+_KEY_PARTS: dict[tuple[int, str, str, bool], str] = {}  # Reading.natural_key's observation parts
+_KEY_PARTS_CACHED = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,7 +283,17 @@ class Reading:
         if len(obs) > 1:
             obs = sorted(obs, key=_BY_MDC)  # stable: equal codes keep their order
         parts = [self.device.transport, self.device.serial, self.device_time.isoformat()]
-        parts += [f"{o.mdc}={o.absent if o.value is None else o.value}{o.unit}" for o in obs]
+        cache = _KEY_PARTS
+        for o in obs:
+            # A decimal's text names it exactly (digits and exponent), so it keys the part.
+            v = o.value
+            key = (o.mdc, o.unit, str(o.absent) if v is None else str(v), v is None)
+            part = cache.get(key)
+            if part is None:
+                if len(cache) >= _KEY_PARTS_CACHED:
+                    cache.clear()
+                part = cache[key] = f"{o.mdc}={o.absent if v is None else v}{o.unit}"
+            parts.append(part)
         if self.samples is not None:
             parts.append(f"n={self.samples.sample_count}")
             parts.append(f"dt={self.samples.interval_ms}")
