@@ -120,10 +120,11 @@ def decode_rows(
 ) -> DecodedRows:
     """Decode a v2 payload (uncompressed), one row per envelope id, in order, bounded.
 
-    The payload and each row are read item by item against their layout
-    (:class:`~dho_protocol.bounded.BoundedReader`), with one item budget for the whole
-    payload and one byte budget for what its compressed rows decompress to; every field is
-    checked against the limits of section 5.2 before anything is built from it.
+    The payload is read item by item against its layout
+    (:class:`~dho_protocol.bounded.BoundedReader`), each row by the typed decoder of
+    :func:`~dho_protocol.rows.decode_reading`, with one item budget for the whole payload and
+    one byte budget for what its compressed rows decompress to; every field is checked
+    against the limits of section 5.2 before anything is built from it.
 
     Args:
         budget: how many bytes the compressed rows may decompress to, all together.
