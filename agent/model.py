@@ -125,7 +125,7 @@ class Observation:
 SAMPLE_LIMIT = 2**62
 _BY_MDC = operator.attrgetter("mdc")
 _KEY_PARTS: dict[tuple[int, str, str, bool], str] = {}  # Reading.natural_key's observation parts
-_KEY_PARTS_CACHED = 4096
+_KEY_PARTS_CACHED = 1024
 
 
 @dataclass(frozen=True, slots=True)

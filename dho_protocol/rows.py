@@ -194,7 +194,7 @@ def _pack_observation(o: Observation) -> list[Any]:
 
 
 _PACKED: Final[dict[tuple[int, str | None, str, str, bool], list[Any]]] = {}
-_PACKED_CACHED: Final = 4096
+_PACKED_CACHED: Final = 1024
 
 
 def _packed_observations(obs: tuple[Observation, ...]) -> list[list[Any]]:
@@ -485,7 +485,7 @@ def _row_decoder(lim: Limits) -> msgspec.msgpack.Decoder[Any]:
 
 
 _OBSERVATIONS: Final[dict[Any, Observation]] = {}
-_OBSERVATIONS_CACHED: Final = 4096
+_OBSERVATIONS_CACHED: Final = 1024
 
 
 def _code(c: Any) -> tuple[int, str | None]:
