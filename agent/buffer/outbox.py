@@ -156,6 +156,9 @@ class Outbox:
         self.next_seq = 1
         self.next_batch = 1
         self.ledger = Ledger(store_id=os.urandom(16))
+        self.deleted = False
+        """Rows were deleted or rewritten (purge, compaction) since the owner last reset this:
+        their old ciphertext may linger in the WAL until a checkpoint truncates it."""
         self._anchored = (-1, 0.0)
         self._inflight: dict[uuid.UUID, int] = {}
 
@@ -845,6 +848,7 @@ class Outbox:
         conn = self._db.conn
         kr = self._keyring
         with self._db.tx() as tx:
+            changes = conn.total_changes
             acked = conn.execute(
                 "SELECT seq, lane, batch, tag FROM readings WHERE state = 2"
             ).fetchall()
@@ -858,7 +862,12 @@ class Outbox:
                 delta.recount = True
             self._seen.forget_before(tx, self.next_seq, self._config.seen_generations)
             self._keyring.retire_unused(self._db, tx, self._key_in_use)
+            if conn.total_changes == changes and not delta.recount:
+                # Nothing to delete: no ledger write, so the commit writes nothing (an idle
+                # box's maintenance timer wrote a WAL frame and the anchor every minute).
+                return 0
             self._commit(tx, delta)
+            tx.after_commit(lambda: setattr(self, "deleted", True))
         return len(gone)
 
     def _key_in_use(self, key_id: int) -> bool:
@@ -912,6 +921,8 @@ class Outbox:
                     )
                     rewritten += 1
                 self._commit(tx, delta)
+                if rewritten:
+                    tx.after_commit(lambda: setattr(self, "deleted", True))
             done += rewritten
             if not rows or (until_bytes and self.used_bytes() <= until_bytes):
                 break

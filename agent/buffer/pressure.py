@@ -163,7 +163,8 @@ class Pressure:
         """
         conn = self._db.conn
         try:
-            conn.execute("PRAGMA incremental_vacuum")
+            if conn.execute("PRAGMA freelist_count").fetchone()[0]:
+                conn.execute("PRAGMA incremental_vacuum")  # (rewrites page 1 even with none)
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.OperationalError as exc:
             if not is_full(exc):

@@ -87,6 +87,7 @@ class Buffer:
         self._keys = keys
         self._lock = lock
         self._set_aside: list[str] = []
+        self._housekept = False
         self._alarms: set[str] = set()
         self._db = Db(conn, on_full=lambda: self._alarms.add(alarms.STORAGE_FULL))
         self._keyring = Keyring()
@@ -308,10 +309,16 @@ class Buffer:
         n = self._maintenance(self._outbox.purge_rows)
         if self._verify_running:
             # The check's read transaction holds an old snapshot: a truncating checkpoint
-            # would wait out the busy timeout (5 s) on this thread. The next purge does it.
+            # would wait out the busy timeout (5 s) on this thread. The next purge does it
+            # (``deleted`` stays set until then).
             _LOGGER.debug("WAL truncation left for the next purge: integrity check running")
-        else:
+        elif self._outbox.deleted or not self._housekept:
+            # Only after a deletion (and once after opening: a crash may have left deleted
+            # rows in the WAL): with nothing deleted no ciphertext lingers, and an idle box
+            # then writes nothing at all to its card.
+            self._outbox.deleted = False
             self._pressure.housekeeping()
+            self._housekept = True
         self._report_set_aside()
         self._salvage_some()
         return n

@@ -56,6 +56,33 @@ def test_ack_release_and_purge(buf: Buffer, factory: ReadingFactory) -> None:
     assert buf.stats().acknowledged == 0
 
 
+def test_an_idle_purge_writes_nothing(buf: Buffer, factory: ReadingFactory) -> None:
+    """With nothing delivered since the last purge, a purge writes neither the database, its
+    WAL nor the anchor (an idle box's maintenance timer wrote all three every minute)."""
+    buf.append([factory.bp() for _ in range(3)])
+    c = buf.claim(3)
+    assert c is not None
+    buf.ack(c.batch_id)
+    assert buf.purge() == 3  # deletes, then truncates the WAL
+    buf.append([factory.bp()])  # a commit since: still no reason to checkpoint
+    buf._outbox.maybe_anchor(force=True)  # (the anchor may catch up with the append)
+    files = [buf.path, buf.path.with_name(buf.path.name + "-wal")]
+    anchor = buf.path.with_name(buf.path.name + ".anchor")
+    before = [(f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    anchored = anchor.stat().st_mtime_ns if anchor.exists() else None
+    tx = buf._outbox.ledger.tx
+    for _ in range(3):
+        assert buf.purge() == 0
+    assert buf._outbox.ledger.tx == tx
+    assert [(f.stat().st_size, f.stat().st_mtime_ns) for f in files] == before
+    assert (anchor.stat().st_mtime_ns if anchor.exists() else None) == anchored
+    c = buf.claim(3)
+    assert c is not None
+    buf.ack(c.batch_id)
+    assert buf.purge() == 1  # a delivered row is still purged, the WAL truncated
+    assert buf.path.with_name(buf.path.name + "-wal").stat().st_size == 0
+
+
 def test_late_ack_of_released_batch_still_counts(buf: Buffer, factory: ReadingFactory) -> None:
     buf.append([factory.bp() for _ in range(3)])
     c = buf.claim(3)
