@@ -159,12 +159,26 @@ def test_a_row_that_is_not_the_envelopes_is_malformed():
 def test_compressed_rows_count_against_the_payload_limit():
     chunk = f.continuous_reading(0, samples=3000)
     rows = _wire_rows([chunk])
-    assert rows.rows[0][0] == 0x01  # zstd-framed row
-    env, _ = p.seal_rows(BOX, 1, rows, KEY, created_ms=1)
+    assert rows.rows[0][0] == 0x01  # zstd-framed row, sent as stored (as older boxes do)
+    env, _ = p.seal_rows(BOX, 1, rows, KEY, created_ms=1, plain_rows=False)
     assert p.batch_readings(env) == (chunk,)
     raw = len(zstandard.ZstdDecompressor().decompress(env.payload))
     with pytest.raises(p.MessageTooLargeError):
         p.batch_readings(env, max_payload_bytes=raw + 100)
+
+
+def test_rows_go_plain_so_the_payload_compresses_across_them():
+    """A box seals chunk rows plain inside the payload's zstd frame: the same readings come
+    out, and a few minutes of oximetry take less room than the rows as stored."""
+    chunks = [f.continuous_reading(i, samples=60) for i in range(10)]
+    rows = _wire_rows(chunks)
+    assert all(r[0] == 0x01 for r in rows.rows)
+    plain, _ = p.seal_rows(BOX, 1, rows, KEY, created_ms=1)
+    stored, _ = p.seal_rows(BOX, 1, rows, KEY, created_ms=1, plain_rows=False)
+    assert p.batch_readings(plain) == p.batch_readings(stored) == tuple(chunks)
+    raw = zstandard.ZstdDecompressor().decompress(plain.payload)
+    assert all(body[0] == 0x00 for body in msgpack.unpackb(raw)[5])
+    assert len(plain.payload) < len(stored.payload)
 
 
 @settings(max_examples=150, deadline=None)
