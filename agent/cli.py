@@ -286,10 +286,11 @@ def status_command(
     """The running agent's last status report: uplink, devices, buffer, services (JSON)."""
     import time
 
-    from agent.status import read_status
+    from agent.status import read_latest
 
     cfg = _load(config, state_dir)
-    report = read_status(_existing_state(cfg) / "status.json")
+    _existing_state(cfg)
+    report = read_latest(cfg.status_paths)
     if report is None:
         raise CliError(
             f"no status report in {cfg.state_dir}: the agent has not run here yet",
@@ -328,7 +329,7 @@ def buffer_status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Backlog by lane, disk use and alarms. While the agent runs, its last status report."""
-    from agent.status import read_status
+    from agent.status import read_latest
 
     cfg = _load(config, state_dir)
     try:
@@ -336,7 +337,7 @@ def buffer_status(
     except CliError as exc:
         if exc.code != ExitCode.UNAVAILABLE:
             raise
-        report = read_status(cfg.state_dir / "status.json")
+        report = read_latest(cfg.status_paths)
         if report is None or "buffer" not in report:
             raise CliError(
                 "the agent is running and has not written a status report yet",

@@ -1,7 +1,9 @@
 """Agent configuration: one TOML file, validated whole at start; defaults suit a provisioned box.
 
 ```toml
-state_dir = "/var/lib/dho-gateway"      # buffer, keys, status report (absolute path)
+state_dir = "/var/lib/dho-gateway"      # buffer, keys (absolute path)
+runtime_dir = "/run/dho-gateway"        # the status report, rewritten every 10 s: on tmpfs,
+                                        # not the SD card (absent: in state_dir)
 [buffer]
 cap_mb = 2048                           # database cap in MiB (1 .. 1048576)
 reserve_mb = 4                          # space held back for a full disk, MiB (0 .. 4096)
@@ -12,6 +14,8 @@ host = "mqtt.dho.example"
 port = 8883
 websockets = true                       # after 3 failures on port: MQTT over WebSockets+TLS
 ws_port = 443                           # on ws_port, ws_path "/mqtt" (and back to port)
+linger_s = 600                          # oximetry may wait this long to go up in one batch
+keepalive_s = 1200                      # MQTT keep-alive (both written by dho-provision enroll)
 box_id = "box-0001"                     # must be the CN of the box certificate
 ca_file = "/etc/dho-gateway/ca.pem"     # relative paths are relative to this file
 cert_file = "/etc/dho-gateway/box.crt"
@@ -56,6 +60,7 @@ import tomllib
 import typing
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Annotated, Any, Final
 
 from pydantic import (
@@ -98,6 +103,12 @@ class BufferSettings:
     """Space held in reserve and given back to the filesystem when the disk fills, MiB."""
 
 
+METERED_UPLINK: Final[Mapping[str, int]] = MappingProxyType({"linger_s": 600, "keepalive_s": 1200})
+"""What ``dho-provision enroll`` puts in ``[uplink]`` besides the broker and the identity: a box
+on a metered mobile subscription (docs/operations.md, "Bytes on the wire and on the card").
+The code's defaults (0 and 60 s) suit a bench, a demo or a test, which compress time."""
+
+
 @dataclass(frozen=True, config=_Strict)
 class UplinkSettings:
     """The ``[uplink]`` table: broker, TLS identity and signing keys."""
@@ -114,6 +125,14 @@ class UplinkSettings:
     """Fall back to MQTT over WebSockets with TLS after 3 failures on ``port`` (and back)."""
     ws_port: Annotated[int, Field(strict=True, ge=1, le=65535)] = 443
     ws_path: Annotated[str, Field(strict=True, pattern=r"^/[A-Za-z0-9._~/-]{0,63}$")] = "/mqtt"
+    linger_s: Annotated[float, Field(strict=True, ge=0, le=3600)] = 0.0
+    """How long continuous and bulk readings (a night of oximetry) may wait in the buffer for
+    the ones that follow before they go up in one batch; alarms and spot readings never wait
+    (and take the waiting ones along). 0: each as it comes. ``dho-provision enroll`` writes
+    :data:`METERED_UPLINK` (600 s: a night in 48 batches instead of 480)."""
+    keepalive_s: Annotated[int, Field(strict=True, ge=10, le=3600)] = 60
+    """The MQTT keep-alive; ``dho-provision enroll`` writes :data:`METERED_UPLINK` (1200 s).
+    A dead path under a publish is noticed by ``TCP_USER_TIMEOUT`` (30 s), not by this."""
 
     @field_validator("host")
     @classmethod
@@ -214,6 +233,10 @@ class AgentConfig:
     """Everything the agent reads from its configuration file."""
 
     state_dir: FilePath = DEFAULT_STATE_DIR
+    runtime_dir: FilePath | None = None
+    """Where the status report lives (the unit's ``RuntimeDirectory=``, tmpfs); ``None``: in
+    ``state_dir``. A report rewritten every 10 s on the SD card was most of what an idle box
+    wrote to it (about 35 MB a day)."""
     buffer: BufferSettings = Field(default_factory=BufferSettings)
     uplink: UplinkSettings | None = None
     ble: BleSettings = Field(default_factory=BleSettings)
@@ -230,6 +253,25 @@ class AgentConfig:
         if not value.is_absolute():
             raise ValueError("must be an absolute path (e.g. /var/lib/dho-gateway)")
         return value
+
+    @field_validator("runtime_dir")
+    @classmethod
+    def _absolute_runtime_dir(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_absolute():
+            raise ValueError("must be an absolute path (e.g. /run/dho-gateway)")
+        return value
+
+    @property
+    def status_path(self) -> Path:
+        """The agent's status report (``agent.status``): in ``runtime_dir`` when set."""
+        return (self.runtime_dir or self.state_dir) / "status.json"
+
+    @property
+    def status_paths(self) -> tuple[Path, ...]:
+        """Where a report may be, current place first: an agent of a version before
+        ``runtime_dir`` wrote it in the state directory (:func:`agent.status.read_latest`)."""
+        old = self.state_dir / "status.json"
+        return (self.status_path,) if old == self.status_path else (self.status_path, old)
 
     @property
     def ble_adapter(self) -> str:
@@ -296,7 +338,8 @@ class AgentConfig:
             )
         assert cfg is not None
         if state_dir is not None:
-            cfg = dataclasses.replace(cfg, state_dir=Path(state_dir).absolute())
+            # Another state directory (a test, a copy of a card) keeps its report beside it.
+            cfg = dataclasses.replace(cfg, state_dir=Path(state_dir).absolute(), runtime_dir=None)
         return cfg
 
     def preflight(self) -> None:
@@ -642,4 +685,9 @@ def under_root(cfg: AgentConfig, root: Path) -> AgentConfig:
             signing_key_file=move(up.signing_key_file),
             service_key_file=move(up.service_key_file),
         )
-    return dataclasses.replace(cfg, state_dir=move(cfg.state_dir), uplink=up)
+    return dataclasses.replace(
+        cfg,
+        state_dir=move(cfg.state_dir),
+        runtime_dir=None if cfg.runtime_dir is None else move(cfg.runtime_dir),
+        uplink=up,
+    )

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent import sdnotify
 from agent.buffer import AppendResult, AsyncBuffer
+from agent.buffer.lanes import deferrable
 from agent.config import AgentConfig
 from agent.errors import ConfigError, StoreCorruptError
 from agent.logs import fields
@@ -34,34 +35,71 @@ if TYPE_CHECKING:  # imported where used: without [uplink] the agent never loads
 _LOGGER = logging.getLogger(__name__)
 
 ServiceFactory = Callable[[AgentConfig, AsyncBuffer], Sequence[Service]]
+Waker = Callable[[bool, bool], None]
+"""Tells the uplink readings were stored: ``(urgent, deferrable)`` (``Uplink.wake``)."""
 
 
 class BufferMaintenance:
-    """Purges delivered rows now and then, which also truncates the WAL and frees space."""
+    """Purges delivered rows in bulk, which also truncates the WAL and frees space.
+
+    Every ``interval`` it looks at the store's counters (no I/O) and purges when
+    ``purge_rows`` delivered rows wait (a drained backlog gives its space back at once) or the
+    oldest of them has waited ``purge_after_s``. A purge with its checkpoint costs the card
+    tens of kB whether it deletes one row or a hundred, so a night of batches every ten
+    minutes is purged about hourly, not after every batch. Under disk pressure the store
+    purges by itself (``agent.buffer.pressure``). Delivered rows wait encrypted meanwhile.
+    """
 
     name = "buffer-maintenance"
 
-    def __init__(self, buffer: AsyncBuffer, interval: float = 60) -> None:
+    def __init__(
+        self,
+        buffer: AsyncBuffer,
+        interval: float = 60,
+        *,
+        purge_rows: int = 500,
+        purge_after_s: float = 3600,
+    ) -> None:
         self.buffer = buffer
         self.interval = interval
+        self.purge_rows = purge_rows
+        self.purge_after_s = purge_after_s
         # A purge can take a while on a big backlog; a purge loop silent for 10 intervals
         # (at least 15 minutes) is stuck.
         self.stall_after = max(900.0, 10 * interval)
         self._progress: float | None = None
+        self._first_seen: float | None = None  # when delivered rows were first seen waiting
 
     def progress(self) -> float | None:
-        """When the last purge finished (``time.monotonic()``)."""
+        """When the loop last looked at the store (``time.monotonic()``)."""
         return self._progress
 
+    async def due(self) -> bool:
+        """Whether a purge is due now (see the class docstring)."""
+        waiting = (await self.buffer.stats()).acknowledged
+        now = time.monotonic()
+        if not waiting:
+            self._first_seen = None
+            return False
+        if self._first_seen is None:
+            self._first_seen = now
+        return waiting >= self.purge_rows or now - self._first_seen >= self.purge_after_s
+
     async def run(self) -> None:
-        """Purge every interval until cancelled."""
+        """Purge when due, looking every interval, until cancelled."""
         self._progress = time.monotonic()
+        first = True
         while True:
             await asyncio.sleep(self.interval)
-            purged = await self.buffer.purge()
+            if first or await self.due():  # the first: what a crash left in the WAL
+                first = False
+                purged = await self.buffer.purge()
+                self._first_seen = None
+                if purged:
+                    _LOGGER.info(
+                        "purged %d delivered readings", purged, extra=fields(purged=purged)
+                    )
             self._progress = time.monotonic()
-            if purged:
-                _LOGGER.info("purged %d delivered readings", purged, extra=fields(purged=purged))
 
 
 class Watchdog:
@@ -228,6 +266,7 @@ async def run_agent(
     *,
     status_interval: float = 10,
     maintenance_interval: float = 60,
+    purge_after_s: float = 3600,
     started: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
@@ -255,7 +294,7 @@ async def run_agent(
     try:
         sdnotify.status("starting: starting services")
         supervisor = Supervisor(stop=stop)
-        supervisor.add(BufferMaintenance(buffer, maintenance_interval))
+        supervisor.add(BufferMaintenance(buffer, maintenance_interval, purge_after_s=purge_after_s))
         for factory in factories:
             for service in factory(cfg, buffer):
                 supervisor.add(service)
@@ -295,7 +334,7 @@ async def run_agent(
                 sdnotify.status(status_line(report))
 
         reporter = StatusReporter(
-            cfg.state_dir / "status.json", providers, interval=status_interval, on_report=on_report
+            cfg.status_path, providers, interval=status_interval, on_report=on_report
         )
         supervisor.add(reporter)
         supervisor.install_signal_handlers()
@@ -356,15 +395,19 @@ class UplinkService:
 class WakingSink:
     """The buffer as a driver's sink, telling the uplink after each append."""
 
-    def __init__(self, buffer: AsyncBuffer, wake: Callable[[bool], None]) -> None:
+    def __init__(self, buffer: AsyncBuffer, wake: Waker) -> None:
         self.buffer = buffer
         self.wake = wake
 
     async def append(self, readings: Sequence[Reading]) -> AppendResult:
-        """Append durably, then wake the uplink (urgently when an alarm is among them)."""
+        """Append durably, then wake the uplink: urgently when an alarm is among them; as
+        deferrable when all are continuous or bulk data (they may wait for the next ones)."""
         result = await self.buffer.append(readings)
         if result.stored:
-            self.wake(any(r.lane is Lane.ALARM for r in readings))
+            self.wake(
+                any(r.lane is Lane.ALARM for r in readings),
+                all(deferrable(r.lane) for r in readings),
+            )
         return result
 
     async def append_first(self, readings: Sequence[Reading]) -> AppendResult:
@@ -413,9 +456,14 @@ def _load_uplink(cfg: AgentConfig, buffer: Any, commands: Any = None) -> Uplink:
         u.ca_file,
         u.cert_file,
         u.key_file,
+        keepalive_s=u.keepalive_s,
         fallback=Endpoint(u.ws_port, "websockets", u.ws_path) if u.websockets else None,
     )
-    return Uplink(UplinkConfig(link, signing, service, cfg.state_dir), buffer, commands=commands)
+    return Uplink(
+        UplinkConfig(link, signing, service, cfg.state_dir, linger_s=float(u.linger_s)),
+        buffer,
+        commands=commands,
+    )
 
 
 def _care_service(cfg: AgentConfig, sink: WakingSink) -> CareService:
@@ -459,11 +507,11 @@ def services_from_config(cfg: AgentConfig, buffer: AsyncBuffer) -> list[Service]
     ``transport`` is a BLE device); a bad table is a ConfigError naming its key.
     """
     services: list[Service] = []
-    wakers: list[Callable[[bool], None]] = []
+    wakers: list[Waker] = []
 
-    def wake(urgent: bool) -> None:
+    def wake(urgent: bool, deferrable: bool) -> None:
         for w in wakers:
-            w(urgent)
+            w(urgent, deferrable)
 
     care = _care_service(cfg, WakingSink(buffer, wake))
     services.append(care)
@@ -497,9 +545,7 @@ def services_from_config(cfg: AgentConfig, buffer: AsyncBuffer) -> list[Service]
         except Exception as exc:  # noqa: BLE001 - no GPIO here: the box runs without its light
             _LOGGER.warning("status light unavailable (%s); running without it", type(exc).__name__)
         else:
-            services.append(
-                StatusLight(led, cfg.state_dir / "status.json", conditions=[care.light_concern])
-            )
+            services.append(StatusLight(led, cfg.status_path, conditions=[care.light_concern]))
     return services
 
 

@@ -1,7 +1,9 @@
 """The agent's status report: a JSON file the technician tools read without touching the store.
 
 The running agent holds the store's lock, so ``dho-agent buffer status`` and
-``dho-provision status`` read this file instead. It holds counts and states only: device log
+``dho-provision status`` read this file instead. It lives in the runtime directory
+(``AgentConfig.status_path``: ``/run/dho-gateway``, tmpfs, on a provisioned box), so writing
+it every 10 s costs the SD card nothing. It holds counts and states only: device log
 ids, lanes, alarms, link state. Never values, serials or patient references.
 """
 
@@ -11,7 +13,7 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,15 @@ def read_status(path: Path) -> dict[str, Any] | None:
     except (FileNotFoundError, json.JSONDecodeError):
         return None
     return data
+
+
+def read_latest(paths: Iterable[Path]) -> dict[str, Any] | None:
+    """The most recently written of the reports at ``paths`` (``AgentConfig.status_paths``:
+    the runtime directory, and the state directory where older agents wrote it)."""
+    reports = [r for r in map(read_status, paths) if r is not None]
+    if not reports:
+        return None
+    return max(reports, key=lambda r: float(r.get("written_at", 0) or 0))
 
 
 def _ago(seconds: float) -> str:

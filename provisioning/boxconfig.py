@@ -17,7 +17,7 @@ import tomlkit
 from tomlkit.items import AoT, Table
 from tomlkit.toml_document import TOMLDocument
 
-from agent.config import AgentConfig
+from agent.config import METERED_UPLINK, AgentConfig
 from agent.errors import ConfigError
 from provisioning.fsutil import atomic_write, owner_ids
 from provisioning.layout import AGENT_USER, IDENTITY_FILES, BoxLayout
@@ -65,6 +65,8 @@ def set_uplink(doc: TOMLDocument, *, host: str, port: int, box_id: str) -> None:
         ("service_key_file", "service_key"),
     ):
         table.add(key, str(IDENTITY_FILES[name]))
+    for key, value in METERED_UPLINK.items():  # a box on a metered mobile subscription
+        table.add(key, value)
     doc["uplink"] = table
 
 

@@ -618,9 +618,9 @@ def serial_command(
         found = [p for p in found if wanted & {p.path, *p.names, p.tty or ""}]
     held: dict[str, Any] = {}
     if cfg is not None and devices.agent_running(layout) is not None:
-        from agent.status import read_status
+        from agent.status import read_latest
 
-        report = read_status(cfg.state_dir / "status.json") or {}
+        report = read_latest(cfg.status_paths) or {}
         for entry in reported_devices(report).values():
             if "port" in entry:
                 held[str(entry["port"])] = entry

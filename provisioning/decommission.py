@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.status import read_status
+from agent.status import read_latest
 from dho_protocol import enrolment as wire
 from dho_protocol import topics
 from provisioning import allowlist, boxconfig
@@ -75,7 +75,7 @@ def plan(layout: BoxLayout) -> Plan:
             code=ExitCode.NO_BOX,
         )
     cfg = boxconfig.agent_config(layout)
-    report = read_status(cfg.state_dir / "status.json")
+    report = read_latest(cfg.status_paths)
     if (
         report
         and time.time() - float(report.get("written_at", 0)) < 45
@@ -247,6 +247,8 @@ def scrub_config(layout: BoxLayout, cfg: Any) -> str:
     n = 0
     for name in ("status.json", "status.json.tmp", "uplink-state.json", "uplink-state.json.tmp"):
         n += wipe(state / name)
+    if cfg.status_path.parent != state:  # the report in the runtime directory (tmpfs)
+        n += wipe(cfg.status_path)
     for sub in state.glob("*"):
         if sub.is_dir():  # transports' own state (serial, cpap-card)
             for f in sorted(sub.rglob("*"), reverse=True):

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from agent.status import read_status
+from agent.status import read_latest
 from provisioning import boxconfig
 from provisioning.identity import load_identity
 from provisioning.layout import BoxLayout
@@ -37,7 +37,7 @@ def agent_running(layout: BoxLayout) -> int | None:
         cfg = boxconfig.agent_config(layout)
     except ProvisionError:
         return None
-    report = read_status(cfg.state_dir / "status.json")
+    report = read_latest(cfg.status_paths)
     if not report or time.time() - float(report.get("written_at", 0) or 0) > 45:
         return None
     if report.get("stopped_at"):

@@ -59,6 +59,8 @@ DEFAULT_AGENT_TOML: Final = """\
 # dho-provision writes [uplink] at enrolment and the [[devices]] tables when devices are
 # assigned; there is no need to edit this file by hand.
 state_dir = "/var/lib/dho-gateway"
+# The status report (rewritten every 10 s) on tmpfs, the unit's RuntimeDirectory=, not the card.
+runtime_dir = "/run/dho-gateway"
 
 [buffer]
 cap_mb = 2048

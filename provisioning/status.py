@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from agent.health import Concern, Health, assess
-from agent.status import read_status
+from agent.status import read_latest
 from provisioning import boxconfig
 from provisioning.identity import load_identity
 from provisioning.layout import BoxLayout
@@ -83,7 +83,7 @@ def collect(layout: BoxLayout, *, now: float | None = None) -> dict[str, Any]:
         )
     cfg = boxconfig.agent_config(layout)
     ident = load_identity(layout)
-    report = read_status(cfg.state_dir / "status.json") or {}
+    report = read_latest(cfg.status_paths) or {}
     pid = report.get("pid")
     health: Health = assess(
         report or None, now=now, process_gone=pid is not None and not pid_alive(pid)

@@ -118,7 +118,7 @@ address = "not-an-address"
     assert by_key == {
         "state_dir": "must be an absolute path (e.g. /var/lib/dho-gateway)",
         "colour": "unknown setting"
-        " (known here: ble, buffer, care, devices, light, serial, state_dir, uplink)",
+        " (known here: ble, buffer, care, devices, light, runtime_dir, serial, state_dir, uplink)",
         "buffer.cap_mb": "must be a whole number, not a string",
         "buffer.reserve_mb": "must be at least 0",
         "buffer.size": "unknown setting (known here: cap_mb, key, reserve_mb)",
@@ -293,3 +293,43 @@ def test_serial_intervals_reach_the_serial_driver(tmp_path: Path) -> None:
     bad = DriverContext(tmp_path, {"download_interval": 0})
     with pytest.raises(ConfigError, match=r"serial\.download_interval"):
         TRANSPORT.create([table], None, bad)  # type: ignore[arg-type]
+
+
+def test_the_status_report_lives_in_the_runtime_directory(tmp_path: Path) -> None:
+    """On tmpfs (/run/dho-gateway), not the card; readers also look where older agents
+    wrote it, and take the fresher of the two."""
+    from agent.status import read_latest, write_status
+
+    run, state = tmp_path / "run", tmp_path / "state"
+    f = _write(tmp_path, f'state_dir = "{state}"\nruntime_dir = "{run}"\n')
+    cfg = AgentConfig.load(f)
+    assert cfg.status_path == run / "status.json"
+    assert cfg.status_paths == (run / "status.json", state / "status.json")
+    assert read_latest(cfg.status_paths) is None
+    write_status(state / "status.json", {"written_at": 5.0, "where": "state"})
+    assert read_latest(cfg.status_paths) == {"written_at": 5.0, "where": "state"}
+    write_status(run / "status.json", {"written_at": 9.0, "where": "run"})
+    assert (read_latest(cfg.status_paths) or {})["where"] == "run"
+    # another state directory (--state-dir) keeps its report beside it
+    other = AgentConfig.load(f, state_dir=tmp_path / "copy")
+    assert other.status_path == tmp_path / "copy" / "status.json"
+    assert AgentConfig.load(state_dir=state).status_paths == (state / "status.json",)
+
+
+def test_metered_uplink_settings(tmp_path: Path) -> None:
+    from agent.config import METERED_UPLINK
+
+    base = (
+        '[uplink]\nhost = "h"\nbox_id = "b"\nca_file = "/a"\ncert_file = "/a"\n'
+        'key_file = "/a"\nsigning_key_file = "/a"\nservice_key_file = "/a"\n'
+    )
+    cfg = AgentConfig.load(_write(tmp_path, base), state_dir=tmp_path)
+    assert cfg.uplink is not None
+    assert (cfg.uplink.linger_s, cfg.uplink.keepalive_s) == (0.0, 60)  # bench, demo, tests
+    extra = "".join(f"{k} = {v}\n" for k, v in METERED_UPLINK.items())
+    cfg = AgentConfig.load(_write(tmp_path, base + extra), state_dir=tmp_path)
+    assert cfg.uplink is not None
+    assert (cfg.uplink.linger_s, cfg.uplink.keepalive_s) == (600.0, 1200)
+    with pytest.raises(ConfigError) as bad:
+        AgentConfig.load(_write(tmp_path, base + 'linger_s = "600"\nkeepalive_s = 5\n'))
+    assert len(_problems(bad)) == 2

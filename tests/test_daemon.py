@@ -328,3 +328,49 @@ async def test_the_store_check_runs_after_the_start_and_damage_stops_the_agent(
         assert s.pending == 600
     finally:
         b.close()
+
+
+async def test_the_sink_says_which_readings_may_wait_for_the_uplinks_linger() -> None:
+    """Only continuous and bulk data may linger; an alarm is urgent; a spot reading neither."""
+    from dataclasses import replace
+
+    from agent.buffer import AppendResult
+    from agent.daemon import WakingSink
+    from agent.model import Lane
+    from tests.uplink import factories as f
+
+    class Stored:
+        async def append(self, readings: Sequence[Any]) -> AppendResult:
+            return AppendResult(len(readings), 0)
+
+    woken: list[tuple[bool, bool]] = []
+    sink = WakingSink(Stored(), lambda urgent, deferrable: woken.append((urgent, deferrable)))  # type: ignore[arg-type]
+    chunk, spot = f.continuous_reading(0, samples=60), f.spo2_reading(1)
+    await sink.append([chunk])
+    await sink.append([chunk, spot])
+    await sink.append([replace(spot, lane=Lane.ALARM)])
+    assert woken == [(False, True), (False, False), (True, False)]
+
+
+async def test_delivered_rows_are_purged_in_bulk() -> None:
+    """A purge when 500 delivered rows wait, or the oldest has waited an hour; not per batch."""
+    from types import SimpleNamespace
+
+    from agent.daemon import BufferMaintenance
+
+    acked = [0]
+
+    class Counters:
+        async def stats(self) -> Any:
+            return SimpleNamespace(acknowledged=acked[0])
+
+    m = BufferMaintenance(Counters(), 60, purge_rows=500, purge_after_s=3600)  # type: ignore[arg-type]
+    assert not await m.due()
+    acked[0] = 11  # one batch of ten minutes of oximetry delivered
+    assert not await m.due()
+    assert m._first_seen is not None
+    m._first_seen -= 3600
+    assert await m.due()  # an hour later
+    m._first_seen = None
+    acked[0] = 500
+    assert await m.due()  # a drained backlog at once

@@ -62,6 +62,13 @@ def compactable(lane: Lane) -> bool:
     return POLICIES[lane].compact_rank is not None
 
 
+def deferrable(lane: Lane) -> bool:
+    """Whether readings of ``lane`` may wait a while before they go up (the uplink's
+    ``linger_s``): the lanes compaction may summarise (continuous, bulk), never alarms or
+    spot readings."""
+    return compactable(lane)
+
+
 def lane_of(value: object) -> Lane | None:
     """The lane a cleartext ``lane`` column names, or ``None`` for anything else.
 

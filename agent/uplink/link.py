@@ -111,7 +111,16 @@ class LinkConfig:
             acknowledgements and commands) while the box is away.
         will_topic, will_payload: the last will, published retained by the broker when the
             box vanishes without a clean disconnect.
-        subscriptions: topic filters to (re)subscribe with QoS 1 after every connect.
+        subscriptions: topic filters to subscribe with QoS 1 (in one SUBSCRIBE) after a
+            connect, unless the broker still holds this process's session with them
+            (``session present`` after a SUBACK that granted every one of them).
+        keepalive_s: the MQTT keep-alive. A ping costs about 300 bytes on the wire with its
+            TCP/IP framing; the daemon sets 1200 s (``[uplink] keepalive_s``, see
+            ``docs/uplink-protocol.md`` section 2 for the choice).
+        user_timeout_s: ``TCP_USER_TIMEOUT``: the kernel drops the connection when data sent
+            stays unacknowledged this long, so a publish into a dead path (a NAT that forgot
+            the connection while it was idle) reconnects within this, not after 1.5
+            keep-alives.
         stable_after_s: a connection that stayed up this long resets the back-off.
         fallback: the other way to the broker (MQTT over WebSockets with TLS on 443), tried
             after ``fallback_after`` failed attempts or probes in a row on ``port``, and
@@ -125,6 +134,7 @@ class LinkConfig:
     cert_file: Path
     key_file: Path
     keepalive_s: int = 60
+    user_timeout_s: float = 30.0
     session_expiry_s: int = 7 * 24 * 3600
     connect_timeout_s: float = 15.0
     will_topic: str | None = None
@@ -273,6 +283,8 @@ class TlsClient(mqtt.Client):
 
     tls_context: ssl.SSLContext | None = None
     tls_session: ssl.SSLSession | None = None
+    user_timeout_ms = 0
+    """``TCP_USER_TIMEOUT`` of the connection's socket (0: the kernel's default)."""
     handshakes = 0
     resumed = 0
     last_resumed = False
@@ -305,6 +317,11 @@ class TlsClient(mqtt.Client):
             do_handshake_on_connect=False,
             session=self.tls_session,
         )
+        if self.user_timeout_ms and hasattr(socket, "TCP_USER_TIMEOUT"):
+            with contextlib.suppress(OSError):
+                tcp_sock.setsockopt(
+                    socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, self.user_timeout_ms
+                )
         try:
             tls.settimeout(self.connect_timeout)
             tls.do_handshake()
@@ -359,6 +376,8 @@ class MqttLink:
         self._watched: set[int] = set()
         self._last_log_error = ""
         self._tls_ready = False
+        self._subscribed = False
+        """The broker granted every subscription in the session it holds for this process."""
         self._client = self._make_client()
 
     # -- paho set-up -------------------------------------------------------------------
@@ -371,12 +390,14 @@ class MqttLink:
             reconnect_on_failure=False,
         )
         client.connect_timeout = self.cfg.connect_timeout_s
+        client.user_timeout_ms = int(self.cfg.user_timeout_s * 1000)
         client.max_inflight_messages_set(10)
         client.max_queued_messages_set(100)
         client.on_connect = self._cb_connect
         client.on_disconnect = self._cb_disconnect
         client.on_message = self._cb_message
         client.on_publish = self._cb_publish
+        client.on_subscribe = self._cb_subscribe
         client.on_log = self._cb_log
         client.on_socket_open = self._cb_socket_open
         client.on_socket_close = self._cb_socket_close
@@ -503,9 +524,22 @@ class MqttLink:
             if isinstance(sock, ssl.SSLSocket):
                 with contextlib.suppress(ssl.SSLError, ValueError):
                     self._client.tls_session = sock.session  # resumed on the next connect
-            for topic in self.cfg.subscriptions:
-                client.subscribe(topic, qos=1)
+            if not (flags.session_present and self._subscribed) and self.cfg.subscriptions:
+                # One SUBSCRIBE for all; a session the broker kept has them already (a
+                # reconnect on a metered link then sends no SUBSCRIBE and gets no SUBACK).
+                self._subscribed = False
+                client.subscribe([(topic, 1) for topic in self.cfg.subscriptions])
         self._on_loop(self._on_connack, reason)
+
+    def _cb_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        mid: int,
+        reasons: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        self._subscribed = bool(reasons) and not any(r.is_failure for r in reasons)
 
     def _cb_disconnect(
         self,

@@ -128,6 +128,9 @@ class UplinkConfig:
             receiver's limit).
         window_start, window_max: batches in flight at once (adaptive between 1 and max).
         idle_poll_s: how often an empty buffer is looked at again (``set-schedule`` changes it).
+        linger_s: how long continuous and bulk readings may wait in the buffer for the ones
+            that follow before a batch is sealed (alarms and spot readings never wait, and
+            take the waiting ones along); 0 sends each as it comes.
     """
 
     link: LinkConfig
@@ -144,6 +147,7 @@ class UplinkConfig:
     ack_timeout_cap_s: float = 300.0
     transfer_timeout_s: float = 300.0
     idle_poll_s: float = 5.0
+    linger_s: float = 0.0
     backoff_base_s: float = 1.0
     backoff_cap_s: float = 60.0
 
@@ -223,6 +227,7 @@ class Uplink:
             window_max=cfg.window_max,
             transfer_timeout_s=cfg.transfer_timeout_s,
             idle_poll_s=cfg.idle_poll_s,
+            linger_s=cfg.linger_s,
             refused_hold_s=cfg.ack_timeout_s,
         )
         self.last_upload_unix: float | None = None
@@ -276,9 +281,10 @@ class Uplink:
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(self._remember_size, force=True)
 
-    def wake(self, urgent: bool = False) -> None:
-        """Tell the sender new readings are in the buffer (``urgent``: an alarm among them)."""
-        self._events.put_nowait(s.Wake(urgent))
+    def wake(self, urgent: bool = False, deferrable: bool = False) -> None:
+        """Tell the sender new readings are in the buffer (``urgent``: an alarm among them;
+        ``deferrable``: only continuous or bulk data, which may wait ``linger_s``)."""
+        self._events.put_nowait(s.Wake(urgent, deferrable))
 
     @property
     def sizer(self) -> BatchSizer:

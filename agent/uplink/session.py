@@ -37,6 +37,15 @@ The rules (``docs/uplink-protocol.md`` section 9):
   that the service, not the readings, is the likely fault, and the session holds instead).
 * **Batch size** follows :class:`~agent.uplink.policy.BatchSizer`; the shell persists its size
   so a restart begins with the last good size instead of ramping up again.
+* **Continuous data lingers, nothing else does.** A wake for continuous or bulk readings
+  only (``Wake(deferrable=True)``: a minute of oximetry) starts no claim when nothing is being
+  sent: the session waits up to :attr:`Session.linger_s` (the first such reading's age) so
+  that a night goes up in a few batches instead of one per minute (each batch costs an
+  envelope, a signature, an acknowledgement, TCP/TLS framing, and a claim, an acknowledgement
+  and a purge on the card). Any other wake, an alarm, a spot reading, a connect, ends the
+  wait at once, and the claim takes the waiting chunks along. The wait only delays the
+  start of a drain: once claiming, the session drains until the buffer is empty, so a
+  backlog never waits behind new chunks. The readings are safe in the buffer meanwhile.
 """
 
 from __future__ import annotations
@@ -63,9 +72,12 @@ class LinkDown:
 
 @dataclass(frozen=True, slots=True)
 class Wake:
-    """New readings are in the buffer; ``urgent`` when an alarm is among them."""
+    """New readings are in the buffer; ``urgent`` when an alarm is among them; ``deferrable``
+    when all of them are continuous or bulk data, which may wait :attr:`Session.linger_s` to
+    go up together with what follows (never an alarm or a spot reading)."""
 
     urgent: bool = False
+    deferrable: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +266,7 @@ class Session:
         transfer_timeout_s: how long a batch may wait for its PUBACK while the link is up
             (a slow link is still moving bytes; a dead one is noticed by the keep-alive).
         idle_poll_s: how long an empty buffer is left alone when nobody calls :class:`Wake`.
+        linger_s: how long deferrable readings may wait for others before a claim (0: none).
         refused_hold_s: pause after a refusal that resending at once would not cure.
         set_aside_max: single readings refused in a row (10, 12, 13, 14) that are set aside
             into the buffer's quarantine before the session holds them instead (the
@@ -271,6 +284,7 @@ class Session:
         window_max: int = 4,
         transfer_timeout_s: float = 300.0,
         idle_poll_s: float = 5.0,
+        linger_s: float = 0.0,
         refused_hold_s: float = 20.0,
         remember_released: int = 64,
         set_aside_max: int = 3,
@@ -284,6 +298,7 @@ class Session:
         self.window_max = window_max
         self.transfer_timeout_s = transfer_timeout_s
         self.idle_poll_s = idle_poll_s
+        self.linger_s = linger_s
         self.refused_hold_s = refused_hold_s
         self.set_aside_max = set_aside_max
         self.publish_failed_hold_s = publish_failed_hold_s
@@ -298,6 +313,9 @@ class Session:
         self._hold_until: float | None = None  # after a refusal or a buffer error
         self._urgent = False  # an alarm arrived since the last claim began
         self._woken = False  # new readings arrived since the last claim began
+        self._deferred = False  # deferrable readings arrived since the last claim began
+        self._linger_until: float | None = None  # deferrable readings go up by then
+        self._draining = False  # claiming until the buffer says nothing is pending
 
     # -- what the shell asks -------------------------------------------------------------
 
@@ -318,6 +336,8 @@ class Session:
                 times.append(self._hold_until)
             elif self._idle_until is not None and self.connected:
                 times.append(self._idle_until)
+            if self._linger_until is not None and self.connected:
+                times.append(self._linger_until)
         return min(times) if times else None
 
     def handle(self, event: Event, now: float) -> list[Decision]:
@@ -331,11 +351,16 @@ class Session:
                     f.deadline = self._deadline(f, now)
             case LinkDown():
                 self.connected = False
+                self._draining = False
                 if self._in_flight:
                     self.sizer.failed()
                     self.window = max(1, self.window // 2)
                 for f in self._in_flight.values():
                     f.deadline = None  # paho resends after the reconnect; wait for it
+            case Wake(urgent=urgent, deferrable=True) if not urgent and self.linger_s > 0:
+                self._deferred = True
+                if not self._draining and self._linger_until is None:
+                    self._linger_until = now + self.linger_s
             case Wake(urgent=urgent):
                 self._idle_until = None
                 self._woken = True
@@ -344,8 +369,11 @@ class Session:
                 self._sealed(event, now, out)
             case NothingPending():
                 self._claiming = False
+                self._draining = False
                 if not self._woken:  # else what was appended meanwhile may not have been seen
                     self._idle_until = now + self.idle_poll_s
+                    if self._deferred and self._linger_until is None:
+                        self._linger_until = now + self.linger_s  # came during the claim
             case Unsendable(claim=claim, readings=n, why=why):
                 self._claiming = False
                 if n > 1:
@@ -355,6 +383,7 @@ class Session:
                     out.append(Quarantine(claim, why))
             case ClaimFailed():
                 self._claiming = False
+                self._draining = False
                 self._hold(now + self.refused_hold_s)
             case PublishFailed(batch_id=batch_id):
                 if batch_id in self._in_flight:
@@ -396,11 +425,18 @@ class Session:
             if now < self._idle_until and not self._urgent:
                 return
             self._idle_until = None
+        if (
+            self._linger_until is not None
+            and now < self._linger_until
+            and not (self._draining or self._woken or self._urgent)
+        ):
+            return  # deferrable readings wait for company (the class docstring)
         room = self.window + (1 if self._urgent else 0)
         if len(self._in_flight) >= room:
             return
-        self._claiming = True
-        self._urgent = self._woken = False
+        self._claiming = self._draining = True
+        self._urgent = self._woken = self._deferred = False
+        self._linger_until = None  # this drain takes the waiting readings along
         out.append(Claim(self.sizer.size))
 
     def _sealed(self, s: Sealed, now: float, out: list[Decision]) -> None:

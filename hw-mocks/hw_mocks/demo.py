@@ -269,11 +269,25 @@ class Demo:
         token = json.loads(issued)["token"]
         self.say(f"(the service's operator issued the one-time token {token} for {BOX_ID})")
         await self.sh("dho-provision", "enroll", token, "--root", box)
+        self.no_linger()
         for dev in self.devices:
             if dev.command[:2] == ["assign", "serial"]:
                 await self.sh("dho-provision", "serial", dev.command[2], "--root", box)
             await self.sh("dho-provision", *dev.command, "-p", PATIENT, "--root", box)
         await self.sh("dho-provision", "selftest", "--root", box, check=False)
+
+    def no_linger(self) -> None:
+        """The demo compresses a night into a minute: oximetry goes up as it comes
+        (``linger_s = 0``) instead of waiting up to the enrolled 10 minutes for company."""
+        import tomlkit
+
+        path = self.box / "etc/dho-gateway/agent.toml"
+        doc = tomlkit.parse(path.read_text())
+        uplink = doc.get("uplink")
+        if isinstance(uplink, dict):
+            uplink["linger_s"] = 0
+            path.write_text(tomlkit.dumps(doc))
+        self.say("(demo only: linger_s = 0 in [uplink], so oximetry goes up as it comes)")
 
     # -- running the box ---------------------------------------------------------------------
 
@@ -362,7 +376,7 @@ class Demo:
             if agent.done():
                 agent.result()
             raise TimeoutError("the agent did not start in 60 s")
-        status_file = cfg.state_dir / "status.json"
+        status_file = cfg.status_path
         self.say("\n[bold]2. the agent runs[/bold]" if self.out else "2. the agent runs")
         start = time.monotonic()
         phase = "capturing and delivering"

@@ -135,7 +135,7 @@ class Pipeline:
 
     def agent_status(self) -> dict[str, Any]:
         """The agent's last status report (the same file the technician's tools read)."""
-        return read_status(self.config.state_dir / "status.json") or {}
+        return read_status(self.config.status_path) or {}
 
     def delivered(self) -> list[StoredReading]:
         """What the receiver has durably stored."""

@@ -50,6 +50,8 @@ def test_a_fresh_box_enrols_with_a_token(service: Service, tmp_path: Path) -> No
         "key_file": "/etc/dho-gateway/box.key",
         "signing_key_file": "/etc/dho-gateway/box-signing.pem",
         "service_key_file": "/etc/dho-gateway/service.pub",
+        "linger_s": 600,
+        "keepalive_s": 1200,
     }
     # The agent's sandbox may reach the broker now (and nothing else but loopback).
     dropin = box / "etc/systemd/system/dho-agent.service.d/50-uplink-address.conf"

@@ -330,3 +330,74 @@ def test_window_bounds() -> None:
         session.handle(ack(n), n + 0.1)
     assert session.window == 2
     assert session.claims_in_flight() == []
+
+
+DEFER = s.Wake(deferrable=True)
+
+LINGER_CASES: dict[str, list[Step]] = {
+    "continuous data waits for company, up to linger_s after the first": [
+        (0.0, s.LinkUp(), [s.Claim(8)]),
+        (0.0, s.NothingPending(), []),
+        (1.0, DEFER, []),
+        (5.0, s.Tick(), []),  # the idle poll does not send it either
+        (61.0, DEFER, []),  # a later chunk does not move the deadline
+        (600.9, s.Tick(), []),
+        (601.0, s.Tick(), [s.Claim(8)]),  # one claim takes both
+        (601.0, sealed(1), [publish(1), s.Claim(8)]),
+        (601.0, s.NothingPending(), []),
+        (601.1, s.Puback(bid(1)), []),
+        (601.2, ack(1), [settle(1)]),
+        (602.0, DEFER, []),  # the next wait starts with the next chunk
+        (1201.9, s.Tick(), []),
+        (1202.0, s.Tick(), [s.Claim(16)]),  # (a full batch was acknowledged: size x2)
+    ],
+    "a spot reading or an alarm ends the wait at once and takes the chunks along": [
+        (0.0, s.LinkUp(), [s.Claim(8)]),
+        (0.0, s.NothingPending(), []),
+        (1.0, DEFER, []),
+        (30.0, s.Wake(), [s.Claim(8)]),
+        (30.0, sealed(1), [publish(1), s.Claim(8)]),
+        (30.0, s.NothingPending(), []),
+        (31.0, DEFER, []),
+        (32.0, s.Wake(urgent=True), [s.Claim(8)]),
+    ],
+    "a drain in progress never waits: a backlog is not held behind new chunks": [
+        (0.0, s.LinkUp(), [s.Claim(8)]),  # a backlog at connect goes at once
+        (0.1, DEFER, []),  # a chunk arrives while claiming: the drain takes it
+        (0.2, sealed(1), [publish(1), s.Claim(8)]),
+        (0.3, sealed(2), [publish(2)]),  # the window is full
+        (0.4, s.Puback(bid(1)), []),
+        (0.5, ack(1), [settle(1), s.Claim(16)]),  # the drain goes on (full batch: size x2)
+        (0.55, DEFER, []),  # during the last claim: maybe not seen by it
+        (0.6, s.NothingPending(), []),  # so it waits now
+        (0.7, s.Puback(bid(2)), []),
+        (0.8, ack(2), [settle(2)]),
+        (5.6, s.Tick(), []),
+        (600.5, s.Tick(), []),
+        (600.6, s.Tick(), [s.Claim(16)]),
+    ],
+}
+
+
+@pytest.mark.parametrize("name", list(LINGER_CASES))
+def test_linger_table(name: str) -> None:
+    session = new_session(linger_s=600.0)
+    for i, (now, event, expected) in enumerate(LINGER_CASES[name]):
+        got = session.handle(event, now)
+        assert got == list(expected), f"step {i} at t={now}: {event!r}"
+
+
+def test_without_linger_a_deferrable_wake_claims_at_once() -> None:
+    session = new_session()
+    session.handle(s.LinkUp(), 0.0)
+    session.handle(s.NothingPending(), 0.0)
+    assert session.handle(DEFER, 1.0) == [s.Claim(8)]
+
+
+def test_the_linger_deadline_is_a_timer() -> None:
+    session = new_session(linger_s=600.0)
+    session.handle(s.LinkUp(), 0.0)
+    session.handle(s.NothingPending(), 0.0)
+    session.handle(DEFER, 1.0)
+    session.handle(s.Tick(), 5.0)  # the idle poll passes
+    assert session.next_deadline() == pytest.approx(601.0)
