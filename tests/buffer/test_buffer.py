@@ -348,3 +348,24 @@ def test_an_up_to_date_store_opens_without_sqlite_utils(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_a_new_store_takes_the_page_size_and_an_old_one_keeps_its_own(
+    store_path: Path, keys: FileKeySource, factory: ReadingFactory
+) -> None:
+    """``page_size`` is set before the first table (and before auto_vacuum, which would fix
+    it); a store made with other pages keeps them and works as it did."""
+    b = Buffer.open(store_path, keys, config=BufferConfig(reserve_bytes=0, page_size=1024))
+    assert b._conn.execute("PRAGMA page_size").fetchone()[0] == 1024
+    assert b._conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental, still
+    b.close()
+    old = store_path.with_name("old.db")
+    b = Buffer.open(old, keys, config=BufferConfig(reserve_bytes=0))
+    b.append([factory.bp() for _ in range(5)])
+    b.close()
+    b = Buffer.open(old, keys, config=BufferConfig(reserve_bytes=0, page_size=1024))
+    try:
+        assert b._conn.execute("PRAGMA page_size").fetchone()[0] == 4096
+        assert b.stats().pending == 5
+    finally:
+        b.close()

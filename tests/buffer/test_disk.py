@@ -179,7 +179,8 @@ def test_the_default_reserve_is_made_on_a_small_filesystem(
             size = (fs / "buffer.db.reserve").stat().st_size
             assert 128 * 1024 <= size <= 1024 * 1024  # a quarter of 4 MiB at most, not 0
             checkpoint = b._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
-            assert checkpoint * 4096 * 2 <= size  # a checkpoint fits in half the reserve
+            page = b._conn.execute("PRAGMA page_size").fetchone()[0]
+            assert checkpoint * page * 2 <= size  # a checkpoint fits in half the reserve
         finally:
             b.close()
 
@@ -263,9 +264,9 @@ def test_a_corrupt_store_is_set_aside_reported_at_every_start_and_its_readings_d
             " ORDER BY pageno"
         )
     ]
+    page = int(b._conn.execute("PRAGMA page_size").fetchone()[0])
     b.close()
     data = bytearray(store_path.read_bytes())
-    page = 4096
     leaf = leaves[len(leaves) // 2] - 1  # a leaf page of the readings table, mid-table
     for i in range(leaf * page + 100, leaf * page + 300):
         data[i] = 0xA5

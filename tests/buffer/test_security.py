@@ -250,9 +250,9 @@ def test_corrupt_store_is_set_aside_and_capture_continues(
 ) -> None:
     b = Buffer.open(store_path, keys, config=config)
     b.append([factory.bp() for _ in range(300)])
+    page = int(b._conn.execute("PRAGMA page_size").fetchone()[0])
     b.close()
     data = bytearray(store_path.read_bytes())
-    page = 4096
     for i in range(2 * page, 2 * page + 200):  # scribble over a b-tree page
         data[i] = 0xA5
     store_path.write_bytes(bytes(data))
