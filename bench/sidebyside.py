@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -61,7 +62,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.buffer import Buffer
-from agent.config import AgentConfig
+from agent.config import METERED_UPLINK, AgentConfig
 from agent.model import Reading
 from bench import peer, relay
 from bench import sidebyside_workload as wl
@@ -200,6 +201,8 @@ class Stack:
     peer_port: int
     peer_relay: relay.RelayThread
     runs: int = 0
+    run_dirs: list[Path] = field(default_factory=list)
+    """The boxes' runtime directories (tmpfs, ``/dev/shm``), removed with the stack."""
 
     def bytes_now(self) -> tuple[int, int]:
         return self.topo.sent_bytes()
@@ -250,6 +253,8 @@ def stack(root: Path, rate_kbit: int) -> Iterator[Stack]:
             yield st
         finally:
             st.receiver.stop()
+            for d in st.run_dirs:
+                shutil.rmtree(d, ignore_errors=True)
 
 
 def _listening(host: str, port: int) -> bool:
@@ -290,10 +295,14 @@ def _box_files(st: Stack, state: Path) -> Path:
     cert, key = st.pki.client(BOX)
     host, port = st.ours_relay.address
     toml = etc / "agent.toml"
+    # The box's /run (the unit's RuntimeDirectory=, where the status report lives) is tmpfs.
+    run_dir = Path(tempfile.mkdtemp(prefix=f"dho-sidebyside-run-{state.name}-", dir="/dev/shm"))
+    st.run_dirs.append(run_dir)
     toml.write_text(
         "\n".join(
             [
                 f'state_dir = "{state}"',
+                f'runtime_dir = "{run_dir}"',
                 "[uplink]",
                 f'host = "{host}"',
                 f"port = {port}",
@@ -303,6 +312,8 @@ def _box_files(st: Stack, state: Path) -> Path:
                 f'key_file = "{key}"',
                 f'signing_key_file = "{etc / "signing.pem"}"',
                 f'service_key_file = "{etc / "service.pub"}"',
+                # as `dho-provision enroll` writes it for a box on a metered subscription
+                *(f"{k} = {v}" for k, v in METERED_UPLINK.items()),
             ]
         )
         + "\n"
@@ -320,12 +331,12 @@ def _fill(toml: Path, readings: Sequence[Reading]) -> None:
         buf.close()
 
 
-def _start_box(st: Stack, toml: Path) -> subprocess.Popen[str]:
+def _start_box(st: Stack, toml: Path, time_scale: float = 1.0) -> subprocess.Popen[str]:
     log = (toml.parent / "box.log").open("a")
     try:
         return subprocess.Popen(
             [*st.topo.prefix(st.topo.home), sys.executable, "-m", "bench.sidebyside_box",
-             str(toml)],
+             str(toml), str(time_scale)],
             cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
         )  # fmt: skip
     finally:
@@ -374,7 +385,9 @@ def ours_drain(
     up0, down0 = st.bytes_now()
     box = _start_box(st, toml)
     try:
-        _wait(lambda: (state / "status.json").exists(), 60, "the box never reported status")
+        _wait(
+            lambda: AgentConfig.load(toml).status_path.exists(), 60, "the box never reported status"
+        )
         cpu0 = _proc_cpu_s(box.pid)
         if released:
             time.sleep(2.0)
@@ -563,30 +576,45 @@ def peer_drain(
 # -- steady state (ours) ----------------------------------------------------------------
 
 IDLE_S = float(os.environ.get("BENCH_IDLE_S", "125"))
-"""Idle window: two MQTT keep-alives (the daemon's 60 s) and twelve status reports."""
+"""Idle window: twelve status reports, four maintenance rounds (keep-alives: see _steady)."""
+FEED_SPACING_S = 0.3
+"""The feeder's time between two readings: a 60 s chunk every 0.3 s, time compressed 200x."""
 
 
 def _steady(st: Stack) -> dict[str, float]:
     """Bytes on the wire and written to flash per patient-day, in steady state.
 
-    The box runs connected with an empty store. The feeder appends one patient-day
-    (:func:`bench.sidebyside_workload.patient_day`: 480 oximetry chunks, two BP readings, one
-    CPAP night) one reading every 0.3 s (a chunk a minute, time compressed; each goes up as
-    it comes, as it would), and the run waits for the service to hold it all and for the
-    daemon's next purge. Then an idle window (:data:`IDLE_S`) gives keep-alives, status
-    reports and their writes per second; then one reconnect (the relay resets the connection,
-    as a NAT timeout or a cell change does) gives the bytes of a reconnect with its TLS
-    handshake. Per day: the day's bytes, plus the idle rate
-    over the rest of the 24 h, plus :data:`RECONNECTS_PER_DAY` reconnects. Flash: the
-    daemon's ``/proc/PID/io`` ``write_bytes`` the same way (the day, then the idle rate).
+    The box runs connected with an empty store and the ``[uplink]`` of an enrolled box
+    (:data:`agent.config.METERED_UPLINK`: ``linger_s`` 600, ``keepalive_s`` 1200). The feeder
+    appends one patient-day (:func:`bench.sidebyside_workload.patient_day`: 480 oximetry
+    chunks, two BP readings, one CPAP night) one reading every :data:`FEED_SPACING_S` (a
+    chunk a minute, time compressed 200x); the box's own clocks are compressed alike (its
+    ``linger_s``, maintenance interval, purge age and anchor interval: ``bench.sidebyside_box``
+    ``TIME_SCALE``), so the day makes as many batches, purges and anchor writes as a real
+    one. The run waits for the service to hold it all and for the daemon's next purge. Then
+    an idle window (:data:`IDLE_S`) gives the idle bytes and writes per second; a keep-alive
+    sent on command gives the bytes of one, counted 86,400 / ``keepalive_s`` times a day
+    (an upper bound: none is sent while batches go) unless the window already held some;
+    then one reconnect (the relay resets the connection, as a NAT timeout or a cell change
+    does) gives the bytes of a reconnect with its TLS handshake. Per day: the day's bytes,
+    plus the idle rate over the rest of the 24 h, the keep-alives, plus
+    :data:`RECONNECTS_PER_DAY` reconnects. Flash: the daemon's ``/proc/PID/io``
+    ``write_bytes`` the same way (the day, then the idle rate).
     """
     st.topo.link_up()
+    # The box talks IPv4; the veth's own IPv6 (router solicitations, MLD reports: 1.75 B/s
+    # on this link with no box at all) is not the box's traffic, and was up to half of the
+    # idle figure. Off for this run, on both ends.
+    for ns, dev in ((st.topo.home, st.topo.home_if), (st.topo.central, st.topo.central_if)):
+        st.topo.ns_run(ns, "sysctl", "-qw", f"net.ipv6.conf.{dev}.disable_ipv6=1", check=False)
     st.runs += 1
     st.fresh_receiver()
     base = _stored(st.db)
     state = st.root / "steady"
     toml = _box_files(st, state)
-    box = _start_box(st, toml)
+    scale = FEED_SPACING_S / wl.CHUNK_S
+    box = _start_box(st, toml, time_scale=scale)
+    keepalive = float(METERED_UPLINK["keepalive_s"])
     assert box.stdin is not None
     assert box.stdout is not None
     try:
@@ -594,7 +622,8 @@ def _steady(st: Stack) -> dict[str, float]:
         time.sleep(5)
         day = len(wl.patient_day())
         b0, w0, t0 = sum(st.bytes_now()), _proc_write_bytes(box.pid), time.monotonic()
-        box.stdin.write("day 0.3\n")
+        sent0 = _log(toml).count(" sent batch ")
+        box.stdin.write(f"day {FEED_SPACING_S}\n")
         box.stdin.flush()
         line = box.stdout.readline()
         if not line.startswith("FED"):
@@ -604,10 +633,20 @@ def _steady(st: Stack) -> dict[str, float]:
         _wait(lambda: _log(toml).count("delivered readings") > purges, 90, "no purge", 0.5)
         time.sleep(2)
         b1, w1, t1 = sum(st.bytes_now()), _proc_write_bytes(box.pid), time.monotonic()
+        batches = _log(toml).count(" sent batch ") - sent0
         time.sleep(IDLE_S)
         b2, w2, t2 = sum(st.bytes_now()), _proc_write_bytes(box.pid), time.monotonic()
         idle_rate = (b2 - b1) / (t2 - t1)
         flash_rate = (w2 - w1) / (t2 - t1)
+        box.stdin.write("ping\n")
+        box.stdin.flush()
+        if not box.stdout.readline().startswith("PINGED"):
+            raise RuntimeError("the box did not send a keep-alive")
+        time.sleep(3)
+        b2p, t2p = sum(st.bytes_now()), time.monotonic()
+        ping = (b2p - b2) - idle_rate * (t2p - t2)
+        pings_per_day = 86_400 / keepalive if keepalive > IDLE_S else 0.0
+        b2, t2 = b2p, t2p
         connects = _log(toml).count("connected to")
         st.ours_relay.cut()  # the connection reset (a NAT timeout, a cell change)
         _wait(lambda: _log(toml).count("connected to") > connects, 120, "no reconnect")
@@ -620,12 +659,17 @@ def _steady(st: Stack) -> dict[str, float]:
     rest = 86_400 - feed_s
     return {
         "wire_bytes_per_patient_day": round(
-            (b1 - b0) + idle_rate * rest + RECONNECTS_PER_DAY * reconnect
+            (b1 - b0) + idle_rate * rest + pings_per_day * ping + RECONNECTS_PER_DAY * reconnect
         ),
         "flash_bytes_per_patient_day": round((w1 - w0) + flash_rate * rest),
         "patient_day_data_wire_bytes": b1 - b0,
         "patient_day_readings": day,
+        "patient_day_batches": batches,
         "idle_wire_bytes_per_s": round(idle_rate, 2),
+        "keepalive_s": keepalive,
+        "keepalive_wire_bytes": round(ping),
+        "keepalives_per_day": round(pings_per_day, 1),
+        "linger_s": float(METERED_UPLINK["linger_s"]),
         "reconnect_wire_bytes": round(reconnect),
         "reconnects_per_day_assumed": RECONNECTS_PER_DAY,
         "patient_day_data_flash_bytes": w1 - w0,
@@ -695,6 +739,66 @@ def measure(window_s: float, days: int = wl.DAYS) -> Results:
                         _note(f"the steady-state run failed: {exc}")
                 save(res)
     return res
+
+
+def patient_day_only() -> dict[str, Any]:
+    """``python -m bench.run patientday``: only the steady-state run (:func:`_steady`), on its
+    own 1 Mbit/s topology; ``{"ours.<key>": value}`` (the other ``ours`` keys are kept)."""
+    reason = unavailable_reason()
+    if reason is not None:
+        print(f"note: no patient-day figures: {reason}", file=sys.stderr)
+        return {}
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    with (
+        tempfile.TemporaryDirectory(prefix="dho-patientday-") as tmp,
+        stack(Path(tmp) / "1mbit", 1000) as st,
+    ):
+        return {f"ours.{k}": v for k, v in _steady(st).items()}
+
+
+def ours_wire_only(peer_total: float | None) -> dict[str, Any]:
+    """``python -m bench.run ourswire``: only our wire runs of the side by side (the empty
+    connection and the spot readings at 1 Mbit/s, the week at 64 kbit/s), and
+    ``peer_over_ours_wire`` against the peer's ``wire_bytes_total`` already in the report
+    (the peer's side does not change with ours; a full ``sidebyside`` run measures both)."""
+    reason = unavailable_reason()
+    if reason is not None:
+        print(f"note: no wire figures: {reason}", file=sys.stderr)
+        return {}
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    week = wl.build(days=wl.DAYS, box=peer.BOX_ID)
+    spot = week.spot_only()
+    res = Results(wl.describe(week))
+    with tempfile.TemporaryDirectory(prefix="dho-ourswire-") as tmp:
+        with stack(Path(tmp) / "1mbit", 1000) as st:
+            res.ours["empty"] = ours_drain(st, [], released=False, settle_s=3)
+            res.ours["spot"] = ours_drain(st, spot.readings, released=False, settle_s=3)
+        with stack(Path(tmp) / "64kbit", 64) as st:
+            _note("64kbit: ours, the week")
+            res.ours["64kbit"] = ours_drain(st, week.readings)
+    n_spot, samples = res.workload["spot_readings"], res.workload["samples"]
+    empty, spot_b = res.ours["empty"].total_bytes, res.ours["spot"].total_bytes
+    per_reading = (spot_b - empty) / n_spot
+    w64 = res.ours["64kbit"]
+    per_sample = (w64.total_bytes - empty - n_spot * per_reading) / samples
+    total = empty + n_spot * per_reading + samples * per_sample
+    out: dict[str, Any] = {
+        "ours.wire_bytes_per_reading": round(per_reading, 1),
+        "ours.wire_bytes_per_sample": round(per_sample, 2),
+        "ours.wire_bytes_total": round(total),
+        "ours.wire_bytes_empty_connection": empty,
+    }
+    floor = w64.busier_bytes * 8 / 64_000
+    out |= {
+        "ours.drain_s": _r(w64.drain_s, 1),
+        "ours.link_floor_s": _r(floor, 1),
+        "ours.drain_over_floor": None if w64.drain_s is None else round(w64.drain_s / floor, 3),
+        "ours.first_delivery_s": _r(w64.first_delivery_s),
+        "ours.cpu_s": _r(w64.cpu_s),
+    }
+    if peer_total:
+        out["ours.peer_over_ours_wire"] = round(peer_total / total, 1)
+    return out
 
 
 def _note(text: str) -> None:

@@ -1,7 +1,7 @@
 """Our box in the side-by-side bench: the real daemon, plus a simulated driver when asked.
 
-``python -m bench.sidebyside_box AGENT_TOML`` runs :func:`agent.daemon.run_agent` with the
-services of the configuration (the uplink, the care service, buffer maintenance, the
+``python -m bench.sidebyside_box AGENT_TOML [TIME_SCALE]`` runs :func:`agent.daemon.run_agent`
+with the services of the configuration (the uplink, the care service, buffer maintenance, the
 watchdog), exactly as ``dho-agent run`` does, and one more service, ``bench-feeder``: a
 stand-in for the device drivers that appends through the same sink the drivers use (durable
 append, then the uplink is woken). It reads commands on stdin:
@@ -10,6 +10,13 @@ append, then the uplink is woken). It reads commands on stdin:
   blood-pressure readings, one CPAP night) in arrival order, one reading every ``SPACING_S``
   seconds (time compressed: a chunk every minute becomes one every ``SPACING_S``), then print
   ``FED <count>``.
+* ``ping``: one MQTT keep-alive now (paho's PINGREQ; the broker answers PINGRESP), so a run
+  shorter than the keep-alive can count what one costs on the wire; prints ``PINGED``.
+
+``TIME_SCALE`` (default 1) compresses the box's own clocks as the feeder compresses the day:
+the uplink's ``linger_s``, the buffer maintenance interval (60 s) and purge age (3600 s) and
+the store's anchor interval (10 s) are multiplied by it, so that a day fed in minutes makes as
+many batches, purges and anchor writes as a real one.
 
 Logs go to stderr; readings' values never appear in them.
 """
@@ -17,14 +24,17 @@ Logs go to stderr; readings' values never appear in them.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 from pathlib import Path
 
-from agent.buffer import AsyncBuffer
+from agent.buffer import AsyncBuffer, BufferConfig
 from agent.config import AgentConfig
 from agent.daemon import UplinkService, WakingSink, run_agent, services_from_config
 from agent.logs import setup_logging
 from agent.supervisor import Service
+from agent.uplink.link import MqttLink
+from agent.uplink.sender import Uplink
 from bench import sidebyside_workload
 
 
@@ -33,8 +43,9 @@ class Feeder:
 
     name = "bench-feeder"
 
-    def __init__(self, sink: WakingSink) -> None:
+    def __init__(self, sink: WakingSink, uplink: Uplink) -> None:
         self.sink = sink
+        self.uplink = uplink
 
     async def run(self) -> None:
         """Serve stdin commands until cancelled or stdin closes."""
@@ -46,24 +57,60 @@ class Feeder:
             if cmd == "day":
                 spacing = float(arg or "0.3")
                 day = sidebyside_workload.patient_day()
-                for reading in day:
+                loop = asyncio.get_running_loop()
+                start = loop.time()
+                for i, reading in enumerate(day):
                     await self.sink.append([reading])
-                    await asyncio.sleep(spacing)
+                    # on a schedule, not a sleep after each append: the compression stays
+                    # 60 s / SPACING_S however long an append takes on a loaded machine
+                    await asyncio.sleep(max(0.0, start + (i + 1) * spacing - loop.time()))
                 print(f"FED {len(day)}", flush=True)
+            elif cmd == "ping":
+                link = self.uplink.link
+                assert isinstance(link, MqttLink)
+                link.tls._send_pingreq()  # paho's own keep-alive packet, sent now
+                print("PINGED", flush=True)
 
 
 def _factory(cfg: AgentConfig, buffer: AsyncBuffer) -> list[Service]:
     services = services_from_config(cfg, buffer)
     uplink = next(s.uplink for s in services if isinstance(s, UplinkService))
-    services.append(Feeder(WakingSink(buffer, uplink.wake)))
+    services.append(Feeder(WakingSink(buffer, uplink.wake), uplink))
     return services
+
+
+def scaled(cfg: AgentConfig, scale: float) -> AgentConfig:
+    """``cfg`` with the uplink's ``linger_s`` times ``scale``; in this process, the store's
+    anchor interval too (it is no setting of the file)."""
+    if scale == 1:
+        return cfg
+    config_of = AgentConfig.buffer_config
+
+    def buffer_config(self: AgentConfig) -> BufferConfig:
+        base = config_of(self)
+        return dataclasses.replace(base, anchor_interval_s=base.anchor_interval_s * scale)
+
+    setattr(AgentConfig, "buffer_config", buffer_config)  # noqa: B010 - this bench process only
+    if cfg.uplink is None:
+        return cfg
+    return dataclasses.replace(
+        cfg, uplink=dataclasses.replace(cfg.uplink, linger_s=cfg.uplink.linger_s * scale)
+    )
 
 
 def main(argv: list[str]) -> int:
     """Run the box until SIGTERM."""
     setup_logging(verbose=False)
     cfg = AgentConfig.load(Path(argv[0]))
-    asyncio.run(run_agent(cfg, [_factory]))
+    scale = float(argv[1]) if len(argv) > 1 else 1.0
+    asyncio.run(
+        run_agent(
+            scaled(cfg, scale),
+            [_factory],
+            maintenance_interval=60 * scale,
+            purge_after_s=3600 * scale,
+        )
+    )
     return 0
 
 
