@@ -289,9 +289,7 @@ class Planner:
     def shown(self, now: datetime) -> list[Occurrence]:
         """The due occurrences the light shows at ``now``: none in their patient's quiet hours."""
         return [
-            o.occurrence
-            for o in self._open.values()
-            if not self._quiet(o.occurrence.patient, now)
+            o.occurrence for o in self._open.values() if not self._quiet(o.occurrence.patient, now)
         ]
 
     def _quiet(self, patient: str, now: datetime) -> bool:
