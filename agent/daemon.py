@@ -404,18 +404,21 @@ class WakingSink:
         deferrable when all are continuous or bulk data (they may wait for the next ones)."""
         result = await self.buffer.append(readings)
         if result.stored:
-            self.wake(
-                any(r.lane is Lane.ALARM for r in readings),
-                all(deferrable(r.lane) for r in readings),
-            )
+            self._wake_for(readings)
         return result
 
     async def append_first(self, readings: Sequence[Reading]) -> AppendResult:
         """:meth:`append` ahead of queued buffer work (``FirstSink``)."""
         result = await self.buffer.append_first(readings)
         if result.stored:
-            self.wake(any(r.lane is Lane.ALARM for r in readings))
+            self._wake_for(readings)
         return result
+
+    def _wake_for(self, readings: Sequence[Reading]) -> None:
+        self.wake(
+            any(r.lane is Lane.ALARM for r in readings),
+            all(deferrable(r.lane) for r in readings),
+        )
 
     def transfer_hold(self, max_wait: float = 0.5) -> str | None:
         """See :meth:`agent.buffer.AsyncBuffer.transfer_hold`."""
