@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -22,6 +23,12 @@ from receiver.localstack import REPO, enrol
 from receiver.store import SqliteStore
 from tests.uplink import factories as f
 from tests.uplink.conftest import RawClient, link_config, open_agent, wait_until
+
+
+def _child_env() -> dict[str, str]:
+    """The agent child imports the synthetic readings from ``hw-mocks`` (not installed)."""
+    paths = [str(REPO), str(REPO / "hw-mocks"), os.environ.get("PYTHONPATH", "")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
 
 
 def _stored(db: Path) -> list[uuid.UUID]:
@@ -199,6 +206,7 @@ def test_agent_killed_between_publish_and_ack(broker, receivers, tmp_path, pki):
                 str(_child_config(broker, pki, root, key, append=True)),
             ],
             cwd=REPO,
+            env=_child_env(),
             stdout=out,
             stderr=out,
         )
@@ -226,6 +234,7 @@ def test_agent_killed_between_publish_and_ack(broker, receivers, tmp_path, pki):
             str(_child_config(broker, pki, root, key, append=False)),
         ],
         cwd=REPO,
+        env=_child_env(),
         capture_output=True,
         timeout=60,
         check=False,
