@@ -385,9 +385,11 @@ def ours_drain(
     up0, down0 = st.bytes_now()
     box = _start_box(st, toml)
     try:
-        _wait(
-            lambda: AgentConfig.load(toml).status_path.exists(), 60, "the box never reported status"
-        )
+        try:
+            _wait(lambda: AgentConfig.load(toml).status_path.exists(), 60, "no status")
+        except TimeoutError:
+            tail = _log(toml)[-3000:]
+            raise TimeoutError(f"the box never reported status; its log:\n{tail}") from None
         cpu0 = _proc_cpu_s(box.pid)
         if released:
             time.sleep(2.0)
