@@ -21,6 +21,13 @@ Blocking work (reading, parsing, the state file) runs on worker threads; appends
 async sink. The card may vanish at any moment: a :class:`~agent.drivers.cpap.card.CardIOError`
 ends the scan, and what was not yet recorded in the state is simply imported next time (the
 natural keys make a repeat harmless).
+
+The rule that makes this hold: progress (a day's digest, a file's entry, a night's event
+digest) is recorded only after the sink's append of what it stands for has returned. On any
+failure in between (the card pulled, :class:`~agent.errors.StorageFullError`, the scan
+cancelled) the next pass reads it again. A night's EVE/CSL files in particular are recorded
+only together with the night's event reading (the FULL chaos run of seed 10 lost two nights'
+counts when they were recorded as they were read: ``docs/cpap.md``).
 """
 
 from __future__ import annotations
@@ -321,6 +328,11 @@ class CardImporter:
         annotation_files = [f for f in listing.datalog if (k := _kind(f.path)) and k.is_annotations]
         touched: set[str] = set()
         parsed: dict[str, edf.EdfFile] = {}
+        # A night's files are recorded as read only once its event reading is appended (or
+        # there is none to append): a failure in between (the card pulled, the store refusing,
+        # the scan cancelled) must leave them to be read, and the night counted, next time.
+        pending: dict[str, FileEntry] = {}
+        extras: dict[str, list[Reading]] = {}
         for f in annotation_files:
             old = state.files.get(f.path)
             if not self._needs_reading(old, f):
@@ -332,77 +344,104 @@ class CardImporter:
                 await self._unusable(f, old, kind, result, src, report)
                 continue
             night = resmed.sleep_day(result.header.start).isoformat()
-            touched.add(night)
-            parsed[f.path] = result
             if result.complete:
                 status = FileStatus.IMPORTED
             elif self._grace_over(old):
                 status = FileStatus.PARTIAL
                 report.problems.extend(type(p).__name__ for p in result.problems)
-                await self._append([readings.undecodable_reading(result.problems[0], src)], report)
+                extras.setdefault(night, []).append(
+                    readings.undecodable_reading(result.problems[0], src)
+                )
             else:
                 report.problems.extend(type(p).__name__ for p in result.problems)
                 state.files[f.path] = self._waiting(old, f, night, kind)
                 continue
-            state.files[f.path] = FileEntry(
+            touched.add(night)
+            parsed[f.path] = result
+            pending[f.path] = FileEntry(
                 f.size, f.mtime_ns, night, kind, status, records=result.record_count
             )
         listed = {f.path for f in annotation_files}
         for night in sorted(touched):
+            view = {**state.files, **pending}
             members = [
                 p
-                for p, e in state.files.items()
+                for p, e in view.items()
                 if p in listed and e.night == night and e.kind in ("EVE", "CSL")
             ]
-            entries = [state.files[p] for p in members]
-            if any(e.status == FileStatus.WAITING for e in entries):
-                continue  # the night's events are counted once every file is complete
-            files: list[edf.EdfFile] = []
-            incomplete = False
-            for p in members:
-                if state.files[p].status == FileStatus.REJECTED:
+            found = await self._count_night(
+                night, members, view, parsed, listing, annotation_files, src, report
+            )
+            batch = list(extras.get(night, ()))
+            if found is not None:
+                batch.append(found[0])
+            if batch:
+                await self._append(batch, report)
+            # The append returned: now the night's files and its counts are recorded.
+            state.files.update({p: pending[p] for p in members if p in pending})
+            if found is not None:
+                _, key, amended = found
+                state.events[night] = key
+                report.event_nights += 1
+                report.amended += int(amended)
+
+    async def _count_night(
+        self,
+        night: str,
+        members: Sequence[str],
+        view: dict[str, FileEntry],
+        parsed: dict[str, edf.EdfFile],
+        listing: card.CardListing,
+        annotation_files: Sequence[card.FileStat],
+        src: readings.Source,
+        report: ScanReport,
+    ) -> tuple[Reading, str, bool] | None:
+        """The night's event reading, its digest and whether it amends one stored before;
+        ``None`` when there is nothing (new) to store for it."""
+        state = await self._state()
+        if any(view[p].status == FileStatus.WAITING for p in members):
+            return None  # the night's events are counted once every file is complete
+        files: list[edf.EdfFile] = []
+        incomplete = False
+        for p in members:
+            if view[p].status == FileStatus.REJECTED:
+                incomplete = True
+                continue
+            got = parsed.get(p)
+            if got is None:
+                stat = next(f for f in annotation_files if f.path == p)
+                again = await self._read_file(listing, stat)
+                if isinstance(again, edf.EdfError):
                     incomplete = True
                     continue
-                got = parsed.get(p)
-                if got is None:
-                    stat = next(f for f in annotation_files if f.path == p)
-                    again = await self._read_file(listing, stat)
-                    if isinstance(again, edf.EdfError):
-                        incomplete = True
-                        continue
-                    got = again
-                incomplete |= state.files[p].status == FileStatus.PARTIAL
-                files.append(got)
-            if not files:
-                continue
-            try:
-                counts = resmed.count_events(files)
-            except edf.EdfError as exc:
-                report.problems.append(type(exc).__name__)
-                continue
-            key = _digest(
-                *(f"{k}={v}".encode() for k, v in sorted(counts.counts.items())),
-                str(counts.unknown_labels).encode(),
-            )
-            old_digest = state.events.get(night)
-            if old_digest == key:
-                continue
-            raw = [readings.annotation_bytes(f) for f in files]
-            reading = readings.events_reading(
-                resmed.sleep_day(files[0].header.start),
-                counts,
-                raw,
-                src,
-                amended=old_digest is not None,
-            )
-            if incomplete:
-                reading = replace(
-                    reading, status=reading.status | {readings.STATUS_INCOMPLETE_FILE}
-                )
-            await self._append([reading], report)
-            state.events[night] = key
-            report.event_nights += 1
-            report.amended += int(old_digest is not None)
+                got = again
+            incomplete |= view[p].status == FileStatus.PARTIAL
+            files.append(got)
+        if not files:
+            return None
+        try:
+            counts = resmed.count_events(files)
+        except edf.EdfError as exc:
+            report.problems.append(type(exc).__name__)
+            return None
+        key = _digest(
+            *(f"{k}={v}".encode() for k, v in sorted(counts.counts.items())),
+            str(counts.unknown_labels).encode(),
+        )
+        old_digest = state.events.get(night)
+        if old_digest == key:
+            return None
+        raw = [readings.annotation_bytes(f) for f in files]
+        reading = readings.events_reading(
+            resmed.sleep_day(files[0].header.start),
+            counts,
+            raw,
+            src,
+            amended=old_digest is not None,
+        )
+        if incomplete:
+            reading = replace(reading, status=reading.status | {readings.STATUS_INCOMPLETE_FILE})
+        return reading, key, old_digest is not None
 
     async def _import_detail(
         self,
