@@ -320,8 +320,12 @@ class Df2Decoder(StreamDecoder[NoninDf2Packet]):
                 return False
             frame = buf[start : start + DF2_FRAME]
             if not _df2_frame_ok(frame) or bool(frame[1] & 0x01) != (n == 0):
+                # One byte only, also when a later frame fails: the first "frame" may have been
+                # noise that happens to check out, ending inside the real packet's first frame
+                # (01 b5 cc + 01 83: sync bit, checksum 0x83), and skipping it whole lost the
+                # packet behind it.
                 reason = "no packet start" if n == 0 else "incomplete packet"
-                return self._reject(1 if n == 0 else start, reason)
+                return self._reject(1, reason)
         try:
             packet = decode_df2_packet(bytes(buf[:DF2_PACKET]))
         except CodecError as exc:
