@@ -19,14 +19,13 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from hw_mocks.synthetic import ReadingFactory  # on the path: bench/__init__.py
+
 from agent.buffer import Buffer, BufferConfig, FileKeySource, codec
 from agent.buffer.schema import apply_pragmas
 from agent.model import Reading
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "hw-mocks"))
-
-from hw_mocks.synthetic import ReadingFactory  # noqa: E402
 
 BATCH = 500
 
