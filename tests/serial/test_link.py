@@ -4,9 +4,11 @@ transport": 0x11/0x13 are data in the Contec protocols, reference section 5.6)."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import select
 import termios
+import threading
 import tty
 from collections.abc import Iterator
 
@@ -74,4 +76,37 @@ async def test_xon_and_xoff_are_data_both_ways(pty: tuple[int, str]) -> None:
         await link.write(bytes([XOFF, 0x7D, XON]))
         assert await asyncio.to_thread(_read_master, master, 3) == bytes([XOFF, 0x7D, XON])
     finally:
+        await link.close()
+
+
+async def test_reconfiguring_while_the_device_streams_is_not_an_unplug(
+    pty: tuple[int, str],
+) -> None:
+    """Auto-detection re-configures a port that is already streaming (a Nonin sends 75
+    frames a second). The flush that drops bytes received under the old settings ran on a
+    worker thread while the loop could be between pyserial's ``select`` and its ``read``:
+    the read then found nothing and pyserial reported "readiness to read but returned no
+    data", which the link took for a pulled cable (a spurious unplug, seen once in three
+    end-to-end runs). No read may race the flush."""
+    master, path = pty
+    stop = threading.Event()
+
+    def stream() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(BlockingIOError):
+                os.write(master, b"\x01\x80\x55")
+            stop.wait(0.0002)
+
+    link = SerialLink(path, SETTINGS)
+    await link.open()
+    writer = threading.Thread(target=stream, daemon=True)
+    writer.start()
+    try:
+        for i in range(400):
+            await link.configure(LineSettings(9600 if i % 2 else 115200))
+            await link.read(0.001)
+            assert not link.gone, f"taken for an unplug after {i + 1} re-configurations"
+    finally:
+        stop.set()
+        writer.join(5)
         await link.close()

@@ -8,7 +8,9 @@
   (``loop.add_reader``) with a zero-timeout pyserial read, so they never block; opening,
   re-configuring, writing and closing run on a worker thread (``asyncio.to_thread``).
 * **Unplug** is normal: pyserial's "device reports readiness to read but returned no data"
-  (or EIO/ENODEV) becomes :class:`PortGoneError`, once, and the link is closed.
+  (or EIO/ENODEV) becomes :class:`PortGoneError`, once, and the link is closed. The same
+  words come from a read that races a flush of the input, so nothing reads while
+  :meth:`SerialLink.configure` re-configures and flushes (the reader is off meanwhile).
 """
 
 from __future__ import annotations
@@ -187,11 +189,18 @@ class SerialLink:
             )
             p.reset_input_buffer()
 
+        # No read may race the flush: pyserial's read selects, then reads; a flush on the
+        # worker thread between the two leaves nothing to read, which pyserial reports as
+        # "readiness to read but returned no data", the same words as a pulled cable.
+        self._stop_reader()
         try:
             await asyncio.to_thread(apply, port)
         except (serial.SerialException, OSError, termios.error) as exc:
             self._lost()
             raise PortGoneError("the port went away while configuring") from exc
+        if self._port is port and port is not None and not self._gone and self._loop is not None:
+            self._fd = port.fileno()
+            self._loop.add_reader(self._fd, self._readable)
         self.settings = settings
         while not self._queue.empty():
             if self._queue.get_nowait() is None:
