@@ -50,7 +50,11 @@ def _no_arguments(args: Mapping[str, object]) -> None:
 
 def _set_schedule(args: Mapping[str, object]) -> None:
     if "patient" in args:
-        return  # the care service's measurement reminders: checked by the box (docs/care.md)
+        # the care service's measurement reminders: checked by the box (docs/care.md); the
+        # uplink's key may come with them
+        if "idle_poll_s" in args:
+            idle_poll_s(args)
+        return
     extra = sorted(set(args) - {"idle_poll_s"})
     if extra:
         raise CommandError(

@@ -546,17 +546,26 @@ class Uplink:
         self.commands_accepted += 1
         _LOG.info("uplink %s: command %s (#%d) accepted", self.box_id, cmd.name, cmd.counter)
         result: dict[str, Any] = {"command_id": str(cmd.command_id), "command": cmd.name}
+        poll: float | None = None
+        if cmd.name == "set-schedule" and ("idle_poll_s" in cmd.args or "patient" not in cmd.args):
+            # the uplink's key, checked before anything is applied: a patient's schedule (the
+            # care service's) may carry it too, and a bad value changes nothing at all
+            try:
+                poll = float(idle_poll_s(cmd.args))
+            except CommandError as err:
+                result["error"] = str(err)
+                await self._report(result)
+                return
         handled = None if self.commands is None else await self.commands(cmd.name, cmd.args)
         if handled is not None:
             result.update(handled)
+            if poll is not None and "error" not in handled:
+                self.session.idle_poll_s = poll
         elif cmd.name == "status-report":
             result["status"] = asdict(await self.status())
-        elif cmd.name == "set-schedule":
-            try:
-                self.session.idle_poll_s = float(idle_poll_s(cmd.args))
-                result["ok"] = True
-            except CommandError as err:
-                result["error"] = str(err)
+        elif cmd.name == "set-schedule" and poll is not None:
+            self.session.idle_poll_s = poll
+            result["ok"] = True
         elif cmd.name == "rotate-keys":
             # The box's own data keys; its identity (TLS certificate, signing key) is renewed
             # by re-provisioning, which needs the service's enrolment as well.
@@ -567,6 +576,10 @@ class Uplink:
                 result["error"] = f"key rotation failed: {type(err).__name__}"
         else:
             result["error"] = "unsupported command"
+        await self._report(result)
+
+    async def _report(self, result: dict[str, Any]) -> None:
+        """Publish a command's result on the box's report topic (dropped when offline)."""
         with contextlib.suppress(UplinkError):
             self.link.publish(
                 protocol.report_topic(self.box_id), json.dumps(result).encode(), qos=1

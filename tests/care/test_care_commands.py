@@ -75,6 +75,21 @@ async def test_signed_care_commands(broker, tmp_path: Path, pki) -> None:
         r = await asyncio.to_thread(send, 6, "set-schedule", {"idle_poll_s": 0})
         assert r["error"] == "idle_poll_s must be an integer from 1 to 86400"
         assert uplink.idle_poll_s == 5
+        # a patient's schedule with the uplink's key: both are applied (the care service
+        # answered and the uplink's interval was never set before)
+        r = await asyncio.to_thread(
+            send, 7, "set-schedule", {"patient": PATIENT, "bp": "07:00-10:00", "idle_poll_s": 9}
+        )
+        assert r["ok"] is True
+        assert r["windows"] == 1
+        assert uplink.idle_poll_s == 9
+        # ... and a bad value of it refuses the whole command: nothing changes
+        r = await asyncio.to_thread(
+            send, 8, "set-schedule", {"patient": PATIENT, "spo2": "20:00-21:00", "idle_poll_s": 0}
+        )
+        assert r["error"] == "idle_poll_s must be an integer from 1 to 86400"
+        assert "ok" not in r
+        assert uplink.idle_poll_s == 9
         assert care.evaluator.rules_for(PATIENT)
         assert [s.kind for s in care.planner.schedules[PATIENT].slots] == [Kind.BP]
     finally:

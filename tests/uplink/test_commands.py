@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
         ("rotate-keys", {}),
         ("set-schedule", {"idle_poll_s": 60}),
         ("set-schedule", {"patient": "PT-1", "bp": "07:00-10:00", "quiet": "22:00-07:00"}),
+        ("set-schedule", {"patient": "PT-1", "bp": "07:00-10:00", "idle_poll_s": 60}),
         ("set-thresholds", {"patient": "PT-1", "spo2_below": 88, "spo2_for_s": 120}),
         ("set-thresholds", {"patient": "PT-1"}),  # no limits: alarms off
         ("set-alarm-sms", {"patient": "PT-1", "numbers": "+4791234567", "after_min": 10}),
@@ -41,6 +42,11 @@ def test_what_the_box_carries_out_passes(name: str, args: dict[str, object]) -> 
         ("set-schedule", {"idle_poll_s": "60"}, "set-schedule: idle_poll_s must be an integer"),
         ("set-schedule", {"idle_poll_s": True}, "set-schedule: idle_poll_s must be an integer"),
         ("rotate-keys", {"all": True}, "rotate-keys: takes no arguments, not all"),
+        (  # the uplink's key beside a patient's schedule is the protocol's to check
+            "set-schedule",
+            {"patient": "PT-1", "bp": "07:00-10:00", "idle_poll_s": 0},
+            "set-schedule: idle_poll_s must be an integer from 1",
+        ),
     ],
 )
 def test_what_the_box_would_refuse_is_refused_with_the_reason(
