@@ -11,7 +11,9 @@ Keys are blinded with the index key (HMAC), so the table reveals neither. They a
 UUIDv7 id), the bucket name itself blinded: an append writes one ``seen_log`` row per bucket it
 touches, holding that append's 12-byte keys, instead of one B-tree insert per reading at a
 random place (which cost a page write per reading, 3x the whole insert of the rows themselves,
-and wore the SD card). A lookup reads the few rows of the buckets concerned; the buckets in use
+and wore the SD card). The table is one b-tree keyed by ``(gen, bucket, id)`` without a rowid
+or an index (migration ``m004``), so that row is one page of the WAL, not three.
+A lookup reads the few rows of the buckets concerned; the buckets in use
 are cached. The table reveals how many readings share an (unnamed) week, no more than the order
 and number of outbox rows already do.
 
@@ -78,18 +80,21 @@ class Seen:
                 self._cache.move_to_end(b)
                 out[b] = got
         conn = self._db.conn
+        gens = self._generations() if missing else []
         for i in range(0, len(missing), _PARAMS):
             part = missing[i : i + _PARAMS]
             fresh: dict[bytes, set[bytes]] = {b: set() for b in part}
             marks = ",".join("?" * len(part))
-            for bucket, blob in conn.execute(
-                f"SELECT bucket, keys FROM seen_log WHERE bucket IN ({marks})",  # noqa: S608
-                part,
-            ):
-                if type(bucket) is bytes and bucket in fresh and type(blob) is bytes:
-                    fresh[bucket].update(
-                        blob[j : j + MAC_BYTES] for j in range(0, len(blob), MAC_BYTES)
-                    )
+            for gen in gens:  # a seek into each generation's range of the key
+                for bucket, blob in conn.execute(
+                    "SELECT bucket, keys FROM seen_log"  # noqa: S608 - placeholders only
+                    f" WHERE gen = ? AND bucket IN ({marks})",
+                    (gen, *part),
+                ):
+                    if type(bucket) is bytes and bucket in fresh and type(blob) is bytes:
+                        fresh[bucket].update(
+                            blob[j : j + MAC_BYTES] for j in range(0, len(blob), MAC_BYTES)
+                        )
             for b, got in fresh.items():
                 out[b] = self._cache[b] = got
         while len(self._cache) > _CACHED_BUCKETS:
@@ -117,6 +122,17 @@ class Seen:
                 )
         return found
 
+    def _generations(self) -> list[object]:
+        """The generations ``seen_log`` holds (at most ``seen_generations`` + 1), one index
+        seek each: the table is keyed by ``(gen, bucket, id)``."""
+        conn = self._db.conn
+        out: list[object] = []
+        gen = conn.execute("SELECT min(gen) FROM seen_log").fetchone()[0]
+        while gen is not None:
+            out.append(gen)
+            gen = conn.execute("SELECT min(gen) FROM seen_log WHERE gen > ?", (gen,)).fetchone()[0]
+        return out
+
     def _has_legacy(self) -> bool:
         if self._legacy is None:
             self._legacy = bool(
@@ -129,8 +145,11 @@ class Seen:
         by_bucket: dict[bytes, list[bytes]] = {}
         for bucket, full in keys:
             by_bucket.setdefault(bucket, []).append(full[:MAC_BYTES])
+        # One row per bucket, at the end of its (gen, bucket) range: the page the last
+        # append of this bucket wrote, so an append writes one page of this table.
         self._db.conn.executemany(
-            "INSERT INTO seen_log (gen, bucket, keys) VALUES (?, ?, ?)",
+            "INSERT INTO seen_log (gen, bucket, id, keys) VALUES (?1, ?2, (SELECT"
+            " coalesce(max(id), 0) + 1 FROM seen_log WHERE gen = ?1 AND bucket = ?2), ?3)",
             [(gen, b, b"".join(macs)) for b, macs in by_bucket.items()],
         )
 

@@ -15,7 +15,7 @@ KEK can make a change look legitimate:
   rows deleted behind the buffer's back, or marked delivered, are found (not which rows were
   deleted: they are gone).
 * **The anchor.** A small MAC'd file next to the store (``<store>.anchor``) records the
-  ledger's transaction counter, at most every ``anchor_interval_s`` after a change (10 s by
+  ledger's transaction counter, at most every ``anchor_interval_s`` after a change (300 s by
   default) and at close. A
   store found *older* than its anchor lost committed transactions: a truncated WAL, or an old
   copy put back.

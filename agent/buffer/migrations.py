@@ -111,6 +111,27 @@ def m003_seen_log(db: Database) -> None:
         db.execute(sql)
 
 
+@MIGRATIONS()
+def m004_seen_log_clustered(db: Database) -> None:
+    """``seen_log`` as one b-tree keyed by ``(gen, bucket, id)``, without a rowid or indexes.
+
+    An append then writes one page of the de-duplication memory instead of three (the table
+    and its ``bucket`` and ``gen`` indexes, each a whole page in the WAL at every commit:
+    ``docs/buffer.md``, "Flash"). Expiring a generation is a range delete on the key's
+    prefix; a lookup seeks each generation's range for the bucket. The rows keep their
+    values, so the store de-duplicates exactly as before.
+    """
+    for sql in (
+        "CREATE TABLE seen_log_v2 (gen INTEGER NOT NULL, bucket BLOB NOT NULL,"
+        " id INTEGER NOT NULL, keys BLOB NOT NULL, PRIMARY KEY (gen, bucket, id)) WITHOUT ROWID",
+        "INSERT INTO seen_log_v2 (gen, bucket, id, keys) SELECT gen, bucket, id, keys"
+        " FROM seen_log",
+        "DROP TABLE seen_log",
+        "ALTER TABLE seen_log_v2 RENAME TO seen_log",
+    ):
+        db.execute(sql)
+
+
 def apply_migrations(conn: sqlite3.Connection) -> None:
     """Apply every pending migration (each in its own transaction, with its record)."""
     MIGRATIONS.apply(Database(conn))

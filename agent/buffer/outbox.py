@@ -684,9 +684,12 @@ class Outbox:
             )
             self.next_batch = batch_id + 1
             tx.on_rollback(lambda: setattr(self, "next_batch", batch_id))
-            conn.execute(
-                "INSERT OR REPLACE INTO meta (k, v) VALUES ('next_batch', ?)", (self.next_batch,)
-            )
+            # UPDATE, not INSERT OR REPLACE: a replace deletes and re-inserts the row, which
+            # also rewrites meta's primary-key index (one more page in the WAL per claim).
+            if not conn.execute(
+                "UPDATE meta SET v = ? WHERE k = 'next_batch'", (self.next_batch,)
+            ).rowcount:
+                conn.execute("INSERT INTO meta (k, v) VALUES ('next_batch', ?)", (self.next_batch,))
             self._commit(tx, delta)
             ids = [_reading_id(item) for item, _ in taken]
 

@@ -95,5 +95,9 @@ class BufferConfig:
     defer_integrity_check: bool = False
     # At most this often (after a change), record the ledger's transaction counter outside the
     # database, so that committed transactions lost with the WAL are noticed at the next open.
-    anchor_interval_s: float = 10.0
+    # Each write is a new 4 KiB file block (temporary file, fsync, rename): at 10 s that was
+    # one per append in real time (a chunk a minute), about 2 MB of the card a patient-day;
+    # at 300 s about 0.2 MB. The window in which lost commits go unnoticed is that long
+    # (the anchor is also written at every close); see docs/buffer.md, "Flash".
+    anchor_interval_s: float = 300.0
     salvage_batch: int = 5_000  # readings imported from set-aside stores per open or purge

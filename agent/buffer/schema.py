@@ -30,7 +30,12 @@ SQLITE_CANTOPEN: Final = 14
 SQLITE_NOTADB: Final = 26
 
 MIGRATION_SET: Final = "dho-buffer"
-MIGRATION_NAMES: Final = ("m001_initial", "m002_redundancy_and_ledger", "m003_seen_log")
+MIGRATION_NAMES: Final = (
+    "m001_initial",
+    "m002_redundancy_and_ledger",
+    "m003_seen_log",
+    "m004_seen_log_clustered",
+)
 """The schema's migrations (:mod:`agent.buffer.migrations`), in order; kept here so that opening
 an up-to-date store need not import sqlite-utils (``tests/buffer/test_buffer.py`` checks that
 the two agree)."""

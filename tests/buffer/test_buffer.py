@@ -369,3 +369,50 @@ def test_a_new_store_takes_the_page_size_and_an_old_one_keeps_its_own(
         assert b.stats().pending == 5
     finally:
         b.close()
+
+
+def test_m004_keeps_the_dedup_memory_of_a_store_from_before_it(
+    store_path: Path, keys: FileKeySource, factory: ReadingFactory
+) -> None:
+    """A store made with ``seen_log`` and its two indexes (m003) is migrated to the clustered
+    table at its next open, its rows kept: what it stored is still a duplicate."""
+    import sqlite3
+
+    from agent.buffer import schema
+
+    b = Buffer.open(store_path, keys, config=BufferConfig(reserve_bytes=0))
+    t = datetime(2026, 3, 1, 9, 0)
+    first = factory.bp(120, device_time=t)
+    chunk = factory.oximetry_chunk(60)
+    b.append([first, chunk])
+    rows = b._conn.execute("SELECT gen, bucket, keys FROM seen_log").fetchall()
+    assert len(rows) == 2  # two buckets: the cuff's week, the chunk's week
+    b.close()
+    # Put the store back as m003 left it: the rowid table with its two indexes.
+    conn = sqlite3.connect(store_path, isolation_level=None)
+    conn.executescript(
+        "DROP TABLE seen_log;"
+        "CREATE TABLE seen_log (id INTEGER PRIMARY KEY, gen INTEGER NOT NULL,"
+        " bucket BLOB NOT NULL, keys BLOB NOT NULL);"
+        "CREATE INDEX seen_log_bucket ON seen_log(bucket);"
+        "CREATE INDEX seen_log_gen ON seen_log(gen);"
+    )
+    conn.executemany("INSERT INTO seen_log (gen, bucket, keys) VALUES (?, ?, ?)", rows)
+    conn.execute("DELETE FROM _sqlite_migrations WHERE name = 'm004_seen_log_clustered'")
+    assert schema.migrations_pending(conn)
+    conn.close()
+    b = Buffer.open(store_path, keys, config=BufferConfig(reserve_bytes=0))
+    try:
+        indexes = b._conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'seen_log'"
+        ).fetchall()
+        assert indexes == []  # the key is the table itself; no index
+        assert not schema.migrations_pending(b._conn)
+        again = b._conn.execute("SELECT gen, bucket, keys FROM seen_log").fetchall()
+        assert sorted(again) == sorted(rows)
+        twin = replace(factory.bp(120, device_time=t), observations=first.observations)
+        assert b.append([twin, chunk]).duplicates == 2
+        assert b.append([factory.bp(121, device_time=t)]).stored == 1
+        assert b.integrity_ok()
+    finally:
+        b.close()

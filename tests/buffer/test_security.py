@@ -302,9 +302,10 @@ def _owed(b: Buffer) -> bool:
     return b.integrity_owed  # a call: mypy does not narrow it between two asserts
 
 
-def _scribble_index(store_path: Path, b: Buffer, index: str = "seen_log_bucket") -> None:
-    """Overwrite a leaf page of an index that opening without ``integrity_check`` never
-    reads (the de-duplication memory's), so only the check itself finds the damage."""
+def _scribble_index(store_path: Path, b: Buffer, index: str = "seen_log") -> None:
+    """Overwrite a leaf page of a b-tree that opening without ``integrity_check`` never
+    reads (the de-duplication memory, an index-shaped table without a rowid), so only the
+    check itself finds the damage."""
     (leaf,) = (
         r[0]
         for r in b._conn.execute(
