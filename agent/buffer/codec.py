@@ -14,10 +14,11 @@ zstd-compressed msgpack.
 
 from __future__ import annotations
 
+import operator
 import uuid
-from typing import Final
+from typing import Any, Final
 
-from agent.model import DeviceIdentity, DeviceKind, Transport
+from agent.model import DeviceIdentity, DeviceKind, Reading, Transport
 from dho_protocol import rows
 from dho_protocol.rows import (
     FORMAT_VERSION,
@@ -27,6 +28,7 @@ from dho_protocol.rows import (
     FormatError,
     PackedReading,
     RowHead,
+    encode_packed,
     encode_reading,
     frame,
     peek,
@@ -47,9 +49,65 @@ __all__ = [
     "decode_ref",
     "encode_boot",
     "encode_context",
+    "encode_packed",
     "encode_reading",
+    "key_prefix",
+    "packed_and_key",
     "peek",
 ]
+
+
+# -- the append's one pass over a reading's observations ----------------------------------
+
+_Entry = tuple[list[Any], int, str]  # (packed row entry, mdc, natural-key part)
+_ENTRIES: Final[dict[tuple[int, str | None, str, str, bool], _Entry]] = {}
+_ENTRIES_CACHED: Final = 1024
+_BY_MDC: Final = operator.itemgetter(1)
+
+
+def key_prefix(device: DeviceIdentity) -> str:
+    """The device's part of :attr:`Reading.natural_key` (for :func:`packed_and_key`)."""
+    return "\x1f".join([device.transport, device.serial])
+
+
+def packed_and_key(r: Reading, prefix: str) -> tuple[list[Any], bytes | None]:
+    """The reading's packed observations (for :func:`encode_packed`) and its
+    :attr:`~agent.model.Reading.natural_key`, in one pass over the observations.
+
+    ``prefix`` is :func:`key_prefix` of ``r.device`` (an append computes it once per device).
+    Both results equal what ``rows.encode_reading`` and ``Reading.natural_key`` compute
+    (``tests/buffer/test_codec.py``); they share one cache entry per distinct observation, so
+    a value's text is made once, not once for the row and once for the key. The append costs
+    about 1.5 us less per reading this way (``docs/proof.md``).
+    """
+    packed: list[Any] = []
+    entries: list[_Entry] = []
+    cache = _ENTRIES
+    for o in r.observations:
+        v = o.value
+        key = (o.mdc, o.loinc, o.unit, str(o.absent) if v is None else str(v), v is None)
+        entry = cache.get(key)
+        if entry is None:
+            if len(cache) >= _ENTRIES_CACHED:
+                cache.clear()
+            # The part as Reading.natural_key writes it (model.py), the entry as the row does.
+            part = f"{o.mdc}={o.absent if v is None else v}{o.unit}"
+            entry = cache[key] = (rows.pack_observation(o), o.mdc, part)
+        packed.append(entry[0])
+        entries.append(entry)
+    t = r.device_time
+    if t is None or r.decode_error is not None:
+        return packed, None
+    if len(entries) > 1:
+        entries.sort(key=_BY_MDC)  # stable, as Reading.natural_key's sort by mdc
+    parts = [prefix, t.isoformat()]
+    parts += [e[2] for e in entries]
+    s = r.samples
+    if s is not None:
+        parts.append(f"n={s.sample_count}")
+        parts.append(f"dt={s.interval_ms}")
+        parts.extend(f"ch={c.mdc}" for c in s.channels)
+    return packed, "\x1f".join(parts).encode()
 
 
 def decode_reading(data: bytes) -> PackedReading:

@@ -60,7 +60,10 @@ class Seen:
 
     def key(self, r: Reading) -> Key:
         """The blind de-duplication key of a reading, with its bucket."""
-        nk = r.natural_key
+        return self.key_of(r, r.natural_key)
+
+    def key_of(self, r: Reading, nk: bytes | None) -> Key:
+        """:meth:`key` with the reading's natural key already derived (``nk``, or ``None``)."""
         if nk is None:
             days = (r.id.int >> 80) // _MS_PER_DAY  # the UUIDv7 timestamp
             return self._bucket(days // 7), self._keyring.blind(b"id|", r.id.bytes)

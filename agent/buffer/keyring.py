@@ -283,17 +283,23 @@ class Keyring:
         aead = self._data[self.active]
         return nonce + aead.encrypt(nonce, plaintext, aad(table, seq, self.active, lane))
 
-    def seal_many(self, table: str, rows: Sequence[tuple[int, int, bytes]]) -> list[bytes]:
-        """:meth:`seal` for each ``(seq, lane, plaintext)``, with fresh nonces drawn at once."""
+    def seal_rows(
+        self, table: str, rows: Sequence[tuple[int, int, bytes]]
+    ) -> list[tuple[int, int, int, bytes]]:
+        """:meth:`seal` each ``(seq, lane, plaintext)`` with fresh nonces drawn at once; each
+        result is the row to insert, ``(seq, lane, key_id, blob)`` (``lane`` a plain int)."""
         key_id = self.active
         encrypt = self._data[key_id].encrypt
         head = b"dho-buffer/v1/" + table.encode()
         pack = _AAD_TAIL.pack
         nonces = os.urandom(NONCE_BYTES * len(rows))
         out = []
-        for i, (seq, lane, plaintext) in enumerate(rows):
-            nonce = nonces[i * NONCE_BYTES : (i + 1) * NONCE_BYTES]
-            out.append(nonce + encrypt(nonce, plaintext, head + pack(seq, key_id, lane)))
+        i = 0
+        for seq, lane, plaintext in rows:
+            nonce = nonces[i : i + NONCE_BYTES]
+            i += NONCE_BYTES
+            blob = nonce + encrypt(nonce, plaintext, head + pack(seq, key_id, lane))
+            out.append((seq, int(lane), key_id, blob))
         return out
 
     def open(self, table: str, seq: int, key_id: object, lane: int, blob: object) -> bytes:

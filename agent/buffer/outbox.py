@@ -509,15 +509,30 @@ class Outbox:
         kr = self._keyring
         refs = self._refs
         with self._db.tx() as tx:
-            keys = [self._seen.key(r) for r in readings]
-            known = self._seen.known(keys)
+            # One pass derives each reading's natural key and packs its observations (they
+            # share the work on each observation); the rows are encoded after the duplicates
+            # are known, and sealed in one more pass that builds the rows to insert.
+            seen = self._seen
+            packed_and_key = codec.packed_and_key
+            key_prefix = codec.key_prefix
+            key_of = seen.key_of
+            keys: list[Key] = []
+            packed: list[list[object]] = []
+            prefix_of, prefix = None, ""
+            for r in readings:
+                if r.device is not prefix_of:
+                    prefix_of, prefix = r.device, key_prefix(r.device)
+                obs, nk = packed_and_key(r, prefix)
+                packed.append(obs)
+                keys.append(key_of(r, nk))
+            known = seen.known(keys)
             fresh: list[Key] = []
             plain: list[tuple[int, int, bytes]] = []
             lanes: dict[Lane, int] = {}
-            encode = codec.encode_reading
+            encode = codec.encode_packed
             # The references of the reading before: an append's readings mostly share them.
             device, patient, context, boot_id, boot = None, None, 0, None, 0
-            for r, key in zip(readings, keys, strict=True):
+            for r, key, obs in zip(readings, keys, packed, strict=True):
                 if key in known:
                     duplicates += 1
                     continue
@@ -529,19 +544,13 @@ class Outbox:
                     boot_id = r.captured.boot_id
                     boot = refs.boot_ref(tx, boot_id)
                 lane = r.lane
-                plain.append((seq, lane, encode(r, context, boot)))
+                plain.append((seq, lane, encode(r, obs, context, boot)))
                 lanes[lane] = lanes.get(lane, 0) + 1
                 seq += 1
             # No state tag yet, only room for one: a pending row needs none (only rows given a
             # batch are acknowledged, only rows whose tag says "delivered" are purged), and the
             # claim then rewrites the row in place, also on a full disk.
-            key_id = kr.active
-            rows = [
-                (seq_, int(lane), key_id, blob)
-                for (seq_, lane, _), blob in zip(
-                    plain, kr.seal_many("readings", plain), strict=True
-                )
-            ]
+            rows = kr.seal_rows("readings", plain)
             for lane, n in lanes.items():
                 delta.move(lane, None, PENDING, n)
             self._seen.add(tx, fresh, gen)
