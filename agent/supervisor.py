@@ -72,6 +72,10 @@ class ServiceState:
     started: bool = False
 
 
+async def _run(service: Service) -> None:
+    await service.run()
+
+
 class Supervisor:
     """Runs services under one task group; see the module docstring."""
 
@@ -105,17 +109,27 @@ class Supervisor:
                 self.started.set()
 
     async def _run_once(self, service: Service, st: ServiceState) -> None:
-        run = service.run()
+        # Each run in a task of its own: Python 3.11's TaskGroup leaves a cancel request on
+        # its parent task when a child fails after the group's body has ended (it cancels the
+        # parent to wake it and never uncancels it). Running the service in this task, that
+        # stale request made every such failure look like a stop ("failed while stopping"),
+        # and the service was never restarted (the cpap-card service in the fault campaign).
+        # The stale request now dies with the run's task; this task's ``cancelling()`` counts
+        # only real stops and restarts. Cancelling this task cancels the run's task.
+        attempt = asyncio.create_task(_run(service), name=f"run:{service.name}")
         loop = asyncio.get_running_loop()
         # Mark it started once its first step has run (the next loop iteration).
         loop.call_soon(self._mark_started, st)
         try:
-            await run
-        except asyncio.CancelledError:
+            await attempt
+        except BaseException as exc:
             reason = self._restart_requests.pop(service.name, None)
             task = asyncio.current_task()
-            if reason is not None and task is not None and task.uncancel() == 0:
+            restarting = reason is not None and task is not None and task.uncancel() == 0
+            if restarting and isinstance(exc, asyncio.CancelledError):
                 raise WedgedError(reason) from None
+            # an exception after a restart's cancel (its clean-up failed): uncancelled above,
+            # so it is restarted as a failure, not taken for a stop
             raise
 
     async def _supervise(self, service: Service) -> None:

@@ -131,3 +131,71 @@ async def test_stop_ends_services_that_mishandle_their_cancellation(monkeypatch)
     assert "clean-up failed" in str(s.states[failing.name].last_error)
     assert swallowing.cancels == 2
     assert steady.cancelled
+
+
+class GroupChildFails:
+    """A service shaped like the cpap-card driver: a TaskGroup whose body ends at once, then
+    one of its children fails (a card watcher on a full disk)."""
+
+    name = "cpap-card"
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.runs = 0
+
+    async def run(self) -> None:
+        self.runs += 1
+        fail = self.runs <= self.failures
+
+        async def watcher() -> None:
+            await asyncio.sleep(0.01)
+            if fail:
+                raise OSError("No space left on device")
+            await asyncio.Event().wait()
+
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(watcher())
+
+
+async def test_a_task_group_service_whose_child_fails_is_restarted_not_stopped() -> None:
+    """Python 3.11's TaskGroup leaves a cancel request on its parent task when a child fails
+    after the body ended; run in the supervisor's own task, that made the failure look like
+    a stop: 'service cpap-card failed while stopping (ExceptionGroup)', never restarted."""
+    svc = GroupChildFails(failures=2)
+    sup = Supervisor([svc], backoff=Backoff(base_s=0.001, cap_s=0.01))
+    task = asyncio.create_task(sup.run())
+    for _ in range(300):
+        if svc.runs > 2:
+            break
+        await asyncio.sleep(0.01)
+    st = sup.states["cpap-card"]
+    assert svc.runs == 3
+    assert (st.state, st.restarts) == ("running", 2)
+    assert st.last_error is not None
+    assert st.last_error.startswith("ExceptionGroup")
+    sup.stop()
+    await asyncio.wait_for(task, 2)
+    assert st.state == "stopped"
+
+
+async def test_a_restart_request_still_restarts_a_service() -> None:
+    steady = Steady()
+    sup = Supervisor([steady], backoff=Backoff(base_s=0.001, cap_s=0.01))
+    task = asyncio.create_task(sup.run())
+    await asyncio.wait_for(sup.started.wait(), 2)
+    assert sup.restart("steady", "no progress for 60 s")
+    for _ in range(200):
+        if sup.states["steady"].restarts:
+            break
+        await asyncio.sleep(0.01)
+    st = sup.states["steady"]
+    assert st.restarts == 1
+    assert st.last_error is not None
+    assert "WedgedError" in st.last_error
+    for _ in range(200):
+        if st.state == "running":
+            break
+        await asyncio.sleep(0.01)
+    assert st.state == "running"
+    sup.stop()
+    await asyncio.wait_for(task, 2)

@@ -159,3 +159,55 @@ async def test_a_folder_that_is_no_card_is_left_alone(tmp_path: Path) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await buf.close()
+
+
+async def test_a_full_state_directory_is_retried_not_the_end_of_the_driver(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The importer's progress file cannot be written (ENOSPC): the watcher shows an error,
+    backs off and imports once there is space; the driver's task group does not end."""
+    from agent.drivers.cpap import state as cpap_state
+
+    state_dir = tmp_path / "state"
+    buf = await open_buffer(state_dir)
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    (driver,) = registry.create_drivers(
+        [{"transport": "cpap-card", "patient": PATIENT, "path": str(mount)}],
+        buf,
+        state_dir=state_dir,
+        key_source=FileKeySource(state_dir / "buffer.kek"),
+    )
+    assert isinstance(driver, CpapDriver)
+    driver.options = CpapCardOptions(
+        poll_interval=0.05, settle=0.1, rescan_interval=0.2, error_backoff=0.1
+    )
+    real_save = cpap_state.StateStore.save
+    full = [True]
+
+    def save(self: cpap_state.StateStore, st: cpap_state.ImportState) -> None:
+        if full[0]:
+            raise OSError(28, "No space left on device")
+        real_save(self, st)
+
+    monkeypatch.setattr(cpap_state.StateStore, "save", save)
+    card = MockCard(mount)
+    card.add_night(date(2026, 6, 1), detail_minutes=5)
+    card.write()
+    task = asyncio.create_task(driver.run())
+    try:
+        await asyncio.wait_for(driver.started.wait(), 30)
+        (watcher,) = driver.watchers
+        await wait_for(lambda: watcher.status.state is CardState.ERROR, 60, "the failed scan")
+        assert not task.done()
+        full[0] = False
+        await wait_for(lambda: watcher.status.nights_imported == 1, 60, "the import")
+        assert not task.done()
+        got = await stored(buf)
+        assert len(flagged(got, "cpap-summary")) == 1
+        assert len({r.natural_key for r in got}) == len(got)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await buf.close()

@@ -253,7 +253,10 @@ class CardWatcher:
             self._next_rescan = time.monotonic() + self.options.rescan_interval
             _LOGGER.warning("%s: card from another machine; not imported", self.name)
             return
-        except (resmed.IdentificationError, StoreError) as exc:
+        except (resmed.IdentificationError, StoreError, OSError) as exc:
+            # OSError: the importer's own progress file in the state directory (a full disk:
+            # ENOSPC); card reads fail as CardIOError. Retried with back-off: escaping here it
+            # ended the driver's task group (ExceptionGroup) and with it every card reader
             self._fail(exc, CardState.ERROR)
             return
         finally:
