@@ -23,6 +23,7 @@ from hw_mocks.cpap import MockCard
 
 from agent.buffer import AppendResult, AsyncBuffer
 from agent.drivers.cpap import card
+from agent.drivers.cpap.importer import CardImporter
 from agent.errors import StorageFullError
 from agent.model import Reading
 from tests.cpap.support import flagged, importer, open_buffer, stored
@@ -134,3 +135,57 @@ async def test_a_scan_cancelled_during_the_events_append_loses_no_night(
     report = await importer(mock_card.root, buf, tmp_path / "state").scan()
     assert report.event_nights == 2
     assert await _events(buf) == NOONS
+
+
+class CommitThenStopSink:
+    """The buffer, except that the first append holding an undecodable reading commits and
+    then raises ``CancelledError``: a stop landing between the commit and the return (the
+    buffer's executor job cannot be cancelled, so the append is committed anyway)."""
+
+    def __init__(self, buf: AsyncBuffer) -> None:
+        self.buf = buf
+        self.armed = True
+
+    async def append(self, items: Sequence[Reading]) -> AppendResult:
+        result = await self.buf.append(items)
+        if self.armed and any(r.decode_error is not None for r in items):
+            self.armed = False
+            raise asyncio.CancelledError
+        return result
+
+
+@pytest.mark.parametrize("rescan", ["same importer", "after a restart"])
+async def test_a_stop_after_an_undecodable_file_was_committed_stores_it_once(
+    mock_card: MockCard, buf: AsyncBuffer, tmp_path: Path, rescan: str
+) -> None:
+    now = [1_000_000.0]
+    day = date(2026, 2, 1)
+    mock_card.add_night(day, detail_minutes=12)
+    mock_card.write()
+    mock_card.truncate(mock_card.files(day, "BRP")[0], 1024 + 7 * 6002 + 10)
+
+    def fresh() -> CardImporter:
+        return importer(
+            mock_card.root,
+            buf,
+            tmp_path / "state",
+            wall=lambda: now[0],
+            incomplete_grace_s=3600.0,
+        )
+
+    imp = fresh()
+    assert (await imp.scan()).files_waiting == 1
+    now[0] += 3601  # the grace is over: the next scan keeps the file's failure for audit
+    imp.sink = CommitThenStopSink(buf)
+    with pytest.raises(asyncio.CancelledError):
+        await imp.scan()
+    assert len([r for r in await stored(buf) if r.decode_error is not None]) == 1
+    if rescan == "after a restart":
+        imp = fresh()
+    else:
+        imp.sink = buf
+    await imp.scan()
+    got = await stored(buf)
+    audit = [r for r in got if r.decode_error is not None]
+    assert len(audit) == 1, f"the undecodable file's record was stored {len(audit)} times"
+    assert len({r.id for r in got}) == len(got)

@@ -217,7 +217,9 @@ class CardImporter:
             return
         report.problems.append(type(result).__name__)
         if self._grace_over(old):
-            await self._append([readings.undecodable_reading(result, src)], report)
+            await self._append(
+                [readings.undecodable_reading(result, src, (f.path, f.size, f.mtime_ns))], report
+            )
             state.files[f.path] = FileEntry(f.size, f.mtime_ns, night, kind, FileStatus.REJECTED)
         else:
             state.files[f.path] = self._waiting(old, f, night, kind)
@@ -350,7 +352,9 @@ class CardImporter:
                 status = FileStatus.PARTIAL
                 report.problems.extend(type(p).__name__ for p in result.problems)
                 extras.setdefault(night, []).append(
-                    readings.undecodable_reading(result.problems[0], src)
+                    readings.undecodable_reading(
+                        result.problems[0], src, (f.path, f.size, f.mtime_ns)
+                    )
                 )
             else:
                 report.problems.extend(type(p).__name__ for p in result.problems)
@@ -477,7 +481,11 @@ class CardImporter:
             extra: list[Reading] = []
             if give_up:
                 report.problems.extend(type(p).__name__ for p in result.problems)
-                extra.append(readings.undecodable_reading(result.problems[0], src))
+                extra.append(
+                    readings.undecodable_reading(
+                        result.problems[0], src, (f.path, f.size, f.mtime_ns)
+                    )
+                )
             try:
                 await self._append([*extra, *chunks], report)
             except BufferFullError:

@@ -22,11 +22,13 @@ with new values; those carry the status flag :data:`STATUS_AMENDED` and the same
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
 from typing import Final
+from uuid import UUID
 
 from agent import codes
 from agent.clock import CaptureTime
@@ -300,11 +302,37 @@ def chunk_readings(
             )
 
 
-def undecodable_reading(error: edf.EdfError, src: Source) -> Reading:
-    """A file that could not be used at all, kept for audit (its header bytes and the error)."""
+def file_reading_id(device: DeviceIdentity, path: str, size: int, mtime_ns: int, what: str) -> UUID:
+    """A UUIDv7 that names one version of one card file (and ``what`` of it), the same on
+    every scan: its time is the file's mtime, its other bits a SHA-256 of the device, the
+    path, size, mtime and ``what``.
+
+    An undecodable reading has no natural key, so the buffer knows it by its id alone; with a
+    fresh id, a scan stopped (killed, cancelled, the progress file not written) between the
+    append's commit and the file's progress being saved stored the same file's record again
+    on the next scan. With this id the buffer drops the repeat (``agent/buffer/dedup.py``)."""
+    digest = hashlib.sha256(
+        "\x00".join(
+            (device.transport, device.serial, path, str(size), str(mtime_ns), what)
+        ).encode()
+    ).digest()
+    ms = (max(0, mtime_ns) // 1_000_000) & ((1 << 48) - 1)
+    rand_a = int.from_bytes(digest[:2], "big") & 0xFFF
+    rand_b = int.from_bytes(digest[2:10], "big") & ((1 << 62) - 1)
+    return UUID(int=ms << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b)
+
+
+def undecodable_reading(
+    error: edf.EdfError, src: Source, file: tuple[str, int, int] | None = None
+) -> Reading:
+    """A file that could not be used at all, kept for audit (its header bytes and the error).
+
+    ``file`` (path, size, mtime_ns): the card file it is about, which makes the reading's id
+    the same on every scan of that file version (:func:`file_reading_id`), so storing it is
+    idempotent."""
     raw = error.raw or b"\x00"
     return Reading.undecodable(
-        id=uuid7(),
+        id=uuid7() if file is None else file_reading_id(src.device, *file, "undecodable"),
         device=src.device,
         patient=src.patient,
         captured=src.captured,
