@@ -153,7 +153,7 @@ def _uplink(up: Mapping[str, Any], now: float) -> Iterable[Problem]:
         )
 
 
-def _devices(report: Mapping[str, Any]) -> Iterable[Problem]:
+def _devices(report: Mapping[str, Any], now: float) -> Iterable[Problem]:
     for name, section in report.items():
         if not isinstance(section, Mapping):
             continue
@@ -178,6 +178,23 @@ def _devices(report: Mapping[str, Any]) -> Iterable[Problem]:
         for dev in entries:
             state = str(dev.get("state", ""))
             ident = dev.get("device", "?")
+            if dev.get("alarm") == "ble.held-for-store":
+                since = dev.get("store_wait_since")
+                waited = (
+                    f" for {max(0.0, now - float(since)) / 60:.0f} min"
+                    if isinstance(since, int | float)
+                    else ""
+                )
+                yield Problem(
+                    "ble.held-for-store",
+                    f"device {ident} ({dev.get('family', name)}) deletes what it sends, and its "
+                    f"records have waited on it{waited} because the buffer cannot take them "
+                    f"({dev.get('store_wait_reason') or '?'}); it keeps them, but its memory "
+                    "is finite",
+                    "fix the store (dho-agent buffer status: storage.full? a failing SD card?); "
+                    "the device sends what it kept at its next measurement",
+                    Concern.FAULT,
+                )
             if state in ("re-pair-needed", "unplugged", "missing", "port-missing"):
                 yield Problem(
                     "device.attention",
@@ -273,7 +290,7 @@ def assess(
     up = report.get("uplink")
     if isinstance(up, Mapping):
         problems.extend(_uplink(up, now))
-    problems.extend(_devices(report))
+    problems.extend(_devices(report, now))
     care = report.get("care")
     if isinstance(care, Mapping):
         problems.extend(_care(care))

@@ -77,6 +77,22 @@ def _ago(seconds: float) -> str:
     return f"{seconds / 86400:.0f} days ago"
 
 
+def _device_alarms(report: Mapping[str, Any]) -> list[str]:
+    """``device-log-id: alarm`` for every device entry of a transport section that carries an
+    ``alarm`` (e.g. ``ble.held-for-store``)."""
+    found: list[str] = []
+    for section in report.values():
+        if not isinstance(section, Mapping):
+            continue
+        devices = section.get("devices")
+        if not isinstance(devices, list | tuple):
+            continue
+        for dev in devices:
+            if isinstance(dev, Mapping) and dev.get("alarm"):
+                found.append(f"{dev.get('device', '?')}: {dev['alarm']}")
+    return found
+
+
 def status_line(report: Mapping[str, Any], now: float | None = None) -> str:
     """One line for ``systemctl status`` (systemd ``STATUS=``): health first, then the facts.
 
@@ -133,6 +149,7 @@ def status_line(report: Mapping[str, Any], now: float | None = None) -> str:
                     f" (restart {st.get('restarts', 0)}{', ' + err if err else ''})"
                 )
         parts.append(f"{running} services running")
+    alarms += _device_alarms(report)
     if alarms:
         trouble = True
         parts.append("alarms: " + ", ".join(str(a) for a in alarms))

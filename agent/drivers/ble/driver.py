@@ -31,6 +31,11 @@ failing (:meth:`~agent.drivers.contract.FirstSink.transfer_hold`; state ``held-f
 the device keeps its records), its readings are appended ahead of other buffer work, and if
 the buffer still does not take them within ``store_wait`` the driver hangs up before the
 device completes its transfer (it keeps what it has not finished sending).
+
+Such a hold never gives up (the device's memory outlives a power cut; this process's does
+not), but it is not silent: once the device has had records it could not hand over for
+``hold_alarm_after`` (put off or cut short, no complete transfer since), its status carries
+the alarm :data:`~agent.drivers.ble.status.HELD_ALARM` (``docs/ble.md``).
 """
 
 from __future__ import annotations
@@ -65,7 +70,7 @@ from agent.drivers.ble.resilience import (
     classify,
 )
 from agent.drivers.ble.session import OMRON_COMPANY_ID, Link, SessionOptions, run_family
-from agent.drivers.ble.status import DeviceState, DeviceStatus
+from agent.drivers.ble.status import HELD_ALARM, DeviceState, DeviceStatus
 from agent.drivers.contract import FirstSink
 
 _LOGGER = logging.getLogger(__name__)
@@ -100,6 +105,9 @@ class BleDriverOptions:
             oldest call has waited less than this (``FirstSink.transfer_hold``).
         store_wait: while such a device is connected, hang up when a record it sent has
             waited this long for the buffer, or an append failed.
+        hold_alarm_after: such a device whose records have waited this long for the buffer
+            (held or hung up on, no complete transfer since) gets the status alarm
+            ``ble.held-for-store``; the hold itself has no limit (``docs/ble.md``).
     """
 
     adapter: str = "hci0"
@@ -116,6 +124,7 @@ class BleDriverOptions:
     device_time: Callable[[], datetime | None] = synced_local_time
     store_ready: float = 0.5
     store_wait: float = 1.0
+    hold_alarm_after: float = 600.0
 
 
 def omron_sequence(advertisement: AdvertisementData | None) -> int | None:
@@ -156,6 +165,9 @@ class DeviceWorker:
         """Newest record sequence number downloaded completely (Omron; this run only)."""
         self.deletes = family(str(assignment.family)).deletes_what_it_sent
         """The device deletes what it sent (see the module docstring)."""
+        self._store_wait_since: float | None = None
+        """``time.monotonic()`` since when the device has records it could not hand over
+        because of the buffer (:meth:`_store_trouble`)."""
 
     def advertised(self, device: BLEDevice, advertisement: AdvertisementData) -> None:
         """The scanner saw this device (called on the event loop)."""
@@ -187,6 +199,8 @@ class DeviceWorker:
                 except Exception as exc:  # noqa: BLE001 - classified, backed off, retried
                     error_class = classify(exc)
                     self.status.error(error_class)
+                    if error_class is ErrorClass.STORE and self.deletes:
+                        self._store_trouble(str(error_class))
                     self.status.set_state(
                         DeviceState.REPAIR_NEEDED
                         if error_class is ErrorClass.PAIRING
@@ -203,6 +217,7 @@ class DeviceWorker:
                     await asyncio.sleep(delay)
                     continue
                 failures.succeeded()
+                self._store_trouble_over()
                 self.status.transfers += 1
                 self.status.last_transfer = time.time()
                 _LOGGER.info("%s: transfer ended (%s)", self.assignment.log_id, ended)
@@ -228,7 +243,8 @@ class DeviceWorker:
         return None
 
     async def _hold_for_store(self, reason: str) -> None:
-        """Wait until the buffer can take this device's records at once."""
+        """Wait until the buffer can take this device's records at once (no time limit:
+        the alarm of :meth:`_store_trouble` says when it lasts)."""
         self.status.held_for_store += 1
         self.status.set_state(DeviceState.HELD)
         _LOGGER.info(
@@ -237,10 +253,64 @@ class DeviceWorker:
             reason,
         )
         # polled: the hold ends with time (the oldest call finishing), not on an event
-        while True:
+        current: str | None = reason
+        while current is not None:
+            self._store_trouble(current)
             await asyncio.sleep(min(0.1, self.options.store_ready / 2))
-            if await self._store_hold() is None:
-                return
+            current = await self._store_hold()
+
+    def _store_trouble(self, reason: str) -> None:
+        """The device (one that deletes what it sent) has records it could not hand over
+        because of the buffer: held, or hung up on. Raises :data:`HELD_ALARM` once that has
+        lasted ``hold_alarm_after`` without a complete transfer in between.
+
+        Measured across holds and hang-ups, not per hold: on a full disk a hold ends after
+        :data:`agent.buffer.aio.FAILURE_HOLD_S`, the next transfer's first append fails and
+        the driver hangs up, so no single hold lasts long while the records never move.
+        """
+        if self._store_wait_since is None:
+            self._store_wait_since = time.monotonic()
+            self.status.store_wait_since = time.time()
+        self.status.store_wait_reason = reason
+        self.check_store_wait()
+
+    def check_store_wait(self) -> None:
+        """Raise :data:`HELD_ALARM` if the wait noted by :meth:`_store_trouble` has lasted
+        ``hold_alarm_after`` (also called with every status report, so the alarm comes
+        while the worker waits elsewhere, e.g. retrying the records of a cut transfer)."""
+        if self._store_wait_since is None:
+            return
+        waited = time.monotonic() - self._store_wait_since
+        reason = self.status.store_wait_reason
+        if self.status.alarm is None and waited >= self.options.hold_alarm_after:
+            self.status.alarm = HELD_ALARM
+            self.status.store_alarms += 1
+            _LOGGER.error(
+                "%s: %s: records have waited on the device for %.0f s because the buffer "
+                "cannot take them (%s); the device keeps them until served, but its memory "
+                "is finite",
+                self.assignment.log_id,
+                HELD_ALARM,
+                waited,
+                reason,
+            )
+
+    def _store_trouble_over(self) -> None:
+        """A complete transfer: nothing waits on the device because of the buffer any more."""
+        if self._store_wait_since is None:
+            return
+        waited = time.monotonic() - self._store_wait_since
+        self._store_wait_since = None
+        self.status.store_wait_since = None
+        self.status.store_wait_reason = None
+        if self.status.alarm is not None:
+            self.status.alarm = None
+            _LOGGER.warning(
+                "%s: %s cleared: the device was served after %.0f s",
+                self.assignment.log_id,
+                HELD_ALARM,
+                waited,
+            )
 
     async def _guard_store(
         self, collector: Collector, client: BleakClient, hung_up: asyncio.Event
@@ -255,6 +325,7 @@ class DeviceWorker:
                 break
         hung_up.set()
         self.status.hung_up_for_store += 1
+        self._store_trouble(str(ErrorClass.STORE))
         _LOGGER.warning(
             "%s: the buffer is not taking the records (%s): hanging up before the device "
             "completes its transfer",
@@ -554,6 +625,8 @@ class BleDriver:
 
     def status(self) -> dict[str, Any]:
         """The BLE section of the status report: adapter, then one entry per device."""
+        for worker in self.workers:
+            worker.check_store_wait()
         return {
             "adapter": {
                 "name": self.adapter.name,

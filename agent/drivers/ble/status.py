@@ -9,9 +9,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
 from agent.drivers.ble.resilience import ErrorClass
+
+HELD_ALARM: Final = "ble.held-for-store"
+"""A device that deletes what it sent has had records it could not hand over, because the
+buffer could not take them, for ``BleDriverOptions.hold_alarm_after`` or longer
+(``docs/ble.md``, "Devices that delete what they sent"). Cleared by its next complete
+transfer."""
 
 
 class DeviceState(StrEnum):
@@ -63,6 +69,17 @@ class DeviceStatus:
     hung_up_for_store: int = 0
     """Transfers cut short because the buffer did not take the records in time (devices
     that delete: it keeps what it has not finished sending)."""
+    store_wait_since: float | None = None
+    """Wall-clock time since when this device (one that deletes what it sent) has records it
+    could not hand over because of the buffer (put off or cut short, no complete transfer
+    since); ``None`` when there are none."""
+    store_wait_reason: str | None = None
+    """Why, the last time it was put off or cut short: ``store-busy``, ``store-failing`` or
+    ``store``."""
+    alarm: str | None = None
+    """:data:`HELD_ALARM` while that wait has lasted ``hold_alarm_after`` or longer."""
+    store_alarms: int = 0
+    """How often :data:`HELD_ALARM` was raised (this run)."""
 
     def set_state(self, state: DeviceState) -> None:
         """Move to ``state`` (and remember since when)."""
@@ -94,6 +111,10 @@ class DeviceStatus:
             "errors": self.errors,
             "held_for_store": self.held_for_store,
             "hung_up_for_store": self.hung_up_for_store,
+            "store_wait_since": self.store_wait_since,
+            "store_wait_reason": self.store_wait_reason,
+            "alarm": self.alarm,
+            "store_alarms": self.store_alarms,
             "last_error_class": None
             if self.last_error_class is None
             else str(self.last_error_class),
