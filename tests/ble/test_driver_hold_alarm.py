@@ -61,7 +61,7 @@ def _expected(records: Sequence[BloodPressureRecord]) -> list[tuple[object, ...]
 async def _busy(store: AsyncBuffer) -> AsyncIterator[None]:
     """Hold the buffer's one thread with a call that blocks until the block ends."""
     release = threading.Event()
-    call = asyncio.ensure_future(store._run(release.wait, WAIT))
+    call = asyncio.ensure_future(store._run(release.wait, 4 * WAIT))  # ended by the test
     await asyncio.sleep(0.05)
     try:
         yield
@@ -94,7 +94,7 @@ async def test_a_long_hold_raises_the_alarm_and_the_next_transfer_clears_it(
 ) -> None:
     records = _records(5)
     cuff = AndCuff(records=records, frame_interval=0.02)
-    driver = _driver(bluez, store, cuff, hold_alarm_after=1.0)
+    driver = _driver(bluez, store, cuff, hold_alarm_after=2.0)
     status = driver.workers[0].status
     caplog.set_level(logging.INFO, logger="agent.drivers.ble")
     async with running(driver) as task:
@@ -164,9 +164,15 @@ async def test_a_full_disk_raises_the_alarm_though_no_single_hold_lasts(
     assert sorted(bp_key(r) for r in await stored(store)) == _expected(records)
 
 
+def _earlier(worker: DeviceWorker, seconds: float) -> None:
+    """As if the wait had begun ``seconds`` earlier (no sleeping on a loaded machine)."""
+    assert worker._store_wait_since is not None
+    worker._store_wait_since -= seconds
+
+
 def test_the_wait_adds_up_over_holds_and_hang_ups_until_a_complete_transfer() -> None:
     a = assignment(DeviceFamily.AND_BPM, "00:09:1F:4B:6B:02", "UA-651BLE")
-    options = fast_options(hold_alarm_after=0.3)
+    options = fast_options(hold_alarm_after=10.0)
 
     class _Sink:
         async def append(self, readings: Sequence[Reading]) -> AppendResult:
@@ -174,11 +180,11 @@ def test_the_wait_adds_up_over_holds_and_hang_ups_until_a_complete_transfer() ->
 
     worker = DeviceWorker(a, _Sink(), SystemClock(), options, asyncio.Semaphore(1))
     worker._store_trouble("store-failing")  # a hold of 10 s on a full disk ...
-    time.sleep(0.2)
+    _earlier(worker, 4.0)
     worker._store_trouble("store")  # ... then a hang-up at the first failed append
     assert worker.status.snapshot()["alarm"] is None
-    time.sleep(0.15)
-    worker._store_trouble("store-failing")  # held again: 0.35 s in all
+    _earlier(worker, 7.0)
+    worker._store_trouble("store-failing")  # held again: 11 s in all
     assert worker.status.snapshot()["alarm"] == HELD_ALARM
     assert worker.status.store_wait_reason == "store-failing"
     worker._store_trouble_over()
