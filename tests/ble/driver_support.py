@@ -7,14 +7,18 @@ timings are shortened. Every wait is bounded so a broken driver fails a test, ne
 import asyncio
 import contextlib
 import faulthandler
-from collections.abc import AsyncIterator, Callable, Iterator
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hw_mocks.bluez import MockBlueZ
+from hw_mocks.bluez.devices import AndCuff
+from hw_mocks.bluez.payloads import BloodPressureRecord
 
 from agent import codes
 from agent.buffer import AsyncBuffer, FileKeySource
@@ -153,3 +157,45 @@ def bp_key(reading: Reading) -> tuple[object, ...]:
         value(reading, codes.PULSE_RATE_BP),
         reading.device_time,
     )
+
+
+# -- a device that deletes what it sent (A&D) against a busy buffer ----------------------------
+
+
+def bp_records(
+    n: int, first: datetime, systolic: int = 110, diastolic: int = 70, pulse: int = 60
+) -> list[BloodPressureRecord]:
+    """``n`` cuff records a minute apart from ``first``, each value one higher than the last."""
+    return [
+        BloodPressureRecord(
+            systolic + i, diastolic + i, pulse=pulse + i, timestamp=first + timedelta(minutes=i)
+        )
+        for i in range(n)
+    ]
+
+
+def bp_expected(records: Sequence[BloodPressureRecord]) -> list[tuple[object, ...]]:
+    """What :func:`bp_key` of the stored readings must be, sorted."""
+    return sorted((r.systolic, r.diastolic, r.pulse, r.timestamp) for r in records)
+
+
+@contextlib.asynccontextmanager
+async def busy(store: AsyncBuffer, limit: float = WAIT) -> AsyncIterator[None]:
+    """Hold the buffer's one thread with a call that blocks until the block ends (at most
+    ``limit`` seconds), as a long backlog does."""
+    release = threading.Event()
+    call = asyncio.ensure_future(store._run(release.wait, limit))  # ended by the test
+    await asyncio.sleep(0.05)
+    try:
+        yield
+    finally:
+        release.set()
+        async with asyncio.timeout(WAIT):
+            await call
+
+
+def and_driver(bluez: MockBlueZ, store: AsyncBuffer, cuff: AndCuff, **options: object) -> BleDriver:
+    """A driver for one A&D cuff on the mock BlueZ, with fast timings and ``options``."""
+    bluez.adapter().add_peripheral(cuff)
+    a = assignment(DeviceFamily.AND_BPM, cuff.address, "UA-651BLE")
+    return BleDriver([a], store, options=fast_options(**options))

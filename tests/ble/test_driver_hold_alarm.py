@@ -10,12 +10,11 @@ BlueZ, real encrypted buffer.
 """
 
 import asyncio
-import contextlib
 import json
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 
 import pytest
@@ -35,8 +34,12 @@ from agent.status import status_line
 from tests.ble.driver_support import (
     PATIENT,
     WAIT,
+    and_driver,
     assignment,
+    bp_expected,
     bp_key,
+    bp_records,
+    busy,
     eventually,
     fast_options,
     running,
@@ -47,34 +50,7 @@ from tests.ble.driver_support import store as store  # the fixture
 
 
 def _records(n: int) -> list[BloodPressureRecord]:
-    return [
-        BloodPressureRecord(120 + i, 80 + i, pulse=64 + i, timestamp=datetime(2026, 12, 1, 8, i, 0))
-        for i in range(n)
-    ]
-
-
-def _expected(records: Sequence[BloodPressureRecord]) -> list[tuple[object, ...]]:
-    return sorted((r.systolic, r.diastolic, r.pulse, r.timestamp) for r in records)
-
-
-@contextlib.asynccontextmanager
-async def _busy(store: AsyncBuffer) -> AsyncIterator[None]:
-    """Hold the buffer's one thread with a call that blocks until the block ends."""
-    release = threading.Event()
-    call = asyncio.ensure_future(store._run(release.wait, 4 * WAIT))  # ended by the test
-    await asyncio.sleep(0.05)
-    try:
-        yield
-    finally:
-        release.set()
-        async with asyncio.timeout(WAIT):
-            await call
-
-
-def _driver(bluez: MockBlueZ, store: AsyncBuffer, cuff: AndCuff, **options: object) -> BleDriver:
-    bluez.adapter().add_peripheral(cuff)
-    a = assignment(DeviceFamily.AND_BPM, cuff.address, "UA-651BLE")
-    return BleDriver([a], store, options=fast_options(**options))
+    return bp_records(n, datetime(2026, 12, 1, 8, 0, 0), systolic=120, diastolic=80, pulse=64)
 
 
 def _report(driver: BleDriver) -> dict[str, object]:
@@ -96,11 +72,11 @@ async def test_a_long_hold_raises_the_alarm_and_the_next_transfer_clears_it(
 ) -> None:
     records = _records(5)
     cuff = AndCuff(records=records, frame_interval=0.02)
-    driver = _driver(bluez, store, cuff, hold_alarm_after=2.0)
+    driver = and_driver(bluez, store, cuff, hold_alarm_after=2.0)
     status = driver.workers[0].status
     caplog.set_level(logging.INFO, logger="agent.drivers.ble")
     async with running(driver) as task:
-        async with _busy(store):
+        async with busy(store, 4 * WAIT):
             await eventually(lambda: status.state is DeviceState.HELD, task=task, driver=driver)
             assert status.alarm is None  # a short hold is normal (a busy buffer)
             await eventually(lambda: status.alarm == HELD_ALARM, task=task, driver=driver)
@@ -122,7 +98,7 @@ async def test_a_long_hold_raises_the_alarm_and_the_next_transfer_clears_it(
             _no_values(json.dumps(_report(driver)) + problem.what + line, records)
         await eventually(lambda: cuff.records == [], task=task, driver=driver)
         await eventually(lambda: status.alarm is None, task=task, driver=driver)
-    assert sorted(bp_key(r) for r in await stored(store)) == _expected(records)
+    assert sorted(bp_key(r) for r in await stored(store)) == bp_expected(records)
     assert status.store_wait_since is None
     assert status.store_wait_reason is None
     assert status.store_alarms == 1
@@ -139,7 +115,7 @@ async def test_a_full_disk_raises_the_alarm_though_no_single_hold_lasts(
     and retries what it received: the alarm measures the whole wait, not one hold."""
     records = _records(6)
     cuff = AndCuff(records=records, frame_interval=0.05)
-    driver = _driver(bluez, store, cuff, hold_alarm_after=1.5)
+    driver = and_driver(bluez, store, cuff, hold_alarm_after=1.5)
     status = driver.workers[0].status
     real_append = store.sync.append
     full = threading.Event()
@@ -163,7 +139,7 @@ async def test_a_full_disk_raises_the_alarm_though_no_single_hold_lasts(
         full.clear()  # space again
         await eventually(lambda: cuff.records == [], task=task, driver=driver)
         await eventually(lambda: status.alarm is None, task=task, driver=driver)
-    assert sorted(bp_key(r) for r in await stored(store)) == _expected(records)
+    assert sorted(bp_key(r) for r in await stored(store)) == bp_expected(records)
 
 
 def _earlier(worker: DeviceWorker, seconds: float) -> None:

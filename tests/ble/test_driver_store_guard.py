@@ -13,9 +13,8 @@ Real bleak against the mock BlueZ, real encrypted buffer; plus the driver's flus
 """
 
 import asyncio
-import contextlib
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 
 import pytest
@@ -25,15 +24,19 @@ from hw_mocks.bluez.payloads import BloodPressureRecord
 
 from agent.buffer import AppendResult, AsyncBuffer
 from agent.clock import SystemClock
-from agent.drivers.ble import BleDriver, DeviceFamily, DeviceState, ErrorClass
+from agent.drivers.ble import DeviceFamily, DeviceState, ErrorClass
 from agent.drivers.ble.collector import Collector
 from agent.drivers.ble.driver import DeviceWorker
 from agent.errors import StorageFullError
 from agent.model import Reading
 from tests.ble.driver_support import (
     WAIT,
+    and_driver,
     assignment,
+    bp_expected,
     bp_key,
+    bp_records,
+    busy,
     eventually,
     fast_options,
     running,
@@ -44,36 +47,7 @@ from tests.ble.driver_support import store as store  # the fixture
 
 
 def _records(n: int) -> list[BloodPressureRecord]:
-    return [
-        BloodPressureRecord(
-            110 + i, 70 + i, pulse=60 + i, timestamp=datetime(2026, 11, 30, 11, i, 0)
-        )
-        for i in range(n)
-    ]
-
-
-def _expected(records: Sequence[BloodPressureRecord]) -> list[tuple[object, ...]]:
-    return sorted((r.systolic, r.diastolic, r.pulse, r.timestamp) for r in records)
-
-
-@contextlib.asynccontextmanager
-async def _busy(store: AsyncBuffer) -> AsyncIterator[None]:
-    """Hold the buffer's one thread with a call that blocks until the block ends."""
-    release = threading.Event()
-    call = asyncio.ensure_future(store._run(release.wait, WAIT))
-    await asyncio.sleep(0.05)
-    try:
-        yield
-    finally:
-        release.set()
-        async with asyncio.timeout(WAIT):
-            await call
-
-
-def _driver(bluez: MockBlueZ, store: AsyncBuffer, cuff: AndCuff, **options: object) -> BleDriver:
-    bluez.adapter().add_peripheral(cuff)
-    a = assignment(DeviceFamily.AND_BPM, cuff.address, "UA-651BLE")
-    return BleDriver([a], store, options=fast_options(**options))
+    return bp_records(n, datetime(2026, 11, 30, 11, 0, 0))
 
 
 async def test_a_cuff_that_deletes_is_not_served_while_the_buffer_is_busy(
@@ -81,10 +55,10 @@ async def test_a_cuff_that_deletes_is_not_served_while_the_buffer_is_busy(
 ) -> None:
     records = _records(5)
     cuff = AndCuff(records=records, frame_interval=0.02)
-    driver = _driver(bluez, store, cuff)
+    driver = and_driver(bluez, store, cuff)
     status = driver.workers[0].status
     async with running(driver) as task:
-        async with _busy(store):
+        async with busy(store):
             await eventually(lambda: status.last_seen is not None, task=task, driver=driver)
             await asyncio.sleep(1.5)  # on main: connected, received, cuff deleted them all
             deleted = len(records) - len(cuff.records)
@@ -97,7 +71,7 @@ async def test_a_cuff_that_deletes_is_not_served_while_the_buffer_is_busy(
             assert status.connections == 0
         await eventually(lambda: cuff.records == [], task=task, driver=driver)
         await eventually(lambda: status.readings_stored == 5, task=task, driver=driver)
-    assert sorted(bp_key(r) for r in await stored(store)) == _expected(records)
+    assert sorted(bp_key(r) for r in await stored(store)) == bp_expected(records)
     assert status.held_for_store >= 1
 
 
@@ -106,18 +80,18 @@ async def test_the_driver_hangs_up_when_the_buffer_stalls_mid_transfer(
 ) -> None:
     records = _records(20)
     cuff = AndCuff(records=records, frame_interval=0.1)  # a 2 s transfer
-    driver = _driver(bluez, store, cuff, store_wait=0.3)
+    driver = and_driver(bluez, store, cuff, store_wait=0.3)
     status = driver.workers[0].status
     async with running(driver) as task:
         await eventually(lambda: status.readings_stored >= 2, task=task, driver=driver)
-        async with _busy(store):  # the buffer stops taking records mid-transfer
+        async with busy(store):  # the buffer stops taking records mid-transfer
             await cuff.wait_for("disconnect", seconds=WAIT)
             assert len(cuff.records) == 20, "the cuff completed a transfer we only held"
             assert cuff.transfers_completed == 0
             assert status.hung_up_for_store == 1
         await eventually(lambda: cuff.records == [], task=task, driver=driver)
         await eventually(lambda: status.readings_stored == 20, task=task, driver=driver)
-    assert sorted(bp_key(r) for r in await stored(store)) == _expected(records)
+    assert sorted(bp_key(r) for r in await stored(store)) == bp_expected(records)
     assert status.last_error_class is ErrorClass.STORE
     assert status.duplicates >= 2  # what came before the hang-up came again, recognised
 
@@ -127,7 +101,7 @@ async def test_the_driver_hangs_up_when_appends_fail_mid_transfer(
 ) -> None:
     records = _records(20)
     cuff = AndCuff(records=records, frame_interval=0.1)
-    driver = _driver(bluez, store, cuff)
+    driver = and_driver(bluez, store, cuff)
     status = driver.workers[0].status
     real_append = store.sync.append
     full = threading.Event()
@@ -150,7 +124,7 @@ async def test_the_driver_hangs_up_when_appends_fail_mid_transfer(
         full.clear()  # space again: the readings held are stored, then the cuff is served
         await eventually(lambda: cuff.records == [], task=task, driver=driver)
         await eventually(lambda: status.readings_stored == 20, task=task, driver=driver)
-    assert sorted(bp_key(r) for r in await stored(store)) == _expected(records)
+    assert sorted(bp_key(r) for r in await stored(store)) == bp_expected(records)
 
 
 class _Sink:
