@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agent.buffer import AsyncBuffer, BufferConfig, FileKeySource
+from agent.drivers import registry
+from agent.drivers.cpap.driver import CpapCardOptions, CpapDriver
 from agent.drivers.cpap.importer import CardImporter, ImportOptions
 from agent.drivers.cpap.state import StateStore, derive_key
 from agent.model import Lane, Reading
@@ -70,3 +72,19 @@ async def wait_for(pred: Callable[[], object], limit_s: float, what: str) -> Non
             return
         await asyncio.sleep(0.02)
     raise TimeoutError(f"timed out waiting for {what}")
+
+
+def card_driver(
+    buf: AsyncBuffer, state_dir: Path, mount: Path, options: CpapCardOptions
+) -> CpapDriver:
+    """The cpap-card driver for one mount point, made from a device table as the daemon
+    makes it (its KEK in ``state_dir``), with ``options``."""
+    (driver,) = registry.create_drivers(
+        [{"transport": "cpap-card", "patient": PATIENT, "path": str(mount)}],
+        buf,
+        state_dir=state_dir,
+        key_source=FileKeySource(state_dir / "buffer.kek"),
+    )
+    assert isinstance(driver, CpapDriver)
+    driver.options = options
+    return driver

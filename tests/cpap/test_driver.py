@@ -12,12 +12,11 @@ from pathlib import Path
 import pytest
 from hw_mocks.cpap import MockCard
 
-from agent.buffer import FileKeySource
 from agent.drivers import registry
 from agent.drivers.contract import DeviceTableError
 from agent.drivers.cpap.driver import CardState, CardWatcher, CpapCardOptions, CpapDriver
 from agent.drivers.cpap.transport import CardAssignment
-from tests.cpap.support import PATIENT, flagged, open_buffer, stored, wait_for
+from tests.cpap.support import PATIENT, card_driver, flagged, open_buffer, stored, wait_for
 
 
 def state_of(watcher: CardWatcher) -> CardState:
@@ -79,14 +78,7 @@ async def test_card_comes_and_goes(tmp_path: Path) -> None:
     buf = await open_buffer(state_dir)  # creates the KEK, as the daemon does before drivers
     mount = tmp_path / "mnt"
     mount.mkdir()
-    (driver,) = registry.create_drivers(
-        [{"transport": "cpap-card", "patient": PATIENT, "path": str(mount)}],
-        buf,
-        state_dir=state_dir,
-        key_source=FileKeySource(state_dir / "buffer.kek"),
-    )
-    assert isinstance(driver, CpapDriver)
-    driver.options = FAST
+    driver = card_driver(buf, state_dir, mount, FAST)
     task = asyncio.create_task(driver.run())
     try:
         await asyncio.wait_for(driver.started.wait(), 30)
@@ -137,14 +129,7 @@ async def test_a_folder_that_is_no_card_is_left_alone(tmp_path: Path) -> None:
     mount = tmp_path / "mnt"
     (mount / "DATALOG").mkdir(parents=True)
     (mount / "STR.edf").write_bytes(b"not an edf file at all" * 20)
-    (driver,) = registry.create_drivers(
-        [{"transport": "cpap-card", "patient": PATIENT, "path": str(mount)}],
-        buf,
-        state_dir=state_dir,
-        key_source=FileKeySource(state_dir / "buffer.kek"),
-    )
-    assert isinstance(driver, CpapDriver)
-    driver.options = FAST
+    driver = card_driver(buf, state_dir, mount, FAST)
     task = asyncio.create_task(driver.run())
     try:
         await asyncio.wait_for(driver.started.wait(), 30)
@@ -172,15 +157,11 @@ async def test_a_full_state_directory_is_retried_not_the_end_of_the_driver(
     buf = await open_buffer(state_dir)
     mount = tmp_path / "mnt"
     mount.mkdir()
-    (driver,) = registry.create_drivers(
-        [{"transport": "cpap-card", "patient": PATIENT, "path": str(mount)}],
+    driver = card_driver(
         buf,
-        state_dir=state_dir,
-        key_source=FileKeySource(state_dir / "buffer.kek"),
-    )
-    assert isinstance(driver, CpapDriver)
-    driver.options = CpapCardOptions(
-        poll_interval=0.05, settle=0.1, rescan_interval=0.2, error_backoff=0.1
+        state_dir,
+        mount,
+        CpapCardOptions(poll_interval=0.05, settle=0.1, rescan_interval=0.2, error_backoff=0.1),
     )
     real_save = cpap_state.StateStore.save
     full = [True]

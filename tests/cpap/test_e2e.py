@@ -12,13 +12,11 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hw_mocks.cpap import MockCard
 
-from agent.buffer import FileKeySource
-from agent.drivers import registry
-from agent.drivers.cpap.driver import CpapCardOptions, CpapDriver
+from agent.drivers.cpap.driver import CpapCardOptions
 from agent.model import Lane
 from receiver.localstack import enrol
 from receiver.store import SqliteStore, StoredReading
-from tests.cpap.support import PATIENT
+from tests.cpap.support import PATIENT, card_driver
 from tests.uplink.conftest import broker, open_agent, pki, receivers, wait_until  # noqa: F401
 
 BOX = "box-cpap-0001"
@@ -44,14 +42,9 @@ async def test_card_to_receiver(broker, receivers, tmp_path):  # noqa: F811
     for i in range(3):
         card.add_night(date(2026, 7, 1 + i), detail_minutes=15)
     card.write()
-    (driver,) = registry.create_drivers(
-        [{"transport": "cpap-card", "patient": PATIENT, "path": str(mount)}],
-        buf,
-        state_dir=agent_dir,
-        key_source=FileKeySource(agent_dir / "buffer.kek"),
+    driver = card_driver(
+        buf, agent_dir, mount, CpapCardOptions(poll_interval=0.05, settle=0.1, rescan_interval=0.5)
     )
-    assert isinstance(driver, CpapDriver)
-    driver.options = CpapCardOptions(poll_interval=0.05, settle=0.1, rescan_interval=0.5)
     drive = asyncio.create_task(driver.run())
     send = asyncio.create_task(uplink.run())
     try:
