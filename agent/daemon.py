@@ -30,6 +30,7 @@ from agent.supervisor import Service, Supervisor
 
 if TYPE_CHECKING:  # imported where used: without [uplink] the agent never loads paho
     from agent.care.service import CareService
+    from agent.drivers.contract import Journal
     from agent.uplink.sender import Uplink
 
 _LOGGER = logging.getLogger(__name__)
@@ -427,6 +428,10 @@ class WakingSink:
     async def probe_first(self) -> None:
         """See :meth:`agent.buffer.AsyncBuffer.probe_first`."""
         await self.buffer.probe_first()
+
+    def intake_journal(self) -> Journal | None:
+        """See :meth:`agent.buffer.AsyncBuffer.intake_journal` (``JournalSink``)."""
+        return self.buffer.intake_journal()
 
 
 def _load_uplink(cfg: AgentConfig, buffer: Any, commands: Any = None) -> Uplink:

@@ -26,6 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final, ParamSpec, TypeVar
 
+from agent.buffer import intake
 from agent.buffer.keys import KeySource
 from agent.buffer.results import RowClaim
 from agent.buffer.store import AppendResult, Buffer, BufferConfig, BufferStats, Claim
@@ -60,6 +61,7 @@ class AsyncBuffer:
         self._made: dict[int, float] = {}
         self._order = itertools.count()
         self._append_failed_at: float | None = None
+        self._intake: ThreadPoolExecutor | None = None
 
     @classmethod
     async def open(
@@ -78,6 +80,12 @@ class AsyncBuffer:
                 executor,
                 functools.partial(Buffer.open, path, keys, cap_bytes=cap_bytes, config=config),
             )
+            try:
+                # what killed sessions of devices that delete what they sent left behind
+                await loop.run_in_executor(executor, functools.partial(intake.replay, buf))
+            except BaseException:
+                await loop.run_in_executor(executor, buf.close)
+                raise
         except BaseException:
             executor.shutdown(wait=False)
             raise
@@ -148,6 +156,16 @@ class AsyncBuffer:
         if self.busy_for() >= max_wait:
             return "store-busy"
         return None
+
+    def intake_journal(self) -> intake.IntakeJournal:
+        """A fresh journal for one session of a device that deletes what it sent
+        (:mod:`agent.buffer.intake`): its writes run on a thread of their own, never behind
+        this buffer's calls."""
+        if self._intake is None:
+            self._intake = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buffer-intake")
+        return intake.IntakeJournal(
+            intake.intake_dir(self._buffer.path), self._buffer.intake_keyring, self._intake
+        )
 
     @property
     def sync(self) -> Buffer:
@@ -236,6 +254,8 @@ class AsyncBuffer:
     async def close(self) -> None:
         """Close the store and stop the worker thread."""
         try:
+            if self._intake is not None:
+                await asyncio.to_thread(self._intake.shutdown, wait=True)
             await self._run(self._buffer.close)
         finally:
             self._executor.shutdown(wait=True)

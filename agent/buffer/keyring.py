@@ -283,6 +283,14 @@ class Keyring:
         aead = self._data[self.active]
         return nonce + aead.encrypt(nonce, plaintext, aad(table, seq, self.active, lane))
 
+    def seal_keyed(self, table: str, seq: int, lane: int, plaintext: bytes) -> tuple[int, bytes]:
+        """:meth:`seal`, also returning the id of the key used (safe from another thread than
+        the store's: a rotation between reading the active id and sealing cannot mismatch)."""
+        key_id = self.active
+        nonce = os.urandom(NONCE_BYTES)
+        blob = nonce + self._data[key_id].encrypt(nonce, plaintext, aad(table, seq, key_id, lane))
+        return key_id, blob
+
     def seal_rows(
         self, table: str, rows: Sequence[tuple[int, int, bytes]]
     ) -> list[tuple[int, int, int, bytes]]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import shutil
 import sqlite3
 import time
 import uuid
@@ -29,6 +30,7 @@ from typing import TypeVar
 from agent.atomicfile import write_atomic
 from agent.buffer import alarms
 from agent.buffer.dedup import Seen
+from agent.buffer.intake import intake_dir
 from agent.buffer.keyring import Keyring
 from agent.buffer.keys import KeySource
 from agent.buffer.outbox import ACKED, CLAIMED, Outbox
@@ -229,6 +231,11 @@ class Buffer:
 
     # -- public API ---------------------------------------------------------------------
 
+    @property
+    def intake_keyring(self) -> Keyring:
+        """The store's keys, for the intake journal only (:mod:`agent.buffer.intake`)."""
+        return self._keyring
+
     def append(self, readings: Sequence[Reading]) -> AppendResult:
         """Store readings durably in one transaction; duplicates are skipped.
 
@@ -385,6 +392,7 @@ class Buffer:
                 self.path.with_name(name + suffix).unlink(missing_ok=True)
         self.path.with_name(self.path.name + ".anchor").unlink(missing_ok=True)
         unverified_path(self.path).unlink(missing_ok=True)
+        shutil.rmtree(intake_dir(self.path), ignore_errors=True)  # sealed under the old keys
 
     # -- status -------------------------------------------------------------------------
 

@@ -44,7 +44,7 @@ from agent.care.state import CareStateFile, derive_key
 from agent.care.thresholds import Alarm, Evaluator, ThresholdError, Thresholds, reading_time
 from agent.clock import Clock, SystemClock
 from agent.codes import PULSE_RATE_BP, PULSE_RATE_OXIM, SPO2
-from agent.drivers.contract import FirstSink
+from agent.drivers.contract import FirstSink, Journal, JournalSink
 from agent.health import Concern
 from agent.model import DeviceIdentity, DeviceKind, Lane, Reading, Transport
 
@@ -713,6 +713,12 @@ class CareSink:
         """The inner sink's :meth:`~agent.drivers.contract.FirstSink.probe_first`."""
         if isinstance(self.inner, FirstSink):
             await self.inner.probe_first()
+
+    def intake_journal(self) -> Journal | None:
+        """The inner sink's :meth:`~agent.drivers.contract.JournalSink.intake_journal`."""
+        if isinstance(self.inner, JournalSink):
+            return self.inner.intake_journal()
+        return None
 
 
 class DeliveryWatch:

@@ -92,6 +92,34 @@ class FirstSink(ReadingSink, Protocol):
         ...
 
 
+class Journal(Protocol):
+    """An fsynced intake journal of one session (:class:`agent.buffer.intake.IntakeJournal`)."""
+
+    def record(self, reading: Reading) -> None:
+        """Make ``reading`` durable now, ahead of and apart from the buffer."""
+        ...
+
+    def settle(self) -> None:
+        """Everything recorded so far is committed to the buffer."""
+        ...
+
+    def close(self, *, settled: bool) -> None:
+        """End of the session (keep the file for replay unless ``settled``)."""
+        ...
+
+
+@runtime_checkable
+class JournalSink(Protocol):
+    """A sink that journals a device's readings as they arrive, before the buffer commits
+    them (:meth:`agent.buffer.AsyncBuffer.intake_journal`): for a device that deletes what it
+    sent, a kill between the device's deletion and the buffer's commit then loses nothing
+    (the store replays the journal when it is opened next)."""
+
+    def intake_journal(self) -> Journal | None:
+        """A fresh journal for one session (``None``: this sink cannot journal)."""
+        ...
+
+
 class Driver(Protocol):
     """One transport's devices as one supervised service."""
 

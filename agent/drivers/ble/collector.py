@@ -25,6 +25,8 @@ a reading is durable within milliseconds of arriving.
   ahead of other buffer work (:meth:`~agent.drivers.contract.FirstSink.append_first`), and
   :meth:`Collector.unstored_for` / :attr:`Collector.store_failed` tell the driver when the
   buffer is not taking them (it then hangs up before the device completes its transfer).
+  Such a sink's journal (:class:`~agent.drivers.contract.JournalSink`) also gets every reading
+  as it is queued, fsynced apart from the buffer, and is emptied once they are committed.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from agent.clock import CaptureTime, Clock
 from agent.drivers.ble.assignment import DeviceAssignment
 from agent.drivers.ble.resilience import BackoffPolicy, ErrorClass, FailureCounter
 from agent.drivers.ble.status import DeviceStatus
-from agent.drivers.contract import FirstSink, ReadingSink
+from agent.drivers.contract import FirstSink, Journal, JournalSink, ReadingSink
 from agent.drivers.profiles import decode_payload, measurement_for_characteristic
 from agent.errors import BufferFullError, CodecError
 from agent.ids import uuid7
@@ -148,6 +150,12 @@ class Collector:
         self._arrived: dict[object, float] = {}
         """When each reading not yet stored was queued (by reading id)."""
         self._append = sink.append_first if first and isinstance(sink, FirstSink) else sink.append
+        self.journal: Journal | None = (
+            sink.intake_journal() if first and isinstance(sink, JournalSink) else None
+        )
+        """For a device that deletes what it sent: every reading queued is fsynced here as it
+        arrives (on the journal's own thread), so a kill before the buffer commits it loses
+        nothing (:mod:`agent.buffer.intake`)."""
         self.store_failed = False
         """An append failed in this session (the readings are kept and retried)."""
         self._wake = asyncio.Event()
@@ -230,6 +238,8 @@ class Collector:
         return reading
 
     def _queue(self, reading: Reading) -> None:
+        if self.journal is not None:
+            self.journal.record(reading)
         self._pending.append(reading)
         self._arrived.setdefault(reading.id, time.monotonic())
         self._wake.set()
@@ -337,6 +347,14 @@ class Collector:
                 self._settled(group)
                 self.status.readings_stored += result.stored
                 self.status.duplicates += result.duplicates
+            if self.journal is not None and not self._arrived:
+                self.journal.settle()  # all it holds is committed now
+
+    def close_journal(self) -> None:
+        """The session ended: remove its journal if everything in it is committed, else keep
+        it for the store to replay at its next open."""
+        if self.journal is not None:
+            self.journal.close(settled=not self._arrived and not self._pending)
 
     def _settled(self, group: Sequence[Reading]) -> None:
         for r in group:

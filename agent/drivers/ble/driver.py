@@ -441,6 +441,7 @@ class DeviceWorker:
                         await collector.drain()
                 raise
             finally:
+                collector.close_journal()
                 flusher.cancel()
                 # ``asyncio.wait`` neither raises the flusher's own CancelledError nor swallows
                 # a cancellation of this task (``suppress(CancelledError): await flusher``
