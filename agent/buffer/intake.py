@@ -30,6 +30,7 @@ up when a record has waited ``store_wait`` for the buffer) and a warning is logg
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import struct
@@ -150,8 +151,15 @@ class IntakeJournal:
             self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             os.fsync(self._fd)
             _fsync_dir(self._dir)  # the file's name must survive a power cut too
-        os.write(self._fd, frame)
-        os.fsync(self._fd)
+        try:
+            if os.write(self._fd, frame) != len(frame):
+                raise OSError(errno.ENOSPC, "short write")
+            os.fsync(self._fd)
+        except OSError:
+            # a full card: cut the partial frame off, so later frames still read back
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._size)
+            raise
         self._frames += 1
         self._size += len(frame)
         self.written += 1
