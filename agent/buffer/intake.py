@@ -10,8 +10,11 @@ independently of the buffer's load:
 * every reading the collector queues is written to a small per-session file and ``fsync``-ed
   **as it arrives**, on the journal's own thread (never the buffer's, which may be busy; never
   the event loop);
-* once the collector's readings are all committed to the buffer the file is truncated
-  (:meth:`IntakeJournal.settle`), and at the end of the session removed;
+* the file is made, and :data:`RESERVE` bytes allocated to it (``fallocate``, keeping its
+  length), when the session starts, so its frames still fit when the card fills up mid-transfer;
+* once the collector's readings are all committed to the buffer a settle mark (an empty
+  frame) is appended (:meth:`IntakeJournal.settle`): a replay skips everything before it; at
+  the end of the session the file is removed;
 * when the store is opened (:meth:`agent.buffer.AsyncBuffer.open`), what a killed process left
   behind is appended to the buffer (:func:`replay`); the buffer's natural key (device + device
   time + values) and reading id drop what it had committed already, then the file goes.
@@ -23,13 +26,15 @@ file. Frames: ``>IIQ`` (sealed length, key id, frame number) then the sealed byt
 last frame (a power cut mid-write) ends the file; everything before it was fsynced.
 
 Bounded: :data:`FILE_LIMIT` bytes per session (an A&D transfer of 200 records is about
-60 KB); a reading beyond it is not journaled (the driver's store guards still apply: it hangs
+60 KB; a file whose frames are all settled starts again from empty when it reaches the
+bound); a reading beyond it is not journaled (the driver's store guards still apply: it hangs
 up when a record has waited ``store_wait`` for the buffer) and a warning is logged.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import logging
 import os
@@ -54,6 +59,8 @@ _LOGGER = logging.getLogger(__name__)
 TABLE: Final = "intake"
 SUFFIX: Final = ".jnl"
 FILE_LIMIT: Final = 1 << 20
+RESERVE: Final = 64 << 10
+"""Bytes allocated to a journal when its session starts (about 200 A&D records)."""
 _HEAD: Final = struct.Struct(">IIQ")
 _ID_BYTES: Final = 16
 
@@ -61,6 +68,22 @@ _ID_BYTES: Final = 16
 def intake_dir(store_path: Path) -> Path:
     """Where the journals of the store at ``store_path`` live (next to it)."""
     return store_path.with_name(store_path.name + ".intake")
+
+
+_LIBC: Final = ctypes.CDLL(None, use_errno=True)
+_FALLOC_FL_KEEP_SIZE: Final = 1
+
+
+def _reserve(fd: int, size: int) -> None:
+    """Allocate ``size`` bytes to the file without changing its length (Linux
+    ``fallocate(FALLOC_FL_KEEP_SIZE)``), so that its frames still fit when the card fills up;
+    a filesystem that cannot is left as it is."""
+    fallocate = _LIBC.fallocate
+    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    if fallocate(fd, _FALLOC_FL_KEEP_SIZE, 0, size) != 0:
+        err = ctypes.get_errno()
+        if err not in (errno.EOPNOTSUPP, errno.ENOSYS):
+            raise OSError(err, os.strerror(err))
 
 
 def _fsync_dir(path: Path) -> None:
@@ -100,11 +123,16 @@ class IntakeJournal:
         self._path = directory / (uuid.uuid4().hex + SUFFIX)
         self._fd: int | None = None
         self._frames = 0
+        self._settled = 0
+        """Frames up to the last settle mark (all committed to the buffer)."""
         self._size = 0
         self._last: Future[None] | None = None
         self._over_limit = False
         self.written = 0
         """Frames made durable (for tests and the status)."""
+        self.failed = 0
+        """Journal operations that failed (a full or failing card)."""
+        self._submit(self._create)  # now, at the session's start: the space is reserved
 
     def _submit(self, fn: Callable[[], None]) -> None:
         self._last = self._executor.submit(self._guarded, fn)
@@ -114,15 +142,18 @@ class IntakeJournal:
             fn()
         except OSError as exc:
             # The store's own guards (hold, hang-up) still protect the records; say so once.
-            _LOGGER.error("intake journal: %s (%s)", type(exc).__name__, exc.strerror)
+            self.failed += 1
+            if self.failed == 1:
+                _LOGGER.error("intake journal: %s (%s)", type(exc).__name__, exc.strerror)
 
     def record(self, reading: Reading) -> None:
         """Make ``reading`` durable in the journal as soon as the journal thread can."""
-        self._submit(lambda: self._write(reading))
+        self._submit(lambda: self._write(_plaintext(reading)))
 
     def settle(self) -> None:
-        """Everything recorded so far is committed to the buffer: empty the file."""
-        self._submit(self._truncate)
+        """Everything recorded so far is committed to the buffer (a settle mark is written:
+        a replay skips what comes before it)."""
+        self._submit(self._mark)
 
     def close(self, *, settled: bool) -> None:
         """End of the session: remove the file when ``settled`` (all committed), else keep it
@@ -136,21 +167,34 @@ class IntakeJournal:
 
     # -- on the journal thread ------------------------------------------------------------
 
-    def _write(self, reading: Reading) -> None:
-        key_id, blob = self._keyring.seal_keyed(TABLE, self._frames, 0, _plaintext(reading))
-        frame = _HEAD.pack(len(blob), key_id, self._frames) + blob
-        if self._size + len(frame) > self._limit:
+    def _create(self) -> None:
+        self._dir.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            _reserve(fd, min(RESERVE, self._limit))
+            os.fsync(fd)
+            _fsync_dir(self._dir)  # the file's name must survive a power cut too
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    def _write(self, plaintext: bytes) -> None:
+        if self._fd is None:
+            self._create()  # the first attempt, at the session's start, failed
+        assert self._fd is not None
+        length = _HEAD.size + len(plaintext) + 12 + 16  # nonce, tag
+        if self._size + length > self._limit and self._settled == self._frames:
+            self._restart()  # everything in the file is committed: begin it again
+        if self._size + length > self._limit:
             if not self._over_limit:
                 _LOGGER.warning(
                     "intake journal full (%d bytes): readings not journaled", self._size
                 )
             self._over_limit = True
             return
-        if self._fd is None:
-            self._dir.mkdir(mode=0o700, exist_ok=True)
-            self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            os.fsync(self._fd)
-            _fsync_dir(self._dir)  # the file's name must survive a power cut too
+        key_id, blob = self._keyring.seal_keyed(TABLE, self._frames, 0, plaintext)
+        frame = _HEAD.pack(len(blob), key_id, self._frames) + blob
         try:
             if os.write(self._fd, frame) != len(frame):
                 raise OSError(errno.ENOSPC, "short write")
@@ -162,15 +206,22 @@ class IntakeJournal:
             raise
         self._frames += 1
         self._size += len(frame)
-        self.written += 1
+        if plaintext:
+            self.written += 1
 
-    def _truncate(self) -> None:
-        if self._fd is None or self._size == 0:
+    def _mark(self) -> None:
+        if self._fd is None or self._settled == self._frames:
             return
+        self._write(b"")  # the settle mark: an empty frame
+        self._settled = self._frames
+
+    def _restart(self) -> None:
+        assert self._fd is not None
         os.ftruncate(self._fd, 0)
+        with contextlib.suppress(OSError):
+            _reserve(self._fd, min(RESERVE, self._limit))
         os.fsync(self._fd)
-        self._frames = 0
-        self._size = 0
+        self._frames = self._settled = self._size = 0
         self._over_limit = False
 
     def _close_fd(self) -> None:
@@ -188,17 +239,22 @@ def read_journal(path: Path, keyring: Keyring) -> tuple[list[Reading], bool]:
     that does not open under this store's keys; a torn last frame counts as the end)."""
     data = path.read_bytes()
     readings: list[Reading] = []
-    at = 0
+    at = n = 0
     while at + _HEAD.size <= len(data):
         length, key_id, seq = _HEAD.unpack_from(data, at)
+        if seq != n:
+            return readings, False  # a frame out of its place
+        n += 1
         body = data[at + _HEAD.size : at + _HEAD.size + length]
         if len(body) < length:
             break  # torn by a power cut mid-write: never fsynced, never promised
         try:
             plain = keyring.open(TABLE, seq, key_id, 0, body)
-            readings.extend(
-                decode_readings(plain[_ID_BYTES:], [uuid.UUID(bytes=plain[:_ID_BYTES])])
-            )
+            if not plain:
+                readings.clear()  # a settle mark: everything before it is committed
+            else:
+                ids = [uuid.UUID(bytes=plain[:_ID_BYTES])]
+                readings.extend(decode_readings(plain[_ID_BYTES:], ids))
         except (AgentError, ProtocolError, ValueError):
             return readings, False
         at += _HEAD.size + length
