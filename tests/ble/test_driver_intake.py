@@ -14,6 +14,7 @@ import asyncio
 import os
 import signal
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -23,11 +24,13 @@ from hw_mocks.bluez.devices import AndCuff
 from agent.buffer.intake import SUFFIX, intake_dir
 from tests.ble.driver_support import (
     WAIT,
+    and_driver,
     bp_expected,
     bp_key,
     bp_records,
     eventually,
     open_store,
+    running,
     stored,
 )
 from tests.ble.driver_support import hang_guard as hang_guard  # autouse fixture
@@ -79,3 +82,37 @@ async def test_a_kill_after_the_cuff_deleted_its_records_loses_none(
     )
     assert journals, "recovered, but not from the intake journal"
     assert not list(intake_dir(tmp_path / "buffer.db").glob("*" + SUFFIX))  # replayed, gone
+
+
+async def test_a_cuff_that_deletes_waits_while_the_agent_runs_late(
+    bluez: MockBlueZ, tmp_path: Path
+) -> None:
+    """While the event loop runs callbacks late (an agent just started on a loaded box), a
+    record the cuff sent would wait unjournaled in the agent's D-Bus socket: the transfer is
+    put off (``agent-busy``) until the loop is on time again."""
+    store = await open_store(tmp_path)
+    records = bp_records(3, datetime(2026, 11, 30, 13, 0, 0))
+    cuff = AndCuff(records=records, frame_interval=0.02)
+    driver = and_driver(bluez, store, cuff)
+    status = driver.workers[0].status
+    loop = asyncio.get_running_loop()
+    late = True
+
+    def block() -> None:  # the loop runs 0.6 s late, again and again
+        if late:
+            time.sleep(0.6)
+            loop.call_later(0.05, block)
+
+    try:
+        async with running(driver) as task:
+            loop.call_soon(block)
+            await eventually(lambda: status.held_for_store >= 1, task=task, driver=driver)
+            assert status.store_wait_reason == "agent-busy"
+            assert cuff.transfers_completed == 0
+            assert len(cuff.records) == 3
+            late = False
+            await eventually(lambda: status.readings_stored == 3, task=task, driver=driver)
+        assert sorted(bp_key(r) for r in await stored(store)) == bp_expected(records)
+    finally:
+        late = False
+        await store.close()

@@ -26,7 +26,8 @@ a reading is durable within milliseconds of arriving.
   :meth:`Collector.unstored_for` / :attr:`Collector.store_failed` tell the driver when the
   buffer is not taking them (it then hangs up before the device completes its transfer).
   Such a sink's journal (:class:`~agent.drivers.contract.JournalSink`) also gets every reading
-  as it is queued, fsynced apart from the buffer, and is emptied once they are committed.
+  as it is queued, fsynced apart from the buffer, and is marked settled once they are
+  committed.
 """
 
 from __future__ import annotations

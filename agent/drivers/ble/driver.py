@@ -41,6 +41,7 @@ the alarm :data:`~agent.drivers.ble.status.HELD_ALARM` (``docs/ble.md``).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -103,6 +104,9 @@ class BleDriverOptions:
         device_time: the time written to devices; ``None`` means "not trustworthy".
         store_ready: a device that deletes what it sent is connected only while the buffer's
             oldest call has waited less than this (``FirstSink.transfer_hold``).
+        loop_ready: such a device is connected only while the event loop runs a callback
+            less than this late (``agent-busy`` otherwise): its records wait in the agent's
+            D-Bus socket, unjournaled, for as long as the loop is late.
         store_wait: while such a device is connected, hang up when a record it sent has
             waited this long for the buffer, or an append failed.
         hold_alarm_after: such a device whose records have waited this long for the buffer
@@ -123,8 +127,42 @@ class BleDriverOptions:
     power_off_seconds: float = 1.0
     device_time: Callable[[], datetime | None] = synced_local_time
     store_ready: float = 0.5
+    loop_ready: float = 0.25
     store_wait: float = 1.0
     hold_alarm_after: float = 600.0
+
+
+class LoopLag:
+    """How late the event loop runs callbacks: the worst overshoot of a short sleep over the
+    last ``window`` seconds (a supervised task of the driver samples it every ``tick``).
+
+    A record a device sent waits in the agent's D-Bus socket until the loop reads it and the
+    collector journals it; a loop running a second late (an agent just started on a loaded
+    box) is a second in which a kill loses what a device that deletes what it sent has
+    already deleted."""
+
+    def __init__(self, window: float = 1.0, tick: float = 0.05) -> None:
+        self.window = window
+        self.tick = tick
+        self._samples: collections.deque[tuple[float, float]] = collections.deque()
+        self._tick_started: float | None = None
+
+    async def run(self) -> None:
+        """Sample until cancelled."""
+        while True:
+            start = self._tick_started = time.monotonic()
+            await asyncio.sleep(self.tick)
+            now = time.monotonic()
+            self._samples.append((now, now - start - self.tick))
+            while self._samples and self._samples[0][0] < now - self.window:
+                self._samples.popleft()
+
+    def recent(self) -> float:
+        """The worst lag of the last ``window`` seconds, counting a tick still overdue."""
+        worst = max((lag for _, lag in self._samples), default=0.0)
+        if self._tick_started is not None:
+            worst = max(worst, time.monotonic() - self._tick_started - self.tick)
+        return worst
 
 
 def omron_sequence(advertisement: AdvertisementData | None) -> int | None:
@@ -151,8 +189,11 @@ class DeviceWorker:
         clock: Clock,
         options: BleDriverOptions,
         connect_slots: asyncio.Semaphore,
+        lag: LoopLag | None = None,
     ) -> None:
         self.assignment = assignment
+        self.lag = lag
+        """The driver's event-loop lag monitor (``None``: not checked)."""
         self.sink = sink
         self.clock = clock
         self.options = options
@@ -240,6 +281,8 @@ class DeviceWorker:
                 await self.sink.probe_first()
         except TimeoutError:
             return "store-busy"
+        if self.lag is not None and self.lag.recent() >= self.options.loop_ready:
+            return "agent-busy"
         return None
 
     async def _hold_for_store(self, reason: str) -> None:
@@ -504,11 +547,12 @@ class BleDriver:
         self._named_addresses: set[str] = set()
         self._last_advert = time.monotonic()
         self._slots = asyncio.Semaphore(self.options.concurrent_connects)
+        self._lag = LoopLag()
         self._build_workers()
 
     def _build_workers(self) -> None:
         self.workers = [
-            DeviceWorker(a, self.sink, self.clock, self.options, self._slots)
+            DeviceWorker(a, self.sink, self.clock, self.options, self._slots, self._lag)
             for a in self.assignments
         ]
         self._by_address = {w.assignment.address: w for w in self.workers if w.assignment.address}
@@ -545,6 +589,7 @@ class BleDriver:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._scan_loop(bus, agent), name="ble-scanner")
+                tg.create_task(self._lag.run(), name="ble-loop-lag")
                 for worker in self.workers:
                     tg.create_task(worker.run(), name=f"ble-device:{worker.assignment.log_id}")
         finally:

@@ -74,8 +74,8 @@ class DeviceStatus:
     could not hand over because of the buffer (put off or cut short, no complete transfer
     since); ``None`` when there are none."""
     store_wait_reason: str | None = None
-    """Why, the last time it was put off or cut short: ``store-busy``, ``store-failing`` or
-    ``store``."""
+    """Why, the last time it was put off or cut short: ``store-busy``, ``store-failing``,
+    ``agent-busy`` (the event loop running late) or ``store``."""
     alarm: str | None = None
     """:data:`HELD_ALARM` while that wait has lasted ``hold_alarm_after`` or longer."""
     store_alarms: int = 0
