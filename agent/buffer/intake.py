@@ -33,6 +33,7 @@ up when a record has waited ``store_wait`` for the buffer) and a warning is logg
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import errno
@@ -132,7 +133,9 @@ class IntakeJournal:
         """Frames made durable (for tests and the status)."""
         self.failed = 0
         """Journal operations that failed (a full or failing card)."""
-        self._submit(self._create)  # now, at the session's start: the space is reserved
+        # now, at the session's start: the file is made and its space reserved
+        self._created: Future[None] = self._executor.submit(self._guarded, self._create)
+        self._last = self._created
 
     def _submit(self, fn: Callable[[], None]) -> None:
         self._last = self._executor.submit(self._guarded, fn)
@@ -145,6 +148,12 @@ class IntakeJournal:
             self.failed += 1
             if self.failed == 1:
                 _LOGGER.error("intake journal: %s (%s)", type(exc).__name__, exc.strerror)
+
+    async def ready(self) -> bool:
+        """Whether the file could be made and its space reserved (``False``: a full or
+        failing card; the driver then does not start the transfer)."""
+        await asyncio.wrap_future(self._created)
+        return self._fd is not None
 
     def record(self, reading: Reading) -> None:
         """Make ``reading`` durable in the journal as soon as the journal thread can."""

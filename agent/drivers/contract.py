@@ -95,6 +95,10 @@ class FirstSink(ReadingSink, Protocol):
 class Journal(Protocol):
     """An fsynced intake journal of one session (:class:`agent.buffer.intake.IntakeJournal`)."""
 
+    async def ready(self) -> bool:
+        """Whether the journal can take records (its file made, its space reserved)."""
+        ...
+
     def record(self, reading: Reading) -> None:
         """Make ``reading`` durable now, ahead of and apart from the buffer."""
         ...

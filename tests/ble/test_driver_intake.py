@@ -11,6 +11,7 @@ each durable as it arrived, and the open replays it.
 """
 
 import asyncio
+import errno
 import os
 import signal
 import sys
@@ -18,10 +19,12 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import pytest
 from hw_mocks.bluez import MockBlueZ
 from hw_mocks.bluez.devices import AndCuff
 
-from agent.buffer.intake import SUFFIX, intake_dir
+from agent.buffer.intake import SUFFIX, IntakeJournal, intake_dir
+from agent.drivers.ble import ErrorClass
 from tests.ble.driver_support import (
     WAIT,
     and_driver,
@@ -115,4 +118,37 @@ async def test_a_cuff_that_deletes_waits_while_the_agent_runs_late(
         assert sorted(bp_key(r) for r in await stored(store)) == bp_expected(records)
     finally:
         late = False
+        await store.close()
+
+
+async def test_a_cuff_that_deletes_waits_while_the_journal_cannot_be_made(
+    bluez: MockBlueZ, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A card already full when the session starts: no journal file, so the transfer is not
+    started (the cuff keeps its records); once the card has room it is served."""
+    store = await open_store(tmp_path)
+    records = bp_records(3, datetime(2026, 11, 30, 14, 0, 0))
+    cuff = AndCuff(records=records, frame_interval=0.02)
+    driver = and_driver(bluez, store, cuff)
+    status = driver.workers[0].status
+    real_create = IntakeJournal._create
+    full = True
+
+    def create(self: IntakeJournal) -> None:
+        if full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_create(self)
+
+    monkeypatch.setattr(IntakeJournal, "_create", create)
+    try:
+        async with running(driver) as task:
+            await eventually(lambda: status.errors >= 1, task=task, driver=driver)
+            assert status.last_error_class is ErrorClass.STORE
+            assert status.connections == 0
+            assert len(cuff.records) == 3
+            full = False
+            await eventually(lambda: status.readings_stored == 3, task=task, driver=driver)
+        assert sorted(bp_key(r) for r in await stored(store)) == bp_expected(records)
+        assert not list(intake_dir(tmp_path / "buffer.db").glob("*" + SUFFIX))
+    finally:
         await store.close()

@@ -398,6 +398,10 @@ class DeviceWorker:
             chunk_samples=opts.session.chunk_samples,
             first=self.deletes,
         )
+        if collector.journal is not None and not await collector.journal.ready():
+            collector.close_journal()
+            # a full or failing card: the records would live only in memory until appended
+            raise BleTransportError(ErrorClass.STORE, "the intake journal cannot be written")
         flusher = asyncio.create_task(collector.run(), name=f"ble-store:{self.assignment.log_id}")
         client: BleakClient | None = None
         guard: asyncio.Task[None] | None = None
