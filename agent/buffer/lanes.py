@@ -26,16 +26,22 @@ class LanePolicy:
             under disk pressure in increasing rank.
         refused_when_full: appends of this lane raise ``BufferFullError`` once the store is
             over its cap after compaction. Lanes that are never refused are always stored.
+        alarm_reserve: on a full filesystem, an append of this lane may use a further quarter
+            of the reserve file (the part kept for draining) once its own half is gone: a
+            clinical alarm is stored even on a full card (``docs/buffer.md``, "Full disk").
     """
 
     priority: int
     compact_rank: int | None
     refused_when_full: bool
+    alarm_reserve: bool = False
 
 
 POLICIES: Final[Mapping[Lane, LanePolicy]] = MappingProxyType(
     {
-        Lane.ALARM: LanePolicy(priority=0, compact_rank=None, refused_when_full=False),
+        Lane.ALARM: LanePolicy(
+            priority=0, compact_rank=None, refused_when_full=False, alarm_reserve=True
+        ),
         Lane.SPOT: LanePolicy(priority=1, compact_rank=None, refused_when_full=False),
         Lane.CONTINUOUS: LanePolicy(priority=2, compact_rank=1, refused_when_full=True),
         Lane.BULK: LanePolicy(priority=3, compact_rank=0, refused_when_full=True),
@@ -55,6 +61,11 @@ _BY_VALUE: Final = {int(ln): ln for ln in POLICIES}
 def refused_when_full(lane: Lane) -> bool:
     """Whether appends of ``lane`` are refused once the store is over its cap."""
     return POLICIES[lane].refused_when_full
+
+
+def uses_alarm_reserve(lane: Lane) -> bool:
+    """Whether an append of ``lane`` may use the reserve's alarm quarter on a full disk."""
+    return POLICIES[lane].alarm_reserve
 
 
 def compactable(lane: Lane) -> bool:

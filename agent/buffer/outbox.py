@@ -915,13 +915,14 @@ class Outbox:
                     (int(lane), last_seq, batch),
                 ).fetchall()
                 delta = Delta()
-                rewritten = 0
+                rewritten = quarantined = 0
                 for seq, key_id, blob in rows:
                     last_seq = seq
                     try:
                         reading, packed = self.decode_packed(seq, lane, key_id, blob)
                     except (RowAuthenticationError, codec.FormatError) as exc:
                         self.quarantine(tx, delta, seq, lane, PENDING, key_id, str(exc), blob)
+                        quarantined += 1
                         continue
                     small = reading.compacted(self._config.compact_period_ms)
                     if small is reading:
@@ -932,7 +933,10 @@ class Outbox:
                         (self._keyring.active, self._keyring.seal("readings", seq, lane, pt), seq),
                     )
                     rewritten += 1
-                self._commit(tx, delta)
+                if rewritten or quarantined:
+                    # Nothing changed, nothing written: on a full disk a ledger write for an
+                    # empty lane failed the append's retry before it was tried.
+                    self._commit(tx, delta)
                 if rewritten:
                     tx.after_commit(lambda: setattr(self, "deleted", True))
             done += rewritten

@@ -155,6 +155,23 @@ class Pressure:
         else:
             self._alarms.discard(alarms.FULL)
 
+    def checkpoint(self) -> bool:
+        """Copy the WAL back into the database (PASSIVE) so that the next write can restart it.
+
+        On a full disk a write transaction cannot restart the WAL until a checkpoint has
+        copied every frame back, and that copy must grow the database file by the pages the
+        last commits added at its end. Run right after space was given back, before a retry.
+        Returns whether every frame was copied back.
+        """
+        try:
+            busy, log, done = self._db.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.OperationalError as exc:
+            if not is_full(exc):
+                raise
+            _LOGGER.warning("disk full: WAL checkpoint failed")
+            return False
+        return bool(not busy and log == done)
+
     def housekeeping(self) -> None:
         """Give free pages back and truncate the WAL, so deleted ciphertext does not linger.
 

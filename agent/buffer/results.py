@@ -81,11 +81,10 @@ class BufferConfig:
     # Pages the WAL may hold before SQLite checkpoints them into the database. Must stay well
     # under half the reserve: on a full disk, the checkpoint needs that much room to run.
     wal_autocheckpoint_pages: int = 256
-    # SQLite page size of a new store (an existing store keeps its own). 1024 would write
-    # about 2.2x less to the card per patient-day, but a purge on a full 3 MiB filesystem
-    # then fails to free space (tests/buffer/test_disk.py); not the default until that is
-    # understood (docs/buffer.md).
-    page_size: int = 4096
+    # SQLite page size of a new store (an existing store keeps its own: changing it needs a
+    # VACUUM, which no migration does). 1 KiB pages write about 2x less to the card per
+    # patient-day than 4 KiB (a commit writes each page it touched whole); docs/buffer.md.
+    page_size: int = 1024
     seen_generations: int = 32  # de-duplication memory: 32 * 65,536 readings
     check_integrity: bool = True
     # With check_integrity: run SQLite's integrity_check after the open instead of during it

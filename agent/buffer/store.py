@@ -33,6 +33,7 @@ from agent.buffer.dedup import Seen
 from agent.buffer.intake import intake_dir
 from agent.buffer.keyring import Keyring
 from agent.buffer.keys import KeySource
+from agent.buffer.lanes import uses_alarm_reserve
 from agent.buffer.outbox import ACKED, CLAIMED, Outbox
 from agent.buffer.pressure import Pressure, Reserve
 from agent.buffer.refs import Refs
@@ -251,9 +252,24 @@ class Buffer:
         except StorageFullError:
             # Give half the reserve back to the filesystem, make room, and try once more. The
             # other half stays for acknowledging and purging, which is what frees space.
-            self._pressure.reserve.release(keep=self._pressure.reserve.target() // 2)
-            self._pressure.relieve(readings, force=True)
-            return self._outbox.append(readings)
+            reserve = self._pressure.reserve
+            reserve.release(keep=reserve.target() // 2)
+            self._pressure.checkpoint()
+            try:
+                self._pressure.relieve(readings, force=True)
+            except StorageFullError:
+                # Compaction rewrites rows, which a full disk may not allow either; the
+                # append is still tried (an alarm or a spot reading needs no compaction).
+                _LOGGER.warning("disk full: compaction deferred")
+            try:
+                return self._outbox.append(readings)
+            except StorageFullError:
+                if not any(uses_alarm_reserve(r.lane) for r in readings):
+                    raise
+                # An alarm may use a quarter more; the last quarter stays for draining.
+                reserve.release(keep=reserve.target() // 4)
+                self._pressure.checkpoint()
+                return self._outbox.append(readings)
         finally:
             self._outbox.maybe_anchor()
 
@@ -264,6 +280,7 @@ class Buffer:
                 return fn()
             except StorageFullError:
                 self._pressure.reserve.release(keep=0)
+                self._pressure.checkpoint()
                 return fn()
         finally:
             self._outbox.maybe_anchor()

@@ -114,6 +114,11 @@ def test_full_filesystem_is_handled_not_fatal(tmp_path: Path, factory: ReadingFa
         assert (fs / "buffer.db.reserve").stat().st_size <= cfg.reserve_bytes // 2  # half used
         assert "storage.full" in b.stats().alarms
         assert b.integrity_ok()
+        # A clinical alarm is still stored on the full disk (a quarter of the reserve is
+        # its own); the last quarter stays for draining.
+        alarm = factory.bp(200, lane=Lane.ALARM)
+        assert b.append([alarm]).stored == 1
+        stored.append(alarm)
         # Delivering frees space; capture resumes without a restart.
         c = b.claim(2000)
         assert c is not None

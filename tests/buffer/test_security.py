@@ -312,9 +312,9 @@ def _scribble_index(store_path: Path, b: Buffer, index: str = "seen_log") -> Non
             "SELECT pageno FROM dbstat WHERE name = ? AND pagetype = 'leaf' LIMIT 1", (index,)
         )
     )
+    page = int(b._conn.execute("PRAGMA page_size").fetchone()[0])
     b.close()
     data = bytearray(store_path.read_bytes())
-    page = 4096
     data[(leaf - 1) * page : leaf * page] = b"\xa5" * page
     store_path.write_bytes(bytes(data))
 
