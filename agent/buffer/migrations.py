@@ -132,6 +132,40 @@ def m004_seen_log_clustered(db: Database) -> None:
         db.execute(sql)
 
 
+@MIGRATIONS()
+def m005_readings_without_autoincrement(db: Database) -> None:
+    """``readings`` without ``AUTOINCREMENT``; the sequence's floor kept in ``meta``.
+
+    ``AUTOINCREMENT`` rewrote the ``sqlite_sequence`` page at every append: one of the five
+    pages an append wrote to the WAL (``docs/buffer.md``, "Flash"). The store picks each
+    ``seq`` itself (``Outbox.next_seq``), so all ``AUTOINCREMENT`` did was remember the
+    highest one ever used after the top rows were purged. A ``seq`` must never be reused:
+    it is bound into each row's AEAD associated data and state tag, and the de-duplication
+    memory is kept per generation of ``seq``. That floor is now ``meta.seq_floor``, written
+    here from ``sqlite_sequence`` and raised by every purge that deletes rows (the only
+    statement that can lower ``max(seq)``); at open ``next_seq`` is one past the largest of
+    the floor, ``max(seq)`` and the quarantine's. Rows keep their ``seq``, ciphertext and
+    tags, so a store with pending rows is delivered exactly as before.
+    """
+    columns = "seq, lane, state, batch, key_id, blob, tag"
+    for sql in (
+        "CREATE TABLE readings_v2 (seq INTEGER PRIMARY KEY, lane INTEGER NOT NULL,"
+        " state INTEGER NOT NULL, batch INTEGER, key_id INTEGER NOT NULL,"
+        " blob BLOB NOT NULL, tag BLOB)",
+        f"INSERT INTO readings_v2 ({columns}) SELECT {columns} FROM readings",  # noqa: S608
+        "INSERT OR REPLACE INTO meta (k, v) SELECT 'seq_floor', max("
+        " coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'readings'), 0),"
+        " coalesce((SELECT max(seq) FROM readings), 0),"
+        " coalesce((SELECT v FROM meta WHERE k = 'seq_floor'), 0))",
+        "DROP TABLE readings",
+        "ALTER TABLE readings_v2 RENAME TO readings",
+        "CREATE INDEX readings_pending ON readings(lane, seq) WHERE state = 0",
+        "CREATE INDEX readings_batch ON readings(batch) WHERE batch IS NOT NULL",
+        "CREATE INDEX readings_acked ON readings(seq) WHERE state = 2",
+    ):
+        db.execute(sql)
+
+
 def apply_migrations(conn: sqlite3.Connection) -> None:
     """Apply every pending migration (each in its own transaction, with its record)."""
     MIGRATIONS.apply(Database(conn))

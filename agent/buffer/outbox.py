@@ -465,11 +465,15 @@ class Outbox:
         """Sequence, batch and reference numbers never go back (a reused batch number could
         let a late acknowledgement mark the wrong rows delivered)."""
         conn = self._db.conn
+        # ``meta.seq_floor`` (migration m005) is the highest seq ever used as of the last
+        # purge that deleted rows; rows appended since are still in the table.
         seq_row = conn.execute(
-            "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'readings'), 0),"
+            "SELECT max(coalesce((SELECT max(seq) FROM readings), 0),"
+            " coalesce((SELECT v FROM meta WHERE k = 'seq_floor'), 0),"
             " coalesce((SELECT max(seq) FROM quarantine WHERE source = 'readings'), 0))"
         ).fetchone()
-        self.next_seq = int(seq_row[0]) + 1
+        floor = seq_row[0] if type(seq_row[0]) is int else 0
+        self.next_seq = max(self.next_seq, int(floor) + 1)
         meta = conn.execute("SELECT v FROM meta WHERE k = 'next_batch'").fetchone()
         top_batch = conn.execute(  # max() skips NULLs; the WHERE lets it use readings_batch
             "SELECT max(batch) FROM readings WHERE batch IS NOT NULL"
@@ -866,6 +870,13 @@ class Outbox:
             ).fetchall()
             delta = Delta()
             gone = [r for r in acked if tag_ok(kr, r[0], ACKED, r[2], r[3])]
+            if gone:
+                # Deleting the top rows lowers max(seq): keep the floor, so that no seq is
+                # ever handed out twice (migration m005; AUTOINCREMENT did this at every
+                # append, one WAL page each).
+                conn.execute(
+                    "UPDATE meta SET v = max(v, ?) WHERE k = 'seq_floor'", (self.next_seq - 1,)
+                )
             conn.executemany("DELETE FROM readings WHERE seq = ?", [(r[0],) for r in gone])
             for _, lane_value, _, _ in gone:
                 delta.move(lane_of(lane_value), ACKED, None)

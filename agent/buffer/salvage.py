@@ -114,6 +114,9 @@ class Salvage:
             _LOGGER.warning("set-aside store %s cannot be read with this key (%s)", name, exc)
             self._unopenable.add(name)
             return None
+        # A store from before migration m005 knows its highest seq in sqlite_sequence; a
+        # newer one has no such row (its floor in meta may be older than its newest rows),
+        # so the search past damage is bounded only by its probe count.
         top = 1 << 62
         try:
             row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'readings'").fetchone()

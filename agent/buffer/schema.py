@@ -35,6 +35,7 @@ MIGRATION_NAMES: Final = (
     "m002_redundancy_and_ledger",
     "m003_seen_log",
     "m004_seen_log_clustered",
+    "m005_readings_without_autoincrement",
 )
 """The schema's migrations (:mod:`agent.buffer.migrations`), in order; kept here so that opening
 an up-to-date store need not import sqlite-utils (``tests/buffer/test_buffer.py`` checks that
@@ -113,8 +114,8 @@ def apply_pragmas(conn: sqlite3.Connection, cfg: BufferConfig) -> None:
     SQLite baseline, so that both run with the same ones)."""
     if conn.execute("PRAGMA page_count").fetchone()[0] == 0:  # only before the first table
         # Every commit writes each page it touched to the WAL whole: an append of one chunk
-        # touches 7 pages (row, pending index, ledger, de-duplication log and its two indexes,
-        # sqlite_sequence); see BufferConfig.page_size and docs/buffer.md.
+        # touches 4 (row, pending index, ledger, de-duplication log); see
+        # BufferConfig.page_size and docs/buffer.md, "Flash".
         conn.execute(f"PRAGMA page_size = {int(cfg.page_size)}")  # first: auto_vacuum fixes it
         conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
     conn.execute("PRAGMA journal_mode = WAL")

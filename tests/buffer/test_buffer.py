@@ -14,7 +14,7 @@ from hw_mocks.synthetic import ReadingFactory
 from agent.buffer import AsyncBuffer, Buffer, BufferConfig, FileKeySource
 from agent.errors import StoreError
 from agent.ids import uuid7
-from agent.model import Lane
+from agent.model import Lane, Reading
 
 
 def test_append_claim_roundtrip_is_exact(buf: Buffer, factory: ReadingFactory) -> None:
@@ -369,6 +369,101 @@ def test_a_new_store_takes_the_page_size_and_an_old_one_keeps_its_own(
     try:
         assert b._conn.execute("PRAGMA page_size").fetchone()[0] == 4096
         assert b.stats().pending == 5
+    finally:
+        b.close()
+
+
+def _purged_top(b: Buffer, factory: ReadingFactory) -> list[Reading]:
+    """5 spot readings left pending (seq 1-5) under 10 alarms (seq 6-15) delivered and purged:
+    the store's highest seq ever used (15) is above every row it still holds."""
+    spots = [factory.bp(100 + i) for i in range(5)]
+    b.append(spots)
+    b.append([factory.bp(150 + i, lane=Lane.ALARM) for i in range(10)])
+    c = b.claim(10)
+    assert c is not None
+    assert {r.lane for r in c.readings} == {Lane.ALARM}
+    b.ack(c.batch_id)
+    assert b.purge() == 10
+    assert b._conn.execute("SELECT max(seq) FROM readings").fetchone()[0] == 5
+    return spots
+
+
+def _top_seq(b: Buffer) -> int:
+    return int(b._conn.execute("SELECT max(seq) FROM readings").fetchone()[0])
+
+
+def test_a_purged_seq_is_never_handed_out_again(
+    store_path: Path, keys: FileKeySource, factory: ReadingFactory
+) -> None:
+    """Without AUTOINCREMENT (m005) the floor in ``meta`` keeps the sequence from going back
+    after the top rows were purged, across a reopen; an append writes no sqlite_sequence."""
+    b = Buffer.open(store_path, keys, config=BufferConfig(reserve_bytes=0))
+    _purged_top(b, factory)
+    b.close()
+    b = Buffer.open(store_path, keys, config=BufferConfig(reserve_bytes=0))
+    try:
+        b.append([factory.bp(170)])
+        assert _top_seq(b) == 16
+        assert b._conn.execute("SELECT count(*) FROM sqlite_sequence").fetchone()[0] == 0
+        sql = b._conn.execute("SELECT sql FROM sqlite_master WHERE name = 'readings'").fetchone()
+        assert "AUTOINCREMENT" not in sql[0].upper()
+    finally:
+        b.close()
+
+
+def test_m005_migrates_a_store_with_pending_rows_and_keeps_its_sequence(
+    store_path: Path, keys: FileKeySource, factory: ReadingFactory
+) -> None:
+    """A store from before m005 (``readings`` with AUTOINCREMENT, its high-water mark only in
+    sqlite_sequence) is rebuilt at its next open: its pending rows are delivered unchanged,
+    and the next seq is above every seq it ever used, not only above the rows left."""
+    import sqlite3
+
+    from agent.buffer import schema
+
+    b = Buffer.open(store_path, keys, config=BufferConfig(reserve_bytes=0))
+    spots = _purged_top(b, factory)
+    b.close()
+    # Put the store back as m004 left it.
+    conn = sqlite3.connect(store_path, isolation_level=None)
+    conn.executescript(
+        "BEGIN;"
+        "CREATE TABLE readings_old (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " lane INTEGER NOT NULL, state INTEGER NOT NULL, batch INTEGER,"
+        " key_id INTEGER NOT NULL, blob BLOB NOT NULL, tag BLOB);"
+        "INSERT INTO readings_old SELECT seq, lane, state, batch, key_id, blob, tag FROM readings;"
+        "DROP TABLE readings;"
+        "ALTER TABLE readings_old RENAME TO readings;"
+        "CREATE INDEX readings_pending ON readings(lane, seq) WHERE state = 0;"
+        "CREATE INDEX readings_batch ON readings(batch) WHERE batch IS NOT NULL;"
+        "CREATE INDEX readings_acked ON readings(seq) WHERE state = 2;"
+        "UPDATE sqlite_sequence SET seq = 15 WHERE name = 'readings';"
+        "DELETE FROM meta WHERE k = 'seq_floor';"
+        "DELETE FROM _sqlite_migrations WHERE name = 'm005_readings_without_autoincrement';"
+        "COMMIT;"
+    )
+    assert (
+        conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'readings'").fetchone()[0] == 15
+    )
+    assert schema.migrations_pending(conn)
+    conn.close()
+    b = Buffer.open(store_path, keys, config=BufferConfig(reserve_bytes=0))
+    try:
+        assert not schema.migrations_pending(b._conn)
+        sql = b._conn.execute("SELECT sql FROM sqlite_master WHERE name = 'readings'").fetchone()
+        assert "AUTOINCREMENT" not in sql[0].upper()
+        floor = b._conn.execute("SELECT v FROM meta WHERE k = 'seq_floor'").fetchone()[0]
+        assert floor == 15
+        assert b.integrity_ok()
+        assert b.stats().pending == 5
+        assert b.append([factory.bp(170)]).stored == 1
+        assert _top_seq(b) == 16  # not 6: seq 6-15 were used and purged
+        assert b.append(spots).duplicates == 5  # the de-duplication memory is kept
+        c = b.claim(10)
+        assert c is not None
+        assert [r for r in c.readings if r.id in {s.id for s in spots}] == spots
+        assert len(c.readings) == 6
+        b.ack(c.batch_id)
     finally:
         b.close()
 
