@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -88,7 +89,11 @@ def scaled(cfg: AgentConfig, scale: float) -> AgentConfig:
 
     def buffer_config(self: AgentConfig) -> BufferConfig:
         base = config_of(self)
-        return dataclasses.replace(base, anchor_interval_s=base.anchor_interval_s * scale)
+        # BENCH_PAGE_SIZE: a bench-only knob to measure a page size side by side.
+        page = int(os.environ.get("BENCH_PAGE_SIZE", str(base.page_size)))
+        return dataclasses.replace(
+            base, anchor_interval_s=base.anchor_interval_s * scale, page_size=page
+        )
 
     setattr(AgentConfig, "buffer_config", buffer_config)  # noqa: B010 - this bench process only
     if cfg.uplink is None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 import tarfile
 import uuid
@@ -50,7 +51,9 @@ CARD = Path(__file__).resolve().parents[1] / "hw-mocks/hw_mocks/cpap/data/resmed
 PATIENT = "pt-0001"
 DAYS = 7
 NIGHT_S = 8 * 3600
-CHUNK_S = 60
+CHUNK_S = int(os.environ.get("BENCH_CHUNK_S", "60"))
+"""Seconds (1 Hz samples) per oximetry chunk: the collector's ``chunk_samples``. A bench-only
+knob (``BENCH_CHUNK_S=300``) to measure longer chunks; the workload's samples are the same."""
 RELEASE = datetime(2026, 11, 30, 7, 10, tzinfo=UTC)
 """When the network comes back: 07:10 after the seventh night."""
 BOOT = uuid.UUID("0f8e6a52-3b1c-4c7e-9d2a-51b7e0c4a913")
