@@ -64,7 +64,8 @@ class SessionOptions:
             stops), so a stuck link cannot hold the device forever.
         stream_interval_ms: nominal interval of continuous frames (PLX continuous, Nonin).
         chunk_samples: samples per stored chunk of a continuous signal (60 = one minute at
-            1 Hz; at most that much is held in memory).
+            1 Hz; at most that much is held in memory, lost on a power cut, and the care
+            service judges alarms per chunk: why not 120 or 300 is in ``docs/ble.md``).
     """
 
     idle_timeout: float = 5.0
