@@ -8,10 +8,12 @@ the whole report (:mod:`bench.report_md`).
 
 ``python -m bench.run SECTION ...`` runs only the named sections (``buffer``, ``uplink``,
 ``fleet``; the uplink module also yields ``receiver``; ``sidebyside`` runs ``ours`` and
-``peer``; ``patientday`` runs only the side by side's steady-state patient-day, about 6
-minutes, and ``ourswire`` only our wire runs of it, about 5 minutes, against the peer's
-figure in the report; both update their keys of ``ours``) and keeps the other sections of
-the existing report.
+``peer``; ``oursdrain`` runs only our 1 Mbit/s drain of the week, ``BENCH_DRAIN_RUNS``
+times (default 3) with the box's timing breakdown, into a section of its own
+(:mod:`bench.oursdrain`; ``ours`` is left alone); ``patientday`` runs only the side by
+side's steady-state patient-day, about 6 minutes, and ``ourswire`` only our wire runs of
+it, about 5 minutes, against the peer's figure in the report; both update their keys of
+``ours``) and keeps the other sections of the existing report.
 """
 
 from __future__ import annotations
@@ -79,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
                 k.split(".", 1)[1]: v for k, v in side.GOALS.items() if k.startswith(section)
             }
             sections.append((section, keys, sect_goals))
+    if "oursdrain" in wanted:
+        drain = importlib.import_module("bench.oursdrain")
+        sections.append(("oursdrain", drain.run(), drain.GOALS))
     if "ourswire" in wanted and not wanted & {"sidebyside", "ours", "peer"}:
         side = importlib.import_module("bench.sidebyside")
         peer_total = report.get("peer", {}).get("wire_bytes_total")
