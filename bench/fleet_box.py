@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import random
 import resource
 import shutil
@@ -147,6 +148,8 @@ class Box:
             ),
             rng=random.Random(rng.randrange(2**32)),
         )
+        if "BENCH_FLEET_SETTLE_S" in os.environ:  # to compare a settle window (docs/proof.md)
+            policy.settle_max_s = float(os.environ["BENCH_FLEET_SETTLE_S"])
         policy.outage_since = time.monotonic() - float(self.spec["storm_s"])
         policy.network.failures = 16
         link = MqttLink(link_cfg, policy=policy, network=MastWatch(self.route))

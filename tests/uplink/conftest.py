@@ -224,6 +224,8 @@ class FlakyProxy:
         self.target_port = target_port
         self.port = 0
         self.cuts = 0
+        self.accepted = 0
+        """TCP connections accepted (probes and MQTT connections alike)."""
         self._server: asyncio.base_events.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -239,6 +241,7 @@ class FlakyProxy:
         writer.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         except OSError:

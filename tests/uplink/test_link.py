@@ -62,6 +62,67 @@ async def test_reconnect_resumes_the_tls_session_and_keeps_going(broker):
     assert link.state == "stopped"
 
 
+def test_paho_still_opens_tcp_where_the_link_hands_it_the_probe():
+    """Fails loudly if a paho upgrade renames or stops calling ``_create_socket_connection``.
+
+    :class:`TlsClient` overrides it so that a probe's TCP connection is the connection's
+    (one handshake per reconnect, not two).
+    """
+    assert "_create_socket_connection" in vars(mqtt.Client)
+    assert list(inspect.signature(mqtt.Client._create_socket_connection).parameters) == ["self"]
+    assert "self._create_socket_connection()" in inspect.getsource(mqtt.Client._create_socket)
+    assert TlsClient._create_socket_connection is not mqtt.Client._create_socket_connection
+
+
+async def test_a_reconnect_uses_the_probes_tcp_connection(broker):
+    proxy = FlakyProxy(broker.port)
+    await proxy.start()
+    link = MqttLink(replace(link_config(broker, "box-0002"), port=proxy.port))
+    ups: list[str | None] = []
+    link.bind(LinkHandlers(lambda t, p: None, lambda: ups.append(link.reason), lambda: None))
+    task = asyncio.create_task(link.run())
+    try:
+        await wait_until(lambda: len(ups) == 1, 10, "connected")
+        assert proxy.accepted == 1
+        proxy.cut()
+        await wait_until(lambda: len(ups) == 2, 15, "reconnected")
+        # the probe found the broker and its connection carried TLS and MQTT: two TCP
+        # connections in all, not three
+        assert link.tls.probes_used == 1
+        assert proxy.accepted == 2
+        assert link.tls.probed is None
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await proxy.close()
+    assert link.tls.probed is None
+
+
+async def test_a_probe_not_used_is_closed(tmp_path):
+    accepted: list[asyncio.StreamWriter] = []
+    server = await asyncio.start_server(lambda r, w: accepted.append(w), "127.0.0.1", 0)
+    port = int(server.sockets[0].getsockname()[1])
+    cfg = LinkConfig("127.0.0.1", port, "box-0003", tmp_path / "ca", tmp_path / "c", tmp_path / "k")
+    link = MqttLink(cfg)
+    try:
+        assert await link._probe()
+        held = link.tls.probed
+        assert held is not None
+        assert held[:2] == ("127.0.0.1", port)
+        assert await link._probe()  # a second probe replaces the first, which is closed
+        assert held[2].fileno() == -1
+        link._shutdown()
+        assert link.tls.probed is None
+    finally:
+        for w in accepted:
+            w.close()
+            with contextlib.suppress(OSError):
+                await w.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+
 def test_refused_before_connack_needs_the_alert_to_blame_the_certificate(tmp_path):
     cfg = LinkConfig("h", 1, "box-0001", tmp_path / "ca", tmp_path / "c", tmp_path / "k")
     link = MqttLink(cfg)
