@@ -94,7 +94,7 @@ def test_reconnect_follows_the_network_and_backs_off_long_on_a_refused_identity(
     assert w.probe_every_s is not None
     assert 2.0 <= w.probe_every_s <= 4.0
     assert 0.0 <= w.delay_s <= 1.0
-    assert 0.0 <= w.settle_s <= 2.0
+    assert 0.0 <= w.settle_s <= 1.0
     for _ in range(20):  # hours of outage: the back-off is capped at a minute
         w = p.failed(FailureKind.UNREACHABLE, now=100.0)
     assert w.delay_s <= 60.0
