@@ -19,14 +19,15 @@ counting), and splits the time before the first stored batch by the box's log:
   batch, over the floor: the pipeline on its own).
 
 The section ``oursdrain`` of ``bench/report.json`` has the median, minimum and maximum of
-``drain_over_floor`` and of ``first_stored_s``, the load average before and after, and every
-run's breakdown; each run's box log is kept in ``BENCH_DRAIN_LOGS`` (default
-``/tmp/dho-oursdrain-logs``). The goal is issue 8's ``drain_over_floor_1mbit_200ms``, 1.2, on
-the median.
+``drain_over_floor`` and ``first_stored_s``' median, and the load average before and after;
+every run's breakdown is written to ``bench/oursdrain-runs.json`` and each run's box log is
+kept in ``BENCH_DRAIN_LOGS`` (default ``/tmp/dho-oursdrain-logs``). The goal is issue 8's
+``drain_over_floor_1mbit_200ms``, 1.2, on the median.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -44,6 +45,8 @@ from bench import sidebyside as side
 from bench import sidebyside_workload as wl
 
 GOALS: dict[str, tuple[str, float]] = {"drain_over_floor_1mbit_median": ("<=", 1.2)}
+RUNS = Path(__file__).with_name("oursdrain-runs.json")
+"""Every run's figures and timing breakdown (the section keeps the summary)."""
 
 _STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 _MARKS: dict[str, re.Pattern[str]] = {
@@ -165,12 +168,10 @@ def run(runs: int | None = None) -> dict[str, Any]:
         "duplicates": sum(x["duplicates"] for x in rows),
         "load_1min_before": load_before,
         "load_1min_after": _load(),
-        "per_run": rows,
     }
+    RUNS.write_text(json.dumps({"summary": out, "runs": rows}, indent=1) + "\n")
     return out
 
 
 if __name__ == "__main__":
-    import json
-
     print(json.dumps(run(int(sys.argv[1]) if len(sys.argv) > 1 else None), indent=2))

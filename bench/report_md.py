@@ -40,6 +40,7 @@ GOAL_MODULES: tuple[tuple[str, str | None], ...] = (
     ("uplink_net", None),
     ("fleet", "fleet"),
     ("sidebyside", None),
+    ("oursdrain", "oursdrain"),
 )
 """Modules with a ``GOALS`` table, and the section their keys belong to when a key names none
 (``None``: every key is ``section.figure``)."""
