@@ -12,7 +12,8 @@ Modules (everything public is re-exported here, so ``import dho_protocol as p`` 
 * :mod:`dho_protocol.envelope`: signed batch envelopes, acknowledgements, commands, keys,
 * :mod:`dho_protocol.commands`: the commands a box carries out (section 7.1), checked by name,
 * :mod:`dho_protocol.rows`: one reading as a compact row (what the box stores, and sends),
-* :mod:`dho_protocol.rowpayload`: batch payload v2, the stored rows with their references,
+* :mod:`dho_protocol.rowpayload`: batch payloads v3 and v2, the stored rows with their references,
+* :mod:`dho_protocol.rawframes`: canonical raw 0x2A5F frames, left out of v3 and rebuilt,
 * :mod:`dho_protocol.payload`: batch payload v1 (older boxes; still accepted),
 * :mod:`dho_protocol.errors`: the protocol's exception tree (:class:`ProtocolError`),
 * :mod:`dho_protocol.tls`: the TLS settings both ends use towards the broker.
@@ -33,6 +34,7 @@ from dho_protocol.envelope import (
     MAX_CONTROL_BYTES,
     MAX_PAYLOAD_BYTES,
     MAX_READINGS,
+    ROWS_BATCH_VERSION,
     SIGNATURE_LEN,
     VERSION,
     ZSTD_LEVEL,
@@ -68,6 +70,7 @@ from dho_protocol.errors import (
     UnsupportedVersionError,
 )
 from dho_protocol.payload import decode_readings, encode_readings, utc_datetime
+from dho_protocol.rawframes import canonical_frames
 from dho_protocol.rowpayload import DecodedRows, WireRows, decode_rows, encode_rows
 from dho_protocol.rows import Context, FormatError, RowHead, decode_reading, encode_reading, peek
 from dho_protocol.tls import MINIMUM_VERSION as TLS_MINIMUM_VERSION
@@ -95,6 +98,7 @@ __all__ = [
     "MAX_IDLE_POLL_S",
     "MAX_PAYLOAD_BYTES",
     "MAX_READINGS",
+    "ROWS_BATCH_VERSION",
     "SHARED_BATCH_SUBSCRIPTION",
     "SHARE_GROUP",
     "SIGNATURE_LEN",
@@ -128,6 +132,7 @@ __all__ = [
     "batch_readings",
     "batch_topic",
     "box_of_batch_topic",
+    "canonical_frames",
     "check_box_id",
     "check_command",
     "check_command_fresh",

@@ -39,7 +39,14 @@ from dho_protocol.errors import (
     UnsupportedVersionError,
 )
 from dho_protocol.payload import decode_readings, encode_readings
-from dho_protocol.rowpayload import DecodedRows, WireRows, decode_rows, encode_rows, is_rows_payload
+from dho_protocol.rowpayload import (
+    DecodedRows,
+    WireRows,
+    decode_rows,
+    elide_rows,
+    encode_rows,
+    is_rows_payload,
+)
 from dho_protocol.rows import MAX_ROW_BYTES
 from dho_protocol.rows import PLAIN as ROW_PLAIN
 from dho_protocol.rows import ZSTD as ROW_ZSTD
@@ -47,9 +54,13 @@ from dho_protocol.topics import check_box_id
 
 VERSION: Final = 1
 """The version of acknowledgements and commands, and of the batches of older boxes."""
-BATCH_VERSION: Final = 2
-"""The batch version boxes send: payload v2, the stored rows as they are (section 5)."""
-_VERSIONS: Final = {"dho.batch": (1, 2), "dho.ack": (1,), "dho.cmd": (1,)}
+BATCH_VERSION: Final = 3
+"""The batch version boxes send: payload v3, the stored rows as they are, with canonical raw
+0x2A5F frames left out for the receiver to rebuild (section 5.5)."""
+ROWS_BATCH_VERSION: Final = 2
+"""Payload v2, the stored rows as they are with every raw frame (boxes in the field)."""
+_ROW_BATCHES: Final = (ROWS_BATCH_VERSION, BATCH_VERSION)
+_VERSIONS: Final = {"dho.batch": (1, 2, 3), "dho.ack": (1,), "dho.cmd": (1,)}
 DOMAIN: Final = b"dho-uplink\x00"
 SIGNATURE_LEN: Final = 64
 
@@ -155,10 +166,10 @@ class BatchEnvelope:
         created_ms: the box's wall clock when it sealed the envelope (informational).
         reading_ids: the ids of the readings in the payload, in row order.
         flags: :data:`FLAG_RAW` when raw frames are included.
-        payload: zstd-compressed payload: for ``version`` 2 the output of
-            :func:`dho_protocol.rowpayload.encode_rows`, for version 1 that of
+        payload: zstd-compressed payload: for ``version`` 3 and 2 the output of
+            :func:`dho_protocol.rowpayload.encode_rows` (v3, v2), for version 1 that of
             :func:`dho_protocol.payload.encode_readings`.
-        version: the batch version (2 from current boxes, 1 from older ones).
+        version: the batch version (3 from current boxes, 2 and 1 from older ones).
     """
 
     box_id: str
@@ -254,23 +265,33 @@ def seal_rows(
     raw_frames: bool = True,
     level: int = ROWS_ZSTD_LEVEL,
     plain_rows: bool = True,
+    version: int = BATCH_VERSION,
 ) -> tuple[BatchEnvelope, bytes]:
-    """Seal a claim's stored rows into a version-2 batch (no reading is decoded).
+    """Seal a claim's stored rows into a version-3 batch (no reading is decoded into objects).
 
     Args:
         anchor: the box's clock anchor now, for readings captured before the clock was
             synchronised in this boot (see :mod:`dho_protocol.rowpayload`).
-        raw_frames: whether some rows carry raw device frames (the envelope's flag).
+        raw_frames: whether some rows carry raw device frames (the envelope's flag; rebuilt
+            frames count: the receiver stores them).
         plain_rows: put zstd-framed rows in plain (:data:`ROWS_ZSTD_LEVEL`); ``False``
             sends them as stored (as boxes did before; tests of the receiver's bounds).
+        version: :data:`BATCH_VERSION` (3: canonical raw frames of oximetry chunks left out
+            for the receiver to rebuild, :mod:`dho_protocol.rawframes`), or 2 (every frame
+            sent, as boxes in the field do; tests of the receiver).
 
     Raises:
-        ValueError: no rows, or rows inconsistent with their ids.
+        ValueError: no rows, rows inconsistent with their ids, or an unknown version.
     """
     if not rows.rows:
         raise ValueError("a batch carries at least one reading")
+    if version not in _ROW_BATCHES:
+        raise ValueError(f"rows are sealed as batch version 2 or 3, not {version!r}")
     plain = _plain_rows(rows) if plain_rows else rows
-    payload = zstandard.ZstdCompressor(level=level).compress(encode_rows(plain, anchor))
+    rebuilt: bytes | None = None
+    if version == BATCH_VERSION:
+        plain, rebuilt = elide_rows(plain)
+    payload = zstandard.ZstdCompressor(level=level).compress(encode_rows(plain, anchor, rebuilt))
     env = BatchEnvelope(
         box_id=check_box_id(box_id),
         batch_id=batch_id if batch_id is not None else uuid.uuid4(),
@@ -279,7 +300,7 @@ def seal_rows(
         reading_ids=rows.reading_ids,
         flags=FLAG_RAW if raw_frames else 0,
         payload=payload,
-        version=BATCH_VERSION,
+        version=version,
     )
     return env, _seal(_batch_body(env), key)
 
@@ -326,7 +347,7 @@ def parse_batch(data: bytes, *, max_bytes: int = MAX_BATCH_BYTES) -> SignedBatch
     version = r.scalar("version")
     if type(version) is not int or version not in _VERSIONS[_BATCH]:
         raise UnsupportedVersionError(
-            f"{_BATCH} version {version!r:.20} is not supported (only 1, 2)"
+            f"{_BATCH} version {version!r:.20} is not supported (only 1, 2, 3)"
         )
     if fields != 9:
         raise MalformedMessageError("batch envelope does not have 9 fields")
@@ -364,16 +385,18 @@ def parse_batch(data: bytes, *, max_bytes: int = MAX_BATCH_BYTES) -> SignedBatch
 def batch_readings(
     env: BatchEnvelope, *, max_payload_bytes: int = MAX_PAYLOAD_BYTES
 ) -> tuple[Reading, ...]:
-    """Decompress and decode the readings of a verified envelope (either version).
+    """Decompress and decode the readings of a verified envelope (any batch version).
 
     Raises:
         MessageTooLargeError: the payload decompresses past ``max_payload_bytes``.
         MalformedMessageError: it is not a valid zstd frame or payload.
     """
     raw = _decompress(env, max_payload_bytes)
-    if env.version == BATCH_VERSION:
+    if env.version in _ROW_BATCHES:
         budget = max_payload_bytes - len(raw)
-        return decode_rows(raw, env.reading_ids, budget=budget, bodies=False).readings
+        return decode_rows(
+            raw, env.reading_ids, budget=budget, bodies=False, version=env.version
+        ).readings
     return decode_readings(raw, env.reading_ids)
 
 
@@ -382,15 +405,18 @@ def batch_contents(
 ) -> DecodedRows:
     """The readings of a verified envelope and the form to store each in, decoded once.
 
-    For a version-2 batch the stored form is the row as received (with its context); a
-    version-1 batch (older boxes) is encoded again, one reading at a time.
+    For a version-3 or version-2 batch the stored form is the row as the box stored it (with
+    its context; raw frames a v3 box left out rebuilt); a version-1 batch (older boxes) is
+    encoded again, one reading at a time.
 
     Raises:
         MessageTooLargeError, MalformedMessageError: as :func:`batch_readings`.
     """
     raw = _decompress(env, max_payload_bytes)
-    if env.version == BATCH_VERSION:
-        return decode_rows(raw, env.reading_ids, budget=max_payload_bytes - len(raw))
+    if env.version in _ROW_BATCHES:
+        return decode_rows(
+            raw, env.reading_ids, budget=max_payload_bytes - len(raw), version=env.version
+        )
     readings = decode_readings(raw, env.reading_ids)
     return DecodedRows(readings, tuple(encode_readings([r]) for r in readings))
 

@@ -21,10 +21,22 @@ v1 box did before encoding.
 
 The receiver stores each reading as a one-row v2 payload (:attr:`DecodedRows.bodies`): the
 row as received plus its context, boot and anchor, so nothing is encoded again.
+
+Payload v3 (what boxes send since batch version 3) is v2 with one more entry::
+
+    [3, contexts, boots, anchor, lanes, rebuilt, rows]
+    rebuilt  = bin, one byte per row: 0 the row's raw frames are in it as they came;
+               1 they were left out and are the canonical 0x2A5F frames of its samples
+               (:mod:`dho_protocol.rawframes`, rebuild scheme 1)
+
+A row marked 1 is plain (framing byte 0x00) and ends with an empty raw-frame list; the
+receiver puts the rebuilt frames back (:func:`~dho_protocol.rawframes.restore`) before it
+decodes the row, so it decodes and stores exactly the row the box stored, as from v2.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -37,9 +49,13 @@ from agent.model import DeviceIdentity, DeviceKind, Lane, Reading, Transport
 from dho_protocol.bounded import BoundedReader
 from dho_protocol.errors import MalformedMessageError
 from dho_protocol.payload import MAX_CODE_TEXT, MAX_ITEMS, MAX_TEXT
-from dho_protocol.rows import MAX_ROW_BYTES, Context, FormatError, decode_reading
+from dho_protocol.rawframes import SCHEME_NONE, SCHEME_PLX_CONTINUOUS, SCHEMES, elide, restore
+from dho_protocol.rows import MAX_ROW_BYTES, PLAIN, Context, FormatError, decode_reading
 
 PAYLOAD_VERSION: Final = 2
+"""The version of the one-row payloads a receiver stores (and of v2 batches)."""
+REBUILT_PAYLOAD_VERSION: Final = 3
+"""Payload v3: v2 with canonical raw frames left out (module doc)."""
 _LANES: Final = frozenset(int(lane) for lane in Lane)
 _MAX_TABLE: Final = 10_000  # contexts, boots: at most one per reading
 
@@ -71,24 +87,45 @@ def _anchor_entry(anchor: ClockAnchor | None) -> list[Any] | None:
     return None if anchor is None else [anchor.boot_id.bytes, anchor.offset_ns]
 
 
-def encode_rows(w: WireRows, anchor: ClockAnchor | None) -> bytes:
-    """The uncompressed v2 payload of ``w``.
+def encode_rows(w: WireRows, anchor: ClockAnchor | None, rebuilt: bytes | None = None) -> bytes:
+    """The uncompressed v2 payload of ``w``, or with ``rebuilt`` (one scheme byte per row,
+    :func:`elide_rows`) the v3 payload.
 
     Raises:
         ValueError: ``w`` is inconsistent (a bug of the caller).
     """
     if not len(w.rows) == len(w.lanes) == len(w.reading_ids):
         raise ValueError("rows, lanes and reading ids differ in number")
+    if rebuilt is not None and len(rebuilt) != len(w.rows):
+        raise ValueError("rows and rebuild schemes differ in number")
     body = [
-        PAYLOAD_VERSION,
+        PAYLOAD_VERSION if rebuilt is None else REBUILT_PAYLOAD_VERSION,
         [_context_entry(ref, ctx) for ref, ctx in w.contexts.items()],
         [[ref, boot.bytes] for ref, boot in w.boots.items()],
         _anchor_entry(anchor),
         w.lanes,
+        *(() if rebuilt is None else (rebuilt,)),
         list(w.rows),
     ]
     packed: bytes = msgpack.packb(body, use_bin_type=True)
     return packed
+
+
+def elide_rows(w: WireRows) -> tuple[WireRows, bytes]:
+    """Leave out the raw frames of every plain row whose frames the receiver can rebuild
+    (:func:`dho_protocol.rawframes.elide`); the rows and their scheme bytes for
+    :func:`encode_rows`. A zstd-framed row, or one whose frames are not exactly the canonical
+    ones, is left as it is (scheme 0)."""
+    rows = []
+    schemes = bytearray(len(w.rows))
+    for i, row in enumerate(w.rows):
+        if row[:1] == bytes([PLAIN]):
+            short = elide(row[1:])
+            if short is not None:
+                row = row[:1] + short
+                schemes[i] = SCHEME_PLX_CONTINUOUS
+        rows.append(row)
+    return dataclasses.replace(w, rows=tuple(rows)), bytes(schemes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,22 +154,29 @@ def decode_rows(
     *,
     budget: int = MAX_ROW_BYTES,
     bodies: bool = True,
+    version: int | None = None,
 ) -> DecodedRows:
-    """Decode a v2 payload (uncompressed), one row per envelope id, in order, bounded.
+    """Decode a v2 or v3 payload (uncompressed), one row per envelope id, in order, bounded.
 
     The payload is read item by item against its layout
     (:class:`~dho_protocol.bounded.BoundedReader`), each row by the typed decoder of
     :func:`~dho_protocol.rows.decode_reading`, with one item budget for the whole payload and
     one byte budget for what its compressed rows decompress to; every field is checked
-    against the limits of section 5.2 before anything is built from it.
+    against the limits of section 5.2 before anything is built from it. A v3 row whose raw
+    frames were left out gets them back first (:func:`~dho_protocol.rawframes.restore`), so
+    its reading and its stored form are those of the row the box stored.
 
     Args:
-        budget: how many bytes the compressed rows may decompress to, all together.
+        budget: how many bytes the compressed rows may decompress to (and rebuilt rows
+            restore to), all together.
         bodies: also build the stored form of each reading (the receiver does).
+        version: the payload version the batch must carry (its batch version: 2 or 3);
+            ``None`` accepts either.
 
     Raises:
         MalformedMessageError: anything that does not parse or make valid readings, a row
-            whose id is not the envelope's, or a reference without its table entry.
+            whose id is not the envelope's, a reference without its table entry, or a row
+            marked rebuilt that is not one scheme 1 can rebuild.
         MessageTooLargeError: the rows decompress past ``budget``, or more than
             :data:`~dho_protocol.payload.MAX_ITEMS` items.
     """
@@ -144,9 +188,12 @@ def decode_rows(
         max_bin=max(len(data), n, 16),
         max_array=max(n, 7),
     )
-    r.array("payload", 6, 6)
-    if r.scalar("payload version") != PAYLOAD_VERSION:
-        raise MalformedMessageError("not a version-2 payload")
+    fields = r.array("payload", 6, 7)
+    found = r.scalar("payload version")
+    if type(found) is not int or (found, fields) not in _LAYOUTS:
+        raise MalformedMessageError("not a version-2 or version-3 payload")
+    if version is not None and found != version:
+        raise MalformedMessageError(f"a version-{found} payload in a version-{version} batch")
     table = min(n, _MAX_TABLE)
     contexts: dict[int, tuple[Context, list[Any]]] = {}
     for _ in range(r.array("contexts", 0, table)):
@@ -186,6 +233,7 @@ def decode_rows(
         anchor = ClockAnchor(uuid.UUID(bytes=raw_id), offset)
         anchor_entry = [raw_id, offset]
     lanes = r.binary("lanes", n, n)
+    schemes = bytes(n) if fields == 6 else r.binary("rebuilt", n, n)
     r.array("rows", n, n)
     readings: list[Reading] = []
     stored: list[bytes] = []
@@ -193,10 +241,16 @@ def decode_rows(
     # for every row of one context, boot and lane, so it is packed once for each of those.
     heads: dict[tuple[int, int, int], bytes] = {}
     left = budget
-    for rid, lane in zip(ids, lanes, strict=True):
+    for rid, lane, scheme in zip(ids, lanes, schemes, strict=True):
         row = r.binary("row", 1, len(data))
         if lane not in _LANES:
             raise MalformedMessageError(f"unknown lane {lane}")
+        if scheme not in SCHEMES:
+            raise MalformedMessageError(f"unknown rebuild scheme {scheme}")
+        if scheme != SCHEME_NONE:
+            if row[0] != PLAIN:
+                raise MalformedMessageError("a rebuilt row is not plain")
+            row = row[:1] + restore(row[1:], left)
         packed = decode_reading(row, left, r.left, expect=rid)
         left -= packed.size
         r.spend(packed.items)
@@ -216,6 +270,7 @@ def decode_rows(
 
 
 _LANE_OF: Final = {int(lane): lane for lane in Lane}
+_LAYOUTS: Final = frozenset({(PAYLOAD_VERSION, 6), (REBUILT_PAYLOAD_VERSION, 7)})
 
 
 def _bin(b: bytes) -> bytes:
@@ -239,5 +294,6 @@ def _stored_head(ctx: list[Any], boot: list[Any], anchor: list[Any] | None, lane
 
 
 def is_rows_payload(data: bytes) -> bool:
-    """Whether ``data`` looks like a v2 payload (a 6-array starting with 2) rather than v1."""
+    """Whether ``data`` looks like a v2 payload (a 6-array starting with 2) rather than v1:
+    what a receiver stores (v3 payloads are batches only)."""
     return data[:2] == b"\x96\x02"

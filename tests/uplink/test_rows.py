@@ -1,4 +1,4 @@
-"""Batch payload v2: the box's stored rows go on the wire as they are, decoded once at the end.
+"""Batch payloads v2 and v3: the box's stored rows go on the wire as they are, decoded once.
 
 From the buffer's claim to the receiver's store: the rows are never decoded into readings on
 the box and never encoded again anywhere; the receiver decodes each once (checking
@@ -60,7 +60,7 @@ def _wire_rows(readings):
 def test_rows_round_trip_exactly_and_bodies_decode_to_the_same_reading():
     readings = [*f.mixed_readings(20), f.continuous_reading(0), f.continuous_reading(1)]
     env, wire = p.seal_rows(BOX, 5, _wire_rows(readings), KEY, created_ms=1)
-    assert env.version == p.BATCH_VERSION == 2
+    assert env.version == p.BATCH_VERSION == 3  # v3: canonical raw frames rebuilt (test_rawframes)
     parsed = p.parse_batch(wire).verify(KEY.public_key())
     assert p.batch_readings(parsed) == tuple(readings)
     contents = p.batch_contents(parsed)
@@ -177,7 +177,7 @@ def test_rows_go_plain_so_the_payload_compresses_across_them():
     stored, _ = p.seal_rows(BOX, 1, rows, KEY, created_ms=1, plain_rows=False)
     assert p.batch_readings(plain) == p.batch_readings(stored) == tuple(chunks)
     raw = zstandard.ZstdDecompressor().decompress(plain.payload)
-    assert all(body[0] == 0x00 for body in msgpack.unpackb(raw)[5])
+    assert all(body[0] == 0x00 for body in msgpack.unpackb(raw)[6])
     assert len(plain.payload) < len(stored.payload)
 
 
