@@ -34,22 +34,16 @@ rest of the row is sent, and rebuilt, byte for byte as stored. Pure code, no I/O
 from __future__ import annotations
 
 import functools
+import struct
 from collections.abc import Sequence
 from typing import Annotated, Any, Final, Literal
 
-import msgpack
 import msgspec
 
 from agent import codes
 from agent.model import SampleChunk
 from dho_protocol.errors import MalformedMessageError, MessageTooLargeError
-from dho_protocol.payload import (
-    MAX_CHANNELS,
-    MAX_INTERVAL_MS,
-    MAX_RAW_FRAME_BYTES,
-    MAX_RAW_FRAMES,
-    MAX_SAMPLES,
-)
+from dho_protocol.payload import MAX_CHANNELS, MAX_INTERVAL_MS, MAX_SAMPLES
 
 SCHEME_NONE: Final = 0
 """The row's raw frames are in the row, as they came."""
@@ -59,8 +53,8 @@ SCHEMES: Final = frozenset({SCHEME_NONE, SCHEME_PLX_CONTINUOUS})
 
 _SPO2: Final = codes.SPO2.mdc
 _PULSE: Final = codes.PULSE_RATE_OXIM.mdc
-_FLAGS: Final = b"\x00"
-_NAN: Final = b"\xff\x07"  # SFLOAT 0x07FF, little-endian
+_FRAME_HEAD: Final = b"\xc4\x05\x00"  # msgpack bin 8 of 5 bytes, then flags 0
+_NAN: Final = 0x07FF  # SFLOAT NaN
 _SPECIALS: Final = frozenset({0x07FE, 0x07FF, -0x800, -0x7FF, -0x7FE})
 """Mantissas that, at exponent 0, are SFLOAT's special values (+INF, NaN, NRes, reserved,
 -INF), so no number encodes to them."""
@@ -68,19 +62,29 @@ _EMPTY_LIST: Final = b"\x90"
 _I64: Final = 2**63
 
 
-def _sfloat(value: int | None, exponent: int) -> bytes | None:
-    if value is None:
-        return _NAN
+def _sfloat(value: int, exponent: int) -> int | None:
+    """The SFLOAT of ``value`` at ``exponent`` (an integer), ``None`` if it has none."""
     if not -0x800 <= value <= 0x7FF or (exponent == 0 and value in _SPECIALS):
         return None
-    return (((exponent & 0xF) << 12) | (value & 0xFFF)).to_bytes(2, "little")
+    return ((exponent & 0xF) << 12) | (value & 0xFFF)
 
 
-def _frames(
+def _array_header(n: int) -> bytes:
+    """A msgpack array header for ``n`` entries, as ``msgpack.packb`` writes it."""
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 0x10000:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
+
+
+def _packed(
     channels: Sequence[tuple[int, int, Sequence[int | None], object]],
-) -> tuple[bytes, ...] | None:
-    """Scheme 1 over ``(mdc, exponent, values, stat)`` per channel; ``None``: no canonical
-    frames (not an SpO2 + pulse chunk, or a value SFLOAT cannot carry)."""
+) -> bytes | None:
+    """Scheme 1 over ``(mdc, exponent, values, stat)`` per channel, as the msgpack list of
+    binaries a row holds its raw frames in (what ``msgpack.packb`` makes of the frames);
+    ``None``: no canonical frames (not an SpO2 + pulse chunk, or a value SFLOAT cannot
+    carry)."""
     if len(channels) != 2:
         return None
     by_mdc = {mdc: (exp, values, stat) for mdc, exp, values, stat in channels}
@@ -88,26 +92,45 @@ def _frames(
     if spo2 is None or pulse is None or spo2[2] is not None or pulse[2] is not None:
         return None
     (e_s, v_s, _), (e_p, v_p, _) = spo2, pulse
-    if not (-8 <= e_s <= 7 and -8 <= e_p <= 7) or len(v_s) != len(v_p) or not v_s:
+    n = len(v_s)
+    if not (-8 <= e_s <= 7 and -8 <= e_p <= 7) or len(v_p) != n or not n:
         return None
-    # A device sends few distinct values: each SFLOAT is made once.
-    cache_s: dict[int | None, bytes | None] = {}
-    cache_p: dict[int | None, bytes | None] = {}
-    out = []
-    for s, p in zip(v_s, v_p, strict=True):
-        bs = cache_s[s] if s in cache_s else cache_s.setdefault(s, _sfloat(s, e_s))
-        bp = cache_p[p] if p in cache_p else cache_p.setdefault(p, _sfloat(p, e_p))
-        if bs is None or bp is None:
+    # A device sends few distinct values: each one's SFLOAT is made once, and the frames are
+    # packed in one call (a night is 28,800 of them).
+    words = []
+    for values, exponent in ((v_s, e_s), (v_p, e_p)):
+        table: dict[int | None, int | None] = {None: _NAN}
+        for v in set(values):
+            if v is not None:
+                table[v] = _sfloat(v, exponent)
+        if None in table.values():
             return None
-        out.append(_FLAGS + bs + bp)
-    return tuple(out)
+        words.append(list(map(table.__getitem__, values)))
+    flat: list[bytes | int | None] = [None] * (3 * n)
+    flat[0::3] = [_FRAME_HEAD] * n
+    flat[1::3] = words[0]
+    flat[2::3] = words[1]
+    return _array_header(n) + _frame_struct(n).pack(*flat)
+
+
+@functools.lru_cache(maxsize=8)
+def _frame_struct(n: int) -> struct.Struct:
+    """``n`` frames as a row holds them: bin 8 of 5 bytes and flags 0 (:data:`_FRAME_HEAD`),
+    then the two SFLOATs, little-endian."""
+    return struct.Struct("<" + "3sHH" * n)
+
+
+def _unpacked(packed: bytes, n: int) -> tuple[bytes, ...]:
+    start = len(packed) - 7 * n
+    return tuple(packed[i + 2 : i + 7] for i in range(start, len(packed), 7))
 
 
 def canonical_frames(samples: SampleChunk) -> tuple[bytes, ...] | None:
     """The raw 0x2A5F notifications rebuild scheme 1 makes of ``samples`` (module doc), one
     per sample, or ``None`` when the chunk has none (wrong channels, a value SFLOAT cannot
     carry, no samples)."""
-    return _frames([(c.mdc, c.exponent, c.values, c.stat) for c in samples.channels])
+    packed = _packed([(c.mdc, c.exponent, c.values, c.stat) for c in samples.channels])
+    return None if packed is None else _unpacked(packed, samples.sample_count)
 
 
 # -- rows ---------------------------------------------------------------------------------
@@ -115,7 +138,7 @@ def canonical_frames(samples: SampleChunk) -> tuple[bytes, ...] | None:
 
 @functools.cache
 def _decoder() -> msgspec.msgpack.Decoder[Any]:
-    """A bounded decoder of a row's samples and raw frames; the rest is skipped unread."""
+    """A bounded decoder of a row's samples; the rest (the raw frames too) is skipped unread."""
     whole = Annotated[int, msgspec.Meta(ge=-_I64, le=_I64 - 1)]
 
     def record(name: str, fields: list[Any]) -> Any:
@@ -149,10 +172,6 @@ def _decoder() -> msgspec.msgpack.Decoder[Any]:
             ),
         ],
     )
-    frames = Annotated[
-        tuple[Annotated[bytes, msgspec.Meta(max_length=MAX_RAW_FRAME_BYTES)], ...],
-        msgspec.Meta(max_length=MAX_RAW_FRAMES),
-    ]
     row = record(
         "Row",
         [
@@ -164,15 +183,15 @@ def _decoder() -> msgspec.msgpack.Decoder[Any]:
             ("device_time", msgspec.Raw),
             ("status", msgspec.Raw),
             ("samples", samples | None),
-            ("raw", frames),
+            ("raw", msgspec.Raw),
             ("decode_error", msgspec.Raw, None),
         ],
     )
     return msgspec.msgpack.Decoder(row)
 
 
-def _row_frames(body: bytes) -> tuple[Any, tuple[bytes, ...] | None]:
-    """The decoded head of a row's plain msgpack and the frames scheme 1 makes of it."""
+def _row_frames(body: bytes) -> tuple[Any, bytes | None]:
+    """The decoded head of a row's plain msgpack and the packed frames scheme 1 makes of it."""
     row = _decoder().decode(body)
     if row.decode_error is not None or row.samples is None:
         return row, None
@@ -186,25 +205,25 @@ def _row_frames(body: bytes) -> tuple[Any, tuple[bytes, ...] | None]:
             mdc = c.code.mdc
         stat = None if bytes(c.stat) == b"\xc0" else c.stat  # msgpack nil
         channels.append((mdc, c.exponent, c.values, stat))
-    return row, _frames(channels)
+    return row, _packed(channels)
 
 
 def elide(body: bytes) -> bytes | None:
     """The box's side: ``body`` (a row's plain msgpack) without its raw frames, when they
-    are exactly :func:`canonical_frames` of its samples; else ``None`` (send it as it is).
+    are exactly :func:`canonical_frames` of its samples (and packed as ``msgpack.packb``
+    packs them); else ``None`` (send it as it is).
 
     The result is ``body`` with its last field, the raw-frame list, replaced by an empty list.
     """
     try:
-        row, frames = _row_frames(body)
+        row, packed = _row_frames(body)
     except msgspec.DecodeError:
         return None  # not for this function to judge: the row travels as stored
-    if frames is None or frames != row.raw:
+    # The frames are the canonical ones exactly when the row's raw-frame list is their packed
+    # form, byte for byte; it is the row's last field (no decode error), so the row ends with it.
+    if packed is None or bytes(row.raw) != packed or not body.endswith(packed):
         return None
-    tail: bytes = msgpack.packb(list(frames), use_bin_type=True)
-    if not body.endswith(tail):
-        return None  # not packed as the receiver packs it: it would not rebuild the same
-    return body[: -len(tail)] + _EMPTY_LIST
+    return body[: -len(packed)] + _EMPTY_LIST
 
 
 def restore(body: bytes, budget: int) -> bytes:
@@ -220,15 +239,13 @@ def restore(body: bytes, budget: int) -> bytes:
         MessageTooLargeError: the restored row would exceed ``budget``.
     """
     try:
-        row, frames = _row_frames(body)
+        row, packed = _row_frames(body)
     except msgspec.DecodeError as err:
         raise MalformedMessageError(f"a rebuilt row is not a valid row: {err}") from err
-    if row.decode_error is not None or row.raw or not body.endswith(_EMPTY_LIST):
+    if row.decode_error is not None or bytes(row.raw) != _EMPTY_LIST:
         raise MalformedMessageError("a rebuilt row must end with an empty raw-frame list")
-    if frames is None:
+    if packed is None:
         raise MalformedMessageError("a rebuilt row's samples have no canonical frames")
-    size = len(body) - 1 + 5 + 7 * len(frames)  # at most: list header, bin 8 headers
-    if size > budget:
+    if len(body) - 1 + len(packed) > budget:
         raise MessageTooLargeError("a rebuilt row exceeds the payload's budget")
-    packed: bytes = msgpack.packb(list(frames), use_bin_type=True)
     return body[:-1] + packed
