@@ -362,3 +362,19 @@ def test_elide_leaves_rows_it_cannot_judge_alone():
     assert rawframes.elide(b"\x93\x01\x02\x03") is None  # not a row
     spot = p.encode_reading(SPOT, 1, 2)
     assert rawframes.elide(spot[1:]) is None  # no samples
+
+
+def test_a_frame_list_that_only_ends_like_the_canonical_one_is_not_elided():
+    """An extra first frame whose last byte is the canonical list's header (``93``): the row
+    ends with the canonical frames' packed form, but its frame list is another one."""
+    samples = _chunk([97, 98, 99], [60, 61, 62], 0, 0)
+    canonical = p.canonical_frames(samples)
+    assert canonical is not None
+    tricky = _reading(samples, (b"\x93", *canonical))
+    row = p.encode_reading(tricky, 1, 2)
+    assert row[0] == 0x00
+    assert row.endswith(msgpack.packb(list(canonical), use_bin_type=True))
+    assert rawframes.elide(row[1:]) is None
+    env, got3, _ = _round_trip([tricky])
+    assert list(_payload(env)[5]) == [0]
+    assert got3.readings == (tricky,)
