@@ -14,7 +14,7 @@ host = "mqtt.dho.example"
 port = 8883
 websockets = true                       # after 3 failures on port: MQTT over WebSockets+TLS
 ws_port = 443                           # on ws_port, ws_path "/mqtt" (and back to port)
-linger_s = 600                          # oximetry may wait this long to go up in one batch
+linger_s = 3600                         # oximetry may wait this long to go up in one batch
 keepalive_s = 1200                      # MQTT keep-alive (both written by dho-provision enroll)
 box_id = "box-0001"                     # must be the CN of the box certificate
 ca_file = "/etc/dho-gateway/ca.pem"     # relative paths are relative to this file
@@ -103,9 +103,10 @@ class BufferSettings:
     """Space held in reserve and given back to the filesystem when the disk fills, MiB."""
 
 
-METERED_UPLINK: Final[Mapping[str, int]] = MappingProxyType({"linger_s": 600, "keepalive_s": 1200})
+METERED_UPLINK: Final[Mapping[str, int]] = MappingProxyType({"linger_s": 3600, "keepalive_s": 1200})
 """What ``dho-provision enroll`` puts in ``[uplink]`` besides the broker and the identity: a box
-on a metered mobile subscription (docs/operations.md, "Bytes on the wire and on the card").
+on a metered mobile subscription (docs/operations.md, "Bytes on the wire and on the card";
+why ``linger_s`` is 3600: docs/proof.md, "Wire: payload v3 and a longer linger").
 The code's defaults (0 and 60 s) suit a bench, a demo or a test, which compress time."""
 
 
@@ -129,7 +130,7 @@ class UplinkSettings:
     """How long continuous and bulk readings (a night of oximetry) may wait in the buffer for
     the ones that follow before they go up in one batch; alarms and spot readings never wait
     (and take the waiting ones along). 0: each as it comes. ``dho-provision enroll`` writes
-    :data:`METERED_UPLINK` (600 s: a night in 48 batches instead of 480)."""
+    :data:`METERED_UPLINK` (3600 s: a night in about 8 batches instead of 480)."""
     keepalive_s: Annotated[int, Field(strict=True, ge=10, le=3600)] = 60
     """The MQTT keep-alive; ``dho-provision enroll`` writes :data:`METERED_UPLINK` (1200 s).
     A dead path under a publish is noticed by ``TCP_USER_TIMEOUT`` (30 s), not by this."""

@@ -313,12 +313,23 @@ def _box_files(st: Stack, state: Path) -> Path:
                 f'signing_key_file = "{etc / "signing.pem"}"',
                 f'service_key_file = "{etc / "service.pub"}"',
                 # as `dho-provision enroll` writes it for a box on a metered subscription
-                *(f"{k} = {v}" for k, v in METERED_UPLINK.items()),
+                *(f"{k} = {v}" for k, v in _uplink_settings().items()),
             ]
         )
         + "\n"
     )
     return toml
+
+
+def _uplink_settings() -> dict[str, float]:
+    """:data:`agent.config.METERED_UPLINK`, with ``BENCH_LINGER_S`` (when set) as the
+    ``linger_s`` instead: to measure what another linger would give before adopting it
+    (the accounting is the same; the report's ``linger_s`` says which was run)."""
+    out: dict[str, float] = dict(METERED_UPLINK)
+    linger = os.environ.get("BENCH_LINGER_S")
+    if linger:
+        out["linger_s"] = float(linger)
+    return out
 
 
 def _fill(toml: Path, readings: Sequence[Reading]) -> None:
@@ -609,6 +620,13 @@ def _steady(st: Stack) -> dict[str, float]:
     # idle figure. Off for this run, on both ends.
     for ns, dev in ((st.topo.home, st.topo.home_if), (st.topo.central, st.topo.central_if)):
         st.topo.ns_run(ns, "sysctl", "-qw", f"net.ipv6.conf.{dev}.disable_ipv6=1", check=False)
+    # What-if, not adopted (docs/proof.md): BENCH_TCP_TIMESTAMPS=0 turns TCP timestamps off in
+    # the home namespace (the box's kernel; 12 bytes of option in every segment).
+    timestamps = os.environ.get("BENCH_TCP_TIMESTAMPS")
+    if timestamps in ("0", "1"):
+        st.topo.ns_run(
+            st.topo.home, "sysctl", "-qw", f"net.ipv4.tcp_timestamps={timestamps}", check=False
+        )
     st.runs += 1
     st.fresh_receiver()
     base = _stored(st.db)
@@ -671,7 +689,7 @@ def _steady(st: Stack) -> dict[str, float]:
         "keepalive_s": keepalive,
         "keepalive_wire_bytes": round(ping),
         "keepalives_per_day": round(pings_per_day, 1),
-        "linger_s": float(METERED_UPLINK["linger_s"]),
+        "linger_s": float(_uplink_settings()["linger_s"]),
         "reconnect_wire_bytes": round(reconnect),
         "reconnects_per_day_assumed": RECONNECTS_PER_DAY,
         "patient_day_data_flash_bytes": w1 - w0,

@@ -329,7 +329,7 @@ def test_metered_uplink_settings(tmp_path: Path) -> None:
     extra = "".join(f"{k} = {v}\n" for k, v in METERED_UPLINK.items())
     cfg = AgentConfig.load(_write(tmp_path, base + extra), state_dir=tmp_path)
     assert cfg.uplink is not None
-    assert (cfg.uplink.linger_s, cfg.uplink.keepalive_s) == (600.0, 1200)
+    assert (cfg.uplink.linger_s, cfg.uplink.keepalive_s) == (3600.0, 1200)
     with pytest.raises(ConfigError) as bad:
         AgentConfig.load(_write(tmp_path, base + 'linger_s = "600"\nkeepalive_s = 5\n'))
     assert len(_problems(bad)) == 2

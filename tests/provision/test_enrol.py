@@ -50,7 +50,7 @@ def test_a_fresh_box_enrols_with_a_token(service: Service, tmp_path: Path) -> No
         "key_file": "/etc/dho-gateway/box.key",
         "signing_key_file": "/etc/dho-gateway/box-signing.pem",
         "service_key_file": "/etc/dho-gateway/service.pub",
-        "linger_s": 600,
+        "linger_s": 3600,
         "keepalive_s": 1200,
     }
     # The agent's sandbox may reach the broker now (and nothing else but loopback).
