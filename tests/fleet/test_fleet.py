@@ -47,8 +47,9 @@ def test_a_small_fleet_drains_after_the_storm_with_nothing_lost_or_twice() -> No
     assert figures["duplicates"] == 0
     assert figures["drain_s"] is not None
     assert figures["mqtt_connects"] >= 20
-    # Every box probed and connected through its mast at least once after the storm.
-    assert figures["tcp_connections"] >= 40
+    # Every box reached the broker through its mast at least once after the storm: one TCP
+    # connection each, since the probe's connection carries TLS and MQTT (agent/uplink/link.py).
+    assert figures["tcp_connections"] >= 20
     assert 1 <= figures["peak_connects_per_s"] <= figures["tcp_connections"]
     assert sum(figures["batches_per_receiver"]) >= 20
     for key in ("cpu_s_boxes", "cpu_s_broker", "cpu_s_receivers", "machine_busy_cpu_s"):

@@ -338,13 +338,16 @@ async def test_flapping_link_shrinks_batches_and_still_delivers_once(broker, rec
     smallest = uplink.sizer.size
     try:
         deadline = asyncio.get_running_loop().time() + 60
+        acked_at_cut = 0
         while uplink.readings_acked < len(readings):
             assert asyncio.get_running_loop().time() < deadline, "not delivered in time"
-            if proxy.cuts < 6:
-                await asyncio.sleep(0.15)
+            if proxy.cuts < 6 and uplink.readings_acked > acked_at_cut:
+                # Cut as soon as a batch got through since the last cut, so the link flaps in
+                # the middle of the transfer however fast the connection comes up (a fixed
+                # 0.15 s let a fast reconnect deliver all 300 before the first cut).
+                acked_at_cut = uplink.readings_acked
                 proxy.cut()
-            else:
-                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.005)
             smallest = min(smallest, uplink.sizer.size)
         ids = _stored(db)
         assert len(ids) == len(set(ids)) == len(readings)
