@@ -46,6 +46,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from agent.atomicfile import fsync_dir
 from agent.errors import AgentError
 from agent.model import Reading
 from dho_protocol.errors import ProtocolError
@@ -85,14 +86,6 @@ def _reserve(fd: int, size: int) -> None:
         err = ctypes.get_errno()
         if err not in (errno.EOPNOTSUPP, errno.ENOSYS):
             raise OSError(err, os.strerror(err))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _plaintext(reading: Reading) -> bytes:
@@ -182,7 +175,7 @@ class IntakeJournal:
         try:
             _reserve(fd, min(RESERVE, self._limit))
             os.fsync(fd)
-            _fsync_dir(self._dir)  # the file's name must survive a power cut too
+            fsync_dir(self._dir)  # the file's name must survive a power cut too
         except BaseException:
             os.close(fd)
             raise
@@ -298,5 +291,5 @@ def replay(buffer: Buffer) -> int:
             _LOGGER.error("intake journal frame does not open with this store's keys: kept aside")
             path.rename(path.with_suffix(".unreadable"))
     with contextlib.suppress(OSError):
-        _fsync_dir(directory)
+        fsync_dir(directory)
     return stored

@@ -36,14 +36,26 @@ def test_paho_still_calls_the_tls_hook_the_link_overrides():
         assert isinstance(getattr(mqtt.Client, name), property)
 
 
-async def test_reconnect_resumes_the_tls_session_and_keeps_going(broker):
+@contextlib.asynccontextmanager
+async def _running_link(broker, box_id: str):
+    """A running :class:`MqttLink` through a :class:`FlakyProxy`, with the reason of each up."""
     proxy = FlakyProxy(broker.port)
     await proxy.start()
-    link = MqttLink(replace(link_config(broker, "box-0001"), port=proxy.port))
+    link = MqttLink(replace(link_config(broker, box_id), port=proxy.port))
     ups: list[str | None] = []
     link.bind(LinkHandlers(lambda t, p: None, lambda: ups.append(link.reason), lambda: None))
     task = asyncio.create_task(link.run())
     try:
+        yield link, proxy, ups
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await proxy.close()
+
+
+async def test_reconnect_resumes_the_tls_session_and_keeps_going(broker):
+    async with _running_link(broker, "box-0001") as (link, proxy, ups):
         await wait_until(lambda: len(ups) == 1, 10, "connected")
         await asyncio.sleep(0.3)  # the session ticket arrives after the handshake
         proxy.cut()
@@ -54,11 +66,6 @@ async def test_reconnect_resumes_the_tls_session_and_keeps_going(broker):
         assert ups[1] is not None
         assert "resumed" in ups[1]
         assert link.connects == 2
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await proxy.close()
     assert link.state == "stopped"
 
 
@@ -75,13 +82,7 @@ def test_paho_still_opens_tcp_where_the_link_hands_it_the_probe():
 
 
 async def test_a_reconnect_uses_the_probes_tcp_connection(broker):
-    proxy = FlakyProxy(broker.port)
-    await proxy.start()
-    link = MqttLink(replace(link_config(broker, "box-0002"), port=proxy.port))
-    ups: list[str | None] = []
-    link.bind(LinkHandlers(lambda t, p: None, lambda: ups.append(link.reason), lambda: None))
-    task = asyncio.create_task(link.run())
-    try:
+    async with _running_link(broker, "box-0002") as (link, proxy, ups):
         await wait_until(lambda: len(ups) == 1, 10, "connected")
         assert proxy.accepted == 1
         proxy.cut()
@@ -91,11 +92,6 @@ async def test_a_reconnect_uses_the_probes_tcp_connection(broker):
         assert link.tls.probes_used == 1
         assert proxy.accepted == 2
         assert link.tls.probed is None
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await proxy.close()
     assert link.tls.probed is None
 
 

@@ -593,7 +593,9 @@ class BleDriver:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._scan_loop(bus, agent), name="ble-scanner")
-                tg.create_task(self._lag.run(), name="ble-loop-lag")
+                if any(worker.deletes for worker in self.workers):
+                    # only a device that deletes what it sent waits on the loop's lag
+                    tg.create_task(self._lag.run(), name="ble-loop-lag")
                 for worker in self.workers:
                     tg.create_task(worker.run(), name=f"ble-device:{worker.assignment.log_id}")
         finally:
