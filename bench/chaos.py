@@ -31,8 +31,19 @@ with what the receiver stored: ``lost``, ``duplicates``, ``altered``, ``unexpect
 Report (top level): ``produced``, ``faults`` (by kind), ``lost``, ``duplicates``, ``drain_s``,
 and ``faults_total``, ``agent_kill_moments``, ``stored``, ``altered``, ``unexpected``,
 ``seconds``, ``seed``, ``full``. Default: >= 2,000 readings and >= 30 faults in a few minutes;
-``FULL=1`` (``--full``): >= 20,000 readings and >= 200 faults. ``DHO_CHAOS_LOGS=DIR`` keeps the
-agent's, broker's and receiver's logs.
+``FULL=1`` (``--full``): >= 20,000 readings and >= 200 faults.
+
+What a run leaves (:func:`keep_reason`, :meth:`Campaign.keep`): with ``DHO_CHAOS_LOGS=DIR``, and
+in any case when the checker found something wrong (a reading lost, stored twice, altered or
+made up) or the run failed, the agent's, broker's and receiver's logs are copied to ``DIR``
+(without it, to a new ``/tmp/dho-chaos-kept-*``) and, under ``DIR/stores/``, what is needed to
+examine a loss afterwards: the agent's state directory (its encrypted buffer, keys, intake
+journals, card import state, status report), its configuration, the receiver's database, the
+broker's persistence, the CPAP card as the devices left it, and ``produced.json`` (every record
+the devices made, with when). The processes are killed first (SIGKILL, as in the faults), so
+the SQLite files are what a crash leaves and open as after one. The report's ``kept`` says
+where and why (``null``: nothing kept, the run's directory is gone). One directory per run:
+a second run into the same ``DIR`` replaces the first's files.
 """
 
 from __future__ import annotations
@@ -120,6 +131,37 @@ class Plan:
         return cls(readings=20_400, faults=207, rate=15.0, download_interval=20.0)
 
 
+KEPT_LOGS = ("agent.log", "broker/mosquitto.log", "receiver/receiver-1.log")
+"""The run's logs, relative to its directory, copied flat into the kept directory."""
+
+
+def keep_reason(verdict: Verdict | None, logs: Path | None, *, failed: bool = False) -> str | None:
+    """Why a run's logs and stores are kept (see the module docstring), or ``None``.
+
+    ``verdict``: the checker's last verdict (``None`` if it never ran); ``logs``: the
+    directory asked for (``DHO_CHAOS_LOGS``); ``failed``: the run ended with an exception.
+    """
+    found = []
+    if verdict is not None:
+        found = [
+            f"{n} {what}"
+            for what, n in (
+                ("lost", verdict.lost),
+                ("duplicates", verdict.duplicates),
+                ("altered", verdict.altered),
+                ("unexpected", verdict.unexpected),
+            )
+            if n
+        ]
+    if found:
+        return "the checker found " + ", ".join(found)
+    if failed:
+        return "the run failed"
+    if logs is not None:
+        return "DHO_CHAOS_LOGS"
+    return None
+
+
 def _iso(t: float) -> str:
     return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
@@ -191,6 +233,9 @@ class Campaign:
         self.starts = {"broker": 0, "receiver": 0, "agent": 0}
         self.state = root / "agent-state"
         self.clock_file = root / "faketime"
+        self.db = root / "receiver.db"
+        self.card: Path | None = None
+        self.config = root / "agent.toml"
         self.home_proc: subprocess.Popen[str] | None = None
         self.agent: subprocess.Popen[bytes] | None = None
         self.relay: subprocess.Popen[str] | None = None
@@ -221,7 +266,6 @@ class Campaign:
         mine = f"listener {self.broker.port} 127.0.0.1"
         assert mine in text, "localstack's broker configuration changed"
         conf.write_text(text.replace(mine, f"listener {self.broker.port}"))
-        self.db = self.root / "receiver.db"
         self.signing = Ed25519PrivateKey.generate()
         enrol(self.db, BOX_ID, self.signing, [PATIENT])
         self.receiver = ReceiverProcess(self.broker, self.db, self.root / "receiver")
@@ -588,7 +632,8 @@ class Campaign:
             return None
         return int(sum((buf.get("pending") or {}).values())) + int(buf.get("claimed") or 0)
 
-    def close(self) -> None:
+    def stop(self) -> None:
+        """Every process of the run killed (the files stay, as a crash leaves them)."""
         self.kill_agent()
         for proc in (self.relay, self.home_proc):
             if proc is not None and proc.poll() is None:
@@ -596,14 +641,56 @@ class Campaign:
                 proc.communicate()
         self.kill_receiver()
         self.stop_broker(signal.SIGKILL)
+
+    def unmount(self) -> None:
+        """The agent's tmpfs unmounted (what was on it is gone)."""
         if os.path.ismount(self.state):
             subprocess.run(["umount", "-l", str(self.state)], check=False)
 
-    def keep_logs(self, dest: Path) -> None:
+    def close(self) -> None:
+        self.stop()
+        self.unmount()
+
+    def keep(self, dest: Path) -> list[str]:
+        """Copy the logs (flat) and the stores (under ``stores/``) to ``dest``, after
+        :meth:`stop` and before :meth:`unmount`; returns what was kept, relative to ``dest``.
+        A file the run never made is left out; a kept ``stores/`` of an earlier run into the
+        same ``dest`` is replaced (its logs are overwritten the same way)."""
         dest.mkdir(parents=True, exist_ok=True)
-        for name in ("agent.log", "broker/mosquitto.log", "receiver/receiver-1.log"):
+        kept: list[str] = []
+        for name in KEPT_LOGS:
             with contextlib.suppress(OSError):
                 (dest / Path(name).name).write_bytes((self.root / name).read_bytes())
+                kept.append(Path(name).name)
+        stores = dest / "stores"
+        if stores.exists():
+            shutil.rmtree(stores)
+        stores.mkdir()
+        trees = {
+            "agent-state": self.state,
+            "broker-data": self.root / "broker" / "data",
+            "cpap-card": self.card,
+        }
+        for name, src in trees.items():
+            if src is not None and src.is_dir():
+                # the disk_full fault's filler, if the run stopped inside one: 24 MiB of zeros
+                shutil.copytree(src, stores / name, ignore=shutil.ignore_patterns("filler"))
+                kept.append(f"stores/{name}/")
+        for src in (
+            self.config,
+            *(self.db.with_name(self.db.name + x) for x in ("", "-wal", "-shm")),
+        ):
+            if src.is_file():
+                shutil.copy2(src, stores / src.name)
+                kept.append(f"stores/{src.name}")
+        with self._lock:
+            produced = [
+                {"key": list(k), "values": list(v), "made_at": self.made_at.get(k)}
+                for k, v in sorted({**self.produced, **self.cpap_truth}.items())
+            ]
+        (stores / "produced.json").write_text(json.dumps(produced, indent=0) + "\n")
+        kept.append("stores/produced.json")
+        return kept
 
 
 def run(
@@ -617,7 +704,9 @@ def run(
     """Run one campaign and return its report (see the module docstring).
 
     ``drain_limit``: how long the backlog may take to drain after the last fault (default
-    ``DHO_CHAOS_DRAIN_S`` or 600 s); ``logs``: keep the logs there (default ``DHO_CHAOS_LOGS``).
+    ``DHO_CHAOS_DRAIN_S`` or 600 s); ``logs``: keep the logs and stores there (default
+    ``DHO_CHAOS_LOGS``; kept in a new ``/tmp/dho-chaos-kept-*`` anyway when the checker found
+    something wrong or the run failed). The report's ``kept`` says where and why.
     """
     seed = random.randrange(2**32) if seed is None else seed
     t_start = time.monotonic()
@@ -625,11 +714,14 @@ def run(
         drain_limit = float(os.environ.get("DHO_CHAOS_DRAIN_S", "600"))
     if logs is None and os.environ.get("DHO_CHAOS_LOGS"):
         logs = Path(os.environ["DHO_CHAOS_LOGS"])
+    verdict: Verdict | None = None
+    kept: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(prefix="dho-chaos-") as tmp:
         root = Path(tmp)
         root.chmod(0o755)  # mosquitto may drop to its own user
         with net.Topology(1000, central_netns=True) as topo:
             c = Campaign(root, topo, plan, seed)
+            failed = True
             try:
                 c.central_up()
                 c.home_up()
@@ -659,10 +751,23 @@ def run(
                 time.sleep(min(2 * plan.download_interval, 20))
                 verdict = c.verdict()
                 resent = c.receiver_dropped()
+                failed = False
             finally:
-                c.close()
-                if logs is not None:
-                    c.keep_logs(logs)
+                c.stop()
+                try:
+                    # a failed run's last verdict may be mid-drain (not lost, on the way)
+                    why = keep_reason(None if failed else verdict, logs, failed=failed)
+                    if why is not None:
+                        dest = logs or Path(tempfile.mkdtemp(prefix="dho-chaos-kept-"))
+                        kept = {"dir": str(dest), "why": why}
+                        try:
+                            kept["files"] = c.keep(dest)
+                        except OSError as exc:  # a full /tmp: say so, do not lose the report
+                            kept["error"] = f"{type(exc).__name__}: {exc}"
+                        print(f"chaos: kept the logs and stores in {dest} ({why})", file=sys.stderr)
+                finally:
+                    c.unmount()
+    assert verdict is not None
     return {
         "produced": verdict.produced,
         "faults": dict(sorted(c.faults.items())),
@@ -690,6 +795,7 @@ def run(
         "full": full,
         "seed": seed,
         "when": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "kept": kept,
     }
 
 

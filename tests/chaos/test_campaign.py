@@ -10,11 +10,13 @@ mock BlueZ, a CPAP card taken out and put back.
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from bench import chaos
+from receiver.store import SqliteStore
 
 pytestmark = [
     pytest.mark.root,
@@ -47,3 +49,18 @@ def test_a_short_campaign_loses_nothing_and_stores_nothing_twice(tmp_path: Path)
     assert report["altered"] == 0, report
     assert report["unexpected"] == 0, report
     assert report["drain_s"] is not None
+    # What it kept, asked for: the logs and stores, the SQLite files as the kills left them.
+    assert report["kept"]["dir"] == str(tmp_path / "logs")
+    assert report["kept"]["why"] == "DHO_CHAOS_LOGS"
+    stores = tmp_path / "logs" / "stores"
+    assert (tmp_path / "logs" / "agent.log").stat().st_size > 0
+    db = sqlite3.connect(stores / "agent-state" / "buffer.db")
+    try:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    finally:
+        db.close()
+    kept = SqliteStore(stores / "receiver.db")
+    try:
+        assert sum(1 for _ in kept.readings(chaos.BOX_ID)) == report["stored"]
+    finally:
+        kept.close()
