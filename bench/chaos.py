@@ -721,7 +721,7 @@ def run(
         root.chmod(0o755)  # mosquitto may drop to its own user
         with net.Topology(1000, central_netns=True) as topo:
             c = Campaign(root, topo, plan, seed)
-            failed = True
+            finished = failed = False
             try:
                 c.central_up()
                 c.home_up()
@@ -751,12 +751,15 @@ def run(
                 time.sleep(min(2 * plan.download_interval, 20))
                 verdict = c.verdict()
                 resent = c.receiver_dropped()
-                failed = False
+                finished = True
+            except Exception:
+                failed = True  # (a stopped run, SIGTERM or Ctrl-C, is not a failure)
+                raise
             finally:
                 c.stop()
                 try:
-                    # a failed run's last verdict may be mid-drain (not lost, on the way)
-                    why = keep_reason(None if failed else verdict, logs, failed=failed)
+                    # an unfinished run's last verdict may be mid-drain (not lost, on the way)
+                    why = keep_reason(verdict if finished else None, logs, failed=failed)
                     if why is not None:
                         dest = logs or Path(tempfile.mkdtemp(prefix="dho-chaos-kept-"))
                         kept = {"dir": str(dest), "why": why}

@@ -16,9 +16,17 @@ bandwidth from the kernel:
   The central end lives in the root namespace by default (so a broker started by
   :mod:`receiver.localstack` on 127.0.0.1 is reached through a :class:`Relay` listening on
   :attr:`Topology.central_ip`); ``central_netns=True`` puts it in a namespace of its own.
-  Every name carries this process's pid and a random suffix (others run the same kind of
-  bench on this machine); everything is deleted on exit, also after a failure, and
-  :func:`sweep` removes what a killed run of this module left behind.
+  Every namespace, veth and nftables table is named ``<owner>_<pid><nn><role>`` (others run
+  the same kind of bench on this machine; :func:`run_prefix`): ``<owner>`` from
+  ``DHO_NET_PREFIX`` (your name, at most 6 letters or digits; default ``dhb``), ``<pid>``
+  this process's pid in base 36 (so two runs with one owner never meet), ``<nn>`` the
+  process's count of topologies, one letter for the role (``h`` home, ``c`` central
+  namespace, ``a``/``b`` the veth's ends): at most 15 characters, the kernel's limit for an
+  interface. Everything is deleted on exit: on leaving the ``with`` block, also after a
+  failure; at interpreter exit (:mod:`atexit`) for a topology still open; and a SIGTERM or
+  SIGHUP while one is open unwinds as ``SystemExit`` (unless the program has its own
+  handler), so every ``finally`` runs. :func:`sweep` (run before each topology is made)
+  removes what a killed run left behind: names of these forms whose pid is gone.
 * :func:`server_certificate`: a broker certificate from the test CA that is also valid for
   the link's address (the box checks the broker's name against what it dials).
 
@@ -30,6 +38,7 @@ sees the short veth round trip; and it does not lose packets (use :meth:`Topolog
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import datetime as dt
 import ipaddress
@@ -37,14 +46,16 @@ import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Sequence
+from itertools import count
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -53,8 +64,19 @@ from cryptography.x509.oid import NameOID
 
 from receiver.localstack import CA
 
-PREFIX = "dhb"
-"""Every namespace and interface this module makes starts with this, then the owner's pid."""
+PREFIX_ENV = "DHO_NET_PREFIX"
+"""The owner part of every name this module makes (see the module docstring)."""
+DEFAULT_PREFIX = "dhb"
+_OWNER = re.compile(r"[a-z][a-z0-9]{0,5}")
+_NAME = re.compile(r"([a-z][a-z0-9]{0,5})_([0-9a-z]{1,5})[0-9a-z]{2}[hcab]")
+"""A name :class:`Topology` makes: owner, ``_``, pid (base 36), count (2 digits), role."""
+_OLD_NAME = re.compile(r"dhb(\d+)x[0-9a-f]{3}[a-z]")
+"""The names of this module before ``DHO_NET_PREFIX`` (branches made before it still make
+them): ``dhb``, pid, ``x``, three random hex digits, role."""
+_B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
+_TOPOLOGIES = count()
+_OPEN: dict[str, Topology] = {}
+"""Every topology of this process not yet closed, by tag."""
 
 _CHUNK = 65_536
 _HELD_LIMIT = 4 * 1024 * 1024
@@ -311,20 +333,117 @@ def _run(args: Sequence[str], *, check: bool = True) -> subprocess.CompletedProc
     return subprocess.run(list(args), check=check, capture_output=True, text=True, timeout=30)
 
 
-def sweep() -> None:
-    """Delete namespaces and links a killed run of this module left behind (pid gone)."""
+def _base36(n: int, width: int = 1) -> str:
+    out = ""
+    while n or len(out) < width:
+        n, d = divmod(n, 36)
+        out = _B36[d] + out
+    return out
+
+
+def run_prefix(pid: int | None = None) -> str:
+    """``<owner>_<pid in base 36>``: how every name this process makes begins.
+
+    ``<owner>`` is ``DHO_NET_PREFIX`` (default ``dhb``): 1-6 lower-case letters or digits,
+    beginning with a letter (15 characters is all an interface name may have).
+    """
+    owner = os.environ.get(PREFIX_ENV) or DEFAULT_PREFIX
+    if _OWNER.fullmatch(owner) is None:
+        raise ValueError(
+            f"{PREFIX_ENV}={owner!r}: 1-6 lower-case letters or digits, beginning with a letter"
+        )
+    return f"{owner}_{_base36(os.getpid() if pid is None else pid)}"
+
+
+def _owner_pid(name: str, owners: Sequence[str]) -> int | None:
+    """The pid in a name this module makes with one of ``owners`` (or in the old form), or
+    None for any other name."""
+    m = _NAME.fullmatch(name)
+    if m is not None:
+        return int(m.group(2), 36) if m.group(1) in owners else None
+    m = _OLD_NAME.fullmatch(name)
+    return None if m is None else int(m.group(1))
+
+
+def _names() -> list[str]:
+    """Every network namespace and every root-namespace interface, by name."""
     names = _run(["ip", "netns", "list"], check=False).stdout.split("\n")
     links = _run(["ip", "-o", "link", "show"], check=False).stdout.split("\n")
     found = [line.split()[0] for line in names if line.strip()]
     found += [line.split(":")[1].strip().split("@")[0] for line in links if line.count(":") >= 2]
-    for name in found:
-        m = re.fullmatch(rf"{PREFIX}(\d+)x[0-9a-f]{{3}}[a-z]", name)
-        if m is None or os.path.exists(f"/proc/{m.group(1)}"):
+    return found
+
+
+def sweep() -> list[str]:
+    """Delete namespaces and links a killed run of this module left behind: its names whose
+    pid is gone, and those with this process's pid that no open topology of it holds (a dead
+    run's pid come round again). Only names of this run's owner (``DHO_NET_PREFIX``), of the
+    default ``dhb`` and of the old form are looked at (another owner's are theirs to sweep,
+    and a loose pattern must not take some other program's interface); a live run's are
+    never touched. Returns what was deleted."""
+    owners = (run_prefix().split("_")[0], DEFAULT_PREFIX)
+    gone = []
+    for name in _names():
+        pid = _owner_pid(name, owners)
+        if pid is None:
+            continue
+        if pid == os.getpid():
+            if name[:-1] in _OPEN:
+                continue
+        elif os.path.exists(f"/proc/{pid}"):
             continue
         if name.endswith(("h", "c")):
             _run(["ip", "netns", "del", name], check=False)
         else:
             _run(["ip", "link", "del", name], check=False)
+        gone.append(name)
+    return gone
+
+
+def _used_subnets() -> set[int]:
+    """The /30s of 198.18.0.0/15 that root-namespace addresses are in (a central end that
+    stays in the root namespace must not share one with another run's)."""
+    out = _run(["ip", "-o", "-4", "addr", "show"], check=False).stdout
+    base = int(ipaddress.IPv4Address("198.18.0.0"))
+    used = set()
+    for m in re.finditer(r"inet (198\.1[89]\.\d+\.\d+)", out):
+        used.add((int(ipaddress.IPv4Address(m.group(1))) - base) >> 2)
+    return used
+
+
+_caught: set[signal.Signals] = set()
+
+
+def _unwind(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _catch_signals() -> None:
+    """While a topology is open: SIGTERM and SIGHUP unwind (``SystemExit``) instead of killing
+    the process outright, so the namespaces go; a handler the program set is left alone.
+    Only the main thread can set handlers; elsewhere nothing changes."""
+    if _caught or threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is signal.SIG_DFL:
+            signal.signal(sig, _unwind)
+            _caught.add(sig)
+
+
+def _release_signals() -> None:
+    if _OPEN or threading.current_thread() is not threading.main_thread():
+        return
+    for sig in _caught:
+        if signal.getsignal(sig) is _unwind:
+            signal.signal(sig, signal.SIG_DFL)
+    _caught.clear()
+
+
+@atexit.register
+def _close_all() -> None:
+    """At interpreter exit: every topology still open is deleted."""
+    for topo in list(_OPEN.values()):
+        topo.close()
 
 
 def _ip(n: int) -> str:
@@ -345,16 +464,13 @@ class Topology:
     def __init__(
         self, rate_kbit: int = 1000, *, central_netns: bool = False, burst_bytes: int | None = None
     ) -> None:
-        tag = f"{PREFIX}{os.getpid()}x{random.randrange(16**3):03x}"  # + 1 letter: <= 15
-        self.home = f"{tag}h"
-        self.central: str | None = f"{tag}c" if central_netns else None
-        self.home_if = f"{tag}a"
-        self.central_if = f"{tag}b"
-        self.table = tag
-        subnet = random.randrange(0, 2 * 256 * 64)  # a /30 inside 198.18.0.0/15
-        base = int(ipaddress.IPv4Address("198.18.0.0")) + (subnet << 2)
-        self.home_ip = _ip(base + 1)
-        self.central_ip = _ip(base + 2)
+        self.tag = f"{run_prefix()}{_base36(next(_TOPOLOGIES) % 36**2, 2)}"  # + 1 letter
+        self.home = f"{self.tag}h"
+        self.central: str | None = f"{self.tag}c" if central_netns else None
+        self.home_if = f"{self.tag}a"
+        self.central_if = f"{self.tag}b"
+        self.table = self.tag
+        self._subnet = random.randrange(0, 2 * 256 * 64)  # a /30 inside 198.18.0.0/15
         self.rate_kbit = rate_kbit
         self.burst_bytes = burst_bytes
         self._made: list[str] = []
@@ -362,9 +478,29 @@ class Topology:
 
     # -- set-up --------------------------------------------------------------------------
 
+    @property
+    def home_ip(self) -> str:
+        return _ip(int(ipaddress.IPv4Address("198.18.0.0")) + (self._subnet << 2) + 1)
+
+    @property
+    def central_ip(self) -> str:
+        return _ip(int(ipaddress.IPv4Address("198.18.0.0")) + (self._subnet << 2) + 2)
+
     def __enter__(self) -> Topology:
+        if self.tag in _OPEN:
+            raise RuntimeError(f"topology {self.tag} is open already")
+        _OPEN[self.tag] = self
+        _catch_signals()
         try:
             sweep()
+            mine = {self.home, self.central, self.home_if, self.central_if}
+            if mine & set(_names()):
+                raise RuntimeError(f"names {self.tag}* are taken (another process's?)")
+            used = _used_subnets()
+            for _ in range(64):
+                if self._subnet not in used:
+                    break
+                self._subnet = random.randrange(0, 2 * 256 * 64)
             self._create()
         except BaseException:
             self.close()
@@ -409,13 +545,17 @@ class Topology:
         self.close()
 
     def close(self) -> None:
-        """Delete the namespaces (the veth pair and the nftables table go with them)."""
+        """Delete the namespaces (the veth pair and the nftables table go with them); at
+        most once, and also for a topology left open at interpreter exit."""
         for ns in reversed(self._made):
             _run(["ip", "netns", "del", ns], check=False)
         self._made.clear()
         if self._root_link:  # never moved into a namespace: delete it by hand
             _run(["ip", "link", "del", self.central_if], check=False)
             self._root_link = False
+        if _OPEN.get(self.tag) is self:
+            del _OPEN[self.tag]
+            _release_signals()
 
     # -- running things ------------------------------------------------------------------
 
