@@ -34,6 +34,15 @@
 
 Extra figures: single-reading batch size (a box that uploads each reading as it comes) and
 acknowledgement size.
+
+The three wire figures above (``wire_bytes_per_spot_reading``, ``..._continuous_sample``,
+``..._single_reading_batch``) seal the readings with :func:`dho_protocol.seal_batch`: batch
+version 1, payload v1 (``docs/uplink-protocol.md`` 5.4), the encoding of older boxes; their
+definition and goals are left as they were. The same three with the suffix ``_v3`` are what a
+box sends today (batch version 3, payload v3, 5.5): the same readings appended to a real
+buffer, claimed as stored rows (:meth:`agent.buffer.Buffer.claim_rows`, the sender's 256 KiB
+bound) and sealed with :func:`dho_protocol.seal_rows` and a clock anchor, as
+:class:`agent.uplink.sender.Uplink` does.
 """
 
 from __future__ import annotations
@@ -52,6 +61,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import dho_protocol as protocol
 from agent.buffer import Buffer, FileKeySource
+from agent.clock import ClockAnchor
 from agent.model import Reading
 from bench import uplink_net
 from receiver import pg, pgcluster
@@ -98,6 +108,59 @@ def _wire_per_reading(batches: Sequence[Sequence[Reading]], key: Ed25519PrivateK
         total += mqtt_publish_bytes(protocol.batch_topic(BOX), len(wire))
         count += len(batch)
     return total / count
+
+
+def _wire_per_reading_v3(
+    batches: Sequence[Sequence[Reading]], key: Ed25519PrivateKey, root: Path
+) -> float:
+    """:func:`_wire_per_reading` for batches as a box sends them today (module docstring)."""
+    buf = Buffer.open(root / "v3.db", FileKeySource(root / "v3.kek"))
+    anchor = ClockAnchor(uuid.UUID(int=1), 1_700_000_000 * 10**9)
+    total = count = 0
+    try:
+        for seq, batch in enumerate(batches, 1):
+            buf.append(batch)
+            claim = buf.claim_rows(len(batch), 256 * 1024)  # UplinkConfig.max_batch_bytes
+            if claim is None or len(claim.rows.rows) != len(batch):
+                raise RuntimeError("the buffer did not claim the batch whole")
+            _, wire = protocol.seal_rows(
+                BOX,
+                seq,
+                claim.rows,
+                key,
+                created_ms=1_790_000_000_000,
+                anchor=anchor,
+                raw_frames=claim.raw_frames,
+            )
+            total += mqtt_publish_bytes(protocol.batch_topic(BOX), len(wire))
+            count += len(batch)
+            buf.ack(claim.batch_id)
+    finally:
+        buf.close()
+    return total / count
+
+
+def wire_figures_v3(
+    spot_batches: Sequence[Sequence[Reading]],
+    cont_batches: Sequence[Sequence[Reading]],
+    key: Ed25519PrivateKey,
+) -> dict[str, float | None]:
+    """The ``_v3`` wire figures (module docstring); no timing, byte counts only."""
+    samples = sum(r.samples.sample_count for b in cont_batches for r in b if r.samples)
+    readings = sum(len(b) for b in cont_batches)
+    with tempfile.TemporaryDirectory(prefix="dho-bench-v3-") as tmp:
+        root = Path(tmp)
+        (root / "spot").mkdir()
+        (root / "cont").mkdir()
+        (root / "one").mkdir()
+        spot = _wire_per_reading_v3(spot_batches, key, root / "spot")
+        cont = _wire_per_reading_v3(cont_batches, key, root / "cont") * readings
+        single = _wire_per_reading_v3([spot_batches[0][:1]], key, root / "one")
+    return {
+        "uplink.wire_bytes_per_spot_reading_v3": round(spot, 1),
+        "uplink.wire_bytes_per_continuous_sample_v3": round(cont / samples, 3),
+        "uplink.wire_bytes_single_reading_batch_v3": float(single),
+    }
 
 
 def _ingest_rate(store: Store, key: Ed25519PrivateKey, service: Ed25519PrivateKey) -> float:
@@ -191,6 +254,7 @@ def run() -> dict[str, float | None]:
         ),
         "uplink.ack_wire_bytes": float(mqtt_publish_bytes(protocol.ack_topic(BOX), len(ack))),
     }
+    figures |= wire_figures_v3(spot_batches, cont_batches, key)
     with tempfile.TemporaryDirectory(prefix="dho-bench-") as tmp:
         store = SqliteStore(Path(tmp) / "receiver.db")
         try:
