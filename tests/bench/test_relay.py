@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -200,26 +202,29 @@ with relay.Topology(1000, central_netns=True) as topo:
 """
 
 
-def _names_of_child(child: subprocess.Popen[str]) -> list[str]:
-    assert child.stdout is not None
-    line = child.stdout.readline().split()
-    assert len(line) == 3, line
-    return line
+@contextlib.contextmanager
+def _bench_child(owner: str) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
+    """A bench process (owner ``owner``) holding a topology: it and its names (home and
+    central namespace, central veth end), once they exist."""
+    reason = r.unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    env = {**os.environ, r.PREFIX_ENV: owner}
+    with subprocess.Popen(
+        [sys.executable, "-c", _CHILD], stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT
+    ) as child:
+        assert child.stdout is not None
+        names = child.stdout.readline().split()
+        assert len(names) == 3, names
+        assert all(n.startswith(f"{owner}_") for n in names)
+        assert names[0] in r._run(["ip", "netns", "list"]).stdout
+        yield child, names
 
 
 @pytest.mark.root
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
 def test_a_terminated_bench_deletes_its_namespaces(sig: signal.Signals) -> None:
-    reason = r.unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    env = {**os.environ, r.PREFIX_ENV: "tidyt"}
-    with subprocess.Popen(
-        [sys.executable, "-c", _CHILD], stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT
-    ) as child:
-        names = _names_of_child(child)
-        assert all(n.startswith("tidyt_") for n in names)
-        assert names[0] in r._run(["ip", "netns", "list"]).stdout
+    with _bench_child("tidyt") as (child, names):
         child.send_signal(sig)
         assert child.wait(30) == 128 + sig
     netns = r._run(["ip", "netns", "list"]).stdout
@@ -229,14 +234,7 @@ def test_a_terminated_bench_deletes_its_namespaces(sig: signal.Signals) -> None:
 
 @pytest.mark.root
 def test_what_a_killed_bench_left_is_swept_by_the_next() -> None:
-    reason = r.unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    env = {**os.environ, r.PREFIX_ENV: "tidyk"}
-    with subprocess.Popen(
-        [sys.executable, "-c", _CHILD], stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT
-    ) as child:
-        names = _names_of_child(child)
+    with _bench_child("tidyk") as (child, names):
         child.kill()  # SIGKILL: nothing of it runs any more
         child.wait(30)
     try:
