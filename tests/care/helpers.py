@@ -1,9 +1,12 @@
-"""Readings for the care tests: oximetry chunks and BP readings at chosen times."""
+"""Readings for the care tests: oximetry chunks and BP readings at chosen times; and the
+end of a test's running services."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 from hw_mocks.synthetic import CUFF, OXIMETER, PATIENT
@@ -84,3 +87,13 @@ def spot(at: datetime, spo2: int, *, patient: str = PATIENT) -> Reading:
         captured=captured(at),
         raw=(b"\x00",),
     )
+
+
+async def cancel_all(tasks: Iterable[asyncio.Task[None]]) -> None:
+    """Cancel every task, then wait for each to end (its cancellation is the expected end)."""
+    tasks = list(tasks)
+    for t in tasks:
+        t.cancel()
+    for t in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await t

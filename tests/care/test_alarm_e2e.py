@@ -26,6 +26,7 @@ from receiver.alarms import alarm_records
 from receiver.localstack import enrol
 from receiver.store import SqliteStore
 from tests.ble.driver_support import PATIENT, assignment, fast_options, running
+from tests.care.helpers import cancel_all
 from tests.uplink.conftest import link_config, open_agent, wait_until
 
 NUMBERS = "+4791234567,+4799887766"
@@ -81,11 +82,7 @@ async def box(tmp_path: Path, broker, modem: ModemSimulator) -> AsyncIterator[tu
     try:
         yield care, buf, link, db
     finally:
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await cancel_all(tasks)
         await buf.close()
         await link.close()
 

@@ -4,7 +4,6 @@ uplink verifies them (signature, counter) and hands them over; the report carrie
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import uuid
 from datetime import UTC, datetime
@@ -16,6 +15,7 @@ from hw_mocks.synthetic import PATIENT
 import dho_protocol as protocol
 from agent.care.schedule import Kind
 from agent.care.service import CareService, CareSettings
+from tests.care.helpers import cancel_all
 from tests.uplink.conftest import RawClient, open_agent, wait_until
 
 
@@ -93,10 +93,6 @@ async def test_signed_care_commands(broker, tmp_path: Path, pki) -> None:
         assert care.evaluator.rules_for(PATIENT)
         assert [s.kind for s in care.planner.schedules[PATIENT].slots] == [Kind.BP]
     finally:
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await cancel_all(tasks)
         await buf.close()
         service.close()

@@ -11,7 +11,6 @@ test's, stepped through two mornings; the uplink, the broker and the receiver ru
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 import uuid
@@ -33,7 +32,7 @@ from agent.light import GpioLed, StatusLight
 from receiver import fhir
 from receiver.localstack import enrol
 from receiver.store import SqliteStore
-from tests.care.helpers import bp
+from tests.care.helpers import bp, cancel_all
 from tests.uplink.conftest import RawClient, open_agent, wait_until
 
 
@@ -209,11 +208,7 @@ async def test_a_reminder_fires_stops_on_the_measurement_and_a_miss_reaches_the_
         assert obs["valueQuantity"]["value"] == 60
         assert any("missed:bp" in n["text"] for n in obs["note"])
     finally:
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await cancel_all(tasks)
         await buf.close()
         service.close()
         indicator.close()
