@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +44,14 @@ def importer(
         options=ImportOptions(**options),  # type: ignore[arg-type]
         wall=wall,
     )
+
+
+async def stop(task: asyncio.Task[None], buf: AsyncBuffer) -> None:
+    """The end of a driver test: the driver's task cancelled and awaited, the buffer closed."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await buf.close()
 
 
 async def stored(buf: AsyncBuffer) -> list[Reading]:

@@ -4,7 +4,6 @@ appears, is pulled, comes back with a new night. Waits on conditions, never on s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from datetime import date
 from pathlib import Path
@@ -16,7 +15,15 @@ from agent.drivers import registry
 from agent.drivers.contract import DeviceTableError
 from agent.drivers.cpap.driver import CardState, CardWatcher, CpapCardOptions, CpapDriver
 from agent.drivers.cpap.transport import CardAssignment
-from tests.cpap.support import PATIENT, card_driver, flagged, open_buffer, stored, wait_for
+from tests.cpap.support import (
+    PATIENT,
+    card_driver,
+    flagged,
+    open_buffer,
+    stop,
+    stored,
+    wait_for,
+)
 
 
 def state_of(watcher: CardWatcher) -> CardState:
@@ -117,10 +124,7 @@ async def test_card_comes_and_goes(tmp_path: Path) -> None:
         assert len(flagged(got, "cpap-summary")) == 3
         assert len({r.natural_key for r in got}) == len(got)
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await buf.close()
+        await stop(task, buf)
 
 
 async def test_a_folder_that_is_no_card_is_left_alone(tmp_path: Path) -> None:
@@ -140,10 +144,7 @@ async def test_a_folder_that_is_no_card_is_left_alone(tmp_path: Path) -> None:
         assert watcher.status.last_error_class == "IdentificationError"
         assert (await buf.stats()).pending == 0
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await buf.close()
+        await stop(task, buf)
 
 
 async def test_a_full_state_directory_is_retried_not_the_end_of_the_driver(
@@ -188,7 +189,4 @@ async def test_a_full_state_directory_is_retried_not_the_end_of_the_driver(
         assert len(flagged(got, "cpap-summary")) == 1
         assert len({r.natural_key for r in got}) == len(got)
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await buf.close()
+        await stop(task, buf)
