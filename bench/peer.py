@@ -31,13 +31,11 @@ BOX_ID = "box-peer-0001"
 SINK_ID = "peer-sink"
 
 
-def box_config(
-    root: Path, local_port: int, bridge: tuple[str, int], ca: Path, cert: Path, key: Path
-) -> Path:
-    """The box's Mosquitto: local listener for the device side, bridge to central."""
+def _persistence_and_log(root: Path) -> list[str]:
+    """What both of the peer's brokers share: persistence in ``root/data`` (made here), no
+    queue limit (the default drops almost everything), a log file in ``root``."""
     (root / "data").mkdir(parents=True, exist_ok=True)
-    lines = [
-        *(["user root"] if os.geteuid() == 0 else []),
+    return [
         "persistence true",
         f"persistence_location {root / 'data'}/",
         "max_queued_messages 0",
@@ -45,6 +43,16 @@ def box_config(
         "log_type error",
         "log_type warning",
         "log_type notice",
+    ]
+
+
+def box_config(
+    root: Path, local_port: int, bridge: tuple[str, int], ca: Path, cert: Path, key: Path
+) -> Path:
+    """The box's Mosquitto: local listener for the device side, bridge to central."""
+    lines = [
+        *(["user root"] if os.geteuid() == 0 else []),
+        *_persistence_and_log(root),
         f"listener {local_port} 127.0.0.1",
         "allow_anonymous true",
         "connection central",
@@ -63,18 +71,11 @@ def box_config(
 
 def central_config(root: Path, port: int, ca: Path, cert: Path, key: Path) -> Path:
     """The central Mosquitto the bridge feeds: TLS, client certificates required."""
-    (root / "data").mkdir(parents=True, exist_ok=True)
     lines = [
         *(["user root"] if os.geteuid() == 0 else []),
         "per_listener_settings false",
         "allow_anonymous false",
-        "persistence true",
-        f"persistence_location {root / 'data'}/",
-        "max_queued_messages 0",
-        f"log_dest file {root / 'mosquitto.log'}",
-        "log_type error",
-        "log_type warning",
-        "log_type notice",
+        *_persistence_and_log(root),
         f"listener {port} 127.0.0.1",
         f"cafile {ca}",
         f"certfile {cert}",
