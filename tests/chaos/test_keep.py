@@ -3,13 +3,16 @@ checker found something wrong, so that a loss can be examined afterwards."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import tempfile
+import time
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 
-from bench import chaos
+from bench import chaos, relay
 from bench.chaos_check import Verdict
 
 
@@ -108,3 +111,69 @@ def test_a_second_run_into_the_same_directory_replaces_the_first_stores(tmp_path
     assert "stores/receiver.db-wal" not in files
     assert not (dest / "stores" / "receiver.db-wal").exists()
     assert not (dest / "stores" / "agent-state" / "status.json").exists()
+
+
+@pytest.fixture
+def dry_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """``chaos.run`` with no network, processes or waiting: the campaign's own steps are
+    stubs, so only its ending (the checker's verdict, what is kept, the report) is real.
+    Returns the directory that stands for /tmp."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    monkeypatch.setattr(relay, "Topology", lambda *a, **k: contextlib.nullcontext(None))
+    monkeypatch.setattr(time, "sleep", lambda s: None)
+    for step in ("central_up", "home_up", "home", "read_card", "stop", "unmount"):
+        monkeypatch.setattr(chaos.Campaign, step, lambda self, *a, **k: None)
+    monkeypatch.setattr(chaos.Campaign, "bm65_produced", lambda self: self.plan.readings)
+    monkeypatch.setattr(chaos.Campaign, "box_waiting", lambda self: 0)
+    monkeypatch.setattr(chaos.Campaign, "receiver_dropped", lambda self: (0, 0))
+    monkeypatch.delenv("DHO_CHAOS_LOGS", raising=False)
+    return tmp
+
+
+PLAN = chaos.Plan(readings=1, faults=0, rate=1.0, download_interval=0.01)
+
+
+def test_a_run_that_lost_a_reading_keeps_its_stores_unasked(
+    dry_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(chaos.Campaign, "verdict", lambda self: _verdict(lost=1))
+    report = chaos.run(PLAN, seed=1, drain_limit=0)
+    kept = report["kept"]
+    assert kept["why"] == "the checker found 1 lost"
+    where = Path(kept["dir"])
+    assert where.parent == dry_run
+    assert where.name.startswith("dho-chaos-kept-")
+    assert (where / "stores" / "produced.json").exists()
+    assert "stores/produced.json" in kept["files"]
+
+
+def test_a_clean_run_keeps_nothing_and_says_so(
+    dry_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(chaos.Campaign, "verdict", lambda self: _verdict())
+    report = chaos.run(PLAN, seed=1, drain_limit=0)
+    assert report["kept"] is None
+    assert not list(dry_run.glob("dho-chaos-kept-*"))
+
+
+def test_a_run_that_failed_keeps_its_stores(dry_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(self: chaos.Campaign) -> None:
+        raise RuntimeError("mosquitto did not start")
+
+    monkeypatch.setattr(chaos.Campaign, "central_up", broken)
+    with pytest.raises(RuntimeError, match="mosquitto"):
+        chaos.run(PLAN, seed=1, drain_limit=0)
+    (where,) = dry_run.glob("dho-chaos-kept-*")
+    assert (where / "stores" / "produced.json").exists()
+
+
+def test_a_stopped_run_is_not_a_failure(dry_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def stopped(self: chaos.Campaign) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(chaos.Campaign, "central_up", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        chaos.run(PLAN, seed=1, drain_limit=0)
+    assert not list(dry_run.glob("dho-chaos-kept-*"))
