@@ -21,8 +21,9 @@ counting), and splits the time before the first stored batch by the box's log:
 The section ``oursdrain`` of ``bench/report.json`` has the median, minimum and maximum of
 ``drain_over_floor`` and ``first_stored_s``' median, and the load average before and after;
 every run's breakdown is written to ``bench/oursdrain-runs.json`` and each run's box log is
-kept in ``BENCH_DRAIN_LOGS`` (default ``/tmp/dho-oursdrain-logs``). The goal is issue 8's
-``drain_over_floor_1mbit_200ms``, 1.2, on the median.
+kept in ``BENCH_DRAIN_LOGS`` (default ``/tmp/dho-oursdrain-logs-<owner>_<pid>``, the run's
+:func:`bench.relay.run_prefix`, so two engineers' runs never mix their logs). The goal is
+issue 8's ``drain_over_floor_1mbit_200ms``, 1.2, on the median.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bench import peer
+from bench import peer, relay
 from bench import sidebyside as side
 from bench import sidebyside_workload as wl
 
@@ -107,7 +108,9 @@ def run(runs: int | None = None) -> dict[str, Any]:
         return {}
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     n = runs or int(os.environ.get("BENCH_DRAIN_RUNS", "3"))
-    logs = Path(os.environ.get("BENCH_DRAIN_LOGS", "/tmp/dho-oursdrain-logs"))
+    logs = Path(
+        os.environ.get("BENCH_DRAIN_LOGS") or f"/tmp/dho-oursdrain-logs-{relay.run_prefix()}"
+    )
     logs.mkdir(parents=True, exist_ok=True)
     week = wl.build(days=wl.DAYS, box=peer.BOX_ID)
     load_before = _load()
