@@ -658,19 +658,24 @@ def _steady(st: Stack) -> dict[str, float]:
         b2, w2, t2 = sum(st.bytes_now()), _proc_write_bytes(box.pid), time.monotonic()
         idle_rate = (b2 - b1) / (t2 - t1)
         flash_rate = (w2 - w1) / (t2 - t1)
+        # BENCH_WIRECAP=DIR: the keep-alive's and the reconnect's frames too (bench.wirecap)
+        cap = _wirecap(st, "keepalive")
         box.stdin.write("ping\n")
         box.stdin.flush()
         if not box.stdout.readline().startswith("PINGED"):
             raise RuntimeError("the box did not send a keep-alive")
         time.sleep(3)
+        cap.close()
         b2p, t2p = sum(st.bytes_now()), time.monotonic()
         ping = (b2p - b2) - idle_rate * (t2p - t2)
         pings_per_day = 86_400 / keepalive if keepalive > IDLE_S else 0.0
         b2, t2 = b2p, t2p
         connects = _log(toml).count("connected to")
+        cap = _wirecap(st, "reconnect")
         st.ours_relay.cut()  # the connection reset (a NAT timeout, a cell change)
         _wait(lambda: _log(toml).count("connected to") > connects, 120, "no reconnect")
         time.sleep(3)
+        cap.close()
         b3, t3 = sum(st.bytes_now()), time.monotonic()
         reconnect = (b3 - b2) - idle_rate * (t3 - t2)
     finally:
@@ -695,6 +700,35 @@ def _steady(st: Stack) -> dict[str, float]:
         "patient_day_data_flash_bytes": w1 - w0,
         "idle_flash_bytes_per_s": round(flash_rate, 1),
     }
+
+
+class _NoCapture:
+    def close(self) -> None:
+        pass
+
+
+class _Wirecap:
+    """A :class:`bench.wirecap.Capture` of our connection, written to ``DIR/name.*`` on close."""
+
+    def __init__(self, st: Stack, out: Path, name: str) -> None:
+        from bench import wirecap
+
+        self.out, self.name = out, name
+        self.cap = wirecap.Capture(st.topo.central_if, st.topo.home_ip, st.ours_relay.address[1])
+        self.cap.__enter__()
+
+    def close(self) -> None:
+        from bench import wirecap
+
+        self.cap.__exit__(None, None, None)
+        self.out.mkdir(parents=True, exist_ok=True)
+        wirecap.save(self.cap.frames, self.out / f"{self.name}.json")
+        (self.out / f"{self.name}.txt").write_text(wirecap.table(self.cap.frames, self.name) + "\n")
+
+
+def _wirecap(st: Stack, name: str) -> _Wirecap | _NoCapture:
+    out = os.environ.get("BENCH_WIRECAP")
+    return _Wirecap(st, Path(out), name) if out else _NoCapture()
 
 
 # -- the whole comparison ---------------------------------------------------------------

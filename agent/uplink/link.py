@@ -113,6 +113,13 @@ class LinkConfig:
             acknowledgements and commands) while the box is away.
         will_topic, will_payload: the last will, published retained by the broker when the
             box vanishes without a clean disconnect.
+        will_delay_s: the will's MQTT 5 Will Delay Interval: the broker publishes the will
+            only when this process has not reconnected into its session within this many
+            seconds of the broker closing the old connection (0: at once).
+        online_payload: published retained (QoS 1) on ``will_topic`` after a connect, to
+            replace a will the broker may have published; not sent again on a reconnect
+            into the kept session for which the will cannot have been published
+            (:meth:`MqttLink.status_kept`). None: the user publishes its own status.
         subscriptions: topic filters to subscribe with QoS 1 (in one SUBSCRIBE) after a
             connect, unless the broker still holds this process's session with them
             (``session present`` after a SUBACK that granted every one of them).
@@ -141,6 +148,8 @@ class LinkConfig:
     connect_timeout_s: float = 15.0
     will_topic: str | None = None
     will_payload: bytes = b"offline"
+    will_delay_s: int = 0
+    online_payload: bytes | None = None
     subscriptions: tuple[str, ...] = ()
     stable_after_s: float = 60.0
     fallback: Endpoint | None = None
@@ -411,6 +420,20 @@ class MqttLink:
         self._tls_ready = False
         self._subscribed = False
         """The broker granted every subscription in the session it holds for this process."""
+        self._heard_at: float | None = None
+        """When bytes last came from the broker (monotonic), on this connection or the last."""
+        self._online_held = False
+        """The broker acknowledged :attr:`LinkConfig.online_payload` in the session it holds
+        for this process, and no will can have replaced it since (:meth:`status_kept`)."""
+        self._server_disconnected = False
+        """The last connection ended with the broker's DISCONNECT (e.g. shutting down: a
+        broker that stops publishes the wills at once, whatever their delay)."""
+        self._session_present = False
+        self._send_online = True
+        self.online_sent = 0
+        """``online`` status publishes sent (:attr:`LinkConfig.online_payload`)."""
+        self.online_skipped = 0
+        """Reconnects that needed no ``online``: the will cannot have been published."""
         self._client = self._make_client()
 
     # -- paho set-up -------------------------------------------------------------------
@@ -437,7 +460,13 @@ class MqttLink:
         client.on_socket_register_write = self._cb_register_write
         client.on_socket_unregister_write = self._cb_unregister_write
         if self.cfg.will_topic is not None:
-            client.will_set(self.cfg.will_topic, self.cfg.will_payload, qos=1, retain=True)
+            will = None
+            if self.cfg.will_delay_s > 0:
+                will = _connect_properties(PacketTypes.WILLMESSAGE)
+                will.WillDelayInterval = self.cfg.will_delay_s
+            client.will_set(
+                self.cfg.will_topic, self.cfg.will_payload, qos=1, retain=True, properties=will
+            )
         return client
 
     @property
@@ -528,6 +557,8 @@ class MqttLink:
     def _readable(self) -> None:
         client = self._client
         rc = client.loop_read()
+        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._connected.is_set():
+            self._heard_at = time.monotonic()  # the broker held the connection open until now
         sock = client.socket()
         # Decrypted bytes may wait inside the TLS object with nothing left on the socket;
         # the loop would not call us again for them.
@@ -552,7 +583,10 @@ class MqttLink:
         reason: ReasonCode,
         properties: Properties | None,
     ) -> None:
+        self._session_present = bool(flags.session_present) and not reason.is_failure
         if not reason.is_failure:
+            self._send_online = not self.status_kept(time.monotonic())
+            self._heard_at = time.monotonic()
             sock = client.socket()
             if isinstance(sock, ssl.SSLSocket):
                 with contextlib.suppress(ssl.SSLError, ValueError):
@@ -582,6 +616,8 @@ class MqttLink:
         reason: ReasonCode,
         properties: Properties | None,
     ) -> None:
+        if flags.is_disconnect_packet_from_server:
+            self._server_disconnected = True
         self._on_loop(self._on_drop, f"{reason}; {self._last_log_error}".strip("; "))
 
     def _cb_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
@@ -841,7 +877,11 @@ class MqttLink:
                 self.cfg.host,
                 ep.port,
                 keepalive=self.cfg.keepalive_s,
-                clean_start=mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+                # A clean session on the process's first connection only. Not paho's
+                # MQTT_CLEAN_START_FIRST_ONLY: ``connect()`` forgets the connections before,
+                # so every reconnect would start clean, and the broker would drop the session
+                # (queued acknowledgements and commands) and publish the will at once.
+                clean_start=self.connects == 0,
                 properties=props,
             )
         except (OSError, ValueError) as err:
@@ -892,6 +932,7 @@ class MqttLink:
         self.reason = f"connected to {self._where}{resumed}"
         self._connected.set()
         _LOG.info("uplink %s: %s", self.cfg.box_id, self.reason)
+        self._publish_online()
         self._handlers.on_up()
         stable = False
         stable_at = self.connected_since + self.cfg.stable_after_s
@@ -911,6 +952,7 @@ class MqttLink:
             self._connected.clear()
             self.connected_since = None
             if not dropped.done():  # cancelled: leave cleanly, say so first
+                self._online_held = False
                 with contextlib.suppress(Exception):
                     if self.cfg.will_topic is not None:
                         self._client.publish(
@@ -920,6 +962,57 @@ class MqttLink:
                     self._client.loop_write()
             self._close_socket()
             self._handlers.on_down()
+
+    def status_kept(self, now: float) -> bool:
+        """Whether a connection accepted at ``now`` (its CONNACK just read) needs no
+        ``online``: the broker kept this process's session, and the will of the connection
+        before cannot have been published since the broker acknowledged ``online``.
+
+        With a Will Delay Interval of W seconds the broker publishes the will W seconds
+        after it closed the connection, and not at all when the session is resumed before
+        (MQTT 5.0, section 3.1.3.2.2). It cannot have closed the old connection before it
+        last sent bytes on it, which the box read at :attr:`_heard_at`; the new connection
+        took the session over before its CONNACK came. So when the CONNACK says *session
+        present* and at most W/2 passed since the box last heard the broker (the other half
+        is the margin for bytes long in transit and for the two clocks' rates), the will
+        was still waiting and is cancelled now, and the retained status is still the
+        ``online`` the broker acknowledged. Not so when the last connection ended with the
+        broker's DISCONNECT (a broker that shuts down publishes the wills at once, whatever
+        their delay), or when this process has no acknowledged ``online`` in the session.
+        """
+        return (
+            self.cfg.online_payload is not None
+            and self.cfg.will_topic is not None
+            and self.cfg.will_delay_s > 0
+            and self._online_held
+            and self._session_present
+            and not self._server_disconnected
+            and self._heard_at is not None
+            and now - self._heard_at <= self.cfg.will_delay_s / 2
+        )
+
+    def _publish_online(self) -> None:
+        """Say ``online`` (retained) unless the broker still holds it (:meth:`status_kept`)."""
+        self._server_disconnected = False
+        topic, payload = self.cfg.will_topic, self.cfg.online_payload
+        if topic is None or payload is None:
+            return
+        if not self._send_online:
+            self.online_skipped += 1
+            _LOG.info("uplink %s: status still online (session kept, no will)", self.cfg.box_id)
+            return
+        self._online_held = False
+        try:
+            fut = self.publish(topic, payload, qos=1, retain=True)
+        except UplinkError:
+            return
+        self.online_sent += 1
+
+        def held(f: asyncio.Future[bool | None]) -> None:
+            if not f.cancelled() and f.exception() is None and f.result():
+                self._online_held = True
+
+        fut.add_done_callback(held)
 
     def _close_socket(self) -> None:
         """Stop watching paho's socket and close it (paho opens a new one to reconnect)."""

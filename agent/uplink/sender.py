@@ -131,6 +131,10 @@ class UplinkConfig:
         linger_s: how long continuous and bulk readings may wait in the buffer for the ones
             that follow before a batch is sealed (alarms and spot readings never wait, and
             take the waiting ones along); 0 sends each as it comes.
+        will_delay_s: the last will's Will Delay Interval (``docs/uplink-protocol.md``
+            section 8): the broker says ``offline`` this much later than it notices the box
+            gone, unless the box is back by then, and a reconnect within half of it that
+            finds the session kept sends no ``online`` (the will was never published).
     """
 
     link: LinkConfig
@@ -148,6 +152,7 @@ class UplinkConfig:
     transfer_timeout_s: float = 300.0
     idle_poll_s: float = 5.0
     linger_s: float = 0.0
+    will_delay_s: int = 600
     backoff_base_s: float = 1.0
     backoff_cap_s: float = 60.0
 
@@ -250,6 +255,8 @@ class Uplink:
                     cfg.link,
                     will_topic=protocol.status_topic(self.box_id),
                     will_payload=b"offline",
+                    will_delay_s=cfg.will_delay_s,
+                    online_payload=b"online",
                     subscriptions=(
                         protocol.ack_topic(self.box_id),
                         protocol.command_topic(self.box_id),
@@ -489,8 +496,8 @@ class Uplink:
     # -- inbound (called by the link on the event loop) -----------------------------------
 
     def _on_up(self) -> None:
-        with contextlib.suppress(UplinkError):
-            self.link.publish(protocol.status_topic(self.box_id), b"online", qos=1, retain=True)
+        # The link has said ``online`` already where the will may have been published
+        # (LinkConfig.online_payload, MqttLink.status_kept).
         self._events.put_nowait(s.LinkUp())
 
     def _on_down(self) -> None:

@@ -225,6 +225,8 @@ class FlakyProxy:
         self.port = 0
         self.cuts = 0
         self.accepted = 0
+        self.refuse = False
+        """Close every connection at once (the broker out of reach behind the proxy)."""
         """TCP connections accepted (probes and MQTT connections alike)."""
         self._server: asyncio.base_events.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -242,6 +244,9 @@ class FlakyProxy:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
+        if self.refuse:
+            writer.close()
+            return
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         except OSError:

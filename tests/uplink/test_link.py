@@ -5,16 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import queue
+import signal
 import struct
+import time
 from dataclasses import replace
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
+import dho_protocol as protocol
 from agent.errors import BrokerUnreachableError, CertificateRejectedError
 from agent.uplink import netwatch
 from agent.uplink.link import LinkConfig, LinkHandlers, MqttLink, TlsClient
-from tests.uplink.conftest import FlakyProxy, link_config, wait_until
+from tests.uplink.conftest import FlakyProxy, RawClient, link_config, wait_until
 
 
 def test_paho_still_calls_the_tls_hook_the_link_overrides():
@@ -166,3 +170,124 @@ async def test_the_watcher_uses_netlink_here():
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+# -- the status: the will's delay and the `online` a reconnect need not send ------------------
+
+
+def _status_link(broker, box_id: str, port: int, will_delay_s: int) -> MqttLink:
+    cfg = replace(
+        link_config(broker, box_id),
+        port=port,
+        will_topic=protocol.status_topic(box_id),
+        will_delay_s=will_delay_s,
+        online_payload=b"online",
+    )
+    return MqttLink(cfg)
+
+
+@contextlib.asynccontextmanager
+async def _running_status_link(broker, box_id: str, will_delay_s: int):
+    """A running link that says ``online`` itself, through a proxy, and a service watching
+    the box's status (``dho-service``, as the real one)."""
+    proxy = FlakyProxy(broker.port)
+    await proxy.start()
+    watcher = await asyncio.to_thread(
+        RawClient, broker, "dho-service", subscribe=(protocol.status_topic(box_id),)
+    )
+    link = _status_link(broker, box_id, proxy.port, will_delay_s)
+    ups: list[str | None] = []
+    link.bind(LinkHandlers(lambda t, p: None, lambda: ups.append(link.reason), lambda: None))
+    task = asyncio.create_task(link.run())
+    try:
+        yield link, proxy, ups, watcher
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await proxy.close()
+        watcher.close()
+
+
+def _status_now(broker, box_id: str) -> bytes:
+    """The retained status a service sees when it subscribes now."""
+    c = RawClient(broker, "dho-service", subscribe=(protocol.status_topic(box_id),))
+    try:
+        return c.get(5)[1]
+    finally:
+        c.close()
+
+
+def _no_status(watcher: RawClient, within_s: float) -> None:
+    with contextlib.suppress(queue.Empty):
+        got = watcher.get(within_s)
+        raise AssertionError(f"the service was told {got[1]!r}")
+
+
+async def test_a_quick_reconnect_into_the_kept_session_sends_no_online(broker):
+    async with _running_status_link(broker, "box-0011", 60) as (link, proxy, ups, watcher):
+        await wait_until(lambda: len(ups) == 1, 10, "connected")
+        got = await asyncio.to_thread(watcher.get)
+        assert got == (protocol.status_topic("box-0011"), b"online")
+        await wait_until(lambda: link._online_held, 5, "online acknowledged")
+        proxy.cut()
+        await wait_until(lambda: len(ups) == 2, 15, "reconnected")
+        # the reconnect resumed the MQTT session (paho's MQTT_CLEAN_START_FIRST_ONLY alone
+        # would have started a clean one, publishing the will at once) ...
+        assert link._session_present
+        # ... so the broker held the will back (delay 60 s) and dropped it at the reconnect:
+        # the status stayed `online` and the box did not say it again
+        assert (link.online_sent, link.online_skipped) == (1, 1)
+        await asyncio.to_thread(_no_status, watcher, 1.5)
+        assert await asyncio.to_thread(_status_now, broker, "box-0011") == b"online"
+
+
+async def test_a_box_away_longer_than_the_will_delay_is_offline_then_online(broker):
+    box = "box-0012"
+    async with _running_status_link(broker, box, 2) as (link, proxy, ups, watcher):
+        await wait_until(lambda: len(ups) == 1, 10, "connected")
+        assert (await asyncio.to_thread(watcher.get))[1] == b"online"
+        await wait_until(lambda: link._online_held, 5, "online acknowledged")
+        proxy.refuse = True
+        cut_at = time.monotonic()
+        proxy.cut()
+        # the service hears `offline` when the will's delay (2 s) is over, not before
+        _, payload = await asyncio.to_thread(watcher.get, 10)
+        assert payload == b"offline"
+        assert time.monotonic() - cut_at >= 1.5
+        assert link.connects == 1
+        proxy.refuse = False
+        await wait_until(lambda: len(ups) == 2, 20, "reconnected")
+        # away longer than half the delay: the will may have been published, so `online`
+        assert (await asyncio.to_thread(watcher.get, 5))[1] == b"online"
+        assert (link.online_sent, link.online_skipped) == (2, 0)
+    # a clean stop still says offline at once
+    assert await asyncio.to_thread(_status_now, broker, box) == b"offline"
+
+
+async def test_after_a_broker_restart_the_box_says_online_again(broker):
+    """A broker that stops publishes the wills at once, whatever their delay, and its
+    DISCONNECT tells the box so: the next connection says `online` even if it is quick."""
+    box = "box-0013"
+    async with _running_status_link(broker, box, 600) as (link, _proxy, ups, _watcher):
+        await wait_until(lambda: len(ups) == 1, 10, "connected")
+        await wait_until(lambda: link._online_held, 5, "online acknowledged")
+        await asyncio.to_thread(broker.restart)
+        await wait_until(lambda: len(ups) == 2, 20, "reconnected")
+        await wait_until(lambda: link.online_sent == 2, 5, "online again")
+        await wait_until(lambda: link._online_held, 5, "online acknowledged")
+        assert await asyncio.to_thread(_status_now, broker, box) == b"online"
+
+
+async def test_a_broker_killed_and_restarted_sees_the_box_online(broker):
+    """kill -9: no DISCONNECT, no wills; the broker restores its saved state."""
+    box = "box-0014"
+    async with _running_status_link(broker, box, 600) as (link, _proxy, ups, _watcher):
+        await wait_until(lambda: len(ups) == 1, 10, "connected")
+        await wait_until(lambda: link._online_held, 5, "online acknowledged")
+        await asyncio.sleep(1.5)  # the broker saves every second (autosave_interval 1)
+        await asyncio.to_thread(broker.stop, signal.SIGKILL)
+        await asyncio.to_thread(broker.start)
+        await wait_until(lambda: len(ups) == 2, 20, "reconnected")
+        await asyncio.sleep(1.0)
+        assert await asyncio.to_thread(_status_now, broker, box) == b"online"
