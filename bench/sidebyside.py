@@ -64,6 +64,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from agent.buffer import Buffer
 from agent.config import METERED_UPLINK, AgentConfig
 from agent.model import Reading
+from agent.uplink.link import PING_AFTER
 from bench import peer, relay
 from bench import sidebyside_workload as wl
 from receiver import brokerplugin
@@ -659,7 +660,7 @@ def _steady(st: Stack) -> dict[str, float]:
         idle_rate = (b2 - b1) / (t2 - t1)
         flash_rate = (w2 - w1) / (t2 - t1)
         # BENCH_WIRECAP=DIR: the keep-alive's and the reconnect's frames too (bench.wirecap)
-        cap = _wirecap(st, "keepalive")
+        cap = _wirecap(st, "keepalive-ping")
         box.stdin.write("ping\n")
         box.stdin.flush()
         if not box.stdout.readline().startswith("PINGED"):
@@ -668,8 +669,25 @@ def _steady(st: Stack) -> dict[str, float]:
         cap.close()
         b2p, t2p = sum(st.bytes_now()), time.monotonic()
         ping = (b2p - b2) - idle_rate * (t2p - t2)
-        pings_per_day = 86_400 / keepalive if keepalive > IDLE_S else 0.0
         b2, t2 = b2p, t2p
+        # The box's own keep-alive (agent.uplink.link.MqttLink.keepalive_now): an empty QoS 0
+        # publish, and a PINGREQ when the broker has been silent for ``ping_after`` of them,
+        # so of every ``ping_after`` keep-alives of an idle day one is a ping.
+        cap = _wirecap(st, "keepalive-light")
+        box.stdin.write("keepalive\n")
+        box.stdin.flush()
+        answer = box.stdout.readline()
+        if not answer.startswith("PINGED"):
+            raise RuntimeError(f"the box did not send a keep-alive: {answer!r}")
+        time.sleep(3)
+        cap.close()
+        b2p, t2p = sum(st.bytes_now()), time.monotonic()
+        is_light = answer.split()[-1] == "light"
+        light = (b2p - b2) - idle_rate * (t2p - t2) if is_light else ping
+        b2, t2 = b2p, t2p
+        ping_after = float(PING_AFTER) if is_light else 1.0
+        per_keepalive = ((ping_after - 1) * light + ping) / ping_after
+        pings_per_day = 86_400 / keepalive if keepalive > IDLE_S else 0.0
         connects = _log(toml).count("connected to")
         cap = _wirecap(st, "reconnect")
         st.ours_relay.cut()  # the connection reset (a NAT timeout, a cell change)
@@ -684,7 +702,10 @@ def _steady(st: Stack) -> dict[str, float]:
     rest = 86_400 - feed_s
     return {
         "wire_bytes_per_patient_day": round(
-            (b1 - b0) + idle_rate * rest + pings_per_day * ping + RECONNECTS_PER_DAY * reconnect
+            (b1 - b0)
+            + idle_rate * rest
+            + pings_per_day * per_keepalive
+            + RECONNECTS_PER_DAY * reconnect
         ),
         "flash_bytes_per_patient_day": round((w1 - w0) + flash_rate * rest),
         "patient_day_data_wire_bytes": b1 - b0,
@@ -692,7 +713,9 @@ def _steady(st: Stack) -> dict[str, float]:
         "patient_day_batches": batches,
         "idle_wire_bytes_per_s": round(idle_rate, 2),
         "keepalive_s": keepalive,
-        "keepalive_wire_bytes": round(ping),
+        "keepalive_wire_bytes": round(per_keepalive),
+        "keepalive_ping_wire_bytes": round(ping),
+        "keepalive_light_wire_bytes": round(light),
         "keepalives_per_day": round(pings_per_day, 1),
         "linger_s": float(_uplink_settings()["linger_s"]),
         "reconnect_wire_bytes": round(reconnect),

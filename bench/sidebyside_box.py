@@ -10,8 +10,11 @@ append, then the uplink is woken). It reads commands on stdin:
   blood-pressure readings, one CPAP night) in arrival order, one reading every ``SPACING_S``
   seconds (time compressed: a chunk every minute becomes one every ``SPACING_S``), then print
   ``FED <count>``.
-* ``ping``: one MQTT keep-alive now (paho's PINGREQ; the broker answers PINGRESP), so a run
-  shorter than the keep-alive can count what one costs on the wire; prints ``PINGED``.
+* ``ping``: one PINGREQ now (the broker answers PINGRESP), so a run shorter than the
+  keep-alive can count what one costs on the wire; prints ``PINGED``.
+* ``keepalive``: the keep-alive the link would send now (``MqttLink.keepalive_now``: the
+  light one, an empty QoS 0 publish, unless the broker has been silent for long); prints
+  ``PINGED light`` or ``PINGED ping``.
 
 ``TIME_SCALE`` (default 1) compresses the box's own clocks as the feeder compresses the day:
 the uplink's ``linger_s``, the buffer maintenance interval (60 s) and purge age (3600 s) and
@@ -69,8 +72,12 @@ class Feeder:
             elif cmd == "ping":
                 link = self.uplink.link
                 assert isinstance(link, MqttLink)
-                link.tls._send_pingreq()  # paho's own keep-alive packet, sent now
+                link.tls._send_pingreq()  # paho's PINGREQ, sent now
                 print("PINGED", flush=True)
+            elif cmd == "keepalive":
+                link = self.uplink.link
+                assert isinstance(link, MqttLink)
+                print(f"PINGED {link.keepalive_now()}", flush=True)  # the link's own choice
 
 
 def _factory(cfg: AgentConfig, buffer: AsyncBuffer) -> list[Service]:

@@ -224,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             side._wait(lambda: "connected to" in side._log(toml), 90, "the box never connected")
             time.sleep(5)
-            results = keepalive_and_reconnect(st, box, toml)
+            light = os.environ.get("BENCH_WIRECAP_LIGHT", "1") == "1"
+            results = keepalive_and_reconnect(st, box, toml, light=light)
         finally:
             side._stop(box)
         for name, (frames, counted) in results.items():
@@ -237,10 +238,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def keepalive_and_reconnect(
-    st: Stack, proc: subprocess.Popen[str], toml: Path
+    st: Stack, proc: subprocess.Popen[str], toml: Path, *, light: bool = True
 ) -> dict[str, tuple[list[Frame], int]]:
-    """One keep-alive (``ping``), then one reconnect (the relay's cut), each captured on the
-    central end of the link: ``{"keepalive": (frames, tc bytes), "reconnect": ...}``."""
+    """A PINGREQ (``ping``), the box's own keep-alive (``keepalive``, with ``light``), then
+    one reconnect (the relay's cut), each captured on the central end of the link:
+    ``{"keepalive-ping": (frames, tc bytes), "keepalive-light": ..., "reconnect": ...}``."""
     from bench import sidebyside as side
 
     assert proc.stdin is not None
@@ -255,7 +257,17 @@ def keepalive_and_reconnect(
             raise RuntimeError("the box did not send a keep-alive")
         time.sleep(3)
     b1 = sum(st.bytes_now())
-    out["keepalive"] = (cap.frames, b1 - b0)
+    out["keepalive-ping"] = (cap.frames, b1 - b0)
+    if light:  # the box's own keep-alive (MqttLink.keepalive_now; not on older boxes)
+        with Capture(st.topo.central_if, st.topo.home_ip, port) as cap:
+            proc.stdin.write("keepalive\n")
+            proc.stdin.flush()
+            answer = proc.stdout.readline()
+            if not answer.startswith("PINGED"):
+                raise RuntimeError(f"the box did not send a keep-alive: {answer!r}")
+            time.sleep(3)
+        b0, b1 = b1, sum(st.bytes_now())
+        out[f"keepalive-{answer.split()[-1]}"] = (cap.frames, b1 - b0)
     connects = side._log(toml).count("connected to")
     with Capture(st.topo.central_if, st.topo.home_ip, port) as cap:
         st.ours_relay.cut()

@@ -40,6 +40,12 @@ def report_topic(box_id: str) -> str:
     return f"{TOPIC_ROOT}/up/{check_box_id(box_id)}/report"
 
 
+def alive_topic(box_id: str) -> str:
+    """A box's keep-alive: empty QoS 0 publishes that nobody subscribes to (they only tell
+    the broker the box is there, and cost no answer; ``docs/uplink-protocol.md`` 2.2)."""
+    return f"{TOPIC_ROOT}/up/{check_box_id(box_id)}/alive"
+
+
 def ack_topic(box_id: str) -> str:
     """Where the receiver publishes acknowledgements for one box."""
     return f"{TOPIC_ROOT}/down/{check_box_id(box_id)}/ack"

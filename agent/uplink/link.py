@@ -1,9 +1,11 @@
 """The MQTT v5 link to the broker: paho-mqtt 2.x driven by the asyncio event loop.
 
-paho runs in its "external event loop" mode (``loop_read``/``loop_write``/``loop_misc``, the
-pattern of paho's ``examples/loop_asyncio.py``): the event loop watches paho's socket and
-calls paho when it is readable or writable, so every paho callback runs on the event loop
-thread, and there is no paho thread and no wake-up socket pair. Only the blocking part of a
+paho runs in its "external event loop" mode (``loop_read``/``loop_write``, the pattern of
+paho's ``examples/loop_asyncio.py``): the event loop watches paho's socket and calls paho
+when it is readable or writable, so every paho callback runs on the event loop thread, and
+there is no paho thread and no wake-up socket pair. The keep-alive is the link's own
+(:meth:`MqttLink.keepalive_now`: an empty QoS 0 publish, a PINGREQ when the broker has been
+silent), not paho's ``loop_misc``. Only the blocking part of a
 connection attempt (DNS, TCP connect, TLS handshake) runs in a worker thread.
 
 One task, :meth:`MqttLink.run`, owns the connection: it connects, stays connected, and when an
@@ -36,6 +38,7 @@ import enum
 import logging
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -86,6 +89,12 @@ authorised, banned, bad authentication method."""
 
 _PROBE_TIMEOUT_S: Final = 2.0
 
+_ABORT_ON_CLOSE: Final = struct.pack("ii", 1, 0)
+"""``SO_LINGER`` on, 0 s: ``close()`` resets the connection."""
+
+PING_AFTER: Final = 3
+"""Keep-alives without a word from the broker before one is a PINGREQ (``LinkConfig``)."""
+
 _connect_properties: Callable[[int], Properties] = Properties
 """paho's ``Properties`` constructor, typed (paho leaves its ``__init__`` unannotated)."""
 
@@ -116,6 +125,12 @@ class LinkConfig:
         will_delay_s: the will's MQTT 5 Will Delay Interval: the broker publishes the will
             only when this process has not reconnected into its session within this many
             seconds of the broker closing the old connection (0: at once).
+        keepalive_topic: the light keep-alive's topic: when nothing was sent for
+            ``keepalive_s``, an empty QoS 0 PUBLISH there (with a topic alias: 8 bytes of
+            MQTT), which the broker does not answer, instead of a PINGREQ and its PINGRESP;
+            a PINGREQ still when the broker has not been heard for ``ping_after``
+            keep-alives (:meth:`MqttLink._keepalive`). None: PINGREQ every time.
+        ping_after: see ``keepalive_topic``.
         online_payload: published retained (QoS 1) on ``will_topic`` after a connect, to
             replace a will the broker may have published; not sent again on a reconnect
             into the kept session for which the will cannot have been published
@@ -123,9 +138,10 @@ class LinkConfig:
         subscriptions: topic filters to subscribe with QoS 1 (in one SUBSCRIBE) after a
             connect, unless the broker still holds this process's session with them
             (``session present`` after a SUBACK that granted every one of them).
-        keepalive_s: the MQTT keep-alive. A ping costs about 300 bytes on the wire with its
-            TCP/IP framing; the daemon sets 1200 s (``[uplink] keepalive_s``, see
-            ``docs/uplink-protocol.md`` section 2 for the choice).
+        keepalive_s: the MQTT keep-alive. A ping costs 312 bytes on the bench's wire with
+            its TCP/IP framing, a light keep-alive (``keepalive_topic``) 162-191; the daemon
+            sets 1200 s (``[uplink] keepalive_s``, see ``docs/uplink-protocol.md`` section
+            2.2 for the choice).
         user_timeout_s: ``TCP_USER_TIMEOUT``: the kernel drops the connection when data sent
             stays unacknowledged this long, so a publish into a dead path (a NAT that forgot
             the connection while it was idle) reconnects within this, not after 1.5
@@ -150,6 +166,8 @@ class LinkConfig:
     will_payload: bytes = b"offline"
     will_delay_s: int = 0
     online_payload: bytes | None = None
+    keepalive_topic: str | None = None
+    ping_after: int = PING_AFTER
     subscriptions: tuple[str, ...] = ()
     stable_after_s: float = 60.0
     fallback: Endpoint | None = None
@@ -218,12 +236,26 @@ def check_clock(cert_file: Path, *, now: datetime | None = None) -> None:
 
 
 def _tls_context(cfg: LinkConfig) -> ssl.SSLContext:
+    """The protocol's client context (:func:`dho_protocol.tls.client_context`), TLS 1.3 only.
+
+    The box talks to the DHO broker only, which speaks TLS 1.3; offering TLS 1.2 as well
+    puts 14 more cipher suites and signature algorithms into every ClientHello (42 of its
+    bytes, on each of a day's reconnects) and leaves a downgrade to be refused. Receivers
+    keep the protocol's TLS 1.2 floor.
+    """
     try:
-        return client_context(cfg.tls_files)
+        ctx = client_context(cfg.tls_files)
     except (OSError, ssl.SSLError) as err:
         raise CertificateRejectedError(
             f"cannot load the TLS files ({cfg.ca_file}, {cfg.cert_file}): {err}"
         ) from err
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    # A connection that ends without TLS close_notify (a broker or a path gone) is just
+    # closed: OpenSSL would otherwise answer the EOF with a fatal alert (a 24-byte record
+    # into a dead connection, and its reset back). MQTT frames its own packets, so a cut
+    # TLS stream is a lost connection either way.
+    ctx.options |= ssl.OP_IGNORE_UNEXPECTED_EOF
+    return ctx
 
 
 def _rejects_certificate(text: str) -> bool:
@@ -430,6 +462,16 @@ class MqttLink:
         broker that stops publishes the wills at once, whatever their delay)."""
         self._session_present = False
         self._send_online = True
+        self._ping_sent_at: float | None = None
+        """When the PINGREQ still waiting for an answer went (monotonic)."""
+        self._alias_max = 0
+        """The broker's Topic Alias Maximum (CONNACK) on this connection."""
+        self._alias_set = False
+        """Topic alias 1 names :attr:`LinkConfig.keepalive_topic` on this connection."""
+        self.keepalives_light = 0
+        """Keep-alives sent as an empty QoS 0 publish (no answer)."""
+        self.keepalives_ping = 0
+        """Keep-alives sent as PINGREQ (answered by PINGRESP)."""
         self.online_sent = 0
         """``online`` status publishes sent (:attr:`LinkConfig.online_payload`)."""
         self.online_skipped = 0
@@ -518,6 +560,12 @@ class MqttLink:
         self._on_loop(self._watch, sock)
 
     def _cb_socket_close(self, client: mqtt.Client, userdata: object, sock: Any) -> None:
+        if self._connected.is_set():
+            # paho closes a connection it lost (EOF, reset, error) while it was up: the far
+            # end is gone or going, so a reset, not a FIN that the far end (its socket
+            # closed) would answer with a reset of its own.
+            with contextlib.suppress(OSError, AttributeError, ValueError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _ABORT_ON_CLOSE)
         self._on_loop(self._unwatch, sock)
 
     def _cb_register_write(self, client: mqtt.Client, userdata: object, sock: Any) -> None:
@@ -587,6 +635,8 @@ class MqttLink:
         if not reason.is_failure:
             self._send_online = not self.status_kept(time.monotonic())
             self._heard_at = time.monotonic()
+            alias_max = getattr(properties, "TopicAliasMaximum", 0) if properties else 0
+            self._alias_max, self._alias_set, self._ping_sent_at = int(alias_max), False, None
             sock = client.socket()
             if isinstance(sock, ssl.SSLSocket):
                 with contextlib.suppress(ssl.SSLError, ValueError):
@@ -943,7 +993,7 @@ class MqttLink:
                         await asyncio.shield(dropped)
                 if dropped.done():
                     break
-                self._client.loop_misc()  # keep-alive
+                self._keepalive(time.monotonic())
                 if not stable and time.monotonic() >= stable_at:
                     stable = True
                     self.policy.stable()
@@ -962,6 +1012,70 @@ class MqttLink:
                     self._client.loop_write()
             self._close_socket()
             self._handlers.on_down()
+
+    def _keepalive(self, now: float) -> None:
+        """The MQTT keep-alive (the link's; paho's ``loop_misc``, which would send PINGREQ,
+        is not called): a keep-alive when nothing was sent for ``keepalive_s`` (the broker
+        closes a connection that stays silent 1.5 times that and publishes the will), and
+        the connection dropped when a PINGREQ has no answer within ``keepalive_s``.
+        """
+        k = self.cfg.keepalive_s
+        if k <= 0:
+            return
+        if self._ping_sent_at is not None:
+            if self._heard_at is not None and self._heard_at >= self._ping_sent_at:
+                self._ping_sent_at = None  # PINGRESP, or anything else from the broker
+            elif now - self._ping_sent_at >= k:
+                self._ping_sent_at = None
+                self._on_drop(f"no answer to a keep-alive PINGREQ within {k} s")
+                return
+            else:
+                return
+        # paho's time of its last write (paho 2.x takes time.monotonic, as this module)
+        last_out = float(getattr(self._client, "_last_msg_out", 0.0))
+        if now - last_out >= k or self._silent(now):
+            self.keepalive_now(now)
+
+    def _silent(self, now: float) -> bool:
+        """Nothing came from the broker for ``ping_after`` keep-alives (busy or idle)."""
+        heard = self._heard_at
+        return heard is None or now - heard >= self.cfg.keepalive_s * self.cfg.ping_after
+
+    def keepalive_now(self, now: float | None = None) -> str:
+        """Send one keep-alive now; returns which: ``"light"`` or ``"ping"``.
+
+        *Light*: an empty QoS 0 PUBLISH on :attr:`LinkConfig.keepalive_topic` (topic alias
+        1 after the first on a connection, 8 bytes of MQTT). Any packet from the client
+        restarts the broker's keep-alive timer (MQTT 5.0, section 3.1.2.10), QoS 0 has no
+        answer, and the broker's TCP acknowledgement is answer enough for the path: data
+        that TCP cannot deliver within ``user_timeout_s`` drops the connection. A PINGREQ
+        costs its PINGRESP and the box's TCP acknowledgement of it on top (about 150 of
+        the 312 bytes a ping takes on the bench's link).
+
+        *Ping*: a PINGREQ, when there is no keep-alive topic, or when nothing came from the
+        broker for ``ping_after`` keep-alives (while idle, and while sending into a broker
+        that does not answer): its PINGRESP tells a broker that still reads from one whose
+        TCP stack alone is alive (a hung broker process), within ``keepalive_s`` of the
+        ping; :meth:`_keepalive` drops the connection otherwise. An idle box's keep-alives
+        are so two light ones and a ping in turn (``ping_after`` 3).
+        """
+        now = time.monotonic() if now is None else now
+        client = self._client
+        topic = self.cfg.keepalive_topic
+        if topic is None or self._silent(now):
+            client._send_pingreq()  # paho's PINGREQ (paho has no public one)
+            self._ping_sent_at = now
+            self.keepalives_ping += 1
+            return "ping"
+        props = None
+        if self._alias_max >= 1:
+            props = _connect_properties(PacketTypes.PUBLISH)
+            props.TopicAlias = 1
+            topic = "" if self._alias_set else topic
+            self._alias_set = True
+        client.publish(topic, b"", qos=0, retain=False, properties=props)
+        self.keepalives_light += 1
+        return "light"
 
     def status_kept(self, now: float) -> bool:
         """Whether a connection accepted at ``now`` (its CONNACK just read) needs no

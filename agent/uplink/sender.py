@@ -257,6 +257,7 @@ class Uplink:
                     will_payload=b"offline",
                     will_delay_s=cfg.will_delay_s,
                     online_payload=b"online",
+                    keepalive_topic=protocol.alive_topic(self.box_id),
                     subscriptions=(
                         protocol.ack_topic(self.box_id),
                         protocol.command_topic(self.box_id),

@@ -227,6 +227,9 @@ class FlakyProxy:
         self.accepted = 0
         self.refuse = False
         """Close every connection at once (the broker out of reach behind the proxy)."""
+        self.swallow = False
+        """Pass nothing from the broker on to the box (to the box, a broker whose TCP stack
+        answers while the broker does not)."""
         """TCP connections accepted (probes and MQTT connections alike)."""
         self._server: asyncio.base_events.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -235,9 +238,13 @@ class FlakyProxy:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
         self.port = int(self._server.sockets[0].getsockname()[1])
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, down: bool = False
+    ) -> None:
         with contextlib.suppress(OSError, asyncio.CancelledError):
             while data := await reader.read(65536):
+                if down and self.swallow:
+                    continue
                 writer.write(data)
                 await writer.drain()
         writer.close()
@@ -254,7 +261,9 @@ class FlakyProxy:
             return
         self._writers |= {writer, up_writer}
         try:
-            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+            await asyncio.gather(
+                self._pipe(reader, up_writer), self._pipe(up_reader, writer, down=True)
+            )
         finally:
             self._writers -= {writer, up_writer}
             for w in (writer, up_writer):

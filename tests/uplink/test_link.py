@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 import dho_protocol as protocol
 from agent.errors import BrokerUnreachableError, CertificateRejectedError
@@ -291,3 +292,67 @@ async def test_a_broker_killed_and_restarted_sees_the_box_online(broker):
         await wait_until(lambda: len(ups) == 2, 20, "reconnected")
         await asyncio.sleep(1.0)
         assert await asyncio.to_thread(_status_now, broker, box) == b"online"
+
+
+# -- the keep-alive: light (an empty QoS 0 publish) and, when the broker is silent, a ping ----
+
+
+@contextlib.asynccontextmanager
+async def _running_keepalive_link(broker, box_id: str, keepalive_s: int, ping_after: int):
+    proxy = FlakyProxy(broker.port)
+    await proxy.start()
+    cfg = replace(
+        link_config(broker, box_id),
+        port=proxy.port,
+        keepalive_s=keepalive_s,
+        keepalive_topic=protocol.alive_topic(box_id),
+        ping_after=ping_after,
+    )
+    link = MqttLink(cfg)
+    ups: list[str | None] = []
+    link.bind(LinkHandlers(lambda t, p: None, lambda: ups.append(link.reason), lambda: None))
+    task = asyncio.create_task(link.run())
+    try:
+        yield link, proxy, ups
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await proxy.close()
+
+
+async def test_light_keepalives_keep_the_connection_and_a_ping_follows_silence(broker):
+    async with _running_keepalive_link(broker, "box-0021", 2, 3) as (link, _proxy, ups):
+        await wait_until(lambda: len(ups) == 1, 10, "connected")
+        # idle for 4 keep-alives: the broker would close a connection silent for 3 s (1.5
+        # keep-alives) and publish the will; empty QoS 0 publishes keep it, and after three
+        # keep-alives without a word from the broker one is a PINGREQ
+        await asyncio.sleep(8.5)
+        assert link.connects == 1
+        assert link.state == "connected"
+        assert link.keepalives_light >= 2
+        assert link.keepalives_ping >= 1
+        assert link._ping_sent_at is None  # the PINGRESP came
+
+
+async def test_a_broker_that_answers_nothing_is_left_after_an_unanswered_ping(broker):
+    async with _running_keepalive_link(broker, "box-0022", 2, 2) as (link, proxy, ups):
+        await wait_until(lambda: len(ups) == 1, 10, "connected")
+        proxy.swallow = True  # TCP still acknowledges, the box hears nothing from the broker
+        await wait_until(lambda: link.keepalives_ping >= 1, 10, "a ping")
+        # no PINGRESP within a keep-alive (2 s): the link gives the connection up
+        await wait_until(lambda: link.state != "connected", 5, "the connection given up")
+        assert link.last_error is not None
+        assert "no answer to a keep-alive" in str(link.last_error)
+        proxy.swallow = False
+        await wait_until(lambda: len(ups) == 2, 20, "reconnected")
+
+
+def test_paho_still_has_what_the_keepalive_uses():
+    """Fails loudly if a paho upgrade renames what :meth:`MqttLink._keepalive` relies on:
+    the time of paho's last write and its PINGREQ (the link does not call ``loop_misc``)."""
+    c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    assert isinstance(c._last_msg_out, float)
+    assert callable(c._send_pingreq)
+    assert "self._last_msg_out = time_func()" in inspect.getsource(mqtt.Client._packet_write)
+    assert mqtt.time_func is time.monotonic
