@@ -241,15 +241,19 @@ class AsyncBuffer:
     async def verify_integrity(self) -> float:
         """See :meth:`Buffer.verify_integrity`: on a thread of its own, not the buffer's
         worker, so appends, claims and acknowledgements go on while the file is read.
-        Cancelled, it interrupts the check (which stays owed) instead of holding up a stop."""
+        Cancelled, it interrupts the check (which stays owed) instead of holding up a stop.
+        Once it passed, the store takes the exclusive lock the open deferred
+        (:meth:`Buffer.take_exclusive_lock`), on the buffer's worker."""
         fut = asyncio.ensure_future(asyncio.to_thread(self._buffer.verify_integrity))
         try:
-            return await asyncio.shield(fut)
+            seconds = await asyncio.shield(fut)
         except asyncio.CancelledError:
             self._buffer.interrupt_verify()
             with contextlib.suppress(Exception):
                 await fut
             raise
+        await self._run(self._buffer.take_exclusive_lock)
+        return seconds
 
     async def close(self) -> None:
         """Close the store and stop the worker thread."""

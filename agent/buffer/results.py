@@ -85,6 +85,13 @@ class BufferConfig:
     # VACUUM, which no migration does). 1 KiB pages write about 2x less to the card per
     # patient-day than 4 KiB (a commit writes each page it touched whole); docs/buffer.md.
     page_size: int = 1024
+    # locking_mode=EXCLUSIVE: the WAL index in heap memory, no ``-shm`` file on the card. In
+    # real time (a commit a minute) the kernel wrote the -shm pages each commit dirtied back
+    # to the card after every commit, as much again as the WAL itself (docs/buffer.md,
+    # "Flash"). The store's connection is then the only one: an open that defers the
+    # integrity check starts without it and takes it once the check passed
+    # (Buffer.verify_integrity).
+    exclusive_lock: bool = True
     seen_generations: int = 32  # de-duplication memory: 32 * 65,536 readings
     check_integrity: bool = True
     # With check_integrity: run SQLite's integrity_check after the open instead of during it

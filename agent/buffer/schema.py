@@ -111,7 +111,17 @@ def is_corruption(exc: BaseException) -> bool:
 
 def apply_pragmas(conn: sqlite3.Connection, cfg: BufferConfig) -> None:
     """The store's durability and privacy settings (also used by the benchmark's plain
-    SQLite baseline, so that both run with the same ones)."""
+    SQLite baseline, so that both run with the same ones).
+
+    ``cfg.exclusive_lock``: ``locking_mode=EXCLUSIVE`` before the first access of the file, so
+    that the WAL index lives in this connection's heap memory instead of the ``-shm`` file on
+    the card (``docs/buffer.md``, "Flash"). The connection then holds the file's lock until it
+    closes: no other connection, in this process or another, can read the store meanwhile.
+    """
+    if cfg.exclusive_lock:
+        # Must be the first statement: the first access of a WAL file in NORMAL mode creates
+        # the shared-memory index, and the mode cannot leave it afterwards.
+        conn.execute("PRAGMA locking_mode = EXCLUSIVE")
     if conn.execute("PRAGMA page_count").fetchone()[0] == 0:  # only before the first table
         # Every commit writes each page it touched to the WAL whole: an append of one chunk
         # touches 4 (row, pending index, ledger, de-duplication log); see

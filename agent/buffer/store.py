@@ -85,6 +85,10 @@ class Buffer:
         self.integrity_owed = False
         """An integrity check this open deferred and :meth:`verify_integrity` has not passed."""
         self._verifying: sqlite3.Connection | None = None
+        self._exclusive_wanted = False
+        """The open deferred the exclusive lock (``BufferConfig.exclusive_lock``) to after
+        :meth:`verify_integrity`; :meth:`take_exclusive_lock` takes it."""
+        self._exclusive_due = False
         self._verify_running = False
         self._verify_stopped = False
         self._keys = keys
@@ -148,8 +152,14 @@ class Buffer:
         lock = StoreLock(path.with_name(path.name + ".lock"))
         unverified = unverified_path(path)
         deferred = cfg.check_integrity and cfg.defer_integrity_check and not unverified.exists()
+        exclusive_later = False
         if deferred:
-            cfg = dataclasses.replace(cfg, check_integrity=False)  # counts by the full scan
+            # The check runs on a second connection (verify_integrity), which the exclusive
+            # lock would shut out: the store takes that lock once the check passed.
+            exclusive_later = cfg.exclusive_lock
+            cfg = dataclasses.replace(  # counts by the full scan
+                cfg, check_integrity=False, exclusive_lock=False
+            )
         reserve = Reserve(path, cfg.reserve_bytes, set())
         aside = False
         released = False
@@ -187,6 +197,7 @@ class Buffer:
             if deferred:
                 # Until verify_integrity passes, the next open checks before it trusts the file.
                 buf.integrity_owed = True
+                buf._exclusive_wanted = exclusive_later
                 _mark_unverified(path)
             elif cfg.check_integrity:
                 unverified.unlink(missing_ok=True)  # checked at this open
@@ -330,6 +341,7 @@ class Buffer:
         """Delete delivered rows, forget old de-duplication keys and unused retired keys,
         give free pages back to the filesystem and truncate the WAL (so deleted ciphertext
         does not linger in it)."""
+        self.take_exclusive_lock()
         n = self._maintenance(self._outbox.purge_rows)
         if self._verify_running:
             # The check's read transaction holds an old snapshot: a truncating checkpoint
@@ -476,7 +488,34 @@ class Buffer:
             raise StoreCorruptError("integrity_check failed: " + "; ".join(result[:3]))
         unverified_path(self.path).unlink(missing_ok=True)
         self.integrity_owed = False
+        self._exclusive_due = self._exclusive_wanted
         return time.monotonic() - started
+
+    def take_exclusive_lock(self) -> bool:
+        """Reopen the store's connection with ``locking_mode=EXCLUSIVE`` if the open deferred
+        it until the integrity check passed (on the buffer's thread, like every operation;
+        :meth:`AsyncBuffer.verify_integrity` calls it, and so does every :meth:`purge`).
+
+        The old connection is the last one on the file, so closing it checkpoints the WAL and
+        removes the ``-wal`` and ``-shm``; the new one keeps the WAL index in memory. If the
+        exclusive lock cannot be had (another process reads the file), the store goes on
+        with a shared-memory index. Returns whether the lock is held now.
+        """
+        if not self._exclusive_due:
+            return self.config.exclusive_lock and not self._exclusive_wanted
+        self._exclusive_due = False
+        self._exclusive_wanted = False
+        self._db.conn.close()
+        want = dataclasses.replace(self.config, check_integrity=False, exclusive_lock=True)
+        try:
+            self._db.conn = connect(self.path, want)
+        except sqlite3.Error as exc:
+            _LOGGER.warning("store kept its shared WAL index: %s", exc)
+            self._db.conn = connect(self.path, dataclasses.replace(want, exclusive_lock=False))
+            return False
+        self.config.exclusive_lock = True
+        self._pressure.tune_checkpoints()
+        return True
 
     def interrupt_verify(self) -> None:
         """Stop a :meth:`verify_integrity` running on another thread (it raises

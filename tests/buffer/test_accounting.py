@@ -5,7 +5,6 @@ SQLITE_FULL and retried, ``stats()`` equals a recount of the file. Real SQLITE_F
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,22 +18,20 @@ from agent.errors import StorageFullError
 from agent.model import Lane
 
 
-def _recount(store_path: Path) -> dict[str, Any]:
-    con = sqlite3.connect(store_path)
-    try:
-        rows = con.execute("SELECT lane, state, count(*) FROM readings GROUP BY lane, state")
-        pending = dict.fromkeys((ln.name.lower() for ln in Lane), 0)
-        claimed = acked = 0
-        for lane, state, n in rows:
-            if state == 0:
-                pending[Lane(lane).name.lower()] += n
-            elif state == 1:
-                claimed += n
-            elif state == 2:
-                acked += n
-        quarantined = con.execute("SELECT count(*) FROM quarantine").fetchone()[0]
-    finally:
-        con.close()
+def _recount(buf: Buffer) -> dict[str, Any]:
+    """Count the file (through the store's own connection: its lock is exclusive)."""
+    con = buf._conn
+    rows = con.execute("SELECT lane, state, count(*) FROM readings GROUP BY lane, state")
+    pending = dict.fromkeys((ln.name.lower() for ln in Lane), 0)
+    claimed = acked = 0
+    for lane, state, n in rows:
+        if state == 0:
+            pending[Lane(lane).name.lower()] += n
+        elif state == 1:
+            claimed += n
+        elif state == 2:
+            acked += n
+    quarantined = con.execute("SELECT count(*) FROM quarantine").fetchone()[0]
     return {"pending": pending, "claimed": claimed, "acked": acked, "quarantined": quarantined}
 
 
@@ -59,16 +56,15 @@ def _unfreeze(buf: Buffer) -> None:
     buf._conn.execute("PRAGMA max_page_count = 1073741823")
 
 
-def _tamper_all(store_path: Path) -> int:
-    """Flip a byte in every pending row, so a claim must quarantine each of them."""
-    con = sqlite3.connect(store_path)
+def _tamper_all(buf: Buffer) -> int:
+    """Flip a byte in every pending row, so a claim must quarantine each of them (through
+    the store's own connection: its lock is exclusive)."""
+    con = buf._conn
     rows = con.execute("SELECT seq, blob FROM readings WHERE state = 0").fetchall()
     for seq, blob in rows:
         b = bytearray(blob)
         b[20] ^= 0x40
         con.execute("UPDATE readings SET blob = ? WHERE seq = ?", (bytes(b), seq))
-    con.commit()
-    con.close()
     return len(rows)
 
 
@@ -92,12 +88,12 @@ def test_quarantine_in_a_claim_retried_after_sqlite_full_counts_once(
     buf: Buffer, store_path: Path, factory: ReadingFactory, retried: Callable[[Buffer], None]
 ) -> None:
     buf.append([factory.bp() for _ in range(200)])
-    assert _tamper_all(store_path) == 200
+    assert _tamper_all(buf) == 200
     retried(buf)
     _freeze_size(buf)  # the quarantine table must grow: the first attempt fails part-way
     claim = buf.claim(500)
     assert claim is None or claim.readings == ()
-    assert _counted(buf) == _recount(store_path)
+    assert _counted(buf) == _recount(buf)
     assert buf.stats().quarantined == 200
     assert buf.stats().pending == 0
 
@@ -113,7 +109,7 @@ def test_every_operation_failing_with_sqlite_full_leaves_counts_exact(
     buf.ack(first.batch_id)
     second = buf.claim(10)
     assert second is not None
-    expected = _recount(store_path)
+    expected = _recount(buf)
     assert _counted(buf) == expected
 
     operations: list[tuple[str, Callable[[], object]]] = [
@@ -126,14 +122,14 @@ def test_every_operation_failing_with_sqlite_full_leaves_counts_exact(
     for name, op in operations:
         with contextlib.suppress(StorageFullError):
             op()
-        assert _counted(buf) == _recount(store_path), name
+        assert _counted(buf) == _recount(buf), name
     _unfreeze(buf)
     # With room again, everything works and still counts exactly.
     buf.append([factory.bp() for _ in range(10)])
     buf.ack(second.batch_id)
     buf.release(buf.claim(5).batch_id)  # type: ignore[union-attr]
     buf.purge()
-    assert _counted(buf) == _recount(store_path)
+    assert _counted(buf) == _recount(buf)
 
 
 def test_append_retried_after_sqlite_full_is_stored_and_counted_once(
@@ -149,7 +145,7 @@ def test_append_retried_after_sqlite_full_is_stored_and_counted_once(
         _freeze_size(b)
         readings = [factory.bp() for _ in range(400)]
         assert b.append(readings).stored == 400
-        assert _counted(b) == _recount(store_path)
+        assert _counted(b) == _recount(b)
         assert b.stats().pending == 420
     finally:
         b.close()

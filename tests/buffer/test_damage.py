@@ -21,8 +21,29 @@ from hw_mocks.synthetic import ReadingFactory
 from agent.buffer import Buffer, BufferConfig, FileKeySource
 from agent.model import Reading
 
+_LIVE: dict[Path, Buffer] = {}
+
+
+@pytest.fixture(autouse=True)
+def _live_buffers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Remember the buffers the test opens: an open store holds its file's lock exclusively
+    (``BufferConfig.exclusive_lock``), so damage done while it runs goes through its own
+    connection (the bytes on disk are the same as another writer would leave)."""
+    original = Buffer.open.__func__  # type: ignore[attr-defined]
+
+    def open_(cls: type[Buffer], /, path: Path, *args: object, **kwargs: object) -> Buffer:
+        b: Buffer = original(cls, path, *args, **kwargs)
+        _LIVE[Path(path)] = b
+        return b
+
+    monkeypatch.setattr(Buffer, "open", classmethod(open_))
+    _LIVE.clear()
+
 
 def _sql(store_path: Path, sql: str, *args: object) -> list[tuple[object, ...]]:
+    live = _LIVE.get(store_path)
+    if live is not None and live._lock.held:
+        return live._conn.execute(sql, args).fetchall()
     con = sqlite3.connect(store_path)
     try:
         rows = con.execute(sql, args).fetchall()

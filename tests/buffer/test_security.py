@@ -54,13 +54,31 @@ def _files(store_path: Path) -> dict[str, bytes]:
     }
 
 
+@pytest.mark.parametrize("exclusive", [True, False], ids=["exclusive", "shared-index"])
 def test_no_marker_in_clear_in_db_wal_or_shm(
-    buf: Buffer, store_path: Path, factory: ReadingFactory
+    store_path: Path,
+    keys: FileKeySource,
+    config: BufferConfig,
+    factory: ReadingFactory,
+    exclusive: bool,
+) -> None:
+    # exclusive: the default (no -shm file); shared-index: a store whose integrity check was
+    # deferred has a -shm until the check passed.
+    buf = Buffer.open(store_path, keys, config=replace(config, exclusive_lock=exclusive))
+    try:
+        _no_marker_in_clear(buf, store_path, factory, exclusive)
+    finally:
+        buf.close()
+
+
+def _no_marker_in_clear(
+    buf: Buffer, store_path: Path, factory: ReadingFactory, exclusive: bool
 ) -> None:
     for r in _marked(factory):
         buf.append([r])  # one commit each: many WAL frames
     files = _files(store_path)
-    assert {"buffer.db", "buffer.db-wal", "buffer.db-shm"} <= files.keys()
+    assert {"buffer.db", "buffer.db-wal"} <= files.keys()
+    assert ("buffer.db-shm" in files) is not exclusive
     assert len(files["buffer.db-wal"]) > 0
     for name, data in files.items():
         for pattern in _marker_patterns():
@@ -75,9 +93,7 @@ def test_purged_readings_leave_no_ciphertext_behind(
     buf: Buffer, store_path: Path, factory: ReadingFactory
 ) -> None:
     buf.append(_marked(factory)[:50])
-    con = sqlite3.connect(store_path)
-    blobs = [row[0] for row in con.execute("SELECT blob FROM readings")]
-    con.close()
+    blobs = [row[0] for row in buf._conn.execute("SELECT blob FROM readings")]
     c = buf.claim(100)
     assert c is not None
     buf.ack(c.batch_id)
@@ -86,11 +102,11 @@ def test_purged_readings_leave_no_ciphertext_behind(
     assert not any(b[12:40] in data for b in blobs)  # secure_delete + WAL truncation
 
 
-def _tamper(store_path: Path, sql: str, *args: object) -> None:
-    con = sqlite3.connect(store_path)
-    con.execute(sql, args)
-    con.commit()
-    con.close()
+def _tamper(buf: Buffer, sql: str, *args: object) -> None:
+    """Change the open store's file behind the buffer's back: through its own connection,
+    the only one its exclusive lock lets in (``BufferConfig.exclusive_lock``); the bytes on
+    disk are what another writer would have left."""
+    buf._conn.execute(sql, args)
 
 
 def test_flipped_byte_is_detected_and_quarantined(
@@ -98,14 +114,12 @@ def test_flipped_byte_is_detected_and_quarantined(
 ) -> None:
     readings = [factory.bp() for _ in range(5)]
     buf.append(readings)
-    con = sqlite3.connect(store_path)
-    seq, blob = con.execute(
+    seq, blob = buf._conn.execute(
         "SELECT seq, blob FROM readings ORDER BY seq LIMIT 1 OFFSET 2"
     ).fetchone()
-    con.close()
     flipped = bytearray(blob)
     flipped[len(flipped) // 2] ^= 0x01
-    _tamper(store_path, "UPDATE readings SET blob = ? WHERE seq = ?", bytes(flipped), seq)
+    _tamper(buf, "UPDATE readings SET blob = ? WHERE seq = ?", bytes(flipped), seq)
     claim = buf.claim(10)
     assert claim is not None
     assert [r.id for r in claim.readings] == [r.id for i, r in enumerate(readings) if i != 2]
@@ -113,9 +127,7 @@ def test_flipped_byte_is_detected_and_quarantined(
     s = buf.stats()
     assert s.quarantined == 1
     assert "rows.quarantined" in s.alarms
-    con = sqlite3.connect(store_path)
-    kept = con.execute("SELECT blob, reason FROM quarantine").fetchone()
-    con.close()
+    kept = buf._conn.execute("SELECT blob, reason FROM quarantine").fetchone()
     assert kept[0] == bytes(flipped)  # kept for forensics, byte for byte
 
 
@@ -123,12 +135,10 @@ def test_swapped_ciphertexts_are_both_detected(
     buf: Buffer, store_path: Path, factory: ReadingFactory
 ) -> None:
     buf.append([factory.bp() for _ in range(4)])
-    con = sqlite3.connect(store_path)
+    con = buf._conn
     (s1, b1), (s2, b2) = con.execute("SELECT seq, blob FROM readings ORDER BY seq LIMIT 2")
-    con.execute("UPDATE readings SET blob = ? WHERE seq = ?", (b2, s1))
-    con.execute("UPDATE readings SET blob = ? WHERE seq = ?", (b1, s2))
-    con.commit()
-    con.close()
+    _tamper(buf, "UPDATE readings SET blob = ? WHERE seq = ?", b2, s1)
+    _tamper(buf, "UPDATE readings SET blob = ? WHERE seq = ?", b1, s2)
     claim = buf.claim(10)
     assert claim is not None
     assert len(claim.readings) == 2
@@ -139,7 +149,7 @@ def test_moving_a_row_to_another_lane_is_detected(
     buf: Buffer, store_path: Path, factory: ReadingFactory
 ) -> None:
     buf.append([factory.bp()])
-    _tamper(store_path, "UPDATE readings SET lane = 0")  # promote to the alarm lane
+    _tamper(buf, "UPDATE readings SET lane = 0")  # promote to the alarm lane
     claim = buf.claim(10)
     assert claim is not None
     assert claim.readings == ()
@@ -163,9 +173,9 @@ def test_key_rotation_keeps_old_rows_readable_and_retires_old_key(
         assert [r.id for r in c.readings] == [r.id for r in old + new]
         b.ack(c.batch_id)
         b.purge()
-        con = sqlite3.connect(store_path)
-        data_keys = [r[0] for r in con.execute("SELECT key_id FROM keys WHERE purpose = 'data'")]
-        con.close()
+        data_keys = [
+            r[0] for r in b._conn.execute("SELECT key_id FROM keys WHERE purpose = 'data'")
+        ]
         assert data_keys == [new_key]  # the delivered data's key is gone: routine shredding
         b.append([factory.bp()])
         assert b.claim() is not None
@@ -187,12 +197,11 @@ def test_kek_rotation_is_crash_safe(
     # Crash between storing the new KEK and switching the rows over: the next open finishes.
     b = Buffer.open(store_path, keys, config=config)
     current = keys.path.read_bytes()
-    with sqlite3.connect(store_path) as con:
-        wrapped = con.execute("SELECT key_id, purpose, wrapped FROM keys").fetchall()
+    wrapped = b._conn.execute("SELECT key_id, purpose, wrapped FROM keys").fetchall()
     from agent.buffer.keys import unwrap_key, wrap_key
 
     nxt = b"\x01" * 32
-    with sqlite3.connect(store_path) as con:
+    with b._conn as con:  # the open store's own connection (its lock is exclusive)
         for key_id, purpose, w in wrapped:
             dek = unwrap_key(current, w, key_id, purpose)
             con.execute(

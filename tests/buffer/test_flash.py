@@ -1,0 +1,146 @@
+"""What the store writes to the card (issue 12, ``docs/buffer.md``, "Flash"): the WAL index in
+memory (``locking_mode=EXCLUSIVE``, no ``-shm`` file), and the store that defers its integrity
+check and takes the lock once the check passed."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from hw_mocks.synthetic import ReadingFactory
+
+from agent.buffer import AsyncBuffer, Buffer, BufferConfig, FileKeySource
+
+
+def _shm(store_path: Path) -> Path:
+    return store_path.with_name(store_path.name + "-shm")
+
+
+def _other_reader_can_read(store_path: Path) -> bool:
+    conn = sqlite3.connect(f"file:{store_path}?mode=ro", uri=True, timeout=0)
+    try:
+        conn.execute("SELECT count(*) FROM readings").fetchone()
+    except sqlite3.OperationalError as exc:
+        if "locked" not in str(exc):
+            raise
+        return False
+    finally:
+        conn.close()
+    return True
+
+
+def test_the_store_keeps_its_wal_index_in_memory(
+    store_path: Path, keys: FileKeySource, config: BufferConfig, factory: ReadingFactory
+) -> None:
+    b = Buffer.open(store_path, keys, config=config)
+    try:
+        b.append([factory.bp()])
+        assert b._conn.execute("PRAGMA locking_mode").fetchone()[0] == "exclusive"
+        assert store_path.with_name(store_path.name + "-wal").exists()
+        assert not _shm(store_path).exists()
+        assert not _other_reader_can_read(store_path)  # the lock is held, not only the mode
+        assert b.take_exclusive_lock()
+    finally:
+        b.close()
+    assert _other_reader_can_read(store_path)  # given back at close
+
+
+def test_a_deferred_check_runs_beside_the_store_which_then_takes_the_lock(
+    store_path: Path, keys: FileKeySource, config: BufferConfig, factory: ReadingFactory
+) -> None:
+    cfg = replace(config, defer_integrity_check=True)
+    Buffer.open(store_path, keys, config=config).close()  # made, so that this open defers
+    b = Buffer.open(store_path, keys, config=cfg)
+    try:
+        assert b.integrity_owed
+        readings = [factory.bp() for _ in range(30)]
+        b.append(readings[:10])
+        assert _shm(store_path).exists()  # the shared index the check's connection needs
+        assert _other_reader_can_read(store_path)
+        assert not b.take_exclusive_lock()  # not before the check passed
+        b.verify_integrity()
+        b.append(readings[10:20])  # an operation between the check and the lock
+        assert b.purge() == 0  # a purge takes it (as AsyncBuffer.verify_integrity does)
+        assert b._conn.execute("PRAGMA locking_mode").fetchone()[0] == "exclusive"
+        assert not _shm(store_path).exists()
+        assert not _other_reader_can_read(store_path)
+        assert b.append(readings[20:]).stored == 10
+        assert b.append(readings).duplicates == 30  # the de-duplication memory is intact
+        c = b.claim(100)
+        assert c is not None
+        assert sorted(r.id for r in c.readings) == sorted(r.id for r in readings)
+        assert b.ack(c.batch_id) == 30
+        assert b.purge() == 30
+    finally:
+        b.close()
+    b = Buffer.open(store_path, keys, config=config)
+    try:
+        assert b.stats().pending == 0
+        assert b.integrity_ok()
+    finally:
+        b.close()
+
+
+def test_the_lock_is_not_taken_while_another_process_reads(
+    store_path: Path, keys: FileKeySource, config: BufferConfig, factory: ReadingFactory
+) -> None:
+    """A reader of the file (a technician's sqlite3 shell) keeps the store on its shared
+    index instead of stopping it."""
+    cfg = replace(config, defer_integrity_check=True)
+    Buffer.open(store_path, keys, config=config).close()
+    b = Buffer.open(store_path, keys, config=cfg)
+    reader = sqlite3.connect(store_path)
+    try:
+        b.verify_integrity()
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM readings").fetchone()  # holds a read lock
+        assert not b.take_exclusive_lock()
+        assert b.append([factory.bp()]).stored == 1
+        reader.execute("COMMIT")
+    finally:
+        reader.close()
+        b.close()
+
+
+def test_async_verify_takes_the_lock(
+    store_path: Path, keys: FileKeySource, config: BufferConfig, factory: ReadingFactory
+) -> None:
+    async def main() -> None:
+        Buffer.open(store_path, keys, config=config).close()
+        ab = await AsyncBuffer.open(
+            store_path, keys, config=replace(config, defer_integrity_check=True)
+        )
+        try:
+            await ab.append([factory.bp()])
+            assert _shm(store_path).exists()
+            await ab.verify_integrity()
+            assert not _shm(store_path).exists()
+            assert (await ab.append([factory.bp()])).stored == 1
+            assert (await ab.stats()).pending == 2
+        finally:
+            await ab.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("exclusive", [True, False])
+def test_a_store_opens_in_either_mode_after_the_other(
+    store_path: Path,
+    keys: FileKeySource,
+    config: BufferConfig,
+    factory: ReadingFactory,
+    exclusive: bool,
+) -> None:
+    b = Buffer.open(store_path, keys, config=replace(config, exclusive_lock=not exclusive))
+    b.append([factory.bp() for _ in range(5)])
+    b._conn.close()  # a crash: no checkpoint, the WAL stays (and the -shm, if any)
+    b._lock.release()
+    b = Buffer.open(store_path, keys, config=replace(config, exclusive_lock=exclusive))
+    try:
+        assert b.stats().pending == 5
+        assert b.integrity_ok()
+    finally:
+        b.close()
