@@ -27,6 +27,7 @@ import argparse
 import collections
 import json
 import os
+import shutil
 import struct
 import sys
 import tempfile
@@ -96,6 +97,10 @@ def run(writeback: str, config: BufferConfig, root: Path) -> dict[str, Any]:
     d = Path(tempfile.mkdtemp(prefix="store-flashprobe-", dir=root))
     db = d / "buffer.db"
     buf = Buffer.open(db, FileKeySource(d / "kek"), config=config)
+    if os.environ.get("PROBE_WHATIF_NO_SEEN_LOG") == "1":  # what-if only: an upper bound
+        buf._seen.add = lambda tx, keys, gen: None  # type: ignore[method-assign]
+    if os.environ.get("PROBE_WHATIF_NO_PENDING_INDEX") == "1":  # what-if only
+        buf._conn.execute("DROP INDEX readings_pending")
     page = buf._conn.execute("PRAGMA page_size").fetchone()[0]
     wal = WalReader(db, page)
     names: dict[int, str] = {}
@@ -162,6 +167,7 @@ def run(writeback: str, config: BufferConfig, root: Path) -> dict[str, Any]:
         total = _write_bytes() - w_start
     finally:
         buf.close()
+        shutil.rmtree(d, ignore_errors=True)
     out: dict[str, Any] = {"writeback": writeback, "page_size": page, "total": total}
     for kind, k in kinds.items():
         out[kind] = {

@@ -16,6 +16,14 @@ append, then the uplink is woken). It reads commands on stdin:
   light one, an empty QoS 0 publish, unless the broker has been silent for long); prints
   ``PINGED light`` or ``PINGED ping``.
 
+``BENCH_WRITEBACK=1`` (a bench-only knob for the accounting of flash writes, default off):
+after every append of ``day`` the feeder fsyncs every file of the store (``buffer.db*``),
+which is what the kernel's writeback does between two appends a real minute apart (a page
+dirty for 30 s is written, ``vm.dirty_expire_centisecs``). Without it, in the compressed
+day, pages that are dirtied and never fsynced (the ``-shm`` mapping of a store without the
+exclusive lock) stay dirty across many commits and ``write_bytes`` counts them about once
+every 30 s of the run instead of once per commit (``docs/proof.md``, flash).
+
 ``TIME_SCALE`` (default 1) compresses the box's own clocks as the feeder compresses the day:
 the uplink's ``linger_s``, the buffer maintenance interval (60 s) and purge age (3600 s) and
 the store's anchor interval (10 s) are multiplied by it, so that a day fed in minutes makes as
@@ -47,9 +55,21 @@ class Feeder:
 
     name = "bench-feeder"
 
-    def __init__(self, sink: WakingSink, uplink: Uplink) -> None:
+    def __init__(self, sink: WakingSink, uplink: Uplink, store: Path) -> None:
         self.sink = sink
         self.uplink = uplink
+        self.store = store
+        self.writeback = os.environ.get("BENCH_WRITEBACK") == "1"
+
+    def _write_back(self) -> None:
+        """fsync every file of the store, as the kernel's writeback would within a minute."""
+        for p in self.store.parent.iterdir():
+            if p.name.startswith(self.store.name) and p.is_file():
+                fd = os.open(p, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
 
     async def run(self) -> None:
         """Serve stdin commands until cancelled or stdin closes."""
@@ -65,6 +85,8 @@ class Feeder:
                 start = loop.time()
                 for i, reading in enumerate(day):
                     await self.sink.append([reading])
+                    if self.writeback:
+                        await asyncio.to_thread(self._write_back)
                     # on a schedule, not a sleep after each append: the compression stays
                     # 60 s / SPACING_S however long an append takes on a loaded machine
                     await asyncio.sleep(max(0.0, start + (i + 1) * spacing - loop.time()))
@@ -83,7 +105,7 @@ class Feeder:
 def _factory(cfg: AgentConfig, buffer: AsyncBuffer) -> list[Service]:
     services = services_from_config(cfg, buffer)
     uplink = next(s.uplink for s in services if isinstance(s, UplinkService))
-    services.append(Feeder(WakingSink(buffer, uplink.wake), uplink))
+    services.append(Feeder(WakingSink(buffer, uplink.wake), uplink, cfg.buffer_path))
     return services
 
 

@@ -166,6 +166,25 @@ def m005_readings_without_autoincrement(db: Database) -> None:
         db.execute(sql)
 
 
+@MIGRATIONS()
+def m006_pending_index_without_chunks(db: Database) -> None:
+    """``readings_pending`` without the continuous lane (``lane != 2``).
+
+    Every append of an oximetry chunk wrote a page of that index to the WAL (one of the six
+    pages of a chunk's commit; ``docs/buffer.md``, "Flash"). The continuous lane needs no
+    index to be claimed oldest first: its rows are found in ``seq`` order, which is the
+    table's own order, and a claim stops at its limit; what it steps over are the rows not
+    yet purged and the pending rows of the bulk lane (claimed after it). The other lanes
+    keep the index (alarms and spot readings are claimed first, however deep the backlog).
+    Rows are not touched.
+    """
+    for sql in (
+        "DROP INDEX readings_pending",
+        "CREATE INDEX readings_pending ON readings(lane, seq) WHERE state = 0 AND lane != 2",
+    ):
+        db.execute(sql)
+
+
 def apply_migrations(conn: sqlite3.Connection) -> None:
     """Apply every pending migration (each in its own transaction, with its record)."""
     MIGRATIONS.apply(Database(conn))

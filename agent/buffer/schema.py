@@ -36,6 +36,7 @@ MIGRATION_NAMES: Final = (
     "m003_seen_log",
     "m004_seen_log_clustered",
     "m005_readings_without_autoincrement",
+    "m006_pending_index_without_chunks",
 )
 """The schema's migrations (:mod:`agent.buffer.migrations`), in order; kept here so that opening
 an up-to-date store need not import sqlite-utils (``tests/buffer/test_buffer.py`` checks that

@@ -144,3 +144,70 @@ def test_a_store_opens_in_either_mode_after_the_other(
         assert b.integrity_ok()
     finally:
         b.close()
+
+
+def _pending_index_sql(b: Buffer) -> str:
+    row = b._conn.execute("SELECT sql FROM sqlite_master WHERE name = 'readings_pending'")
+    return str(row.fetchone()[0])
+
+
+def test_m006_leaves_chunks_out_of_the_pending_index_and_claims_stay_in_order(
+    store_path: Path, keys: FileKeySource, config: BufferConfig, factory: ReadingFactory
+) -> None:
+    """A store from before m006 (every pending row in ``readings_pending``) is migrated at
+    its next open; claims still take the lanes in priority order, oldest first, also rows
+    given back by a release, and an append of a chunk writes no page of the index."""
+    from agent.buffer import schema
+    from agent.model import Lane
+
+    b = Buffer.open(store_path, keys, config=config)
+    chunks = [factory.oximetry_chunk(60) for _ in range(6)]
+    spots = [factory.bp() for _ in range(3)]
+    b.append(chunks[:3])
+    b.append(spots[:1])
+    b.append(chunks[3:])
+    b.append(spots[1:])
+    b.close()
+    conn = sqlite3.connect(store_path, isolation_level=None)
+    conn.executescript(
+        "BEGIN;"
+        "DROP INDEX readings_pending;"
+        "CREATE INDEX readings_pending ON readings(lane, seq) WHERE state = 0;"
+        "DELETE FROM _sqlite_migrations WHERE name = 'm006_pending_index_without_chunks';"
+        "COMMIT;"
+    )
+    assert schema.migrations_pending(conn)
+    conn.close()
+    b = Buffer.open(store_path, keys, config=config)
+    try:
+        assert not schema.migrations_pending(b._conn)
+        assert "lane != 2" in _pending_index_sql(b)
+        assert b.integrity_ok()
+        assert b.stats().pending_by_lane == {"alarm": 0, "spot": 3, "continuous": 6, "bulk": 0}
+        first = b.claim(5)
+        assert first is not None
+        assert [r.id for r in first.readings] == [r.id for r in spots + chunks[:2]]
+        second = b.claim(2)
+        assert second is not None
+        assert [r.id for r in second.readings] == [r.id for r in chunks[2:4]]
+        assert b.release(first.batch_id) == 5  # back to pending, ahead of the rest again
+        again = b.claim(10)
+        assert again is not None
+        assert [r.id for r in again.readings] == [r.id for r in spots + chunks[:2] + chunks[4:]]
+        assert all(r.lane in (Lane.SPOT, Lane.CONTINUOUS) for r in again.readings)
+        index_pages = {
+            p
+            for (p,) in b._conn.execute("SELECT pageno FROM dbstat WHERE name = 'readings_pending'")
+        }
+        b._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        b.append([factory.oximetry_chunk(60)])
+        wal = store_path.with_name(store_path.name + "-wal").read_bytes()
+        page = b._conn.execute("PRAGMA page_size").fetchone()[0]
+        written = {
+            int.from_bytes(wal[32 + i * (24 + page) : 36 + i * (24 + page)], "big")
+            for i in range((len(wal) - 32) // (24 + page))
+        }
+        assert written
+        assert not written & index_pages
+    finally:
+        b.close()
