@@ -34,6 +34,7 @@ from hw_mocks.powerfs import PowerFsControl
 from hw_mocks.synthetic import ReadingFactory
 
 from agent.buffer import Buffer, BufferConfig, FileKeySource
+from agent.errors import StoreCorruptError
 from agent.model import Reading
 from tests.buffer.digest import digest
 
@@ -62,7 +63,10 @@ class Boot:
         self.config = BufferConfig(
             anchor_interval_s=self.rng.choice((0.0, 0.05, 10.0)),
             reserve_bytes=self.rng.choice((0, 64 * 1024)),
-            wal_autocheckpoint_pages=self.rng.choice((8, 32, 256)),
+            wal_autocheckpoint_pages=self.rng.choice((8, 32, 256, 1024)),
+            # As the daemon opens: the integrity check after the open, on a connection of its
+            # own, then the store's exclusive lock (a reopen of its connection).
+            defer_integrity_check=self.rng.random() < 0.5,
         )
 
     def emit(self, line: str) -> None:
@@ -105,9 +109,22 @@ class Boot:
                 path, FileKeySource(self.card / "state" / "kek"), config=self.config
             ),
         )
+        if buf.integrity_owed:
+            buf = self.run_op("open", lambda: self._deferred_check(buf, path))
         if self.unsafe:
             # The negative control: a store that does not sync its commits must lose some.
             buf._conn.execute("PRAGMA synchronous = OFF")
+        return buf
+
+    def _deferred_check(self, buf: Buffer, path: Path) -> Buffer:
+        """The daemon's deferred check, then the exclusive lock; a failed check ends the
+        agent and its restart checks at the open (and sets a damaged store aside)."""
+        try:
+            buf.verify_integrity()
+        except StoreCorruptError:
+            buf.close()
+            return Buffer.open(path, FileKeySource(self.card / "state" / "kek"), config=self.config)
+        buf.take_exclusive_lock()
         return buf
 
     def dump(self, buf: Buffer) -> None:
