@@ -17,6 +17,13 @@ A lookup reads the few rows of the buckets concerned; the buckets in use
 are cached. The table reveals how many readings share an (unnamed) week, no more than the order
 and number of outbox rows already do.
 
+The keys of the latest appends are not in ``seen_log`` yet: they are the *tail*, kept in the
+ledger row (``ledger.seen_tail``, migration ``m007``), which every transaction rewrites anyway.
+An append then writes no page of ``seen_log``; once the tail holds more than
+``BufferConfig.seen_tail_keys`` keys, the append that overflows it moves them all to
+``seen_log`` (one row per generation and bucket). The tail is part of the same transaction as
+the rows, so a power cut keeps both or neither.
+
 Stores from before ``seen_log`` keep their old ``seen`` rows (16-byte keys, the same HMACs) and
 consult them too, until those expire.
 """
@@ -40,14 +47,34 @@ _EPOCH_ORDINAL: Final = 719163  # date(1970, 1, 1).toordinal()
 _MS_PER_DAY: Final = 86_400_000
 
 Key = tuple[bytes, bytes]  # (bucket, full 16-byte blind key; its first 12 bytes are stored)
+_TAIL: Final = struct.Struct(">I4s12s")  # a tail record: generation, bucket, key
+Tail = list[tuple[int, bytes, bytes]]
+
+
+def pack_tail(tail: Tail) -> bytes:
+    """The tail as stored in ``ledger.seen_tail``."""
+    return b"".join(_TAIL.pack(gen, bucket, mac) for gen, bucket, mac in tail)
+
+
+def unpack_tail(blob: object) -> Tail:
+    """The tail stored in ``ledger.seen_tail``; anything else than whole records is none (a
+    damaged tail forgets at most ``seen_tail_keys`` keys; the receiver de-duplicates by
+    reading id and natural key as well)."""
+    if type(blob) is not bytes or len(blob) % _TAIL.size:
+        return []
+    return [_TAIL.unpack_from(blob, i) for i in range(0, len(blob), _TAIL.size)]
 
 
 class Seen:
     """The ``seen_log`` table (and the legacy ``seen`` of older stores)."""
 
-    def __init__(self, db: Db, keyring: Keyring) -> None:
+    def __init__(self, db: Db, keyring: Keyring, tail_keys: int = 32) -> None:
         self._db = db
         self._keyring = keyring
+        self._tail_keys = tail_keys
+        self._tail: Tail = []  # committed: what ledger.seen_tail holds
+        self._tail_set: set[tuple[bytes, bytes]] = set()  # its (bucket, key)s
+        self._next_tail: Tail | None = None  # the open transaction's, until it ends
         self._buckets: dict[int, bytes] = {}  # week -> blinded bucket name
         self._cache: OrderedDict[bytes, set[bytes]] = OrderedDict()
         self._legacy: bool | None = None
@@ -107,7 +134,12 @@ class Seen:
     def known(self, keys: Sequence[Key]) -> set[Key]:
         """Which of ``keys`` are already remembered."""
         by_bucket = self._buckets_keys({k[0] for k in keys})
-        found = {k for k in keys if k[1][:MAC_BYTES] in by_bucket[k[0]]}
+        tail = self._tail_set
+        found = {
+            k
+            for k in keys
+            if k[1][:MAC_BYTES] in by_bucket[k[0]] or (k[0], k[1][:MAC_BYTES]) in tail
+        }
         if self._has_legacy():
             rest = [k for k in keys if k not in found]
             by_old = {k[1]: k for k in rest}
@@ -143,42 +175,82 @@ class Seen:
             )
         return self._legacy
 
-    def add(self, tx: Tx, keys: Sequence[Key], gen: int) -> None:
-        """Remember ``keys`` (inside ``tx``): one row per bucket."""
-        by_bucket: dict[bytes, list[bytes]] = {}
-        for bucket, full in keys:
-            by_bucket.setdefault(bucket, []).append(full[:MAC_BYTES])
-        # One row per bucket, at the end of its (gen, bucket) range: the page the last
-        # append of this bucket wrote, so an append writes one page of this table.
-        self._db.conn.executemany(
-            "INSERT INTO seen_log (gen, bucket, id, keys) VALUES (?1, ?2, (SELECT"
-            " coalesce(max(id), 0) + 1 FROM seen_log WHERE gen = ?1 AND bucket = ?2), ?3)",
-            [(gen, b, b"".join(macs)) for b, macs in by_bucket.items()],
-        )
+    def load_tail(self, blob: object) -> None:
+        """Take the tail the ledger row holds (at open)."""
+        self._tail = unpack_tail(blob)
+        self._tail_set = {(b, m) for _, b, m in self._tail}
+        self._next_tail = None
 
-        def cache() -> None:
-            for b, macs in by_bucket.items():
+    def tail_blob(self) -> bytes:
+        """What ``ledger.seen_tail`` must hold at the end of the open transaction."""
+        return pack_tail(self._tail if self._next_tail is None else self._next_tail)
+
+    def add(self, tx: Tx, keys: Sequence[Key], gen: int) -> None:
+        """Remember ``keys`` (inside ``tx``): in the tail, which the transaction's ledger
+        write stores; an overflowing tail goes to ``seen_log``, one row per bucket."""
+        base = self._tail if self._next_tail is None else self._next_tail
+        tail = base + [(gen, bucket, full[:MAC_BYTES]) for bucket, full in keys]
+        if len(tail) > self._tail_keys:
+            by_bucket: dict[tuple[int, bytes], list[bytes]] = {}
+            for g, bucket, mac in tail:
+                by_bucket.setdefault((g, bucket), []).append(mac)
+            # One row per bucket, at the end of its (gen, bucket) range: the page the last
+            # flush of this bucket wrote, so a flush writes one page of this table.
+            self._db.conn.executemany(
+                "INSERT INTO seen_log (gen, bucket, id, keys) VALUES (?1, ?2, (SELECT"
+                " coalesce(max(id), 0) + 1 FROM seen_log WHERE gen = ?1 AND bucket = ?2), ?3)",
+                [(g, b, b"".join(macs)) for (g, b), macs in by_bucket.items()],
+            )
+            tail = []
+        self._next_tail = tail
+        added = [(bucket, full[:MAC_BYTES]) for bucket, full in keys]
+
+        def committed() -> None:
+            self._tail = tail
+            self._tail_set = {(b, m) for _, b, m in tail}
+            self._next_tail = None
+            for b, mac in added:
                 cached = self._cache.get(b)
                 if cached is not None:
-                    cached.update(macs)
+                    cached.add(mac)
 
-        tx.after_commit(cache)
+        def rolled_back() -> None:
+            self._next_tail = None
 
-    def forget_before(self, tx: Tx, next_seq: int, generations: int) -> None:
-        """Drop generations older than the last ``generations`` (inside ``tx``)."""
+        tx.after_commit(committed)
+        tx.on_rollback(rolled_back)
+
+    def forget_before(self, tx: Tx, next_seq: int, generations: int) -> bool:
+        """Drop generations older than the last ``generations`` (inside ``tx``). Returns
+        whether the tail changed: then the transaction must write the ledger row."""
         keep_from = (next_seq >> GENERATION_SHIFT) - generations
         if keep_from <= 0:
-            return
+            return False
         conn = self._db.conn
+        base = self._tail if self._next_tail is None else self._next_tail
+        tail = [t for t in base if t[0] >= keep_from]
+        changed = len(tail) < len(base)
+        if changed:
+            self._next_tail = tail
+
+            def committed() -> None:
+                self._tail = tail
+                self._tail_set = {(b, m) for _, b, m in tail}
+                self._next_tail = None
+
+            tx.after_commit(committed)
+            tx.on_rollback(lambda: setattr(self, "_next_tail", None))
         gone = conn.execute("DELETE FROM seen_log WHERE gen < ?", (keep_from,)).rowcount
         if self._has_legacy():
             conn.execute("DELETE FROM seen WHERE gen < ?", (keep_from,))
             tx.after_commit(lambda: setattr(self, "_legacy", None))
-        if gone:
+        if gone or changed:  # the cached buckets hold the tail's keys too
             tx.after_commit(self._cache.clear)
+        return changed
 
     def clear(self) -> None:
-        """Forget the cache (after a shred)."""
+        """Forget the cache and the tail (after a shred)."""
         self._cache.clear()
+        self._tail, self._tail_set, self._next_tail = [], set(), None
         self._buckets.clear()
         self._legacy = None

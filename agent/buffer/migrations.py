@@ -185,6 +185,16 @@ def m006_pending_index_without_chunks(db: Database) -> None:
         db.execute(sql)
 
 
+@MIGRATIONS()
+def m007_seen_tail_in_the_ledger(db: Database) -> None:
+    """``ledger.seen_tail``: the de-duplication keys of the latest appends, until they move
+    to ``seen_log`` (:mod:`agent.buffer.dedup`). The ledger row is rewritten by every
+    transaction, so an append that keeps its keys there writes no page of ``seen_log`` (one
+    of the five pages of a chunk's commit after m006; ``docs/buffer.md``, "Flash"). NULL is
+    an empty tail; nothing else changes."""
+    db.execute("ALTER TABLE ledger ADD COLUMN seen_tail BLOB")
+
+
 def apply_migrations(conn: sqlite3.Connection) -> None:
     """Apply every pending migration (each in its own transaction, with its record)."""
     MIGRATIONS.apply(Database(conn))

@@ -230,8 +230,10 @@ class Outbox:
 
     def _write_ledger(self, ledger: Ledger) -> None:
         body, mac = ledger.pack(self._keyring)
+        # The de-duplication tail rides along (dedup.Seen.add): no page of seen_log per append.
         self._db.conn.execute(
-            "INSERT OR REPLACE INTO ledger (id, body, mac) VALUES (1, ?, ?)", (body, mac)
+            "INSERT OR REPLACE INTO ledger (id, body, mac, seen_tail) VALUES (1, ?, ?, ?)",
+            (body, mac, self._seen.tail_blob()),
         )
 
     def raise_sticky(self, tx: Tx, name: str) -> None:
@@ -277,10 +279,10 @@ class Outbox:
         """
         conn = self._db.conn
         kr = self._keyring
-        body, mac = conn.execute("SELECT body, mac FROM ledger WHERE id = 1").fetchone() or (
-            None,
-            None,
-        )
+        body, mac, tail = conn.execute(
+            "SELECT body, mac, seen_tail FROM ledger WHERE id = 1"
+        ).fetchone() or (None, None, None)
+        self._seen.load_tail(tail)
         fresh = body == b"" and mac == b""  # new store, or one from before the ledger
         stored = None if fresh else Ledger.unpack(kr, body, mac)
         actual_live, actual_acked, per_cell, all_valid = self._count_rows()
@@ -896,9 +898,11 @@ class Outbox:
             if len(gone) < len(acked):
                 self._recheck_acked(tx, delta)
                 delta.recount = True
-            self._seen.forget_before(tx, self.next_seq, self._config.seen_generations)
+            tail_changed = self._seen.forget_before(
+                tx, self.next_seq, self._config.seen_generations
+            )
             self._keyring.retire_unused(self._db, tx, self._key_in_use)
-            if conn.total_changes == changes and not delta.recount:
+            if conn.total_changes == changes and not delta.recount and not tail_changed:
                 # Nothing to delete: no ledger write, so the commit writes nothing (an idle
                 # box's maintenance timer wrote a WAL frame and the anchor every minute).
                 return 0

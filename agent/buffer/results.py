@@ -98,6 +98,10 @@ class BufferConfig:
     # (Buffer.verify_integrity).
     exclusive_lock: bool = True
     seen_generations: int = 32  # de-duplication memory: 32 * 65,536 readings
+    # De-duplication keys of the latest appends kept in the ledger row (which every commit
+    # writes anyway) before they move to seen_log: an append writes one page less. 32 keys of
+    # 20 bytes keep the ledger row (about 100 bytes) inside one 1 KiB page (agent.buffer.dedup).
+    seen_tail_keys: int = 32
     check_integrity: bool = True
     # With check_integrity: run SQLite's integrity_check after the open instead of during it
     # (Buffer.verify_integrity, which the daemon calls in the background), unless the check

@@ -37,6 +37,7 @@ MIGRATION_NAMES: Final = (
     "m004_seen_log_clustered",
     "m005_readings_without_autoincrement",
     "m006_pending_index_without_chunks",
+    "m007_seen_tail_in_the_ledger",
 )
 """The schema's migrations (:mod:`agent.buffer.migrations`), in order; kept here so that opening
 an up-to-date store need not import sqlite-utils (``tests/buffer/test_buffer.py`` checks that

@@ -99,7 +99,7 @@ class Buffer:
         self._db = Db(conn, on_full=lambda: self._alarms.add(alarms.STORAGE_FULL))
         self._keyring = Keyring()
         self._refs = Refs(self._db, self._keyring)
-        self._seen = Seen(self._db, self._keyring)
+        self._seen = Seen(self._db, self._keyring, config.seen_tail_keys)
         self._outbox = Outbox(
             self._db, self._keyring, self._refs, self._seen, config, self._alarms, path
         )
@@ -405,7 +405,7 @@ class Buffer:
             for table in ("keys", "refs", "readings", "seen", "seen_log", "quarantine"):
                 self._db.conn.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
             # A new store may be made in this file: its ledger starts afresh, no alarm.
-            self._db.conn.execute("UPDATE ledger SET body = x'', mac = x''")
+            self._db.conn.execute("UPDATE ledger SET body = x'', mac = x'', seen_tail = NULL")
         self._pressure.housekeeping()
         self._keyring.clear()
         self._refs.clear()

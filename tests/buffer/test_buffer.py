@@ -477,7 +477,8 @@ def test_m004_keeps_the_dedup_memory_of_a_store_from_before_it(
 
     from agent.buffer import schema
 
-    b = Buffer.open(store_path, keys, config=BufferConfig(reserve_bytes=0))
+    cfg = BufferConfig(reserve_bytes=0, seen_tail_keys=0)  # every key in seen_log at once
+    b = Buffer.open(store_path, keys, config=cfg)
     t = datetime(2026, 3, 1, 9, 0)
     first = factory.bp(120, device_time=t)
     chunk = factory.oximetry_chunk(60)
@@ -498,7 +499,7 @@ def test_m004_keeps_the_dedup_memory_of_a_store_from_before_it(
     conn.execute("DELETE FROM _sqlite_migrations WHERE name = 'm004_seen_log_clustered'")
     assert schema.migrations_pending(conn)
     conn.close()
-    b = Buffer.open(store_path, keys, config=BufferConfig(reserve_bytes=0))
+    b = Buffer.open(store_path, keys, config=cfg)
     try:
         indexes = b._conn.execute(
             "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'seen_log'"

@@ -211,3 +211,87 @@ def test_m006_leaves_chunks_out_of_the_pending_index_and_claims_stay_in_order(
         assert not written & index_pages
     finally:
         b.close()
+
+
+def _seen_log_rows(b: Buffer) -> int:
+    return int(b._conn.execute("SELECT count(*) FROM seen_log").fetchone()[0])
+
+
+def test_the_latest_dedup_keys_ride_in_the_ledger_row_and_survive_a_crash(
+    store_path: Path, keys: FileKeySource, config: BufferConfig, factory: ReadingFactory
+) -> None:
+    """m007: an append keeps its de-duplication keys in the ledger row (rewritten by every
+    commit anyway) until more than ``seen_tail_keys`` wait; they are duplicates all along,
+    after a crash (no close) and after the tail moved to ``seen_log``."""
+    cfg = replace(config, seen_tail_keys=8)
+    b = Buffer.open(store_path, keys, config=cfg)
+    chunks = [factory.oximetry_chunk(60) for _ in range(12)]
+    cuff = [factory.bp() for _ in range(3)]
+    for c in chunks[:6]:
+        b.append([c])
+    assert _seen_log_rows(b) == 0  # six keys: all in the tail
+    b.append(cuff)  # 6 + 3 > 8: this append moves the tail to seen_log
+    assert _seen_log_rows(b) > 0
+    for c in chunks[6:8]:
+        b.append([c])  # in the tail again
+    tail = b._conn.execute("SELECT seen_tail FROM ledger").fetchone()[0]
+    assert len(tail) == 2 * 20
+    b._conn.close()  # a crash: nothing but the committed transactions
+    b._lock.release()
+    b = Buffer.open(store_path, keys, config=cfg)
+    try:
+        assert b.append(chunks[:8] + cuff).duplicates == 11
+        for c in chunks[8:]:
+            b.append([c])
+        assert b.append(chunks + cuff).duplicates == 15
+        assert b.stats().pending == 15
+    finally:
+        b.close()
+    b = Buffer.open(store_path, keys, config=cfg)
+    try:
+        assert b.append(chunks + cuff).duplicates == 15
+        assert b.integrity_ok()
+    finally:
+        b.close()
+
+
+def test_m007_adds_the_tail_to_a_store_from_before_it(
+    store_path: Path, keys: FileKeySource, config: BufferConfig, factory: ReadingFactory
+) -> None:
+    from agent.buffer import schema
+
+    b = Buffer.open(store_path, keys, config=replace(config, seen_tail_keys=0))
+    stored = [factory.bp() for _ in range(3)] + [factory.oximetry_chunk(60)]
+    b.append(stored)
+    b.close()
+    conn = sqlite3.connect(store_path, isolation_level=None)
+    conn.execute("ALTER TABLE ledger DROP COLUMN seen_tail")
+    conn.execute("DELETE FROM _sqlite_migrations WHERE name = 'm007_seen_tail_in_the_ledger'")
+    assert schema.migrations_pending(conn)
+    conn.close()
+    b = Buffer.open(store_path, keys, config=config)
+    try:
+        assert not schema.migrations_pending(b._conn)
+        assert b.append(stored).duplicates == 4  # what it stored is still a duplicate
+        assert b.append([factory.oximetry_chunk(60)]).stored == 1
+        tail = b._conn.execute("SELECT seen_tail FROM ledger").fetchone()[0]
+        assert isinstance(tail, bytes)
+        assert len(tail) == 20  # the new chunk's key, in the ledger row
+        assert b.stats().alarms == ()
+    finally:
+        b.close()
+
+
+def test_a_damaged_tail_is_an_empty_one(
+    store_path: Path, keys: FileKeySource, config: BufferConfig, factory: ReadingFactory
+) -> None:
+    b = Buffer.open(store_path, keys, config=config)
+    b.append([factory.bp()])
+    b._conn.execute("UPDATE ledger SET seen_tail = x'0102'")
+    b.close()
+    b = Buffer.open(store_path, keys, config=config)
+    try:
+        assert b.append([factory.bp()]).stored == 1
+        assert b.stats().pending == 2
+    finally:
+        b.close()
