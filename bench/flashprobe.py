@@ -91,7 +91,9 @@ def _sync_all(d: Path) -> None:
                 os.close(fd)
 
 
-def run(writeback: str, config: BufferConfig, root: Path) -> dict[str, Any]:
+def run(
+    writeback: str, config: BufferConfig, root: Path, linger_chunks: int = 60
+) -> dict[str, Any]:
     """One patient-day through a Buffer; per kind of call: calls, write_bytes, WAL frames."""
     day = wl.patient_day()
     d = Path(tempfile.mkdtemp(prefix="store-flashprobe-", dir=root))
@@ -154,7 +156,7 @@ def run(writeback: str, config: BufferConfig, root: Path) -> dict[str, Any]:
                 waiting = 0
             else:
                 chunks += 1
-                if chunks % 10 == 0:
+                if chunks % linger_chunks == 0:
                     send()
                     waiting = 0
                 if chunks % 60 == 0:
@@ -185,6 +187,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--writeback", choices=("compressed", "realtime"), default="compressed")
     ap.add_argument("--exclusive", choices=("0", "1"), default=None)
     ap.add_argument("--autocheckpoint", type=int, default=None)
+    ap.add_argument("--linger-chunks", type=int, default=60)
     ap.add_argument("--root", default=os.environ.get("TMPDIR", "/tmp"))
     a = ap.parse_args(argv)
     cfg = BufferConfig()
@@ -192,7 +195,7 @@ def main(argv: list[str]) -> int:
         cfg.exclusive_lock = a.exclusive == "1"
     if a.autocheckpoint is not None:
         cfg.wal_autocheckpoint_pages = a.autocheckpoint
-    print(json.dumps(run(a.writeback, cfg, Path(a.root)), indent=1))
+    print(json.dumps(run(a.writeback, cfg, Path(a.root), a.linger_chunks), indent=1))
     return 0
 
 
