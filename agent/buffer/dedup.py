@@ -134,12 +134,10 @@ class Seen:
     def known(self, keys: Sequence[Key]) -> set[Key]:
         """Which of ``keys`` are already remembered."""
         by_bucket = self._buckets_keys({k[0] for k in keys})
+        found = {k for k in keys if k[1][:MAC_BYTES] in by_bucket[k[0]]}
         tail = self._tail_set
-        found = {
-            k
-            for k in keys
-            if k[1][:MAC_BYTES] in by_bucket[k[0]] or (k[0], k[1][:MAC_BYTES]) in tail
-        }
+        if tail:  # at most seen_tail_keys of them
+            found.update(k for k in keys if (k[0], k[1][:MAC_BYTES]) in tail)
         if self._has_legacy():
             rest = [k for k in keys if k not in found]
             by_old = {k[1]: k for k in rest}
@@ -189,30 +187,36 @@ class Seen:
         """Remember ``keys`` (inside ``tx``): in the tail, which the transaction's ledger
         write stores; an overflowing tail goes to ``seen_log``, one row per bucket."""
         base = self._tail if self._next_tail is None else self._next_tail
-        tail = base + [(gen, bucket, full[:MAC_BYTES]) for bucket, full in keys]
-        if len(tail) > self._tail_keys:
-            by_bucket: dict[tuple[int, bytes], list[bytes]] = {}
-            for g, bucket, mac in tail:
-                by_bucket.setdefault((g, bucket), []).append(mac)
+        added: dict[bytes, list[bytes]] = {}  # this call's keys by bucket
+        for bucket, full in keys:
+            added.setdefault(bucket, []).append(full[:MAC_BYTES])
+        tail: Tail
+        if len(base) + len(keys) > self._tail_keys:
+            rows: dict[tuple[int, bytes], list[bytes]] = {}
+            for g, bucket, mac in base:
+                rows.setdefault((g, bucket), []).append(mac)
+            for bucket, macs in added.items():
+                rows.setdefault((gen, bucket), []).extend(macs)
             # One row per bucket, at the end of its (gen, bucket) range: the page the last
             # flush of this bucket wrote, so a flush writes one page of this table.
             self._db.conn.executemany(
                 "INSERT INTO seen_log (gen, bucket, id, keys) VALUES (?1, ?2, (SELECT"
                 " coalesce(max(id), 0) + 1 FROM seen_log WHERE gen = ?1 AND bucket = ?2), ?3)",
-                [(g, b, b"".join(macs)) for (g, b), macs in by_bucket.items()],
+                [(g, b, b"".join(macs)) for (g, b), macs in rows.items()],
             )
             tail = []
+        else:
+            tail = base + [(gen, b, mac) for b, macs in added.items() for mac in macs]
         self._next_tail = tail
-        added = [(bucket, full[:MAC_BYTES]) for bucket, full in keys]
 
         def committed() -> None:
             self._tail = tail
             self._tail_set = {(b, m) for _, b, m in tail}
             self._next_tail = None
-            for b, mac in added:
+            for b, macs in added.items():
                 cached = self._cache.get(b)
                 if cached is not None:
-                    cached.add(mac)
+                    cached.update(macs)
 
         def rolled_back() -> None:
             self._next_tail = None
