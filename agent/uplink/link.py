@@ -95,6 +95,9 @@ _ABORT_ON_CLOSE: Final = struct.pack("ii", 1, 0)
 PING_AFTER: Final = 3
 """Keep-alives without a word from the broker before one is a PINGREQ (``LinkConfig``)."""
 
+_CORK: Final[int | None] = getattr(socket, "TCP_CORK", None)
+"""Linux's ``TCP_CORK`` (None elsewhere: then only ``TCP_NODELAY`` is set)."""
+
 _connect_properties: Callable[[int], Properties] = Properties
 """paho's ``Properties`` constructor, typed (paho leaves its ``__init__`` unannotated)."""
 
@@ -179,6 +182,14 @@ class LinkConfig:
         return TlsFiles(self.ca_file, self.cert_file, self.key_file)
 
 
+def _ignore_message(topic: str, payload: bytes) -> None:
+    """Default handler until :meth:`MqttLink.bind` is called."""
+
+
+def _nothing() -> None:
+    """Default handler until :meth:`MqttLink.bind` is called."""
+
+
 @dataclass(frozen=True, slots=True)
 class LinkHandlers:
     """What the link tells its user, always on the event loop thread.
@@ -186,20 +197,18 @@ class LinkHandlers:
     Attributes:
         on_message: a message arrived on a subscribed topic.
         on_up: the broker accepted the connection (subscriptions are requested).
-        on_down: the accepted connection is gone.
+        on_down: the accepted connection is gone, or the connection :attr:`on_open`
+            announced was refused or failed before the broker accepted it.
+        on_open: CONNECT is queued and :meth:`MqttLink.publish` may already queue
+            messages right behind it, before the broker's CONNACK (MQTT 5 section 3.1.4);
+            :attr:`on_up` or :attr:`on_down` follows. Called only on a connection that
+            subscribes in the same breath (see :meth:`MqttLink._open_early`).
     """
 
     on_message: Callable[[str, bytes], None]
     on_up: Callable[[], None]
     on_down: Callable[[], None]
-
-
-def _ignore_message(topic: str, payload: bytes) -> None:
-    """Default handler until :meth:`MqttLink.bind` is called."""
-
-
-def _nothing() -> None:
-    """Default handler until :meth:`MqttLink.bind` is called."""
+    on_open: Callable[[], None] = _nothing
 
 
 def check_clock(cert_file: Path, *, now: datetime | None = None) -> None:
@@ -335,6 +344,8 @@ class TlsClient(mqtt.Client):
     """A TCP connection a probe just opened to ``(host, port)``: the next connection to that
     address uses it instead of opening another (:meth:`_create_socket_connection`)."""
     probes_used = 0
+    tcp_socket: socket.socket | None = None
+    """The TCP socket under the current connection (TLS, and WebSockets, wrap it)."""
     user_timeout_ms = 0
     """``TCP_USER_TIMEOUT`` of the connection's socket (0: the kernel's default)."""
     handshakes = 0
@@ -374,12 +385,28 @@ class TlsClient(mqtt.Client):
             sock = held[2]
             sock.settimeout(self.connect_timeout)
             self.probes_used += 1
-            return sock
+            return self._tuned(sock)
         leftover = self.take_probed()
         if leftover is not None:
             leftover.close()
         fresh: socket.socket = super()._create_socket_connection()
-        return fresh
+        return self._tuned(fresh)
+
+    def _tuned(self, sock: socket.socket) -> socket.socket:
+        """``TCP_NODELAY`` on the connection's TCP socket, which is kept in :attr:`tcp_socket`
+        (the link corks it around each write, :meth:`MqttLink._writable`).
+
+        paho leaves Nagle's algorithm on. With it, a write smaller than a segment waits
+        while earlier bytes are unacknowledged: the PUBLISH written right behind CONNECT,
+        and the last segment of every batch, would wait a round trip for the ACK of what
+        went before (200 ms on a mobile link). The link corks the socket while paho writes
+        what it has queued, so the segments are as full as with Nagle, and uncorking sends
+        the tail at once.
+        """
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.tcp_socket = sock
+        return sock
 
     def _ssl_wrap_socket(self, tcp_sock: socket.socket) -> ssl.SSLSocket:
         ctx = self.tls_context
@@ -450,6 +477,10 @@ class MqttLink:
         self._watched: set[int] = set()
         self._last_log_error = ""
         self._tls_ready = False
+        self._open = False
+        """Publishes may be queued before CONNACK (:meth:`_open_early`)."""
+        self._subscribe_sent = False
+        """This connection's SUBSCRIBE went with CONNECT."""
         self._subscribed = False
         """The broker granted every subscription in the session it holds for this process."""
         self._heard_at: float | None = None
@@ -619,7 +650,21 @@ class MqttLink:
             sock = client.socket()
 
     def _writable(self) -> None:
-        self._client.loop_write()
+        # Corked while paho writes what it has queued (each packet is a TLS record of its
+        # own), uncorked after: full segments, and the last one leaves at once (TCP_NODELAY,
+        # TlsClient._tuned) instead of waiting for an ACK (Nagle).
+        sock = self._client.tcp_socket
+        corked = False
+        if _CORK is not None and sock is not None and sock.fileno() >= 0:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, _CORK, 1)
+                corked = True
+        try:
+            self._client.loop_write()
+        finally:
+            if corked and sock is not None and sock.fileno() >= 0:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, _CORK, 0)
 
     # -- callbacks (event loop thread) ---------------------------------------------------
 
@@ -641,7 +686,9 @@ class MqttLink:
             if isinstance(sock, ssl.SSLSocket):
                 with contextlib.suppress(ssl.SSLError, ValueError):
                     self._client.tls_session = sock.session  # resumed on the next connect
-            if not (flags.session_present and self._subscribed) and self.cfg.subscriptions:
+            if self._subscribe_sent:  # with CONNECT (_open_early); answered by SUBACK
+                pass
+            elif not (flags.session_present and self._subscribed) and self.cfg.subscriptions:
                 # One SUBSCRIBE for all; a session the broker kept has them already (a
                 # reconnect on a metered link then sends no SUBSCRIBE and gets no SUBACK).
                 self._subscribed = False
@@ -735,7 +782,7 @@ class MqttLink:
         """
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[bool | None] = loop.create_future()
-        if not self._connected.is_set():
+        if not (self._connected.is_set() or self._open):
             raise BrokerUnreachableError("not connected to the broker")
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -938,24 +985,74 @@ class MqttLink:
             raise classify_connect_error(err, replace(self.cfg, port=ep.port)) from err
         finally:
             self._drop_probe()  # a probe's connection paho did not take: do not leak it
+        opened = self._open_early()
         try:
             reason = await asyncio.wait_for(self._connack, self.cfg.connect_timeout_s)
         except ConnectionError as err:
             self._close_socket()
+            self._not_accepted(opened)
             raise self._refused_before_connack(str(err)) from err
         except TimeoutError as err:
             self._close_socket()
+            self._not_accepted(opened)
             raise BrokerUnreachableError(
                 f"no CONNACK from {self._where} within {self.cfg.connect_timeout_s:.0f} s"
             ) from err
+        except BaseException:  # cancelled while waiting
+            self._not_accepted(opened)
+            raise
         if reason.is_failure:
             self._close_socket()
+            self._not_accepted(opened)
             name = reason.getName()
             if reason.value in _IDENTITY_REFUSED:
                 raise CertificateRejectedError(
                     f"the broker refused box {self.cfg.box_id}: {name}; check its enrolment"
                 )
             raise UplinkError(f"the broker refused the connection: {name}")
+
+    def _open_early(self) -> bool:
+        """Right after CONNECT: subscribe, and let the user publish, without waiting for
+        CONNACK (MQTT 5 section 3.1.4 allows a client to send packets after CONNECT; the
+        broker processes them in order once it has accepted the connection, and drops them
+        if it refuses it). The first batch then leaves with CONNECT instead of a round trip
+        later (200 ms on a mobile link).
+
+        Only when this connection subscribes anyway (the process's first connection, or
+        one after a failed subscription): a reconnect into a session the broker kept sends
+        no SUBSCRIBE, and whether the broker kept it is known only from CONNACK; a batch
+        published before a SUBSCRIBE the broker has not seen could have its acknowledgement
+        published to nobody. Nothing is lost either way: a batch is marked delivered only
+        on the receiver's signed acknowledgement, and a batch a refused connection dropped
+        stays in paho's session and in the uplink's window, sent again on the next
+        connection (``docs/uplink-protocol.md`` section 9).
+
+        Returns whether :attr:`LinkHandlers.on_open` was called (then :meth:`_not_accepted`
+        or :meth:`_stay_connected` must end it).
+        """
+        self._subscribe_sent = False
+        if self._connack is None or self._connack.done():
+            return False  # CONNACK (or the drop) came already: the usual way
+        if not self.cfg.subscriptions or self._subscribed:
+            return False
+        rc, _ = self._client.subscribe([(topic, 1) for topic in self.cfg.subscriptions])
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return False  # subscribed after CONNACK instead
+        self._subscribe_sent = True
+        self._open = True
+        _LOG.info(
+            "uplink %s: CONNECT queued to %s; subscribing and sending before CONNACK",
+            self.cfg.box_id,
+            self._where,
+        )
+        self._handlers.on_open()
+        return True
+
+    def _not_accepted(self, opened: bool) -> None:
+        """The connection :meth:`_open_early` announced was not accepted: say it is down."""
+        self._open = False
+        if opened:
+            self._handlers.on_down()
 
     def _refused_before_connack(self, why: str) -> UplinkError:
         where = self._where
@@ -1000,6 +1097,7 @@ class MqttLink:
             return dropped.result()
         finally:
             self._connected.clear()
+            self._open = False
             self.connected_since = None
             if not dropped.done():  # cancelled: leave cleanly, say so first
                 self._online_held = False
@@ -1146,6 +1244,7 @@ class MqttLink:
 
     def _shutdown(self) -> None:
         self._connected.clear()
+        self._open = False
         self._drop_probe()
         with contextlib.suppress(Exception):
             self._close_socket()

@@ -127,6 +127,10 @@ class UplinkConfig:
         max_batch_bytes: bound on a claim's encrypted size (keeps envelopes well under the
             receiver's limit).
         window_start, window_max: batches in flight at once (adaptive between 1 and max).
+        window_bytes, window_cap: while fewer wire bytes than ``window_bytes`` are in flight,
+            up to ``window_cap`` batches may be (small first batches then still fill the
+            link's bandwidth-delay product: 25 KB at 1 Mbit/s and 200 ms; 64 KiB covers
+            that with the receiver's commit and the box's claim in the round trip).
         idle_poll_s: how often an empty buffer is looked at again (``set-schedule`` changes it).
         linger_s: how long continuous and bulk readings may wait in the buffer for the ones
             that follow before a batch is sealed (alarms and spot readings never wait, and
@@ -147,6 +151,8 @@ class UplinkConfig:
     max_batch_bytes: int = 256 * 1024
     window_start: int = 2
     window_max: int = 4
+    window_bytes: int = 64 * 1024
+    window_cap: int = 8
     ack_timeout_s: float = 20.0
     ack_timeout_cap_s: float = 300.0
     transfer_timeout_s: float = 300.0
@@ -230,6 +236,8 @@ class Uplink:
             AckTimeout(cfg.ack_timeout_s, cfg.ack_timeout_cap_s),
             window=min(cfg.window_start, cfg.window_max),
             window_max=cfg.window_max,
+            window_bytes=cfg.window_bytes,
+            window_cap=cfg.window_cap,
             transfer_timeout_s=cfg.transfer_timeout_s,
             idle_poll_s=cfg.idle_poll_s,
             linger_s=cfg.linger_s,
@@ -268,7 +276,9 @@ class Uplink:
                 ),
             )
         self.link: LinkLike = link
-        link.bind(LinkHandlers(self._on_message, self._on_up, self._on_down))
+        self._link_open = False
+        """The session was told :class:`~agent.uplink.session.LinkUp` for this connection."""
+        link.bind(LinkHandlers(self._on_message, self._on_up, self._on_down, self._on_open))
 
     # -- running ------------------------------------------------------------------------
 
@@ -496,12 +506,22 @@ class Uplink:
 
     # -- inbound (called by the link on the event loop) -----------------------------------
 
+    def _on_open(self) -> None:
+        # CONNECT is queued and publishes may follow it before CONNACK: the session may claim
+        # and send now (a refused connection calls _on_down; nothing is marked delivered
+        # without the receiver's signed acknowledgement).
+        self._link_open = True
+        self._events.put_nowait(s.LinkUp())
+
     def _on_up(self) -> None:
         # The link has said ``online`` already where the will may have been published
         # (LinkConfig.online_payload, MqttLink.status_kept).
-        self._events.put_nowait(s.LinkUp())
+        if not self._link_open:
+            self._link_open = True
+            self._events.put_nowait(s.LinkUp())
 
     def _on_down(self) -> None:
+        self._link_open = False
         self._events.put_nowait(s.LinkDown())
 
     def _on_message(self, topic: str, payload: bytes) -> None:
