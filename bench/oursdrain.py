@@ -20,10 +20,11 @@ counting), and splits the time before the first stored batch by the box's log:
 
 The section ``oursdrain`` of ``bench/report.json`` has the median, minimum and maximum of
 ``drain_over_floor`` and ``first_stored_s``' median, and the load average before and after;
-every run's breakdown is written to ``bench/oursdrain-runs.json`` and each run's box log is
-kept in ``BENCH_DRAIN_LOGS`` (default ``/tmp/dho-oursdrain-logs-<owner>_<pid>``, the run's
-:func:`bench.relay.run_prefix`, so two engineers' runs never mix their logs). The goal is
-issue 8's ``drain_over_floor_1mbit_200ms``, 1.2, on the median.
+every run's breakdown is written to ``bench/oursdrain-runs.json`` and each run's box log (and
+the receiver's, ``*.receiver.log``) is kept in ``BENCH_DRAIN_LOGS`` (default
+``/tmp/dho-oursdrain-logs-<owner>_<pid>``, the run's :func:`bench.relay.run_prefix`, so two
+engineers' runs never mix their logs). The goal is issue 8's
+``drain_over_floor_1mbit_200ms``, 1.2, on the median.
 """
 
 from __future__ import annotations
@@ -139,6 +140,9 @@ def run(runs: int | None = None) -> dict[str, Any]:
             kept = logs / f"run-{time.strftime('%H%M%S')}-{i}.log"
             if box_log.exists():
                 shutil.copyfile(box_log, kept)
+            receiver_log = Path(st.receiver.log_path)
+            if receiver_log.exists():  # the receiver's side of the timeline, next to it
+                shutil.copyfile(receiver_log, kept.with_suffix(".receiver.log"))
             floor = r.busier_bytes * 8 / 1_000_000
             row: dict[str, Any] = {
                 "run": i,

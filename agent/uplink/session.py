@@ -15,6 +15,14 @@ The rules (``docs/uplink-protocol.md`` section 9):
   acknowledgements at once; each is settled on its own. The window grows by one when a full
   window was acknowledged in time, and halves on a timeout. An alarm (``Wake(urgent=True)``)
   may take one slot beyond the window, so it never waits behind a full window of bulk data.
+* **The window also covers the link's bandwidth-delay product in bytes.** A window counted in
+  batches, of a batch size counted in readings, can hold fewer bytes than the link carries
+  in one round trip (a fresh box's first batches of 50 readings, payload v3's small
+  oximetry chunks: 2 x 5.7 KB against 25 KB at 1 Mbit/s and 200 ms), and the link then
+  idles until an acknowledgement comes back. So while fewer than
+  :attr:`Session.window_bytes` wire bytes are in flight, claims go on beyond the window,
+  up to :attr:`Session.window_cap` batches; not while the link is troubled (the window
+  halved below where it started).
   Which readings a claim takes (alarms first, oldest first within a lane) is the buffer's
   order; the session only says how many.
 * **Acknowledged only after the receiver's durable commit.** Only a signed acknowledgement that
@@ -237,6 +245,7 @@ class _InFlight:
     reading_ids: tuple[uuid.UUID, ...]
     sent_at: float
     window_full: bool
+    wire_bytes: int = 0
     puback_at: float | None = None
     deadline: float | None = None
 
@@ -263,6 +272,9 @@ class Session:
         sizer: the adaptive batch size (its ``size`` may come from the persisted state).
         ack_timeout: how long to wait for an acknowledgement once the broker has the batch.
         window: batches in flight at the start; ``window_max`` bounds its growth.
+        window_bytes: wire bytes the batches in flight should hold at least (the
+            bandwidth-delay product to cover; 0: count batches only); beyond ``window``
+            batches, up to ``window_cap``, while the window is not below its start.
         transfer_timeout_s: how long a batch may wait for its PUBACK while the link is up
             (a slow link is still moving bytes; a dead one is noticed by the keep-alive).
         idle_poll_s: how long an empty buffer is left alone when nobody calls :class:`Wake`.
@@ -282,6 +294,8 @@ class Session:
         *,
         window: int = 2,
         window_max: int = 4,
+        window_bytes: int = 0,
+        window_cap: int = 8,
         transfer_timeout_s: float = 300.0,
         idle_poll_s: float = 5.0,
         linger_s: float = 0.0,
@@ -296,6 +310,9 @@ class Session:
         self.ack_timeout = ack_timeout
         self.window = window
         self.window_max = window_max
+        self.window_bytes = window_bytes
+        self.window_cap = max(window_cap, window_max)
+        self._window_start = window
         self.transfer_timeout_s = transfer_timeout_s
         self.idle_poll_s = idle_poll_s
         self.linger_s = linger_s
@@ -431,13 +448,21 @@ class Session:
             and not (self._draining or self._woken or self._urgent)
         ):
             return  # deferrable readings wait for company (the class docstring)
-        room = self.window + (1 if self._urgent else 0)
-        if len(self._in_flight) >= room:
+        if not self._room():
             return
         self._claiming = self._draining = True
         self._urgent = self._woken = self._deferred = False
         self._linger_until = None  # this drain takes the waiting readings along
         out.append(Claim(self.sizer.size))
+
+    def _room(self) -> bool:
+        """Whether one more batch may go in flight (the window, in batches and in bytes)."""
+        n = len(self._in_flight)
+        if n < self.window + (1 if self._urgent else 0):
+            return True
+        if not self.window_bytes or n >= self.window_cap or self.window < self._window_start:
+            return False
+        return sum(f.wire_bytes for f in self._in_flight.values()) < self.window_bytes
 
     def _sealed(self, s: Sealed, now: float, out: list[Decision]) -> None:
         self._claiming = False
@@ -451,6 +476,7 @@ class Session:
             s.reading_ids,
             sent_at=now,
             window_full=len(self._in_flight) + 1 >= self.window,
+            wire_bytes=len(s.wire),
         )
         f.deadline = self._deadline(f, now)
         self._in_flight[s.batch_id] = f

@@ -332,6 +332,61 @@ def test_window_bounds() -> None:
     assert session.claims_in_flight() == []
 
 
+def sized(n: int, nbytes: int) -> s.Sealed:
+    """Batch ``n`` whose envelope is ``nbytes`` long."""
+    return replace(sealed(n), wire=b"w" * nbytes)
+
+
+def sized_publish(n: int, nbytes: int) -> s.Publish:
+    return s.Publish(bid(n), 100 + n, READINGS, b"w" * nbytes)
+
+
+# A window of 2 batches, a byte window of 10,000 bytes and a cap of 4 batches.
+BYTE_CASES: dict[str, list[Step]] = {
+    "small batches: claims go beyond the window until the bytes cover the window": [
+        (0.0, s.LinkUp(), [s.Claim(8)]),
+        (0.0, sized(1, 3000), [sized_publish(1, 3000), s.Claim(8)]),
+        (0.0, sized(2, 3000), [sized_publish(2, 3000), s.Claim(8)]),  # 2 of 2, 3,000 B
+        (0.0, sized(3, 3000), [sized_publish(3, 3000), s.Claim(8)]),  # 9,000 B < 10,000
+        (0.0, sized(4, 3000), [sized_publish(4, 3000)]),  # 12,000 B: covered
+        (0.3, ack(1), [settle(1), s.Claim(16)]),  # 9,000 B again
+        (0.3, sized(5, 6000), [sized_publish(5, 6000)]),
+    ],
+    "the cap bounds the batches however small they are": [
+        (0.0, s.LinkUp(), [s.Claim(8)]),
+        (0.0, sized(1, 10), [sized_publish(1, 10), s.Claim(8)]),
+        (0.0, sized(2, 10), [sized_publish(2, 10), s.Claim(8)]),
+        (0.0, sized(3, 10), [sized_publish(3, 10), s.Claim(8)]),
+        (0.0, sized(4, 10), [sized_publish(4, 10)]),  # 4 batches: the cap
+    ],
+    "large batches: the window in batches is what counts": [
+        (0.0, s.LinkUp(), [s.Claim(8)]),
+        (0.0, sized(1, 9000), [sized_publish(1, 9000), s.Claim(8)]),
+        (0.0, sized(2, 9000), [sized_publish(2, 9000)]),  # 2 of 2 and 18,000 B
+    ],
+    "a troubled link: no claims beyond the halved window": [
+        (0.0, s.LinkUp(), [s.Claim(8)]),
+        (0.0, sized(1, 100), [sized_publish(1, 100), s.Claim(8)]),
+        (0.0, sized(2, 100), [sized_publish(2, 100), s.Claim(8)]),
+        (0.0, sized(3, 100), [sized_publish(3, 100), s.Claim(8)]),
+        (0.0, sized(4, 100), [sized_publish(4, 100)]),
+        (0.1, s.LinkDown(), []),  # window 2 -> 1, batch size 8 -> 2
+        (0.2, s.LinkUp(), []),  # the four are still in flight (paho sends them again)
+        (0.5, ack(1), [settle(1)]),  # 3 in flight, 300 B, but the window is 1
+        # a full window acknowledged in time: the window is back at 2, and so is the rule
+        (0.5, ack(3), [settle(3), s.Claim(8)]),
+    ],
+}
+
+
+@pytest.mark.parametrize("name", list(BYTE_CASES))
+def test_byte_window_table(name: str) -> None:
+    session = new_session(window_bytes=10_000, window_cap=4)
+    for i, (now, event, expected) in enumerate(BYTE_CASES[name]):
+        got = session.handle(event, now)
+        assert got == list(expected), f"step {i} at t={now}: {event!r}"
+
+
 DEFER = s.Wake(deferrable=True)
 
 LINGER_CASES: dict[str, list[Step]] = {
