@@ -967,6 +967,9 @@ class MqttLink:
         loop = asyncio.get_running_loop()
         self._connack = loop.create_future()
         self._dropped = loop.create_future()
+        # Before CONNECT: a CONNACK read before _open_early runs must not see the last
+        # connection's SUBSCRIBE as this one's (it would then not subscribe at all).
+        self._subscribe_sent = False
         self._last_log_error = ""
         try:
             await asyncio.to_thread(
@@ -1030,7 +1033,6 @@ class MqttLink:
         Returns whether :attr:`LinkHandlers.on_open` was called (then :meth:`_not_accepted`
         or :meth:`_stay_connected` must end it).
         """
-        self._subscribe_sent = False
         if self._connack is None or self._connack.done():
             return False  # CONNACK (or the drop) came already: the usual way
         if not self.cfg.subscriptions or self._subscribed:
