@@ -653,18 +653,18 @@ class MqttLink:
         # Corked while paho writes what it has queued (each packet is a TLS record of its
         # own), uncorked after: full segments, and the last one leaves at once (TCP_NODELAY,
         # TlsClient._tuned) instead of waiting for an ACK (Nagle).
-        sock = self._client.tcp_socket
+        sock, cork = self._client.tcp_socket, _CORK
         corked = False
-        if _CORK is not None and sock is not None and sock.fileno() >= 0:
+        if cork is not None and sock is not None and sock.fileno() >= 0:
             with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, _CORK, 1)
+                sock.setsockopt(socket.IPPROTO_TCP, cork, 1)
                 corked = True
         try:
             self._client.loop_write()
         finally:
-            if corked and sock is not None and sock.fileno() >= 0:
+            if corked and cork is not None and sock is not None and sock.fileno() >= 0:
                 with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.IPPROTO_TCP, _CORK, 0)
+                    sock.setsockopt(socket.IPPROTO_TCP, cork, 0)
 
     # -- callbacks (event loop thread) ---------------------------------------------------
 
