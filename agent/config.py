@@ -16,6 +16,7 @@ websockets = true                       # after 3 failures on port: MQTT over We
 ws_port = 443                           # on ws_port, ws_path "/mqtt" (and back to port)
 linger_s = 3600                         # oximetry may wait this long to go up in one batch
 keepalive_s = 1200                      # MQTT keep-alive (both written by dho-provision enroll)
+broker_autosave_s = 60                  # the broker's autosave_interval (Mosquitto), seconds
 box_id = "box-0001"                     # must be the CN of the box certificate
 ca_file = "/etc/dho-gateway/ca.pem"     # relative paths are relative to this file
 cert_file = "/etc/dho-gateway/box.crt"
@@ -134,6 +135,14 @@ class UplinkSettings:
     keepalive_s: Annotated[int, Field(strict=True, ge=10, le=3600)] = 60
     """The MQTT keep-alive; ``dho-provision enroll`` writes :data:`METERED_UPLINK` (1200 s).
     A dead path under a publish is noticed by ``TCP_USER_TIMEOUT`` (30 s), not by this."""
+    broker_autosave_s: Annotated[int, Field(strict=True, ge=1, le=3600)] = 60
+    """How often the broker saves its state to disk, in seconds: Mosquitto's time-based
+    ``autosave_interval`` (60 in ``receiver/mosquitto/mosquitto.conf``; with
+    ``autosave_on_changes``, a time within which it surely saves). A reconnect says ``online``
+    again unless the broker was heard 2 x this + 5 s after it acknowledged the last one, so
+    that a broker killed before it saved that ``online`` cannot leave the box ``offline``
+    (``docs/uplink-protocol.md`` section 3). Too low a value brings that gap back; too high
+    costs an ``online`` (about 250 bytes) on more reconnects."""
 
     @field_validator("host")
     @classmethod

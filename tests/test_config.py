@@ -333,3 +333,45 @@ def test_metered_uplink_settings(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as bad:
         AgentConfig.load(_write(tmp_path, base + 'linger_s = "600"\nkeepalive_s = 5\n'))
     assert len(_problems(bad)) == 2
+
+
+def test_broker_autosave_reaches_the_link(tmp_path: Path) -> None:
+    """``[uplink] broker_autosave_s``: the broker's autosave interval, which decides when a
+    reconnect may skip ``online`` (docs/uplink-protocol.md section 3); 60 s by default, as
+    receiver/mosquitto/mosquitto.conf sets it; a whole number of seconds from 1 to 3600."""
+    from agent.daemon import _load_uplink
+    from agent.uplink.link import MqttLink
+
+    key = Ed25519PrivateKey.generate()
+    signing, service = tmp_path / "box-signing.pem", tmp_path / "service.pub"
+    signing.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    service.write_bytes(
+        Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    base = (
+        f'[uplink]\nhost = "h"\nbox_id = "b"\nca_file = "/a"\ncert_file = "/a"\n'
+        f'key_file = "/a"\nsigning_key_file = "{signing}"\nservice_key_file = "{service}"\n'
+    )
+
+    def autosave_of(extra: str) -> int:
+        cfg = AgentConfig.load(_write(tmp_path, base + extra), state_dir=tmp_path)
+        link = _load_uplink(cfg, buffer=None).link
+        assert isinstance(link, MqttLink)
+        return link.cfg.broker_autosave_s
+
+    conf = Path(__file__).parents[1] / "receiver" / "mosquitto" / "mosquitto.conf"
+    (line,) = [x for x in conf.read_text().splitlines() if x.startswith("autosave_interval ")]
+    assert autosave_of("") == int(line.split()[1]) == 60  # the production broker's
+    assert autosave_of("broker_autosave_s = 1\n") == 1
+    for bad in ('"60"', "0", "3601", "60.5"):
+        with pytest.raises(ConfigError) as err:
+            AgentConfig.load(_write(tmp_path, base + f"broker_autosave_s = {bad}\n"))
+        assert [p.split(":")[0] for p in _problems(err)] == ["uplink.broker_autosave_s"]

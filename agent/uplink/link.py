@@ -95,6 +95,10 @@ _ABORT_ON_CLOSE: Final = struct.pack("ii", 1, 0)
 PING_AFTER: Final = 3
 """Keep-alives without a word from the broker before one is a PINGREQ (``LinkConfig``)."""
 
+SAVE_MARGIN_S: Final = 5.0
+"""Seconds added to two autosave intervals before an acknowledged ``online`` counts as on the
+broker's disk (:meth:`MqttLink.status_kept`): bytes long in transit, the broker's loop."""
+
 _CORK: Final[int | None] = getattr(socket, "TCP_CORK", None)
 """Linux's ``TCP_CORK`` (None elsewhere: then only ``TCP_NODELAY`` is set)."""
 
@@ -136,8 +140,16 @@ class LinkConfig:
         ping_after: see ``keepalive_topic``.
         online_payload: published retained (QoS 1) on ``will_topic`` after a connect, to
             replace a will the broker may have published; not sent again on a reconnect
-            into the kept session for which the will cannot have been published
-            (:meth:`MqttLink.status_kept`). None: the user publishes its own status.
+            into the kept session for which the will cannot have been published and whose
+            broker has saved it (:meth:`MqttLink.status_kept`). None: the user publishes
+            its own status.
+        broker_autosave_s: how often the broker writes its state to disk (Mosquitto's
+            ``autosave_interval``, 60 s in ``receiver/mosquitto/mosquitto.conf``; 1 s on
+            the tests' broker): a broker killed (``kill -9``, a crash, a power cut) restores
+            what it last saved, so an ``online`` it acknowledged less than about this long
+            before may be lost, and with it the correction of a will. A reconnect sends
+            ``online`` again unless the box heard the broker at least two of these and
+            :data:`SAVE_MARGIN_S` after the broker acknowledged it.
         subscriptions: topic filters to subscribe with QoS 1 (in one SUBSCRIBE) after a
             connect, unless the broker still holds this process's session with them
             (``session present`` after a SUBACK that granted every one of them).
@@ -169,6 +181,7 @@ class LinkConfig:
     will_payload: bytes = b"offline"
     will_delay_s: int = 0
     online_payload: bytes | None = None
+    broker_autosave_s: int = 60
     keepalive_topic: str | None = None
     ping_after: int = PING_AFTER
     subscriptions: tuple[str, ...] = ()
@@ -488,11 +501,16 @@ class MqttLink:
         self._online_held = False
         """The broker acknowledged :attr:`LinkConfig.online_payload` in the session it holds
         for this process, and no will can have replaced it since (:meth:`status_kept`)."""
+        self._online_acked_at: float | None = None
+        """When the box read the broker's acknowledgement of that ``online`` (monotonic)."""
         self._server_disconnected = False
         """The last connection ended with the broker's DISCONNECT (e.g. shutting down: a
         broker that stops publishes the wills at once, whatever their delay)."""
         self._session_present = False
         self._send_online = True
+        self._online_unsaved = False
+        """This connection's ``online`` goes only because the broker may not have saved the
+        last one (:meth:`status_kept`, the disk rule)."""
         self._ping_sent_at: float | None = None
         """When the PINGREQ still waiting for an answer went (monotonic)."""
         self._alias_max = 0
@@ -507,6 +525,9 @@ class MqttLink:
         """``online`` status publishes sent (:attr:`LinkConfig.online_payload`)."""
         self.online_skipped = 0
         """Reconnects that needed no ``online``: the will cannot have been published."""
+        self.online_unsaved = 0
+        """``online`` sent again only because the broker may not have saved the one it
+        acknowledged (a reconnect the will rules alone would have let skip it)."""
         self._client = self._make_client()
 
     # -- paho set-up -------------------------------------------------------------------
@@ -678,7 +699,9 @@ class MqttLink:
     ) -> None:
         self._session_present = bool(flags.session_present) and not reason.is_failure
         if not reason.is_failure:
-            self._send_online = not self.status_kept(time.monotonic())
+            now = time.monotonic()
+            self._send_online = not self.status_kept(now)
+            self._online_unsaved = self._will_cancelled(now) and not self._online_saved()
             self._heard_at = time.monotonic()
             alias_max = getattr(properties, "TopicAliasMaximum", 0) if properties else 0
             self._alias_max, self._alias_set, self._ping_sent_at = int(alias_max), False, None
@@ -1179,21 +1202,50 @@ class MqttLink:
 
     def status_kept(self, now: float) -> bool:
         """Whether a connection accepted at ``now`` (its CONNACK just read) needs no
-        ``online``: the broker kept this process's session, and the will of the connection
-        before cannot have been published since the broker acknowledged ``online``.
+        ``online``: the broker kept this process's session, the will of the connection
+        before cannot have been published since the broker acknowledged ``online``, and the
+        broker had saved that ``online`` to disk before it can have crashed.
 
-        With a Will Delay Interval of W seconds the broker publishes the will W seconds
-        after it closed the connection, and not at all when the session is resumed before
-        (MQTT 5.0, section 3.1.3.2.2). It cannot have closed the old connection before it
-        last sent bytes on it, which the box read at :attr:`_heard_at`; the new connection
-        took the session over before its CONNACK came. So when the CONNACK says *session
-        present* and at most W/2 passed since the box last heard the broker (the other half
-        is the margin for bytes long in transit and for the two clocks' rates), the will
-        was still waiting and is cancelled now, and the retained status is still the
-        ``online`` the broker acknowledged. Not so when the last connection ended with the
-        broker's DISCONNECT (a broker that shuts down publishes the wills at once, whatever
-        their delay), or when this process has no acknowledged ``online`` in the session.
+        *The will.* With a Will Delay Interval of W seconds the broker publishes the will W
+        seconds after it closed the connection, and not at all when the session is resumed
+        before (MQTT 5.0, section 3.1.3.2.2). It cannot have closed the old connection
+        before it last sent bytes on it, which the box read at :attr:`_heard_at`; the new
+        connection took the session over before its CONNACK came. So when the CONNACK says
+        *session present* and at most W/2 passed since the box last heard the broker (the
+        other half is the margin for bytes long in transit and for the two clocks' rates),
+        the will was still waiting and is cancelled now, and the retained status is still
+        the ``online`` the broker acknowledged. Not so when the last connection ended with
+        the broker's DISCONNECT (a broker that shuts down publishes the wills at once,
+        whatever their delay), or when this process has no acknowledged ``online`` in the
+        session (none yet, or one sent and not acknowledged, or the clean stop's
+        ``offline``). A will published while the box was away, with no ``online`` since,
+        therefore always gets one: it needs the box away for W after its last bytes.
+
+        *The broker's disk.* A broker that is killed (``kill -9``, a crash, a power cut)
+        restores the state it last saved, session included, and its saved state lags its
+        memory by up to an autosave interval A (:attr:`LinkConfig.broker_autosave_s`).
+        Killed after it published a will and got the ``online`` that corrected it, but
+        before it saved that ``online``, it restores ``offline`` retained and the box's
+        session, and no rule above sees it: the old connection ended without a DISCONNECT,
+        and the box is back at once. So the ``online`` must also be on the broker's disk:
+        Mosquitto saves in its main loop when more than A whole seconds passed since the
+        last save (at most A + 1.1 s apart: its 2.0 loop wakes at least every 100 ms), and
+        the loop that sends bytes after a save has finished writing it. The box therefore
+        skips ``online`` only when it heard the broker at least 2A + :data:`SAVE_MARGIN_S`
+        after it read the acknowledgement: the loop sends nothing while it writes, so a
+        broker that sent bytes more than A + 1.1 s after the acknowledgement had the
+        ``online`` on disk, and the rest (A + 3.9 s) is the margin for those bytes' time in
+        transit. That is 125 s with Mosquitto's 60 s. The evidence can only come on the
+        connection that carried the acknowledgement: a reconnect before it sends ``online``
+        again, which starts the count anew. Cost: after each ``online`` that is sent, each
+        reconnect sends it again until a connection on which the broker was heard that long
+        after its acknowledgement (a batch's PUBACK or acknowledgement, or an idle box's
+        ping after three keep-alives); from then on reconnects skip it as before.
         """
+        return self._will_cancelled(now) and self._online_saved()
+
+    def _will_cancelled(self, now: float) -> bool:
+        """The will rules of :meth:`status_kept`: the broker's memory still holds ``online``."""
         return (
             self.cfg.online_payload is not None
             and self.cfg.will_topic is not None
@@ -1205,6 +1257,13 @@ class MqttLink:
             and now - self._heard_at <= self.cfg.will_delay_s / 2
         )
 
+    def _online_saved(self) -> bool:
+        """The disk rule of :meth:`status_kept`: the broker was heard at least two autosave
+        intervals and :data:`SAVE_MARGIN_S` after it acknowledged ``online``."""
+        heard, acked = self._heard_at, self._online_acked_at
+        lag = 2 * self.cfg.broker_autosave_s + SAVE_MARGIN_S
+        return heard is not None and acked is not None and heard - acked >= lag
+
     def _publish_online(self) -> None:
         """Say ``online`` (retained) unless the broker still holds it (:meth:`status_kept`)."""
         self._server_disconnected = False
@@ -1213,8 +1272,16 @@ class MqttLink:
             return
         if not self._send_online:
             self.online_skipped += 1
-            _LOG.info("uplink %s: status still online (session kept, no will)", self.cfg.box_id)
+            _LOG.info(
+                "uplink %s: status still online (session kept, no will, saved)", self.cfg.box_id
+            )
             return
+        if self._online_unsaved:
+            self.online_unsaved += 1
+            _LOG.info(
+                "uplink %s: status online again (the broker may not have saved the last one)",
+                self.cfg.box_id,
+            )
         self._online_held = False
         try:
             fut = self.publish(topic, payload, qos=1, retain=True)
@@ -1225,6 +1292,7 @@ class MqttLink:
         def held(f: asyncio.Future[bool | None]) -> None:
             if not f.cancelled() and f.exception() is None and f.result():
                 self._online_held = True
+                self._online_acked_at = time.monotonic()
 
         fut.add_done_callback(held)
 

@@ -136,9 +136,10 @@ class UplinkConfig:
             that follow before a batch is sealed (alarms and spot readings never wait, and
             take the waiting ones along); 0 sends each as it comes.
         will_delay_s: the last will's Will Delay Interval (``docs/uplink-protocol.md``
-            section 8): the broker says ``offline`` this much later than it notices the box
+            section 3): the broker says ``offline`` this much later than it notices the box
             gone, unless the box is back by then, and a reconnect within half of it that
-            finds the session kept sends no ``online`` (the will was never published).
+            finds the session kept sends no ``online`` (the will was never published), once
+            the broker can have saved the last one (``LinkConfig.broker_autosave_s``).
     """
 
     link: LinkConfig

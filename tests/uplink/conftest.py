@@ -92,6 +92,7 @@ def link_config(
         connect_timeout_s=5,
         session_expiry_s=600,
         stable_after_s=2,
+        broker_autosave_s=1,  # receiver.localstack's autosave_interval
     )
 
 

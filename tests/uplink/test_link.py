@@ -219,6 +219,13 @@ def _status_now(broker, box_id: str) -> bytes:
         c.close()
 
 
+def _status_told(watcher: RawClient, payload: bytes, within_s: float) -> None:
+    """Wait until the service is told ``payload`` (other statuses before it are skipped)."""
+    deadline = time.monotonic() + within_s
+    while watcher.get(max(0.1, deadline - time.monotonic()))[1] != payload:
+        pass
+
+
 def _no_status(watcher: RawClient, within_s: float) -> None:
     with contextlib.suppress(queue.Empty):
         got = watcher.get(within_s)
@@ -231,6 +238,8 @@ async def test_a_quick_reconnect_into_the_kept_session_sends_no_online(broker):
         got = await asyncio.to_thread(watcher.get)
         assert got == (protocol.status_topic("box-0011"), b"online")
         await wait_until(lambda: link._online_held, 5, "online acknowledged")
+        # the broker has saved it: heard (a PINGRESP) 2 autosave intervals + 5 s after
+        await wait_until(link._online_saved, 15, "the broker heard 7 s after its ack")
         proxy.cut()
         await wait_until(lambda: len(ups) == 2, 15, "reconnected")
         # the reconnect resumed the MQTT session (paho's MQTT_CLEAN_START_FIRST_ONLY alone
@@ -292,6 +301,72 @@ async def test_a_broker_killed_and_restarted_sees_the_box_online(broker):
         await wait_until(lambda: len(ups) == 2, 20, "reconnected")
         await asyncio.sleep(1.0)
         assert await asyncio.to_thread(_status_now, broker, box) == b"online"
+
+
+async def test_a_broker_killed_after_it_saved_the_online_restores_it_and_the_box_skips(broker):
+    """kill -9 of a broker that had saved the box's `online` and its session: it restores
+    both, and the box's quick reconnect needs no `online` (the status is the one saved)."""
+    box = "box-0016"
+    async with _running_status_link(broker, box, 600) as (link, proxy, ups, _watcher):
+        await wait_until(lambda: len(ups) == 1, 10, "connected")
+        await wait_until(lambda: link._online_held, 5, "online acknowledged")
+        await wait_until(link._online_saved, 15, "the broker heard 7 s after its ack")
+        # Mosquitto saves only sessions whose connection did not start clean (a process's
+        # first one does): a quick reconnect (no `online`), and a save of that session
+        proxy.cut()
+        await wait_until(lambda: len(ups) == 2, 15, "reconnected")
+        assert (link.online_sent, link.online_skipped) == (1, 1)
+        await asyncio.sleep(2.5)  # autosave_interval 1: the broker saves every ~2 s
+        await asyncio.to_thread(broker.stop, signal.SIGKILL)
+        await asyncio.to_thread(broker.start)
+        await wait_until(lambda: len(ups) == 3, 20, "reconnected")
+        assert link._session_present  # restored from the broker's disk
+        assert (link.online_sent, link.online_skipped, link.online_unsaved) == (1, 2, 0)
+        await asyncio.sleep(0.5)
+        assert await asyncio.to_thread(_status_now, broker, box) == b"online"
+
+
+async def test_a_broker_killed_before_it_saved_the_correcting_online_hears_it_again(broker):
+    """The broker published the will (`offline`) and saved it, then got the box's `online`
+    and was killed (kill -9) before its next autosave: it restores `offline` and the box's
+    session. The box's quick reconnect into that session says `online` again, because its
+    `online` was acknowledged less than two autosave intervals (+5 s) before it last heard
+    the broker (``LinkConfig.broker_autosave_s``; 1 s on the tests' broker)."""
+    box = "box-0015"
+    # a will delay long enough for the reconnect after the kill to be quick (within half
+    # of it, 6 s), short enough to wait for the will
+    async with _running_status_link(broker, box, 12) as (link, proxy, ups, watcher):
+        await wait_until(lambda: len(ups) == 1, 10, "connected")
+        assert (await asyncio.to_thread(watcher.get))[1] == b"online"
+        await wait_until(lambda: link._online_held, 5, "online acknowledged")
+        # Mosquitto saves only sessions whose connection did not start clean (a process's
+        # first one does): a quick reconnect, and a save of that session
+        proxy.cut()
+        await wait_until(lambda: len(ups) == 2, 15, "reconnected")
+        assert link._session_present
+        await asyncio.sleep(2.5)  # autosave_interval 1: the broker saves every ~2 s
+        proxy.refuse = True
+        proxy.cut()
+        await asyncio.to_thread(_status_told, watcher, b"offline", 30)  # the will
+        await asyncio.sleep(2.5)  # the broker saves `offline`
+        proxy.refuse = False
+        await wait_until(lambda: len(ups) == 3, 20, "back")
+        # away longer than half the delay: `online` corrects the will
+        assert link._session_present
+        sent, unsaved = link.online_sent, link.online_unsaved
+        await wait_until(lambda: link._online_held, 5, "online acknowledged")
+        assert link.online_sent == sent  # (sent at the connect)
+        assert broker.proc is not None
+        broker.proc.kill()  # at once: the broker has not saved the `online` yet
+        await asyncio.to_thread(broker.stop, signal.SIGKILL)
+        await asyncio.to_thread(broker.start)
+        await wait_until(lambda: len(ups) == 4, 20, "reconnected")
+        assert link._session_present  # the broker restored the session it had saved
+        await wait_until(lambda: link._online_held, 5, "online acknowledged")
+        await asyncio.sleep(0.5)
+        assert await asyncio.to_thread(_status_now, broker, box) == b"online"
+        # sent again: the will rules alone would have skipped it
+        assert (link.online_sent, link.online_unsaved) == (sent + 1, unsaved + 1)
 
 
 # -- the keep-alive: light (an empty QoS 0 publish) and, when the broker is silent, a ping ----
