@@ -231,7 +231,7 @@ def _claim_seal_commit_ms(
         buf.close()
 
 
-def run() -> dict[str, float | None]:
+def run() -> dict[str, uplink_net.Figure]:
     """Run the uplink benchmarks and return the figures (see the module docstring)."""
     key = Ed25519PrivateKey.generate()
     service = Ed25519PrivateKey.generate()
@@ -246,7 +246,7 @@ def run() -> dict[str, float | None]:
         protocol.Ack(BOX, uuid.uuid4(), 1, bytes(32), protocol.AckResult.STORED, 50, 0, 1, 1),
         service,
     )
-    figures: dict[str, float | None] = {
+    figures: dict[str, uplink_net.Figure] = {
         "uplink.wire_bytes_per_spot_reading": round(_wire_per_reading(spot_batches, key), 1),
         "uplink.wire_bytes_per_continuous_sample": round(cont_total / samples, 3),
         "uplink.wire_bytes_single_reading_batch": float(
