@@ -62,7 +62,8 @@ def aged_policy(cfg: UplinkConfig, outage_s: float, failures: int) -> ReconnectP
 
 class _TimedLink(MqttLink):
     """The real link, telling the bench when the broker accepted it and when the first batch
-    went out."""
+    went out. Every handler of the uplink is passed on, so the box sends before CONNACK as
+    the daemon does."""
 
     first_publish: float | None = None
 
@@ -79,7 +80,9 @@ class _TimedLink(MqttLink):
             _say(event="up", t=time.monotonic())
             handlers.on_up()
 
-        super().bind(LinkHandlers(handlers.on_message, on_up, handlers.on_down))
+        # Every handler is passed on: on_open lets the uplink send right behind CONNECT,
+        # before CONNACK, as in the daemon (agent.uplink.link.MqttLink._open_early).
+        super().bind(LinkHandlers(handlers.on_message, on_up, handlers.on_down, handlers.on_open))
 
 
 class _CountingBuffer:
