@@ -7,9 +7,13 @@ and prints one JSON line per event on stdout, times from ``time.monotonic()`` (t
 in every namespace of this machine):
 
 * ``{"event": "waiting", "t": ...}``: the link is backing off (the outage state, below);
+* ``{"event": "open", "t": ...}``: CONNECT is queued and the uplink may send right behind it,
+  before CONNACK (:attr:`~agent.uplink.link.LinkHandlers.on_open`; only on a connection that
+  subscribes, such as a process's first);
 * ``{"event": "up", "t": ...}``: the broker accepted the connection (CONNACK);
 * ``{"event": "done", ...}``: the first acknowledged batch (``"until": "first"``) or the last
-  (``"until": "empty"``, nothing pending nor claimed any more), with the counters.
+  (``"until": "empty"``, nothing pending nor claimed any more), with the counters and times
+  (``tcp_started``: just before paho's first TCP connect, its ``on_pre_connect``).
 
 ``"outage_s"`` puts the reconnect policy where that long an outage leaves it (the outage
 started that many seconds ago, ``outage_failures`` failed attempts counted), so a 10-minute
@@ -35,7 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 import dho_protocol as protocol
 from agent.backoff import Attempts, Backoff
 from agent.buffer import AsyncBuffer, BufferConfig, FileKeySource
-from agent.uplink.link import LinkConfig, LinkHandlers, LinkState, MqttLink
+from agent.uplink.link import LinkConfig, LinkHandlers, LinkState, MqttLink, TlsClient
 from agent.uplink.policy import ReconnectPolicy
 from agent.uplink.sender import Uplink, UplinkConfig
 
@@ -61,11 +65,23 @@ def aged_policy(cfg: UplinkConfig, outage_s: float, failures: int) -> ReconnectP
 
 
 class _TimedLink(MqttLink):
-    """The real link, telling the bench when the broker accepted it and when the first batch
-    went out. Every handler of the uplink is passed on, so the box sends before CONNACK as
-    the daemon does."""
+    """The real link, telling the bench when CONNECT was queued, when the broker accepted it
+    and when the first batch went out. Every handler of the uplink is passed on, so the box
+    sends before CONNACK as the daemon does."""
 
     first_publish: float | None = None
+    tcp_started: float | None = None
+    """When paho began its first TCP connect (its ``on_pre_connect``, just before it)."""
+
+    def _make_client(self) -> TlsClient:
+        client = super()._make_client()
+
+        def pre_connect(client: object, userdata: object) -> None:  # on paho's thread
+            if self.tcp_started is None:
+                self.tcp_started = time.monotonic()
+
+        client.on_pre_connect = pre_connect
+        return client
 
     def publish(
         self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
@@ -80,9 +96,13 @@ class _TimedLink(MqttLink):
             _say(event="up", t=time.monotonic())
             handlers.on_up()
 
+        def on_open() -> None:
+            _say(event="open", t=time.monotonic())
+            handlers.on_open()
+
         # Every handler is passed on: on_open lets the uplink send right behind CONNECT,
         # before CONNACK, as in the daemon (agent.uplink.link.MqttLink._open_early).
-        super().bind(LinkHandlers(handlers.on_message, on_up, handlers.on_down, handlers.on_open))
+        super().bind(LinkHandlers(handlers.on_message, on_up, handlers.on_down, on_open))
 
 
 class _CountingBuffer:
@@ -185,6 +205,7 @@ async def main(cfg: dict[str, Any]) -> int:
             started=started,
             opened=opened,
             first_publish=link.first_publish,
+            tcp_started=link.tcp_started,
             first_claim=counting.first_claim,
             first_ack=counting.first_ack,
             last_ack=counting.last_ack,
