@@ -233,7 +233,7 @@ def seal_batch(
 
 
 ROWS_ZSTD_LEVEL: Final = 3
-"""The zstd level of a v2 payload. Its rows go in plain (their own zstd undone,
+"""The zstd level of a v2 or v3 payload. Its rows go in plain (their own zstd undone,
 :func:`_plain_rows`), so that the payload's frame compresses across rows: a minute of
 oximetry repeats the one before it. Side by side on 500 rows of the side-by-side week
 (one-minute SpO2 + pulse chunks with their raw notifications): rows as stored, level 9,

@@ -1,4 +1,5 @@
-"""Batch payload v2: the box's stored rows as they are, with their reference tables.
+"""Batch payloads v2 and v3 (v3 is what boxes send, below): the box's stored rows as they
+are, with their reference tables.
 
 Version 1 (:mod:`dho_protocol.payload`) re-encoded every reading for the wire, so a box had to
 decode its stored rows into objects and encode them again for each batch. Version 2 carries
@@ -62,7 +63,7 @@ _MAX_TABLE: Final = 10_000  # contexts, boots: at most one per reading
 
 @dataclass(frozen=True, slots=True)
 class WireRows:
-    """A claim's rows ready for a v2 payload.
+    """A claim's rows ready for a v2 or v3 payload.
 
     Attributes:
         reading_ids: the id of each row, in order (they go into the envelope).
@@ -130,7 +131,8 @@ def elide_rows(w: WireRows) -> tuple[WireRows, bytes]:
 
 @dataclass(frozen=True, slots=True)
 class DecodedRows:
-    """The readings of a v2 payload, and how the receiver stores each (see module doc)."""
+    """The readings of a v2 or v3 payload, and how the receiver stores each (one-row v2
+    payloads, see module doc)."""
 
     readings: tuple[Reading, ...]
     bodies: tuple[bytes, ...]

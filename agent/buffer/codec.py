@@ -1,10 +1,13 @@
 """Plaintext encoding of the encrypted store's rows (format version 1).
 
 This is what goes *inside* each row's ciphertext. A reading row is the protocol's row format,
-:mod:`dho_protocol.rows`: the uplink sends these very bytes (batch payload v2), so a claim
-decrypts rows and hands them to the envelope without decoding them into readings and encoding
-them again. The row is small because the box keeps days of backlog on an SD card: a
-blood-pressure reading is about 100 bytes before encryption.
+:mod:`dho_protocol.rows`: the uplink sends these rows (batch version 3, payload v3: each row
+as stored, except that the sealing puts zstd-framed rows in plain and leaves out an oximetry
+chunk's raw frames when they are exactly the canonical encoding of its samples, for the
+receiver to rebuild; ``docs/uplink-protocol.md`` 5.5), so a claim decrypts rows and hands them
+to the envelope without decoding them into readings and encoding them again. The row is small
+because the box keeps days of backlog on an SD card: a blood-pressure reading is about 100
+bytes before encryption.
 
 Device identity + patient reference (the *context*), and boot ids, change rarely, so a row
 holds a small integer reference to an encrypted ``refs`` row, encoded here (see

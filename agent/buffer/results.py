@@ -32,7 +32,8 @@ class RowClaim:
     """A batch of stored rows handed to the uplink as they are (see ``Buffer.claim_rows``).
 
     Attributes:
-        rows: the decrypted rows with their ids, lanes and references (payload v2).
+        rows: the decrypted rows with their ids, lanes and references, as the uplink seals
+            them (:func:`dho_protocol.seal_rows`: batch version 3, payload v3).
         raw_frames: whether some rows carry raw device frames.
     """
 

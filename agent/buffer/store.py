@@ -306,7 +306,8 @@ class Buffer:
     def claim_rows(self, max_readings: int = 500, max_bytes: int | None = None) -> RowClaim | None:
         """Like :meth:`claim`, but the rows are handed over as stored, not decoded.
 
-        The uplink seals them into a batch as they are (payload v2), which saves decoding
+        The uplink seals them into a batch as they are (batch version 3, payload v3: rows put
+        in plain, canonical raw frames of oximetry chunks left out), which saves decoding
         every reading into objects and encoding it again for the wire.
         """
         return self._maintenance(lambda: self._outbox.claim_rows(max_readings, max_bytes))
@@ -371,8 +372,9 @@ class Buffer:
     def used_bytes(self) -> int:
         """Bytes of the database in use (pages not on the freelist).
 
-        The WAL is not counted against the cap: ``journal_size_limit`` bounds it (4 MiB) and it
-        is truncated after every purge. ``stats().file_bytes`` shows both files together.
+        The WAL is not counted against the cap: ``wal_autocheckpoint`` bounds its growth,
+        ``journal_size_limit`` (4 MiB) what is left of it after a checkpoint, and a purge that
+        deleted rows truncates it. ``stats().file_bytes`` shows both files together.
         """
         return self._outbox.used_bytes()
 
