@@ -355,6 +355,14 @@ def _start_box(st: Stack, toml: Path, time_scale: float = 1.0) -> subprocess.Pop
         log.close()
 
 
+def _status_path(toml: Path) -> Path:
+    """The box's status report (``runtime_dir`` of its ``agent.toml``, tmpfs)."""
+    for line in toml.read_text().splitlines():
+        if line.startswith("runtime_dir = "):
+            return Path(line.split("=", 1)[1].strip().strip('"')) / "status.json"
+    raise RuntimeError(f"no runtime_dir in {toml}")
+
+
 def _stored(db: Path) -> int:
     try:
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
@@ -593,6 +601,28 @@ IDLE_S = float(os.environ.get("BENCH_IDLE_S", "125"))
 """Idle window: twelve status reports, four maintenance rounds (keep-alives: see _steady)."""
 FEED_SPACING_S = 0.3
 """The feeder's time between two readings: a 60 s chunk every 0.3 s, time compressed 200x."""
+SETTLE_QUIET_S = 10.0
+"""The idle window starts once the box's ``write_bytes`` have not moved for this long (and its
+store is drained): the day's last writes (the last acknowledgement, the anchor, the purge with
+its checkpoint) belong to the day, not to the idle rate that is multiplied by ~86,000 s."""
+SETTLE_TIMEOUT_S = float(os.environ.get("BENCH_SETTLE_TIMEOUT_S", "240"))
+"""How long after the first purge the bench waits for that; past it the window starts anyway
+and ``idle_settled`` is 0."""
+
+
+def _drained(status: Path) -> bool:
+    """Whether the box's status report shows an empty store: nothing pending, claimed or
+    acknowledged and not purged (the report is written every 10 s, on tmpfs)."""
+    try:
+        buf = json.loads(status.read_text())["buffer"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    pending = buf.get("pending") or {}
+    return (
+        not sum(pending.values())
+        and not buf.get("claimed")
+        and not buf.get("acknowledged_not_purged")
+    )
 
 
 def _steady(st: Stack) -> dict[str, float]:
@@ -613,7 +643,13 @@ def _steady(st: Stack) -> dict[str, float]:
     does) gives the bytes of a reconnect with its TLS handshake. Per day: the day's bytes,
     plus the idle rate over the rest of the 24 h, the keep-alives, plus
     :data:`RECONNECTS_PER_DAY` reconnects. Flash: the daemon's ``/proc/PID/io``
-    ``write_bytes`` the same way (the day, then the idle rate).
+    ``write_bytes`` the same way (the day, then the idle rate), except that the flash idle
+    window starts only once the store is settled: the status report shows it drained
+    (:func:`_drained`) and ``write_bytes`` have not moved for :data:`SETTLE_QUIET_S` (at most
+    :data:`SETTLE_TIMEOUT_S` after the purge, else ``idle_settled`` is 0); the writes until
+    then (the last acknowledgement, the anchor, the purge's checkpoint) count once, in the
+    day. The old window (2 s after the first purge, as the wire's idle window still is) gives
+    the ``*_unsettled`` figures side by side.
     """
     st.topo.link_up()
     # The box talks IPv4; the veth's own IPv6 (router solicitations, MLD reports: 1.75 B/s
@@ -653,12 +689,41 @@ def _steady(st: Stack) -> dict[str, float]:
         purges = _log(toml).count("delivered readings")
         _wait(lambda: _log(toml).count("delivered readings") > purges, 90, "no purge", 0.5)
         time.sleep(2)
-        b1, w1, t1 = sum(st.bytes_now()), _proc_write_bytes(box.pid), time.monotonic()
+        # The old start of the idle window (kept as the ``*_unsettled`` flash figures and for
+        # the wire's idle rate): 2 s after the first purge, while the store may still settle.
+        b1, w1u, t1 = sum(st.bytes_now()), _proc_write_bytes(box.pid), time.monotonic()
         batches = _log(toml).count(" sent batch ") - sent0
-        time.sleep(IDLE_S)
-        b2, w2, t2 = sum(st.bytes_now()), _proc_write_bytes(box.pid), time.monotonic()
-        idle_rate = (b2 - b1) / (t2 - t1)
-        flash_rate = (w2 - w1) / (t2 - t1)
+        status = _status_path(toml)
+        # Sample write_bytes twice a second: the settled window starts once the store is
+        # drained and write_bytes have not moved for SETTLE_QUIET_S; both windows are IDLE_S.
+        last_w, last_change = w1u, t1
+        settle: tuple[int, float] | None = None
+        settled = False
+        end_u: tuple[int, int, float] | None = None
+        end_s: tuple[int, float] | None = None
+        while end_u is None or end_s is None:
+            time.sleep(0.5)
+            w, now = _proc_write_bytes(box.pid), time.monotonic()
+            if w != last_w:
+                last_w, last_change = w, now
+            if end_u is None and now - t1 >= IDLE_S:
+                end_u = (sum(st.bytes_now()), w, now)
+            if settle is None and (
+                (now - last_change >= SETTLE_QUIET_S and _drained(status))
+                or now - t1 >= SETTLE_TIMEOUT_S
+            ):
+                settle = (w, now)
+                settled = now - t1 < SETTLE_TIMEOUT_S
+            if settle is not None and end_s is None and now - settle[1] >= IDLE_S:
+                end_s = (w, now)
+        assert settle is not None
+        b2, w2u, t2u = end_u
+        w1, t1s = settle
+        w2, t2s = end_s
+        idle_rate = (b2 - b1) / (t2u - t1)
+        flash_rate_u = (w2u - w1u) / (t2u - t1)
+        flash_rate = (w2 - w1) / (t2s - t1s)
+        b2, t2 = sum(st.bytes_now()), time.monotonic()
         # BENCH_WIRECAP=DIR: the keep-alive's and the reconnect's frames too (bench.wirecap)
         cap = _wirecap(st, "keepalive-ping")
         box.stdin.write("ping\n")
@@ -707,7 +772,8 @@ def _steady(st: Stack) -> dict[str, float]:
             + pings_per_day * per_keepalive
             + RECONNECTS_PER_DAY * reconnect
         ),
-        "flash_bytes_per_patient_day": round((w1 - w0) + flash_rate * rest),
+        "flash_bytes_per_patient_day": round((w1 - w0) + flash_rate * (86_400 - (t1s - t0))),
+        "flash_bytes_per_patient_day_unsettled": round((w1u - w0) + flash_rate_u * rest),
         "patient_day_data_wire_bytes": b1 - b0,
         "patient_day_readings": day,
         "patient_day_batches": batches,
@@ -722,6 +788,10 @@ def _steady(st: Stack) -> dict[str, float]:
         "reconnects_per_day_assumed": RECONNECTS_PER_DAY,
         "patient_day_data_flash_bytes": w1 - w0,
         "idle_flash_bytes_per_s": round(flash_rate, 1),
+        "idle_flash_bytes_per_s_unsettled": round(flash_rate_u, 1),
+        "patient_day_data_flash_bytes_unsettled": w1u - w0,
+        "idle_settled": int(settled),
+        "idle_settle_s": round(t1s - t1 + 2, 1),
     }
 
 
