@@ -363,6 +363,13 @@ def _status_path(toml: Path) -> Path:
     raise RuntimeError(f"no runtime_dir in {toml}")
 
 
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
 def _stored(db: Path) -> int:
     try:
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
@@ -687,13 +694,24 @@ def _steady(st: Stack) -> dict[str, float]:
             raise RuntimeError(f"the feeder said {line!r}")
         _wait(lambda: _stored(st.db) - base >= day, 300, "the patient-day never arrived", 0.5)
         purges = _log(toml).count("delivered readings")
-        _wait(lambda: _log(toml).count("delivered readings") > purges, 90, "no purge", 0.5)
+        status = _status_path(toml)
+        arrived = time.time()
+        # The next purge, or one that came already (its last acknowledgement and the purge
+        # before this line: the store reported drained since the day arrived).
+        _wait(
+            lambda: (
+                _log(toml).count("delivered readings") > purges
+                or (_mtime(status) > arrived and _drained(status))
+            ),
+            90,
+            "no purge",
+            0.5,
+        )
         time.sleep(2)
         # The old start of the idle window (kept as the ``*_unsettled`` flash figures and for
         # the wire's idle rate): 2 s after the first purge, while the store may still settle.
         b1, w1u, t1 = sum(st.bytes_now()), _proc_write_bytes(box.pid), time.monotonic()
         batches = _log(toml).count(" sent batch ") - sent0
-        status = _status_path(toml)
         # Sample write_bytes twice a second: the settled window starts once the store is
         # drained and write_bytes have not moved for SETTLE_QUIET_S; both windows are IDLE_S.
         last_w, last_change = w1u, t1
