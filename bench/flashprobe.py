@@ -3,11 +3,12 @@
 Not a benchmark section (nothing is timed): the patient-day of ``bench.run patientday``
 (:func:`bench.sidebyside_workload.patient_day`, 486 readings in arrival order) runs through a
 :class:`~agent.buffer.Buffer` in this process as the daemon drives it: one append per
-reading, a batch claimed (``claim_rows``) and acknowledged after every ten oximetry chunks
-(``linger_s`` 600 s, a chunk a minute) and at once after a spot reading, a purge after every
-60 chunks (``purge_after_s`` 3600 s), the anchor when due. Around every call it reads this
-process's ``/proc/self/io`` ``write_bytes`` and the WAL frames the call appended (page numbers
-named by b-tree with ``dbstat``).
+reading, a batch claimed (``claim_rows``) and acknowledged after every ``--linger-chunks``
+oximetry chunks (default 60, the bench's 14 batches a day; 10 is ``linger_s`` 600 s at a
+chunk a minute) and at once after a spot reading, a purge after every ``--purge-chunks``
+(default 180: :data:`agent.daemon.PURGE_AFTER_S`, 3 h), the anchor when due. Around every
+call it reads this process's ``/proc/self/io`` ``write_bytes`` and the WAL frames the call
+appended (page numbers named by b-tree with ``dbstat``).
 
 Two accountings (``--writeback``):
 
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.buffer import Buffer, BufferConfig, FileKeySource
+from agent.daemon import PURGE_AFTER_S
 from agent.model import Lane
 from bench import sidebyside_workload as wl
 
@@ -92,7 +94,11 @@ def _sync_all(d: Path) -> None:
 
 
 def run(
-    writeback: str, config: BufferConfig, root: Path, linger_chunks: int = 60
+    writeback: str,
+    config: BufferConfig,
+    root: Path,
+    linger_chunks: int = 60,
+    purge_chunks: int = round(PURGE_AFTER_S / 60),
 ) -> dict[str, Any]:
     """One patient-day through a Buffer; per kind of call: calls, write_bytes, WAL frames."""
     day = wl.patient_day()
@@ -159,7 +165,7 @@ def run(
                 if chunks % linger_chunks == 0:
                     send()
                     waiting = 0
-                if chunks % 60 == 0:
+                if chunks % purge_chunks == 0:
                     measured("purge", buf.purge)
         if waiting:
             send()
@@ -188,6 +194,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--exclusive", choices=("0", "1"), default=None)
     ap.add_argument("--autocheckpoint", type=int, default=None)
     ap.add_argument("--linger-chunks", type=int, default=60)
+    ap.add_argument("--purge-chunks", type=int, default=round(PURGE_AFTER_S / 60))
     ap.add_argument("--root", default=os.environ.get("TMPDIR", "/tmp"))
     a = ap.parse_args(argv)
     cfg = BufferConfig()
@@ -195,7 +202,8 @@ def main(argv: list[str]) -> int:
         cfg.exclusive_lock = a.exclusive == "1"
     if a.autocheckpoint is not None:
         cfg.wal_autocheckpoint_pages = a.autocheckpoint
-    print(json.dumps(run(a.writeback, cfg, Path(a.root), a.linger_chunks), indent=1))
+    out = run(a.writeback, cfg, Path(a.root), a.linger_chunks, a.purge_chunks)
+    print(json.dumps(out, indent=1))
     return 0
 
 

@@ -25,9 +25,10 @@ exclusive lock) stay dirty across many commits and ``write_bytes`` counts them a
 every 30 s of the run instead of once per commit (``docs/proof.md``, flash).
 
 ``TIME_SCALE`` (default 1) compresses the box's own clocks as the feeder compresses the day:
-the uplink's ``linger_s``, the buffer maintenance interval (60 s) and purge age (3600 s) and
-the store's anchor interval (10 s) are multiplied by it, so that a day fed in minutes makes as
-many batches, purges and anchor writes as a real one.
+the uplink's ``linger_s``, the buffer maintenance interval (60 s) and purge age
+(:data:`agent.daemon.PURGE_AFTER_S`; ``BENCH_PURGE_AFTER_S``, a bench-only knob, sets another
+to measure side by side) and the store's anchor interval are multiplied by it, so that a day
+fed in minutes makes as many batches, purges and anchor writes as a real one.
 
 Logs go to stderr; readings' values never appear in them.
 """
@@ -42,7 +43,13 @@ from pathlib import Path
 
 from agent.buffer import AsyncBuffer, BufferConfig
 from agent.config import AgentConfig
-from agent.daemon import UplinkService, WakingSink, run_agent, services_from_config
+from agent.daemon import (
+    PURGE_AFTER_S,
+    UplinkService,
+    WakingSink,
+    run_agent,
+    services_from_config,
+)
 from agent.logs import setup_logging
 from agent.supervisor import Service
 from agent.uplink.link import MqttLink
@@ -142,7 +149,7 @@ def main(argv: list[str]) -> int:
             scaled(cfg, scale),
             [_factory],
             maintenance_interval=60 * scale,
-            purge_after_s=3600 * scale,
+            purge_after_s=float(os.environ.get("BENCH_PURGE_AFTER_S", PURGE_AFTER_S)) * scale,
         )
     )
     return 0

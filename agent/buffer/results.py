@@ -82,9 +82,10 @@ class BufferConfig:
     # Pages the WAL may hold before SQLite checkpoints them into the database. Must stay well
     # under half the reserve: on a full disk, the checkpoint needs that much room to run
     # (Reserve.checkpoint_pages caps it at a quarter: 1,024 pages of 1 KiB, 256 of 4 KiB with
-    # the default reserve). 1,024 1 KiB pages (1 MiB, what 256 pages of 4 KiB were) hold more
-    # than an hour of a night's commits, so the hourly purge's checkpoint is the only one: a
-    # page the hour's commits rewrote (the ledger, the last leaf of each b-tree) is copied to
+    # the default reserve). 1,024 1 KiB pages (1 MiB, what 256 pages of 4 KiB were) hold
+    # about 3 hours of a night's commits (916 frames with 14 batches a night, 1,021 with 54),
+    # so the purge's checkpoint (agent.daemon.PURGE_AFTER_S, 3 h) is nearly always the only
+    # one: a page the commits rewrote (the ledger, the last leaf of each b-tree) is copied to
     # the database once instead of at every 256 frames (docs/buffer.md, "Flash").
     wal_autocheckpoint_pages: int = 1024
     # SQLite page size of a new store (an existing store keeps its own: changing it needs a
