@@ -636,7 +636,7 @@ def _steady(st: Stack) -> dict[str, float]:
     """Bytes on the wire and written to flash per patient-day, in steady state.
 
     The box runs connected with an empty store and the ``[uplink]`` of an enrolled box
-    (:data:`agent.config.METERED_UPLINK`: ``linger_s`` 600, ``keepalive_s`` 1200). The feeder
+    (:data:`agent.config.METERED_UPLINK`: ``linger_s`` 3600, ``keepalive_s`` 1200). The feeder
     appends one patient-day (:func:`bench.sidebyside_workload.patient_day`: 480 oximetry
     chunks, two BP readings, one CPAP night) one reading every :data:`FEED_SPACING_S` (a
     chunk a minute, time compressed 200x); the box's own clocks are compressed alike (its
