@@ -30,6 +30,13 @@ the uplink's ``linger_s``, the buffer maintenance interval (60 s) and purge age
 to measure side by side) and the store's anchor interval are multiplied by it, so that a day
 fed in minutes makes as many batches, purges and anchor writes as a real one.
 
+Three bench-only knobs switch off, in this process only, what the uplink does to the TCP
+connection, to measure each one's share of the bytes and the drain side by side (defaults
+unchanged; ``docs/proof.md``, "State on main f733042"): ``BENCH_WINDOW_BYTES=N`` sets the
+session's byte window (:attr:`agent.uplink.session.Session.window_bytes`; 0 switches it off),
+``BENCH_TCP_NODELAY=0`` leaves Nagle's algorithm on (no ``TCP_NODELAY`` on the socket) and
+``BENCH_TCP_CORK=0`` does not cork the socket around the link's writes.
+
 Logs go to stderr; readings' values never appear in them.
 """
 
@@ -38,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -52,7 +60,8 @@ from agent.daemon import (
 )
 from agent.logs import setup_logging
 from agent.supervisor import Service
-from agent.uplink.link import MqttLink
+from agent.uplink import link as uplink_link
+from agent.uplink.link import MqttLink, TlsClient
 from agent.uplink.sender import Uplink
 from bench import sidebyside_workload
 
@@ -109,9 +118,25 @@ class Feeder:
                 print(f"PINGED {link.keepalive_now()}", flush=True)  # the link's own choice
 
 
+def _tcp_knobs() -> None:
+    """``BENCH_TCP_NODELAY=0``, ``BENCH_TCP_CORK=0`` (the module docstring)."""
+    if os.environ.get("BENCH_TCP_CORK") == "0":
+        setattr(uplink_link, "_CORK", None)  # noqa: B010 - _writable reads it on each write
+    if os.environ.get("BENCH_TCP_NODELAY") == "0":
+
+        def _untuned(self: TlsClient, sock: socket.socket) -> socket.socket:
+            self.tcp_socket = sock  # kept for the cork, Nagle left on
+            return sock
+
+        setattr(TlsClient, "_tuned", _untuned)  # noqa: B010 - this bench process only
+
+
 def _factory(cfg: AgentConfig, buffer: AsyncBuffer) -> list[Service]:
     services = services_from_config(cfg, buffer)
     uplink = next(s.uplink for s in services if isinstance(s, UplinkService))
+    window_bytes = os.environ.get("BENCH_WINDOW_BYTES")
+    if window_bytes is not None:
+        uplink.session.window_bytes = int(window_bytes)
     services.append(Feeder(WakingSink(buffer, uplink.wake), uplink, cfg.buffer_path))
     return services
 
@@ -144,6 +169,7 @@ def main(argv: list[str]) -> int:
     setup_logging(verbose=False)
     cfg = AgentConfig.load(Path(argv[0]))
     scale = float(argv[1]) if len(argv) > 1 else 1.0
+    _tcp_knobs()
     asyncio.run(
         run_agent(
             scaled(cfg, scale),

@@ -129,3 +129,23 @@ def test_report_md_renders_every_section_with_its_goals() -> None:
     assert "fleet.lost`" not in missed
     # Sections absent from the report are not invented.
     assert "## uplink" not in text
+
+
+def test_bench_tcp_knobs_switch_off_nodelay_and_cork(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+    from types import SimpleNamespace
+
+    from agent.uplink import link
+    from bench import sidebyside_box
+
+    monkeypatch.setattr(link, "_CORK", link._CORK)  # restored after the test
+    monkeypatch.setattr(link.TlsClient, "_tuned", link.TlsClient._tuned)
+    monkeypatch.setenv("BENCH_TCP_CORK", "0")
+    monkeypatch.setenv("BENCH_TCP_NODELAY", "0")
+    sidebyside_box._tcp_knobs()
+    assert link._CORK is None
+    holder = SimpleNamespace()  # a stand-in for the client: _tuned only keeps the socket
+    with socket.socket() as sock:
+        assert link.TlsClient._tuned(holder, sock) is sock  # type: ignore[arg-type]
+        assert holder.tcp_socket is sock
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
