@@ -7,6 +7,7 @@ import contextlib
 import inspect
 import queue
 import signal
+import socket
 import struct
 import time
 from dataclasses import replace
@@ -72,6 +73,33 @@ async def test_reconnect_resumes_the_tls_session_and_keeps_going(broker):
         assert "resumed" in ups[1]
         assert link.connects == 2
     assert link.state == "stopped"
+
+
+def _check_socket_options(link: MqttLink) -> None:
+    sock = link.tls.tcp_socket
+    assert link.tls.socket() is sock  # the socket that owns the connection's descriptor
+    assert isinstance(sock, socket.socket)
+    assert sock.fileno() >= 0
+    tcp = socket.IPPROTO_TCP
+    assert sock.getsockopt(tcp, socket.TCP_USER_TIMEOUT) == int(link.cfg.user_timeout_s * 1000)
+    assert sock.getsockopt(tcp, socket.TCP_NODELAY) == 1
+    assert sock.getsockopt(tcp, socket.TCP_CORK) == 0  # the handshake's cork is lifted
+
+
+async def test_the_link_s_tcp_options_are_on_the_connection(broker):
+    """``wrap_socket`` detaches the TCP socket: options set on it after wrapping never
+    reached the connection (``TCP_USER_TIMEOUT`` was not set, the cork around writes was not
+    applied; found 4 December 2026). The link now sets them where the descriptor is, and the
+    cork that holds the TLS Finished for CONNECT (``TlsClient._handshake``) is lifted once
+    CONNECT is written, on a first connection and on a resumed one."""
+    async with _running_link(broker, "box-0009") as (link, proxy, ups):
+        await wait_until(lambda: len(ups) == 1, 10, "connected")
+        _check_socket_options(link)
+        await asyncio.sleep(0.3)  # the session ticket
+        proxy.cut()
+        await wait_until(lambda: len(ups) == 2, 15, "reconnected")
+        assert link.tls.resumed == 1
+        _check_socket_options(link)
 
 
 def test_paho_still_opens_tcp_where_the_link_hands_it_the_probe():
