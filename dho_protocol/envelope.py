@@ -54,13 +54,16 @@ from dho_protocol.topics import check_box_id
 
 VERSION: Final = 1
 """The version of acknowledgements and commands, and of the batches of older boxes."""
-BATCH_VERSION: Final = 3
-"""The batch version boxes send: payload v3, the stored rows as they are, with canonical raw
-0x2A5F frames left out for the receiver to rebuild (section 5.5)."""
+BATCH_VERSION: Final = 4
+"""The batch version boxes send: payload v4, the stored rows as they are, with canonical raw
+0x2A5F frames left out for the receiver to rebuild (section 5.5) and each row's reading id
+left out for the receiver to take from the envelope (section 5.6)."""
+REBUILT_BATCH_VERSION: Final = 3
+"""Payload v3: v4 with the rows' ids in them (boxes in the field)."""
 ROWS_BATCH_VERSION: Final = 2
 """Payload v2, the stored rows as they are with every raw frame (boxes in the field)."""
-_ROW_BATCHES: Final = (ROWS_BATCH_VERSION, BATCH_VERSION)
-_VERSIONS: Final = {"dho.batch": (1, 2, 3), "dho.ack": (1,), "dho.cmd": (1,)}
+_ROW_BATCHES: Final = (ROWS_BATCH_VERSION, REBUILT_BATCH_VERSION, BATCH_VERSION)
+_VERSIONS: Final = {"dho.batch": (1, 2, 3, 4), "dho.ack": (1,), "dho.cmd": (1,)}
 DOMAIN: Final = b"dho-uplink\x00"
 SIGNATURE_LEN: Final = 64
 
@@ -166,10 +169,10 @@ class BatchEnvelope:
         created_ms: the box's wall clock when it sealed the envelope (informational).
         reading_ids: the ids of the readings in the payload, in row order.
         flags: :data:`FLAG_RAW` when raw frames are included.
-        payload: zstd-compressed payload: for ``version`` 3 and 2 the output of
-            :func:`dho_protocol.rowpayload.encode_rows` (v3, v2), for version 1 that of
+        payload: zstd-compressed payload: for ``version`` 4, 3 and 2 the output of
+            :func:`dho_protocol.rowpayload.encode_rows` (v4, v3, v2), for version 1 that of
             :func:`dho_protocol.payload.encode_readings`.
-        version: the batch version (3 from current boxes, 2 and 1 from older ones).
+        version: the batch version (4 from current boxes, 3, 2 and 1 from older ones).
     """
 
     box_id: str
@@ -232,13 +235,15 @@ def seal_batch(
     return env, _seal(_batch_body(env), key)
 
 
-ROWS_ZSTD_LEVEL: Final = 3
-"""The zstd level of a v2 or v3 payload. Its rows go in plain (their own zstd undone,
+ROWS_ZSTD_LEVEL: Final = 12
+"""The zstd level of a v2, v3 or v4 payload. Its rows go in plain (their own zstd undone,
 :func:`_plain_rows`), so that the payload's frame compresses across rows: a minute of
-oximetry repeats the one before it. Side by side on 500 rows of the side-by-side week
-(one-minute SpO2 + pulse chunks with their raw notifications): rows as stored, level 9,
-137 kB in 7-8 ms; plain rows, level 3, 100 kB in 5-9 ms; plain rows at level 9 would be
-90 kB but 48 ms (docs/uplink-protocol.md, section 5)."""
+oximetry repeats the one before it. Level 3 until 4 December 2026, chosen on v2 payloads
+that still carried every raw frame (500 rows: plain at level 3, 100 kB in 5-9 ms; at level 9,
+90 kB but 48 ms). With the frames and ids left out (v4) a payload is a fifth of that, and
+level 12 (zstd's binary-tree match finder) pays: the bench's patient-day, 486 readings in 14
+batches, 52,084 B sealed at level 3, 47,964 B at level 12, 9.8 and 14.0 ms of CPU for all 14
+(docs/uplink-protocol.md, section 5; claim + seal of 500 spot readings in docs/proof.md)."""
 
 
 def _plain_rows(rows: WireRows) -> WireRows:
@@ -267,7 +272,7 @@ def seal_rows(
     plain_rows: bool = True,
     version: int = BATCH_VERSION,
 ) -> tuple[BatchEnvelope, bytes]:
-    """Seal a claim's stored rows into a version-3 batch (no reading is decoded into objects).
+    """Seal a claim's stored rows into a version-4 batch (no reading is decoded into objects).
 
     Args:
         anchor: the box's clock anchor now, for readings captured before the clock was
@@ -276,9 +281,11 @@ def seal_rows(
             frames count: the receiver stores them).
         plain_rows: put zstd-framed rows in plain (:data:`ROWS_ZSTD_LEVEL`); ``False``
             sends them as stored (as boxes did before; tests of the receiver's bounds).
-        version: :data:`BATCH_VERSION` (3: canonical raw frames of oximetry chunks left out
-            for the receiver to rebuild, :mod:`dho_protocol.rawframes`), or 2 (every frame
-            sent, as boxes in the field do; tests of the receiver).
+        version: :data:`BATCH_VERSION` (4: canonical raw frames of oximetry chunks left out
+            for the receiver to rebuild, :mod:`dho_protocol.rawframes`, and the rows' ids,
+            which the envelope carries), 3 (the frames left out, the ids in the rows) or 2
+            (every frame sent); 3 and 2 as boxes in the field send them (tests of the
+            receiver).
 
     Raises:
         ValueError: no rows, rows inconsistent with their ids, or an unknown version.
@@ -286,12 +293,13 @@ def seal_rows(
     if not rows.rows:
         raise ValueError("a batch carries at least one reading")
     if version not in _ROW_BATCHES:
-        raise ValueError(f"rows are sealed as batch version 2 or 3, not {version!r}")
+        raise ValueError(f"rows are sealed as batch version 2, 3 or 4, not {version!r}")
     plain = _plain_rows(rows) if plain_rows else rows
     rebuilt: bytes | None = None
-    if version == BATCH_VERSION:
+    if version != ROWS_BATCH_VERSION:
         plain, rebuilt = elide_rows(plain)
-    payload = zstandard.ZstdCompressor(level=level).compress(encode_rows(plain, anchor, rebuilt))
+    raw = encode_rows(plain, anchor, rebuilt, idless=version == BATCH_VERSION)
+    payload = zstandard.ZstdCompressor(level=level).compress(raw)
     env = BatchEnvelope(
         box_id=check_box_id(box_id),
         batch_id=batch_id if batch_id is not None else uuid.uuid4(),
@@ -347,7 +355,7 @@ def parse_batch(data: bytes, *, max_bytes: int = MAX_BATCH_BYTES) -> SignedBatch
     version = r.scalar("version")
     if type(version) is not int or version not in _VERSIONS[_BATCH]:
         raise UnsupportedVersionError(
-            f"{_BATCH} version {version!r:.20} is not supported (only 1, 2, 3)"
+            f"{_BATCH} version {version!r:.20} is not supported (only 1, 2, 3, 4)"
         )
     if fields != 9:
         raise MalformedMessageError("batch envelope does not have 9 fields")
@@ -405,9 +413,9 @@ def batch_contents(
 ) -> DecodedRows:
     """The readings of a verified envelope and the form to store each in, decoded once.
 
-    For a version-3 or version-2 batch the stored form is the row as the box stored it (with
-    its context; raw frames a v3 box left out rebuilt); a version-1 batch (older boxes) is
-    encoded again, one reading at a time.
+    For a version-4, 3 or 2 batch the stored form is the row as the box stored it (with
+    its context; raw frames a v3 or v4 box left out rebuilt, a v4 row's id put back); a
+    version-1 batch (older boxes) is encoded again, one reading at a time.
 
     Raises:
         MessageTooLargeError, MalformedMessageError: as :func:`batch_readings`.

@@ -33,6 +33,22 @@ Payload v3 (what boxes send since batch version 3) is v2 with one more entry::
 A row marked 1 is plain (framing byte 0x00) and ends with an empty raw-frame list; the
 receiver puts the rebuilt frames back (:func:`~dho_protocol.rawframes.restore`) before it
 decodes the row, so it decodes and stores exactly the row the box stored, as from v2.
+
+Payload v4 (what boxes send since batch version 4) has v3's layout and leaves out what the
+envelope already says: the reading id inside each row. Every row's id is the envelope's
+reading id of its position (a receiver refuses any other), so the box sends it once, in
+the envelope, where it is signed, and not a second time inside the compressed payload,
+where its 62 random bits are 16 bytes zstd cannot shrink::
+
+    [4, contexts, boots, anchor, lanes, rebuilt, rows]
+    row      = as in v3, but a plain row may have nil (0xc0) for its id (item 1): the
+               receiver puts the envelope's id back (:func:`put_id`) as ``bin 8`` of 16
+               bytes, the only way a row's id is packed, before anything else
+
+The box leaves the id out of every plain row whose id is packed that way and is the
+envelope's (:func:`drop_id`); a row it cannot judge keeps its id, and the receiver takes
+a row with its id as in v3. Either way the receiver decodes and stores the row byte for
+byte as the box stored it.
 """
 
 from __future__ import annotations
@@ -57,6 +73,13 @@ PAYLOAD_VERSION: Final = 2
 """The version of the one-row payloads a receiver stores (and of v2 batches)."""
 REBUILT_PAYLOAD_VERSION: Final = 3
 """Payload v3: v2 with canonical raw frames left out (module doc)."""
+IDLESS_PAYLOAD_VERSION: Final = 4
+"""Payload v4: v3 with the rows' reading ids left out (the envelope has them; module doc)."""
+_ID_AT: Final = 3
+"""Where a plain row's id starts: framing byte, array header (9 or 10 items), row format."""
+_ID_PACKED: Final = b"\xc4\x10"
+"""msgpack ``bin 8`` of 16 bytes: how a row's id is packed."""
+_NIL: Final = b"\xc0"
 _LANES: Final = frozenset(int(lane) for lane in Lane)
 _MAX_TABLE: Final = 10_000  # contexts, boots: at most one per reading
 
@@ -88,9 +111,39 @@ def _anchor_entry(anchor: ClockAnchor | None) -> list[Any] | None:
     return None if anchor is None else [anchor.boot_id.bytes, anchor.offset_ns]
 
 
-def encode_rows(w: WireRows, anchor: ClockAnchor | None, rebuilt: bytes | None = None) -> bytes:
+def _is_plain_row_head(row: bytes) -> bool:
+    """``row`` starts as a plain row of format 1 does: framing, a 9- or 10-item array, 1."""
+    return len(row) > _ID_AT and row[0] == PLAIN and row[1] in (0x99, 0x9A) and row[2] == 1
+
+
+def drop_id(row: bytes, reading_id: uuid.UUID) -> bytes:
+    """The box's side of payload v4: ``row`` with its id replaced by nil when it is plain
+    and its id is ``reading_id`` packed as ``bin 8`` (17 bytes fewer); else ``row``."""
+    end = _ID_AT + len(_ID_PACKED) + 16
+    if _is_plain_row_head(row) and row[_ID_AT:end] == _ID_PACKED + reading_id.bytes:
+        return row[:_ID_AT] + _NIL + row[end:]
+    return row
+
+
+def put_id(row: bytes, reading_id: uuid.UUID) -> bytes:
+    """The receiver's side of payload v4: ``row`` with ``reading_id`` back in place of a nil
+    id (:func:`drop_id` undone, byte for byte); any other row as it is (its id is checked
+    against the envelope's when it is decoded)."""
+    if _is_plain_row_head(row) and row[_ID_AT : _ID_AT + 1] == _NIL:
+        return row[:_ID_AT] + _ID_PACKED + reading_id.bytes + row[_ID_AT + 1 :]
+    return row
+
+
+def encode_rows(
+    w: WireRows,
+    anchor: ClockAnchor | None,
+    rebuilt: bytes | None = None,
+    *,
+    idless: bool = False,
+) -> bytes:
     """The uncompressed v2 payload of ``w``, or with ``rebuilt`` (one scheme byte per row,
-    :func:`elide_rows`) the v3 payload.
+    :func:`elide_rows`) the v3 payload, or with ``idless`` too the v4 payload (each row's id
+    left out where :func:`drop_id` can).
 
     Raises:
         ValueError: ``w`` is inconsistent (a bug of the caller).
@@ -99,14 +152,20 @@ def encode_rows(w: WireRows, anchor: ClockAnchor | None, rebuilt: bytes | None =
         raise ValueError("rows, lanes and reading ids differ in number")
     if rebuilt is not None and len(rebuilt) != len(w.rows):
         raise ValueError("rows and rebuild schemes differ in number")
+    if idless and rebuilt is None:
+        raise ValueError("a v4 payload has rebuild schemes")
+    rows = list(w.rows)
+    if idless:
+        rows = [drop_id(row, rid) for row, rid in zip(rows, w.reading_ids, strict=True)]
+    version = PAYLOAD_VERSION if rebuilt is None else REBUILT_PAYLOAD_VERSION
     body = [
-        PAYLOAD_VERSION if rebuilt is None else REBUILT_PAYLOAD_VERSION,
+        IDLESS_PAYLOAD_VERSION if idless else version,
         [_context_entry(ref, ctx) for ref, ctx in w.contexts.items()],
         [[ref, boot.bytes] for ref, boot in w.boots.items()],
         _anchor_entry(anchor),
         w.lanes,
         *(() if rebuilt is None else (rebuilt,)),
-        list(w.rows),
+        rows,
     ]
     packed: bytes = msgpack.packb(body, use_bin_type=True)
     return packed
@@ -158,7 +217,8 @@ def decode_rows(
     bodies: bool = True,
     version: int | None = None,
 ) -> DecodedRows:
-    """Decode a v2 or v3 payload (uncompressed), one row per envelope id, in order, bounded.
+    """Decode a v2, v3 or v4 payload (uncompressed), one row per envelope id, in order,
+    bounded.
 
     The payload is read item by item against its layout
     (:class:`~dho_protocol.bounded.BoundedReader`), each row by the typed decoder of
@@ -166,14 +226,15 @@ def decode_rows(
     one byte budget for what its compressed rows decompress to; every field is checked
     against the limits of section 5.2 before anything is built from it. A v3 row whose raw
     frames were left out gets them back first (:func:`~dho_protocol.rawframes.restore`), so
-    its reading and its stored form are those of the row the box stored.
+    its reading and its stored form are those of the row the box stored; so does a v4 row
+    whose id was left out (:func:`put_id`, before its frames are rebuilt).
 
     Args:
         budget: how many bytes the compressed rows may decompress to (and rebuilt rows
             restore to), all together.
         bodies: also build the stored form of each reading (the receiver does).
-        version: the payload version the batch must carry (its batch version: 2 or 3);
-            ``None`` accepts either.
+        version: the payload version the batch must carry (its batch version: 2, 3 or
+            4); ``None`` accepts any.
 
     Raises:
         MalformedMessageError: anything that does not parse or make valid readings, a row
@@ -193,7 +254,7 @@ def decode_rows(
     fields = r.array("payload", 6, 7)
     found = r.scalar("payload version")
     if type(found) is not int or (found, fields) not in _LAYOUTS:
-        raise MalformedMessageError("not a version-2 or version-3 payload")
+        raise MalformedMessageError("not a version-2, version-3 or version-4 payload")
     if version is not None and found != version:
         raise MalformedMessageError(f"a version-{found} payload in a version-{version} batch")
     table = min(n, _MAX_TABLE)
@@ -245,6 +306,8 @@ def decode_rows(
     left = budget
     for rid, lane, scheme in zip(ids, lanes, schemes, strict=True):
         row = r.binary("row", 1, len(data))
+        if found == IDLESS_PAYLOAD_VERSION:
+            row = put_id(row, rid)
         if lane not in _LANES:
             raise MalformedMessageError(f"unknown lane {lane}")
         if scheme not in SCHEMES:
@@ -272,7 +335,9 @@ def decode_rows(
 
 
 _LANE_OF: Final = {int(lane): lane for lane in Lane}
-_LAYOUTS: Final = frozenset({(PAYLOAD_VERSION, 6), (REBUILT_PAYLOAD_VERSION, 7)})
+_LAYOUTS: Final = frozenset(
+    {(PAYLOAD_VERSION, 6), (REBUILT_PAYLOAD_VERSION, 7), (IDLESS_PAYLOAD_VERSION, 7)}
+)
 
 
 def _bin(b: bytes) -> bytes:

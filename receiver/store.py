@@ -239,7 +239,7 @@ def encode_one(reading: Reading) -> bytes:
 
 
 def decode_one(body: bytes, reading_id: uuid.UUID) -> Reading:
-    """A stored reading: a one-row payload v2 (the row a box sent in a v2 or v3 batch, its
+    """A stored reading: a one-row payload v2 (the row a box sent in a v2, v3 or v4 batch, its
     rebuilt raw frames put back), or :func:`encode_one`."""
     return decode_stored(body, reading_id)
 

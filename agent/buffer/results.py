@@ -33,7 +33,7 @@ class RowClaim:
 
     Attributes:
         rows: the decrypted rows with their ids, lanes and references, as the uplink seals
-            them (:func:`dho_protocol.seal_rows`: batch version 3, payload v3).
+            them (:func:`dho_protocol.seal_rows`: batch version 4, payload v4).
         raw_frames: whether some rows carry raw device frames.
     """
 

@@ -162,7 +162,7 @@ def test_oversized_and_wrong_version():
     _, wire = p.seal_batch(BOX, 1, f.mixed_readings(30), KEY, created_ms=1)
     with pytest.raises(MessageTooLargeError):
         p.parse_batch(wire, max_bytes=len(wire) - 1)
-    body = msgpack.packb(["dho.batch", 4, BOX], use_bin_type=True)
+    body = msgpack.packb(["dho.batch", 5, BOX], use_bin_type=True)
     with pytest.raises(UnsupportedVersionError):
         p.parse_batch(body + KEY.sign(p.DOMAIN + body))
     # an acknowledgement presented as a batch is refused by type

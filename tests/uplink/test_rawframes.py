@@ -57,7 +57,7 @@ def _round_trip(readings: list[Reading]) -> tuple[p.BatchEnvelope, p.DecodedRows
     """Seal as v3 and as v2, parse, verify and decode both as the receiver does."""
     rows = _wire_rows(readings)
     out = []
-    for version in (p.BATCH_VERSION, p.ROWS_BATCH_VERSION):
+    for version in (p.REBUILT_BATCH_VERSION, p.ROWS_BATCH_VERSION):
         env, wire = p.seal_rows(BOX, 1, rows, KEY, created_ms=1, version=version)
         assert env.version == version
         parsed = p.parse_batch(wire).verify(KEY.public_key())
@@ -249,7 +249,7 @@ def test_canonical_oximetry_goes_smaller_and_stored_the_same(tmp_path: Path):
     assert list(_payload(env)[5]) == [0] * 4 + [1] * 10
     rows = _wire_rows(readings)
     _, v2_wire = p.seal_rows(BOX, 1, rows, KEY, created_ms=1, version=2)
-    _, v3_wire = p.seal_rows(BOX, 1, rows, KEY, created_ms=1)
+    _, v3_wire = p.seal_rows(BOX, 1, rows, KEY, created_ms=1, version=3)
     assert len(v3_wire) < 0.8 * len(v2_wire)
     store = SqliteStore(tmp_path / "r.db")
     try:
@@ -279,7 +279,7 @@ def test_field_boxes_v2_batches_are_still_accepted(tmp_path: Path):
 def _v3(readings: list[Reading], mutate: Any) -> p.BatchEnvelope:
     """A v3 batch of ``readings`` whose decompressed payload ``mutate`` changed, re-signed
     (a box with a bug can sign anything)."""
-    env, _ = p.seal_rows(BOX, 1, _wire_rows(readings), KEY, created_ms=1)
+    env, _ = p.seal_rows(BOX, 1, _wire_rows(readings), KEY, created_ms=1, version=3)
     payload = _payload(env)
     mutate(payload)
     data = zstandard.ZstdCompressor().compress(msgpack.packb(payload, use_bin_type=True))
@@ -340,7 +340,7 @@ def test_rows_marked_rebuilt_that_cannot_be_are_malformed(mutate: Any):
 
 
 def test_a_v3_payload_in_a_v2_batch_and_back_are_malformed():
-    env, _ = p.seal_rows(BOX, 1, _wire_rows([SPOT, CHUNK]), KEY, created_ms=1)
+    env, _ = p.seal_rows(BOX, 1, _wire_rows([SPOT, CHUNK]), KEY, created_ms=1, version=3)
     with pytest.raises(p.MalformedMessageError, match="version-3 payload in a version-2"):
         p.batch_contents(replace(env, version=2))
     env2, _ = p.seal_rows(BOX, 1, _wire_rows([SPOT, CHUNK]), KEY, created_ms=1, version=2)
@@ -350,7 +350,7 @@ def test_a_v3_payload_in_a_v2_batch_and_back_are_malformed():
 
 def test_rebuilt_rows_count_against_the_payload_budget():
     chunks = [f.continuous_reading(i, samples=3000) for i in range(3)]
-    env, _ = p.seal_rows(BOX, 1, _wire_rows(chunks), KEY, created_ms=1)
+    env, _ = p.seal_rows(BOX, 1, _wire_rows(chunks), KEY, created_ms=1, version=3)
     assert list(_payload(env)[5]) == [1, 1, 1]
     assert p.batch_readings(env) == tuple(chunks)
     raw = len(zstandard.ZstdDecompressor().decompress(env.payload))

@@ -60,7 +60,7 @@ def _wire_rows(readings):
 def test_rows_round_trip_exactly_and_bodies_decode_to_the_same_reading():
     readings = [*f.mixed_readings(20), f.continuous_reading(0), f.continuous_reading(1)]
     env, wire = p.seal_rows(BOX, 5, _wire_rows(readings), KEY, created_ms=1)
-    assert env.version == p.BATCH_VERSION == 3  # v3: canonical raw frames rebuilt (test_rawframes)
+    assert env.version == p.BATCH_VERSION == 4  # v4: ids from the envelope, frames rebuilt
     parsed = p.parse_batch(wire).verify(KEY.public_key())
     assert p.batch_readings(parsed) == tuple(readings)
     contents = p.batch_contents(parsed)
