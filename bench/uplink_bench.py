@@ -39,7 +39,8 @@ The three wire figures above (``wire_bytes_per_spot_reading``, ``..._continuous_
 ``..._single_reading_batch``) seal the readings with :func:`dho_protocol.seal_batch`: batch
 version 1, payload v1 (``docs/uplink-protocol.md`` 5.4), the encoding of older boxes; their
 definition and goals are left as they were. The same three with the suffix ``_v3`` are what a
-box sends today (batch version 3, payload v3, 5.5): the same readings appended to a real
+box sends today (batch version 4, payload v4 at zstd level 12 since 4 December 2026, 5.6;
+batch version 3 before, 5.5): the same readings appended to a real
 buffer, claimed as stored rows (:meth:`agent.buffer.Buffer.claim_rows`, the sender's 256 KiB
 bound) and sealed with :func:`dho_protocol.seal_rows` and a clock anchor, as
 :class:`agent.uplink.sender.Uplink` does.

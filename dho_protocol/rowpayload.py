@@ -1,4 +1,4 @@
-"""Batch payloads v2 and v3 (v3 is what boxes send, below): the box's stored rows as they
+"""Batch payloads v2, v3 and v4 (v4 is what boxes send, below): the box's stored rows as they
 are, with their reference tables.
 
 Version 1 (:mod:`dho_protocol.payload`) re-encoded every reading for the wire, so a box had to
@@ -23,7 +23,7 @@ v1 box did before encoding.
 The receiver stores each reading as a one-row v2 payload (:attr:`DecodedRows.bodies`): the
 row as received plus its context, boot and anchor, so nothing is encoded again.
 
-Payload v3 (what boxes send since batch version 3) is v2 with one more entry::
+Payload v3 (what boxes sent with batch version 3) is v2 with one more entry::
 
     [3, contexts, boots, anchor, lanes, rebuilt, rows]
     rebuilt  = bin, one byte per row: 0 the row's raw frames are in it as they came;

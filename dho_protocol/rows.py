@@ -1,9 +1,10 @@
 """One reading as a compact row (row format 1): what the box stores and what travels.
 
 The box's encrypted buffer stores each reading as such a row (inside the row's ciphertext),
-and batch payloads v3 and v2 (``docs/uplink-protocol.md`` section 5) carry the same bytes
-(rows put in plain; v3, what boxes send, also leaves out an oximetry chunk's raw frames when
-they are exactly the canonical encoding of its samples; section 5.5): a claim hands the
+and batch payloads v4, v3 and v2 (``docs/uplink-protocol.md`` section 5) carry the same bytes
+(rows put in plain; v4, what boxes send, leaves out the row's id, 5.6, and like v3 an
+oximetry chunk's raw frames when they are exactly the canonical encoding of its samples;
+section 5.5): a claim hands the
 decrypted rows to the envelope as they are, with no decoding into objects and no encoding
 again. The receiver decodes each row once, here, and stores it as it came.
 

@@ -1,8 +1,9 @@
 """Plaintext encoding of the encrypted store's rows (format version 1).
 
 This is what goes *inside* each row's ciphertext. A reading row is the protocol's row format,
-:mod:`dho_protocol.rows`: the uplink sends these rows (batch version 3, payload v3: each row
-as stored, except that the sealing puts zstd-framed rows in plain and leaves out an oximetry
+:mod:`dho_protocol.rows`: the uplink sends these rows (batch version 4, payload v4: each row
+as stored, except that the sealing puts zstd-framed rows in plain, leaves out its reading id
+(the envelope carries it) and an oximetry
 chunk's raw frames when they are exactly the canonical encoding of its samples, for the
 receiver to rebuild; ``docs/uplink-protocol.md`` 5.5), so a claim decrypts rows and hands them
 to the envelope without decoding them into readings and encoding them again. The row is small

@@ -601,11 +601,11 @@ class Outbox:
     def claim_rows(self, max_readings: int, max_bytes: int | None) -> RowClaim | None:
         """Like :meth:`claim`, but the rows stay as stored: decrypted, never decoded.
 
-        What the uplink sends (batch version 3, payload v3): each row's plaintext as it is
+        What the uplink sends (batch version 4, payload v4): each row's plaintext as it is
         (the sealing puts zstd-framed rows in plain and leaves out canonical raw frames of
-        oximetry chunks), with the contexts and boots its references stand for. Only the
-        row's id and references are read (msgpack); building readings is left to the
-        receiver.
+        oximetry chunks and the row's id), with the contexts and boots its references stand
+        for. Only the row's id and references are read (msgpack); building readings is left to
+        the receiver.
         """
         checked: set[tuple[int, int]] = set()  # references already resolved in this claim
 

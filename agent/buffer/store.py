@@ -306,9 +306,9 @@ class Buffer:
     def claim_rows(self, max_readings: int = 500, max_bytes: int | None = None) -> RowClaim | None:
         """Like :meth:`claim`, but the rows are handed over as stored, not decoded.
 
-        The uplink seals them into a batch as they are (batch version 3, payload v3: rows put
-        in plain, canonical raw frames of oximetry chunks left out), which saves decoding
-        every reading into objects and encoding it again for the wire.
+        The uplink seals them into a batch as they are (batch version 4, payload v4: rows put
+        in plain, canonical raw frames of oximetry chunks and the rows' ids left out), which
+        saves decoding every reading into objects and encoding it again for the wire.
         """
         return self._maintenance(lambda: self._outbox.claim_rows(max_readings, max_bytes))
 
