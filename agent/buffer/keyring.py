@@ -100,6 +100,16 @@ class _HmacSha256:
         outer.update(inner.digest())
         return outer.digest()
 
+    def prefixed(self, prefix: bytes) -> _HmacSha256:
+        """This MAC with ``prefix`` already absorbed: its :meth:`digest` of ``msg`` is this
+        one's of ``prefix + msg`` (a blind index's label is hashed once, not per key)."""
+        out = object.__new__(_HmacSha256)
+        out.key = self.key
+        out.inner = self.inner.copy()
+        out.inner.update(prefix)
+        out.outer = self.outer
+        return out
+
 
 class Keyring:
     """Unwrapped data keys of one open store. Never written anywhere in clear."""
@@ -331,10 +341,19 @@ class Keyring:
 
     def blind(self, label: bytes, data: bytes) -> bytes:
         """A blind index: HMAC-SHA256 under the index key, truncated to 16 bytes."""
+        return self._index_mac().digest(label + data)[:TAG_BYTES]
+
+    def _index_mac(self) -> _HmacSha256:
         mac = self._mac
         if mac.key is not self._index:  # the index key was loaded, replaced or cleared
             mac = self._mac = _HmacSha256(self._index)
-        return mac.digest(label + data)[:TAG_BYTES]
+        return mac
+
+    def blinder(self, label: bytes) -> _HmacSha256:
+        """:meth:`blind` of ``label`` prepared for many values (an append's keys): ``digest(
+        data)[:16]`` of the result is ``blind(label, data)``. Valid until the index key
+        changes (only :meth:`load` and :meth:`clear` change it): take one per call."""
+        return self._index_mac().prefixed(label)
 
     # -- changing -----------------------------------------------------------------------
 

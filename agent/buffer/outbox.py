@@ -536,16 +536,16 @@ class Outbox:
             seen = self._seen
             packed_and_key = codec.packed_and_key
             key_prefix = codec.key_prefix
-            key_of = seen.key_of
-            keys: list[Key] = []
             packed: list[list[object]] = []
+            nks: list[bytes | None] = []
             prefix_of, prefix = None, ""
             for r in readings:
                 if r.device is not prefix_of:
                     prefix_of, prefix = r.device, key_prefix(r.device)
                 obs, nk = packed_and_key(r, prefix)
                 packed.append(obs)
-                keys.append(key_of(r, nk))
+                nks.append(nk)
+            keys = seen.keys_of(readings, nks)
             known = seen.known(keys)
             fresh: list[Key] = []
             plain: list[tuple[int, int, bytes]] = []

@@ -282,6 +282,22 @@ def test_same_reading_id_is_a_duplicate_without_natural_key(
     assert buf.append([chunk]).duplicates == 1  # also after delivery
 
 
+def test_an_appends_keys_are_the_readings_keys(buf: Buffer, factory: ReadingFactory) -> None:
+    """Seen.keys_of (the append's one pass, HMAC states prepared per call) gives each
+    reading's Seen.key: by natural key, by reading id without one, the week buckets too."""
+    readings = [
+        factory.bp(),
+        factory.bp(device_time=datetime(1999, 1, 3, 0, 0, 1)),
+        factory.spo2_spot(97),
+        factory.oximetry_chunk(60),
+        factory.bp(121),
+    ]
+    seen = buf._seen
+    got = seen.keys_of(readings, [r.natural_key for r in readings])
+    assert got == [seen.key(r) for r in readings]
+    assert len(set(got)) == len(readings)
+
+
 def test_dedup_keys_of_a_store_from_before_seen_log_still_count(
     buf: Buffer, factory: ReadingFactory
 ) -> None:

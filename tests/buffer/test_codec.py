@@ -214,3 +214,17 @@ def test_msgspec_writes_the_bytes_msgpack_wrote(r: Reading) -> None:
         )
         or codec.encode_context(ctx)[0] == 1
     )
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.datetimes(timezones=st.none() | st.just(UTC) | st.just(timezone(timedelta(hours=-5))))
+    | st.datetimes().map(lambda t: t.replace(microsecond=0)),
+    st.booleans(),
+)
+def test_the_device_times_text_is_isoformat(t: datetime, twice: bool) -> None:
+    """The natural key's device time (codec.device_time_text: a cached date, a table for the
+    time) is exactly ``isoformat()``, from the cache as on a miss."""
+    if twice:
+        codec.device_time_text(t)  # the date is cached now
+    assert codec.device_time_text(t) == t.isoformat()

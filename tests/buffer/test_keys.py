@@ -473,3 +473,15 @@ def test_the_prepared_hmac_is_hmac_sha256(key: bytes, msg: bytes) -> None:
     from agent.buffer.keyring import _HmacSha256
 
     assert _HmacSha256(key).digest(msg) == hmac.digest(key, msg, "sha256")
+
+
+@given(st.binary(max_size=130), st.binary(max_size=70), st.binary(max_size=300))
+def test_a_prefixed_hmac_is_the_hmac_of_the_prefixed_message(
+    key: bytes, prefix: bytes, msg: bytes
+) -> None:
+    """Keyring.blinder's states (a blind index's label absorbed once) give the same MAC."""
+    from agent.buffer.keyring import _HmacSha256
+
+    mac = _HmacSha256(key)
+    assert mac.prefixed(prefix).digest(msg) == hmac.digest(key, prefix + msg, "sha256")
+    assert mac.digest(msg) == hmac.digest(key, msg, "sha256")  # the original is unchanged
