@@ -70,8 +70,8 @@ _ENTRIES_CACHED: Final = 1024
 _BY_MDC: Final = operator.itemgetter(1)
 
 
-_DAYS: Final[dict[int, str]] = {}  # date ordinal -> isoformat's "YYYY-MM-DDT"
-_DAYS_CACHED: Final = 1024
+_MONTHS: Final[dict[int, str]] = {}  # year * 16 + month -> isoformat's "YYYY-MM-"
+_MONTHS_CACHED: Final = 1024
 _TWO_DIGITS: Final = tuple(f"{i:02d}" for i in range(60))
 
 
@@ -79,20 +79,20 @@ def device_time_text(t: datetime) -> str:
     """``t.isoformat()``, the device time's text in :attr:`Reading.natural_key`, made
     without it for the common case (no time zone, whole seconds): ``isoformat`` formats
     through ``PyUnicode_FromFormat`` (``sprintf``), about 9,000 instructions of an append's
-    97,000 per reading; here the date's text comes from a small cache (filled by
-    ``isoformat`` itself) and the time's from a table. The same text
+    97,000 per reading; here the year and month's text comes from a small cache (filled by
+    ``isoformat`` itself) and the rest from a table of two digits. The same text
     (``tests/buffer/test_codec.py``)."""
     if t.tzinfo is not None or t.microsecond:
         return t.isoformat()
-    day = _DAYS.get(t.toordinal())
-    if day is None:
-        if len(_DAYS) >= _DAYS_CACHED:
-            _DAYS.clear()
+    month = _MONTHS.get(t.year * 16 + t.month)
+    if month is None:
+        if len(_MONTHS) >= _MONTHS_CACHED:
+            _MONTHS.clear()
         text = t.isoformat()
-        _DAYS[t.toordinal()] = text[:11]
+        _MONTHS[t.year * 16 + t.month] = text[:8]
         return text
     two = _TWO_DIGITS
-    return f"{day}{two[t.hour]}:{two[t.minute]}:{two[t.second]}"
+    return f"{month}{two[t.day]}T{two[t.hour]}:{two[t.minute]}:{two[t.second]}"
 
 
 def key_prefix(device: DeviceIdentity) -> str:

@@ -303,20 +303,28 @@ class Keyring:
 
     def seal_rows(
         self, table: str, rows: Sequence[tuple[int, int, bytes]]
-    ) -> list[tuple[int, int, int, bytes]]:
+    ) -> list[tuple[int, int, int, bytearray]]:
         """:meth:`seal` each ``(seq, lane, plaintext)`` with fresh nonces drawn at once; each
-        result is the row to insert, ``(seq, lane, key_id, blob)`` (``lane`` a plain int)."""
+        result is the row to insert, ``(seq, lane, key_id, blob)`` (``lane`` a plain int).
+
+        The blob is a ``bytearray`` holding the same bytes as :meth:`seal`'s: ``sqlite3``
+        binds it as the same BLOB directly, where a ``bytes`` parameter first goes through
+        its adaptation protocol (an ``__adapt__`` lookup on a type, which raises and clears
+        an ``AttributeError`` per value: about 3,600 instructions of an append's ~89,000
+        per reading under callgrind).
+        """
         key_id = self.active
         encrypt = self._data[key_id].encrypt
         head = b"dho-buffer/v1/" + table.encode()
-        pack = _AAD_TAIL.pack
+        pack = struct.Struct(f">{len(head)}sQIB").pack  # aad(): head, then _AAD_TAIL
         nonces = os.urandom(NONCE_BYTES * len(rows))
         out = []
         i = 0
         for seq, lane, plaintext in rows:
             nonce = nonces[i : i + NONCE_BYTES]
             i += NONCE_BYTES
-            blob = nonce + encrypt(nonce, plaintext, head + pack(seq, key_id, lane))
+            blob = bytearray(nonce)
+            blob += encrypt(nonce, plaintext, pack(head, seq, key_id, lane))
             out.append((seq, int(lane), key_id, blob))
         return out
 

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from agent.buffer import Buffer, BufferConfig, CredentialKeySource, FileKeySource
 from agent.buffer import keys as keymod
-from agent.errors import KeyLostError, KeyUnavailableError
+from agent.errors import KeyLostError, KeyUnavailableError, RowAuthenticationError
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "dho-agent.service"
@@ -485,3 +485,34 @@ def test_a_prefixed_hmac_is_the_hmac_of_the_prefixed_message(
     mac = _HmacSha256(key)
     assert mac.prefixed(prefix).digest(msg) == hmac.digest(key, prefix + msg, "sha256")
     assert mac.digest(msg) == hmac.digest(key, msg, "sha256")  # the original is unchanged
+
+
+def test_sealed_rows_open_with_their_place_and_are_stored_as_blobs(
+    tmp_path: Path, factory: ReadingFactory
+) -> None:
+    """Keyring.seal_rows (the append's sealing, blobs as bytearray): each row opens under its
+    own associated data (table, seq, key, lane) and no other, and SQLite stores a BLOB."""
+    from agent.buffer.keyring import aad
+    from agent.buffer.keys import NONCE_BYTES
+
+    buf = Buffer.open(tmp_path / "b.db", FileKeySource(tmp_path / "kek"))
+    try:
+        kr = buf.intake_keyring
+        plain = [(7, 1, b"first row"), (8, 2, b""), (9, 0, os.urandom(300))]
+        rows = kr.seal_rows("readings", plain)
+        for (seq, lane, pt), (s, ln, key_id, blob) in zip(plain, rows, strict=True):
+            assert (s, ln, key_id) == (seq, lane, kr.active)
+            assert type(ln) is int
+            assert kr.open("readings", seq, key_id, lane, bytes(blob)) == pt
+            nonce = bytes(blob[:NONCE_BYTES])
+            assert kr.seal("readings", seq, lane, pt, nonce) == bytes(blob)
+            assert aad("readings", seq, key_id, lane).startswith(b"dho-buffer/v1/readings")
+            with pytest.raises(RowAuthenticationError):
+                kr.open("readings", seq + 1, key_id, lane, bytes(blob))
+        assert len({bytes(b[:NONCE_BYTES]) for *_, b in rows}) == len(rows)
+        buf.append([factory.bp()])
+        kind, value = buf._conn.execute("SELECT typeof(blob), blob FROM readings").fetchone()
+        assert kind == "blob"
+        assert type(value) is bytes
+    finally:
+        buf.close()
