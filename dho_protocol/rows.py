@@ -306,7 +306,11 @@ def encode_packed(r: Reading, observations: list[Any], context_ref: int, boot_re
     ]
     if r.decode_error is not None:
         row.append(r.decode_error)
-    return frame(row)
+    z = _zstd  # frame(row), inline: the box's append encodes every reading here
+    body: bytes = z.e.encode(row)
+    if len(body) > _COMPRESS_OVER:
+        return b"\x01" + z.c.compress(body)
+    return b"\x00" + body
 
 
 @dataclass(frozen=True, slots=True)

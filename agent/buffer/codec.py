@@ -68,6 +68,7 @@ _Entry = tuple[list[Any], int, str]  # (packed row entry, mdc, natural-key part)
 _ENTRIES: Final[dict[tuple[int, str | None, str, str, bool], _Entry]] = {}
 _ENTRIES_CACHED: Final = 1024
 _BY_MDC: Final = operator.itemgetter(1)
+_PART: Final = operator.itemgetter(2)
 
 
 _MONTHS: Final[dict[int, str]] = {}  # year * 16 + month -> isoformat's "YYYY-MM-"
@@ -130,8 +131,15 @@ def packed_and_key(r: Reading, prefix: str) -> tuple[list[Any], bytes | None]:
         return packed, None
     if len(entries) > 1:
         entries.sort(key=_BY_MDC)  # stable, as Reading.natural_key's sort by mdc
-    parts = [prefix, device_time_text(t)]
-    parts += [e[2] for e in entries]
+    month = None
+    if t.tzinfo is None and not t.microsecond:  # device_time_text's common case, inline
+        month = _MONTHS.get(t.year * 16 + t.month)
+    if month is None:
+        parts = [prefix, device_time_text(t)]
+    else:
+        two = _TWO_DIGITS
+        parts = [prefix, f"{month}{two[t.day]}T{two[t.hour]}:{two[t.minute]}:{two[t.second]}"]
+    parts.extend(map(_PART, entries))
     s = r.samples
     if s is not None:
         parts.append(f"n={s.sample_count}")

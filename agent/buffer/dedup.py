@@ -221,7 +221,10 @@ class Seen:
         base = self._tail if self._next_tail is None else self._next_tail
         added: dict[bytes, list[bytes]] = {}  # this call's keys by bucket
         for bucket, full in keys:
-            added.setdefault(bucket, []).append(full[:MAC_BYTES])
+            macs = added.get(bucket)
+            if macs is None:
+                macs = added[bucket] = []
+            macs.append(full[:MAC_BYTES])
         tail: Tail
         if len(base) + len(keys) > self._tail_keys:
             rows: dict[tuple[int, bytes], list[bytes]] = {}
