@@ -293,13 +293,21 @@ def encode_packed(r: Reading, observations: list[Any], context_ref: int, boot_re
     :func:`pack_observation` makes it, in order): for a writer that packed them in a pass of
     its own (the buffer's append, which derives the natural key in the same pass)."""
     c = r.captured
+    t = r.device_time
+    if t is None:
+        packed_time: Any = None
+    elif t.tzinfo is None and not t.microsecond:  # _pack_time's common case, inline
+        delta = t - _EPOCH
+        packed_time = delta.days * 86_400 + delta.seconds
+    else:
+        packed_time = _pack_time(t)
     row = [
         FORMAT_VERSION,
-        r.id.bytes,
+        r.id.int.to_bytes(16, "big"),  # r.id.bytes without the property's Python frame
         context_ref,
         observations,
         [c.wall_ns, boot_ref, c.mono_ns, c.synced],
-        None if r.device_time is None else _pack_time(r.device_time),
+        packed_time,
         sorted(r.status) if r.status else [],
         None if r.samples is None else _pack_samples(r.samples),
         r.raw,  # a tuple packs as the same msgpack array a list does

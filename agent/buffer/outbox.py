@@ -531,8 +531,10 @@ class Outbox:
         refs = self._refs
         with self._db.tx() as tx:
             # One pass derives each reading's natural key and packs its observations (they
-            # share the work on each observation); the rows are encoded after the duplicates
-            # are known, and sealed in one more pass that builds the rows to insert.
+            # share the work on each observation), one more blinds the keys (Seen.keys_of:
+            # the HMAC states prepared once per append); the rows are encoded after the
+            # duplicates are known, and sealed in one more pass that builds the rows to
+            # insert (Keyring.seal_rows; blobs as bytearray, which sqlite3 binds directly).
             seen = self._seen
             packed_and_key = codec.packed_and_key
             key_prefix = codec.key_prefix
