@@ -6,9 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -23,6 +26,66 @@ from receiver.localstack import (
     make_pki,
 )
 from tests.uplink.pg_fixtures import pg_dsn, postgres_server  # noqa: F401 - fixtures
+
+HANG_LIMIT_S = 60.0
+"""How long a test that uses :func:`hang_guard` may run, its fixtures' set-up and tear-down
+included."""
+
+
+def where_tasks_wait() -> list[str]:
+    """Every task of the running event loop (none outside one), with the chain of awaits it
+    is suspended in, outermost first."""
+    try:
+        tasks = asyncio.all_tasks()
+    except RuntimeError:  # no running loop
+        return []
+    out = []
+    for task in tasks:
+        chain: list[str] = []
+        obj: Any = task.get_coro()
+        while obj is not None and len(chain) < 30:
+            frame = getattr(obj, "cr_frame", None) or getattr(obj, "ag_frame", None)
+            if frame is not None:
+                chain.append(f"{frame.f_code.co_qualname}:{frame.f_lineno}")
+            obj = getattr(obj, "cr_await", None) or getattr(obj, "ag_await", None)
+        out.append(f"{task.get_name()}: {' -> '.join(chain) or task!r}")
+    return sorted(out)
+
+
+@pytest.fixture
+def hang_guard() -> Iterator[None]:
+    """Fail the test after :data:`HANG_LIMIT_S`, saying where every asyncio task waits.
+
+    The suite has no pytest-timeout, and ``faulthandler_timeout`` (``pyproject.toml``) only
+    dumps the threads after 5 minutes: for a hung event loop that shows ``select()`` and
+    nothing of the tasks, and the run stays hung. A ``SIGALRM`` in the main thread interrupts
+    the loop's ``select()``; its handler fails the test from there, and the event loop's
+    tear-down cancels what is left. (A cancellation a task swallowed is not repeated by
+    ``await task`` or by an ``asyncio.timeout`` around it, so no asyncio-level timeout in
+    the test could end such a hang.) Use it with ``pytest.mark.usefixtures("hang_guard")``;
+    outside the main thread, or without ``setitimer``, it guards nothing.
+    """
+    if threading.current_thread() is not threading.main_thread() or not hasattr(
+        signal, "setitimer"
+    ):
+        yield
+        return
+
+    def expired(signum: int, frame: object) -> None:
+        tasks = where_tasks_wait()
+        print(f"hang_guard: over {HANG_LIMIT_S:g} s; tasks:", *tasks, sep="\n  ", file=sys.stderr)
+        pytest.fail(
+            f"still running after {HANG_LIMIT_S:g} s (hang_guard); tasks:\n" + "\n".join(tasks),
+            pytrace=True,
+        )
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, HANG_LIMIT_S)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 from dataclasses import replace
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.errors import BrokerUnreachableError, CertificateRejectedError
@@ -21,6 +22,8 @@ from bench.relay import Relay
 from receiver.localstack import enrol
 from tests.uplink import factories as f
 from tests.uplink.conftest import link_config, open_agent, wait_until
+
+pytestmark = pytest.mark.usefixtures("hang_guard")  # a hung stop fails in 60 s, saying where
 
 
 @contextlib.asynccontextmanager
