@@ -1003,7 +1003,11 @@ class MqttLink:
         keep = port is None
         port = self.endpoints.current.port if port is None else port
         try:
-            sock = await asyncio.wait_for(self._tcp_connect(port), _PROBE_TIMEOUT_S)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for returns the socket of a connect
+            # that completes just as the task is cancelled, and drops the cancellation (the
+            # link then kept probing and connecting after a stop: a hung test run).
+            async with asyncio.timeout(_PROBE_TIMEOUT_S):
+                sock = await self._tcp_connect(port)
         except (OSError, TimeoutError):
             return False
         if keep:
@@ -1076,7 +1080,10 @@ class MqttLink:
             self._drop_probe()  # a probe's connection paho did not take: do not leak it
         opened = self._open_early()
         try:
-            reason = await asyncio.wait_for(self._connack, self.cfg.connect_timeout_s)
+            # Not wait_for (cancel-safe on 3.11 only this way): a CONNACK or a drop read just
+            # as the task is cancelled would be returned or raised instead, and the link go on.
+            async with asyncio.timeout(self.cfg.connect_timeout_s):
+                reason = await self._connack
         except ConnectionError as err:
             self._close_socket()
             self._not_accepted(opened)

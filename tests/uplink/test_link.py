@@ -1,4 +1,5 @@
-"""The MQTT link: the one paho internal it relies on, TLS resumption, the network watcher."""
+"""The MQTT link: the one paho internal it relies on, TLS resumption, the network watcher, and
+a cancel that always stops it."""
 
 from __future__ import annotations
 
@@ -14,12 +15,16 @@ from dataclasses import replace
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
 
 import dho_protocol as protocol
 from agent.errors import BrokerUnreachableError, CertificateRejectedError
 from agent.uplink import netwatch
 from agent.uplink.link import LinkConfig, LinkHandlers, MqttLink, TlsClient
+from agent.uplink.policy import Attempts, Backoff, ReconnectPolicy
 from tests.uplink.conftest import FlakyProxy, RawClient, link_config, wait_until
 
 
@@ -459,3 +464,157 @@ def test_paho_still_has_what_the_keepalive_uses():
     assert callable(c._send_pingreq)
     assert "self._last_msg_out = time_func()" in inspect.getsource(mqtt.Client._packet_write)
     assert mqtt.time_func is time.monotonic
+
+
+# -- a cancelled link stops (Python 3.11's wait_for drops a cancellation) ------------------
+#
+# On 3.11, ``asyncio.wait_for`` returns the inner result (or raises its exception) when the
+# task is cancelled after the inner await completed and before the task resumed; the
+# cancellation is then lost, and a link cancelled right then keeps reconnecting for ever
+# (tests/uplink/test_early_publish.py's refused-connection test hung so once in a full run:
+# its cancel came as the probe after the refusal connected). Each test below cancels at
+# every step of the loop's first iterations, and a cancel that was accepted
+# (``Task.cancel()`` True) must end the task as cancelled.
+
+
+class _StillNetwork:
+    """A network that never changes (no netlink in these tests)."""
+
+    def __init__(self) -> None:
+        self._changed = asyncio.Event()
+
+    def changed(self) -> asyncio.Event:
+        return self._changed
+
+    def has_default_route(self) -> bool:
+        return True
+
+    async def run(self) -> None:
+        await asyncio.Future()
+
+
+async def _cancel_after(coro_fn, yields: int, within_s: float = 2.0):
+    """Run ``coro_fn()``, let the loop turn ``yields`` times, cancel it: the task, and
+    whether the cancel was accepted (False: it had finished already)."""
+    task = asyncio.create_task(coro_fn())
+    for _ in range(yields):
+        await asyncio.sleep(0)
+    accepted = task.cancel()
+    await asyncio.wait({task}, timeout=within_s)
+    if not task.done():
+        # Do not leave it running. Cancelling ``task`` again does not reach a child task that
+        # lost its cancel (its task group cancels children once): cancel every task but this
+        # one, until they are all gone.
+        for _ in range(100):
+            others = asyncio.all_tasks() - {asyncio.current_task()}
+            for t in others:
+                t.cancel()
+            await asyncio.wait(others, timeout=0.05)
+            if all(t.done() for t in others):
+                break
+        raise AssertionError(f"cancelled after {yields} loop turns, still running {within_s} s on")
+    return task, accepted
+
+
+def _outcome(task: asyncio.Task[object]) -> str:
+    if task.cancelled():
+        return "cancelled"
+    err = task.exception()
+    return f"returned {task.result()!r}" if err is None else f"raised {err!r}"
+
+
+@contextlib.asynccontextmanager
+async def _loopback_server():
+    """A TCP server on loopback that accepts and closes (the probes' far end)."""
+
+    def close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server = await asyncio.start_server(close, "127.0.0.1", 0)
+    try:
+        yield int(server.sockets[0].getsockname()[1])
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.usefixtures("hang_guard")
+async def test_a_probe_cancelled_as_its_connection_completes_is_cancelled(tmp_path):
+    async with _loopback_server() as port:
+        cfg = LinkConfig(
+            "127.0.0.1", port, "box-0004", tmp_path / "ca", tmp_path / "c", tmp_path / "k"
+        )
+        link = MqttLink(cfg, network=_StillNetwork())
+        lost = []
+        try:
+            for k in range(12):
+                task, accepted = await _cancel_after(link._probe, k)
+                if accepted and not task.cancelled():
+                    lost.append(f"{k}: {_outcome(task)}")
+                link._drop_probe()
+        finally:
+            link._shutdown()
+        assert not lost, f"cancellations lost (loop turns: outcome): {lost}"
+
+
+@pytest.mark.parametrize("answer", ["refused", "accepted"])
+@pytest.mark.usefixtures("hang_guard")
+async def test_a_connect_cancelled_as_connack_or_the_drop_comes_is_cancelled(tmp_path, answer):
+    cfg = LinkConfig("127.0.0.1", 1, "box-0005", tmp_path / "ca", tmp_path / "c", tmp_path / "k")
+    lost = []
+    for k in range(6):
+        link = MqttLink(cfg, network=_StillNetwork(), clock_check=lambda path: None)
+        link._loop = asyncio.get_running_loop()
+        link._tls_ready = True  # no TLS files here; paho's connect is replaced as well
+        link._client.connect = lambda *a, **kw: mqtt.MQTT_ERR_SUCCESS  # type: ignore[method-assign]
+        waiting = asyncio.Event()
+        open_early = link._open_early
+
+        def at_the_wait(open_early=open_early, waiting=waiting):
+            waiting.set()  # CONNECT is out; the attempt waits for CONNACK once this returns
+            return open_early()
+
+        link._open_early = at_the_wait  # type: ignore[method-assign]
+
+        async def attempt(link=link, waiting=waiting, k=k) -> None:
+            inner = asyncio.create_task(link._connect_once())
+            await waiting.wait()
+            await asyncio.sleep(0)  # the attempt now waits in its CONNACK wait
+            if answer == "refused":
+                link._on_drop("the broker closed the connection")
+            else:
+                link._on_connack(ReasonCode(PacketTypes.CONNACK, "Success"))
+            for _ in range(k):
+                await asyncio.sleep(0)
+            accepted = inner.cancel()
+            await asyncio.wait({inner}, timeout=2)
+            assert inner.done()
+            if accepted and not inner.cancelled():
+                lost.append(f"{k}: {_outcome(inner)}")
+
+        await attempt()
+        link._shutdown()
+    assert not lost, f"cancellations lost (loop turns after the {answer}: outcome): {lost}"
+
+
+@pytest.mark.usefixtures("hang_guard")
+async def test_a_link_that_keeps_failing_and_probing_stops_when_cancelled(tmp_path):
+    """The loop of the refused-connection test, without a broker: every attempt fails as
+    unreachable, every probe reaches a loopback server at once, no back-off; a cancel at
+    any point of it ends :meth:`MqttLink.run`."""
+    async with _loopback_server() as port:
+        cfg = LinkConfig(
+            "127.0.0.1", port, "box-0006", tmp_path / "ca", tmp_path / "c", tmp_path / "k"
+        )
+        policy = ReconnectPolicy(network=Attempts(Backoff(0.0, 0.0)), settle_max_s=0.0)
+        for k in range(40):
+            link = MqttLink(cfg, policy=policy, network=_StillNetwork())
+
+            async def refused() -> None:
+                await asyncio.sleep(0)
+                raise BrokerUnreachableError("the broker closed the connection before accepting it")
+
+            link._connect_once = refused  # type: ignore[method-assign]
+            task, _ = await _cancel_after(link.run, k)
+            assert task.cancelled(), f"cancelled after {k} loop turns: {_outcome(task)}"
+            assert link.state == ("idle" if k == 0 else "stopped")  # k 0: cancelled unstarted
