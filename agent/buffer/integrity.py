@@ -16,13 +16,14 @@ KEK can make a change look legitimate:
   deleted: they are gone).
 * **The anchor.** A small MAC'd file next to the store (``<store>.anchor``) records the
   ledger's transaction counter, at most every ``anchor_interval_s`` after a change (300 s by
-  default) and at close. A
+  default) and at close, in one of two slots overwritten in turn (:func:`write_anchor`). A
   store found *older* than its anchor lost committed transactions: a truncated WAL, or an old
   copy put back.
 """
 
 from __future__ import annotations
 
+import errno
 import hmac
 import os
 import struct
@@ -124,18 +125,14 @@ def anchor_path(store_path: Path) -> Path:
     return store_path.with_name(store_path.name + ".anchor")
 
 
-def read_anchor(store_path: Path, keyring: Keyring) -> Anchor | None:
-    """The anchor, or ``None`` when missing, damaged or not written with this store's key."""
-    path = anchor_path(store_path)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        data = os.read(fd, _ANCHOR.size + MAC_BYTES + 1)
-    finally:
-        os.close(fd)
-    if len(data) != _ANCHOR.size + MAC_BYTES:
+_RECORD: Final = _ANCHOR.size + MAC_BYTES
+ANCHOR_SLOT_BYTES: Final = 512
+"""The anchor file holds two records, one at offset 0 and one at 512 (two sectors): a write
+replaces the older one in place, so the newer one survives a write torn by a power cut."""
+
+
+def _record(keyring: Keyring, data: bytes) -> Anchor | None:
+    if len(data) != _RECORD:
         return None
     body, mac = data[: _ANCHOR.size], data[_ANCHOR.size :]
     if not hmac.compare_digest(keyring.blind(b"anchor|", body), mac):
@@ -146,8 +143,72 @@ def read_anchor(store_path: Path, keyring: Keyring) -> Anchor | None:
     return Anchor(store_id, tx, next_batch)
 
 
+def _slots(keyring: Keyring, data: bytes) -> list[Anchor | None]:
+    """The two slots of an anchor file's contents (``None``: empty, damaged, or not this
+    store key's); a file of one record (as written before 4 December 2026) has slot 0 only."""
+    return [_record(keyring, data[i : i + _RECORD]) for i in (0, ANCHOR_SLOT_BYTES)]
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, 2 * ANCHOR_SLOT_BYTES)
+    finally:
+        os.close(fd)
+
+
+def read_anchor(store_path: Path, keyring: Keyring, store_id: bytes | None = None) -> Anchor | None:
+    """The newest valid anchor (of the store ``store_id``, when given), or ``None`` when there
+    is none: missing, damaged or not written with this store's key."""
+    data = _read(anchor_path(store_path))
+    if data is None:
+        return None
+    found = [a for a in _slots(keyring, data) if a is not None]
+    if store_id is not None:
+        found = [a for a in found if a.store_id == store_id]
+    return max(found, key=lambda a: a.tx, default=None)
+
+
+def _free_slot(slots: list[Anchor | None], anchor: Anchor) -> int:
+    """The slot ``anchor`` may overwrite: an empty or damaged one, else one of another store,
+    else the older of this store's two."""
+    if None in slots:
+        return slots.index(None)
+    ours = [
+        (a.tx, i) for i, a in enumerate(slots) if a is not None and a.store_id == anchor.store_id
+    ]
+    if len(ours) == 1:
+        return 1 - ours[0][1]
+    return min(ours)[1] if ours else 0
+
+
 def write_anchor(store_path: Path, keyring: Keyring, anchor: Anchor) -> None:
-    """Atomically replace the anchor (write, fsync, rename, fsync the directory)."""
+    """Record ``anchor`` durably, keeping the newest record already there.
+
+    The first anchor creates the file atomically (temporary file, fsync, rename, fsync of the
+    directory). Every later one overwrites, in place, a slot that does not hold this store's
+    newest record (:func:`_free_slot`), then ``fdatasync``: a power cut during the write can
+    tear only that slot, and the other one still holds the previous anchor. In place, an
+    anchor dirties one page of the card's page cache and no metadata; the atomic replacement
+    also allocated an inode and a block and rewrote the directory each time
+    (``docs/buffer.md``, "Flash", 4 December 2026, night).
+    """
     body = _ANCHOR.pack(_VERSION, anchor.store_id, anchor.tx, anchor.next_batch)
-    data = body + keyring.blind(b"anchor|", body)
-    write_atomic(anchor_path(store_path), data)
+    record = body + keyring.blind(b"anchor|", body)
+    path = anchor_path(store_path)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        write_atomic(path, record)
+        return
+    try:
+        slot = _free_slot(_slots(keyring, os.pread(fd, 2 * ANCHOR_SLOT_BYTES, 0)), anchor)
+        offset = slot * ANCHOR_SLOT_BYTES
+        if os.pwrite(fd, record, offset) != len(record):
+            raise OSError(errno.ENOSPC, "short write of the store anchor")
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)

@@ -502,7 +502,7 @@ class Outbox:
             candidates.append(top_batch + 1)
         if stored is not None:
             candidates.append(stored.next_batch)
-        anchor = integrity.read_anchor(self._path, self._keyring)
+        anchor = integrity.read_anchor(self._path, self._keyring, self.ledger.store_id)
         if anchor is not None and anchor.store_id == self.ledger.store_id:
             candidates.append(anchor.next_batch)
             if stored is not None and anchor.tx > stored.tx:

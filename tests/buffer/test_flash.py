@@ -295,3 +295,103 @@ def test_a_damaged_tail_is_an_empty_one(
         assert b.stats().pending == 2
     finally:
         b.close()
+
+
+def _anchor(store_path: Path) -> Path:
+    return store_path.with_name(store_path.name + ".anchor")
+
+
+def test_the_anchor_is_overwritten_in_place_in_two_slots(
+    store_path: Path, keys: FileKeySource, config: BufferConfig, factory: ReadingFactory
+) -> None:
+    """After the first (atomic) one, an anchor overwrites the older of two slots in the same
+    file: no new inode, no rename; the newer record survives a torn write of the other."""
+    from agent.buffer import integrity
+
+    b = Buffer.open(store_path, keys, config=replace(config, anchor_interval_s=0))
+    try:
+        inode = _anchor(store_path).stat().st_ino
+        seen = []
+        for _ in range(4):
+            b.append([factory.bp()])  # anchored after the commit (interval 0)
+            tx = b._outbox.ledger.tx
+            anchor = integrity.read_anchor(store_path, b._outbox._keyring)
+            assert anchor is not None
+            assert anchor.tx == tx
+            seen.append(tx)
+            assert _anchor(store_path).stat().st_ino == inode
+        data = _anchor(store_path).read_bytes()
+        slots = integrity._slots(b._outbox._keyring, data)
+        assert sorted(a.tx for a in slots if a) == seen[-2:]  # the last two, one per slot
+        # A power cut tears the slot being written: the other one still answers.
+        newest = max((a.tx, i) for i, a in enumerate(slots) if a is not None)[1]
+        torn = bytearray(data)
+        torn[newest * integrity.ANCHOR_SLOT_BYTES + 5] ^= 0xFF
+        _anchor(store_path).write_bytes(bytes(torn))
+        anchor = integrity.read_anchor(store_path, b._outbox._keyring)
+        assert anchor is not None
+        assert anchor.tx == seen[-2]
+        # ... and the next write replaces the torn slot, keeping the good one.
+        b.append([factory.bp()])
+        slots = integrity._slots(b._outbox._keyring, _anchor(store_path).read_bytes())
+        assert sorted(a.tx for a in slots if a) == [seen[-2], b._outbox.ledger.tx]
+    finally:
+        b.close()
+    b = Buffer.open(store_path, keys, config=config)
+    try:
+        assert not b.stats().alarms
+    finally:
+        b.close()
+
+
+def test_a_one_record_anchor_from_before_the_slots_is_read_and_kept(
+    store_path: Path, keys: FileKeySource, config: BufferConfig, factory: ReadingFactory
+) -> None:
+    """An anchor file as written before 4 December 2026 (one record, 49 bytes) still counts:
+    a store older than it is noticed, and the first new anchor goes to the second slot."""
+    from agent.buffer import integrity
+
+    b = Buffer.open(store_path, keys, config=replace(config, anchor_interval_s=0))
+    try:
+        b.append([factory.bp()])
+        keyring = b._outbox._keyring
+        old = integrity.read_anchor(store_path, keyring)
+        assert old is not None
+        ahead = integrity.Anchor(old.store_id, old.tx + 10, old.next_batch)
+        body = integrity._ANCHOR.pack(1, ahead.store_id, ahead.tx, ahead.next_batch)
+        one = body + keyring.blind(b"anchor|", body)
+        assert len(one) == 49
+    finally:
+        b.close()
+    _anchor(store_path).write_bytes(one)  # the old format, ahead of the store
+    b = Buffer.open(store_path, keys, config=config)
+    try:
+        assert "store.rolled-back" in b.stats().alarms
+        slots = integrity._slots(b._outbox._keyring, _anchor(store_path).read_bytes())
+        assert slots[0] == ahead  # kept: it is the newest record
+        assert slots[1] is not None
+        assert slots[1].tx == b._outbox.ledger.tx
+    finally:
+        b.close()
+
+
+def test_an_anchor_slot_of_another_store_is_replaced_first(
+    store_path: Path, keys: FileKeySource, config: BufferConfig, factory: ReadingFactory
+) -> None:
+    """A record of another store (same key, a store made anew beside an old anchor) is neither
+    read as this store's nor kept over this store's own newest record."""
+    from agent.buffer import integrity
+
+    b = Buffer.open(store_path, keys, config=replace(config, anchor_interval_s=0))
+    try:
+        keyring = b._outbox._keyring
+        mine = integrity.read_anchor(store_path, keyring)
+        assert mine is not None
+        other = integrity.Anchor(b"\x01" * 16, mine.tx + 100, 999)
+        integrity.write_anchor(store_path, keyring, other)
+        assert integrity.read_anchor(store_path, keyring, mine.store_id) == mine
+        b.append([factory.bp()])  # overwrites the other store's slot, keeps its own
+        slots = integrity._slots(keyring, _anchor(store_path).read_bytes())
+        assert all(a is not None and a.store_id == mine.store_id for a in slots)
+    finally:
+        b.close()
