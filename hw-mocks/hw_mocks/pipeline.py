@@ -273,7 +273,7 @@ async def _stopped(agent: asyncio.Task[Any], limit_s: float) -> None:
         if not agent.cancelled():
             agent.result()
         return
-    stacks = [f"{t.get_name()}: {_awaiting(t)}" for t in asyncio.all_tasks()]
+    stacks = [f"{t.get_name()}: {awaiting(t)}" for t in asyncio.all_tasks()]
     agent.cancel()
     await asyncio.wait({agent}, timeout=10)
     raise RuntimeError(
@@ -284,7 +284,7 @@ async def _stopped(agent: asyncio.Task[Any], limit_s: float) -> None:
     )
 
 
-def _awaiting(task: asyncio.Task[Any]) -> str:
+def awaiting(task: asyncio.Task[Any]) -> str:
     """The chain of awaits a task is suspended in, outermost first."""
     out: list[str] = []
     obj: Any = task.get_coro()

@@ -11,10 +11,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hw_mocks.pipeline import awaiting
 
 from agent.uplink.link import LinkConfig
 from receiver import brokerplugin
@@ -39,16 +39,7 @@ def where_tasks_wait() -> list[str]:
         tasks = asyncio.all_tasks()
     except RuntimeError:  # no running loop
         return []
-    out = []
-    for task in tasks:
-        chain: list[str] = []
-        obj: Any = task.get_coro()
-        while obj is not None and len(chain) < 30:
-            frame = getattr(obj, "cr_frame", None) or getattr(obj, "ag_frame", None)
-            if frame is not None:
-                chain.append(f"{frame.f_code.co_qualname}:{frame.f_lineno}")
-            obj = getattr(obj, "cr_await", None) or getattr(obj, "ag_await", None)
-        out.append(f"{task.get_name()}: {' -> '.join(chain) or task!r}")
+    out = [f"{task.get_name()}: {awaiting(task)}" for task in tasks]
     return sorted(out)
 
 
