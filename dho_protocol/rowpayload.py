@@ -67,7 +67,14 @@ from dho_protocol.bounded import BoundedReader
 from dho_protocol.errors import MalformedMessageError
 from dho_protocol.payload import MAX_CODE_TEXT, MAX_ITEMS, MAX_TEXT
 from dho_protocol.rawframes import SCHEME_NONE, SCHEME_PLX_CONTINUOUS, SCHEMES, elide, restore
-from dho_protocol.rows import MAX_ROW_BYTES, PLAIN, Context, FormatError, decode_reading
+from dho_protocol.rows import (
+    MAX_ROW_BYTES,
+    PLAIN,
+    Context,
+    FormatError,
+    decode_reading,
+    rebuilt_body,
+)
 
 PAYLOAD_VERSION: Final = 2
 """The version of the one-row payloads a receiver stores (and of v2 batches)."""
@@ -143,7 +150,8 @@ def encode_rows(
 ) -> bytes:
     """The uncompressed v2 payload of ``w``, or with ``rebuilt`` (one scheme byte per row,
     :func:`elide_rows`) the v3 payload, or with ``idless`` too the v4 payload (each row's id
-    left out where :func:`drop_id` can).
+    left out where :func:`drop_id` can). A row the box stored without its canonical raw
+    frames that :func:`elide_rows` did not take goes with its frames, plain.
 
     Raises:
         ValueError: ``w`` is inconsistent (a bug of the caller).
@@ -154,7 +162,7 @@ def encode_rows(
         raise ValueError("rows and rebuild schemes differ in number")
     if idless and rebuilt is None:
         raise ValueError("a v4 payload has rebuild schemes")
-    rows = list(w.rows)
+    rows = [_with_frames(row) for row in w.rows]
     if idless:
         rows = [drop_id(row, rid) for row, rid in zip(rows, w.reading_ids, strict=True)]
     version = PAYLOAD_VERSION if rebuilt is None else REBUILT_PAYLOAD_VERSION
@@ -174,8 +182,10 @@ def encode_rows(
 def elide_rows(w: WireRows) -> tuple[WireRows, bytes]:
     """Leave out the raw frames of every plain row whose frames the receiver can rebuild
     (:func:`dho_protocol.rawframes.elide`); the rows and their scheme bytes for
-    :func:`encode_rows`. A zstd-framed row, or one whose frames are not exactly the canonical
-    ones, is left as it is (scheme 0)."""
+    :func:`encode_rows`. A row the box stored without them (framed
+    :data:`~dho_protocol.rows.REBUILT_PLAIN` or ``REBUILT_ZSTD``) goes plain, scheme 1, as it
+    is. A zstd-framed row, or one whose frames are not exactly the canonical ones, is left as
+    it is (scheme 0)."""
     rows = []
     schemes = bytearray(len(w.rows))
     for i, row in enumerate(w.rows):
@@ -184,8 +194,20 @@ def elide_rows(w: WireRows) -> tuple[WireRows, bytes]:
             if short is not None:
                 row = row[:1] + short
                 schemes[i] = SCHEME_PLX_CONTINUOUS
+        else:
+            body = rebuilt_body(row)
+            if body is not None:  # stored without its frames: already what the wire sends
+                row = bytes([PLAIN]) + body
+                schemes[i] = SCHEME_PLX_CONTINUOUS
         rows.append(row)
     return dataclasses.replace(w, rows=tuple(rows)), bytes(schemes)
+
+
+def _with_frames(row: bytes) -> bytes:
+    """``row`` in a framing every payload version carries: a row the box stored without its
+    canonical raw frames (:data:`~dho_protocol.rows.REBUILT_PLAIN`) with them back, plain."""
+    body = rebuilt_body(row)
+    return row if body is None else bytes([PLAIN]) + restore(body, MAX_ROW_BYTES)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,12 @@ A row refers to its device and patient (the *context*) and to its boot by small 
 the box's own reference numbers; the payload carries the table of those references.
 
 Layout: the first byte says how the rest is packed (:data:`PLAIN` msgpack, or :data:`ZSTD`
-compressed msgpack for rows above 192 bytes, i.e. sample chunks). The msgpack array is::
+compressed msgpack for rows above 192 bytes, i.e. sample chunks). The box's store has two more
+framings, never sent: :data:`REBUILT_PLAIN` and :data:`REBUILT_ZSTD`, a row whose raw frames
+are left out because they are exactly the canonical frames of its samples (an oximetry chunk,
+:mod:`dho_protocol.rawframes`): the store keeps a 60-sample chunk in about 190 bytes instead
+of 290, and the sealing sends it as payload v4 sends every such chunk (plain, frames left out,
+scheme byte 1), so the wire does not change. The msgpack array is::
 
     [1, id, context_ref, observations, [wall_ns, boot_ref, mono_ns, synced],
      device_time, status, samples, raw, (decode_error)]
@@ -82,6 +87,14 @@ from dho_protocol.payload import (
 FORMAT_VERSION: Final = 1
 PLAIN: Final = 0x00
 ZSTD: Final = 0x01
+REBUILT_PLAIN: Final = 0x02
+"""The box's store only, never on the wire: plain msgpack of a row whose raw frames were left
+out because they are the canonical frames of its samples (rebuild scheme 1,
+:mod:`dho_protocol.rawframes`): the row ends with an empty raw-frame list, and the row the
+framing stands for is that body with the rebuilt frames in its place (:func:`rebuilt_body`)."""
+REBUILT_ZSTD: Final = 0x03
+""":data:`REBUILT_PLAIN`, zstd-compressed (an elided body above 192 bytes: a long chunk)."""
+REBUILT: Final = frozenset({REBUILT_PLAIN, REBUILT_ZSTD})
 MAX_ROW_BYTES: Final = 64 * 2**20
 """The most one row may decompress to (a budget passed to :func:`unframe` may be smaller)."""
 
@@ -203,7 +216,7 @@ _PACKED: Final[dict[tuple[int, str | None, str, str, bool], list[Any]]] = {}
 _PACKED_CACHED: Final = 1024
 
 
-def _packed_observations(obs: tuple[Observation, ...]) -> list[list[Any]]:
+def packed_observations(obs: tuple[Observation, ...]) -> list[list[Any]]:
     """The packed form of each observation (:func:`pack_observation`), from a cache: a
     device sends few distinct values, and a decimal's text names it exactly (its digits and
     exponent), so ``(code, unit, text)`` says what the packed entry is."""
@@ -285,13 +298,24 @@ def unframe(data: bytes, budget: int = MAX_ROW_BYTES) -> Any:
 
 def encode_reading(r: Reading, context_ref: int, boot_ref: int) -> bytes:
     """A reading as a row; ``context_ref`` and ``boot_ref`` are the writer's reference ids."""
-    return encode_packed(r, _packed_observations(r.observations), context_ref, boot_ref)
+    return encode_packed(r, packed_observations(r.observations), context_ref, boot_ref)
 
 
-def encode_packed(r: Reading, observations: list[Any], context_ref: int, boot_ref: int) -> bytes:
+def encode_packed(
+    r: Reading,
+    observations: list[Any],
+    context_ref: int,
+    boot_ref: int,
+    *,
+    rebuilt: bool = False,
+) -> bytes:
     """:func:`encode_reading` with the reading's observations already packed (each entry as
     :func:`pack_observation` makes it, in order): for a writer that packed them in a pass of
-    its own (the buffer's append, which derives the natural key in the same pass)."""
+    its own (the buffer's append, which derives the natural key in the same pass).
+
+    ``rebuilt``: the caller has checked that ``r.raw`` is exactly the canonical frames of its
+    samples (:func:`dho_protocol.rawframes.canonical_frames`); the row leaves them out and is
+    framed :data:`REBUILT_PLAIN` or :data:`REBUILT_ZSTD` (the box's store only)."""
     c = r.captured
     t = r.device_time
     if t is None:
@@ -310,15 +334,31 @@ def encode_packed(r: Reading, observations: list[Any], context_ref: int, boot_re
         packed_time,
         sorted(r.status) if r.status else [],
         None if r.samples is None else _pack_samples(r.samples),
-        r.raw,  # a tuple packs as the same msgpack array a list does
+        () if rebuilt else r.raw,  # a tuple packs as the same msgpack array a list does
     ]
     if r.decode_error is not None:
+        if rebuilt:
+            raise ValueError("a row with a decode error keeps its raw frames")
         row.append(r.decode_error)
     z = _zstd  # frame(row), inline: the box's append encodes every reading here
     body: bytes = z.e.encode(row)
     if len(body) > _COMPRESS_OVER:
-        return b"\x01" + z.c.compress(body)
-    return b"\x00" + body
+        return (b"\x03" if rebuilt else b"\x01") + z.c.compress(body)
+    return (b"\x02" if rebuilt else b"\x00") + body
+
+
+def rebuilt_body(data: bytes, budget: int = MAX_ROW_BYTES) -> bytes | None:
+    """The plain msgpack of a :data:`REBUILT_PLAIN` or :data:`REBUILT_ZSTD` row (its raw
+    frames left out, to be rebuilt by :func:`dho_protocol.rawframes.restore`), decompressed
+    within ``budget``; ``None`` for any other framing.
+
+    Raises:
+        FormatError: bad zstd.
+        MessageTooLargeError: it decompresses past ``budget``.
+    """
+    if not data or data[0] not in REBUILT:
+        return None
+    return _decompressed(bytes((data[0] - REBUILT_PLAIN,)) + data[1:], budget)
 
 
 @dataclass(frozen=True, slots=True)
@@ -689,17 +729,24 @@ class RowHead:
 
 
 def peek(data: bytes) -> RowHead:
-    """The id and references of a row (msgpack only: no reading is built).
+    """The id and references of a row (msgpack only: no reading is built), also of a row the
+    box stored without its canonical raw frames (:data:`REBUILT_PLAIN`: it has raw frames, the
+    receiver rebuilds them).
 
     Raises:
         FormatError: not a row.
     """
+    rebuilt = rebuilt_body(data)
     try:
-        h = _head_decoder().decode(_decompressed(data, MAX_ROW_BYTES))
+        h = _head_decoder().decode(
+            _decompressed(data, MAX_ROW_BYTES) if rebuilt is None else rebuilt
+        )
     except msgspec.DecodeError as err:
         raise FormatError(f"not a version-1 reading row: {err}") from err
     frames = bytes(memoryview(h.raw)[:5])  # the list header (fix, 16 or 32 bit count)
-    has_raw = not frames.startswith((b"\x90", b"\xdc\x00\x00", b"\xdd\x00\x00\x00\x00"))
+    has_raw = rebuilt is not None or not frames.startswith(
+        (b"\x90", b"\xdc\x00\x00", b"\xdd\x00\x00\x00\x00")
+    )
     return RowHead(uuid.UUID(bytes=h.id), h.context_ref, h.captured[1], has_raw)
 
 

@@ -24,17 +24,18 @@ from datetime import datetime
 from typing import Any, Final
 
 from agent.model import DeviceIdentity, DeviceKind, Reading, Transport
-from dho_protocol import rows
+from dho_protocol import rawframes, rows
+from dho_protocol.errors import MalformedMessageError, MessageTooLargeError
 from dho_protocol.rows import (
     FORMAT_VERSION,
     PLAIN,
+    REBUILT_PLAIN,
+    REBUILT_ZSTD,
     ZSTD,
     Context,
     FormatError,
     PackedReading,
     RowHead,
-    encode_packed,
-    encode_reading,
     frame,
     peek,
     unframe,
@@ -43,6 +44,8 @@ from dho_protocol.rows import (
 __all__ = [
     "FORMAT_VERSION",
     "PLAIN",
+    "REBUILT_PLAIN",
+    "REBUILT_ZSTD",
     "REF_BOOT",
     "REF_CONTEXT",
     "ZSTD",
@@ -59,6 +62,7 @@ __all__ = [
     "key_prefix",
     "packed_and_key",
     "peek",
+    "row_plain",
 ]
 
 
@@ -148,9 +152,57 @@ def packed_and_key(r: Reading, prefix: str) -> tuple[list[Any], bytes | None]:
     return packed, "\x1f".join(parts).encode()
 
 
+# -- the store's rows: canonical raw frames left out --------------------------------------
+
+_encode_packed: Final = rows.encode_packed
+_canonical: Final = rawframes.canonical_frames
+
+
+def encode_packed(r: Reading, observations: list[Any], context_ref: int, boot_ref: int) -> bytes:
+    """The store's row of ``r`` (:func:`dho_protocol.rows.encode_packed`, observations packed
+    by :func:`packed_and_key`): an oximetry chunk whose raw frames are exactly the canonical
+    frames of its samples (:func:`dho_protocol.rawframes.canonical_frames`, checked here byte
+    for byte) is stored without them, framed :data:`REBUILT_PLAIN` (or :data:`REBUILT_ZSTD`):
+    a 60-sample chunk is 188 bytes instead of about 292, and its sealed row fits four to a
+    1 KiB page instead of two (``docs/buffer.md``, "Layout"). Every other reading is the
+    protocol's row as it is."""
+    s = r.samples
+    if s is None or not r.raw or r.decode_error is not None:
+        return _encode_packed(r, observations, context_ref, boot_ref)
+    rebuilt = _canonical(s) == r.raw
+    return _encode_packed(r, observations, context_ref, boot_ref, rebuilt=rebuilt)
+
+
+def encode_reading(r: Reading, context_ref: int, boot_ref: int) -> bytes:
+    """The store's row of ``r`` (:func:`encode_packed`, the observations packed here)."""
+    return encode_packed(r, rows.packed_observations(r.observations), context_ref, boot_ref)
+
+
+def row_plain(data: bytes) -> bytes:
+    """A stored row in the protocol's own framing (:data:`PLAIN` or :data:`ZSTD`): a row
+    stored without its canonical raw frames gets them back (:func:`rawframes.restore`), byte
+    for byte the row :func:`dho_protocol.rows.encode_reading` makes; any other row as it is.
+
+    Raises:
+        FormatError: a rebuilt row that does not rebuild (bad zstd, not a row of scheme 1).
+    """
+    body = rows.rebuilt_body(data)
+    if body is None:
+        return data
+    try:
+        return b"\x00" + rawframes.restore(body, rows.MAX_ROW_BYTES)
+    except FormatError:
+        raise
+    except (MalformedMessageError, MessageTooLargeError) as err:
+        raise FormatError(f"a row stored without its raw frames does not rebuild: {err}") from err
+
+
 def decode_reading(data: bytes) -> PackedReading:
-    """Decode one of the store's own rows (every reading the model allows reads back)."""
-    return rows.decode_reading(data, lim=rows.STORE_LIMITS, items=rows.STORE_LIMITS.samples)
+    """Decode one of the store's own rows (every reading the model allows reads back; a row
+    stored without its canonical raw frames reads back with them)."""
+    return rows.decode_reading(
+        row_plain(data), lim=rows.STORE_LIMITS, items=rows.STORE_LIMITS.samples
+    )
 
 
 # -- refs ---------------------------------------------------------------------------------

@@ -191,7 +191,7 @@ def test_msgspec_writes_the_bytes_msgpack_wrote(r: Reading) -> None:
         1,
         r.id.bytes,
         3,
-        rows._packed_observations(r.observations),
+        rows.packed_observations(r.observations),
         [c.wall_ns, 4, c.mono_ns, c.synced],
         sorted(r.status),
         r.raw,
