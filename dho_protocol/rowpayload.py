@@ -49,6 +49,12 @@ The box leaves the id out of every plain row whose id is packed that way and is 
 envelope's (:func:`drop_id`); a row it cannot judge keeps its id, and the receiver takes
 a row with its id as in v3. Either way the receiver decodes and stores the row byte for
 byte as the box stored it.
+
+The box's store keeps a chunk whose raw frames are the canonical ones without them, framed
+:data:`~dho_protocol.rows.REBUILT_PLAIN` (or ``REBUILT_ZSTD``; ``agent.buffer.codec``):
+:func:`elide_rows` sends such a row plain and marked 1, the very bytes it makes of the same
+chunk stored with its frames, and :func:`encode_rows` puts the frames back into any such row
+it gets unmarked (a v2 payload). Those framings never go on the wire.
 """
 
 from __future__ import annotations
