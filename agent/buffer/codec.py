@@ -10,6 +10,11 @@ to the envelope without decoding them into readings and encoding them again. The
 because the box keeps days of backlog on an SD card: a blood-pressure reading is about 100
 bytes before encryption.
 
+The store's row is that row, except for an oximetry chunk whose raw frames are exactly the
+canonical frames of its samples: it is stored without them (framing ``REBUILT_PLAIN``,
+:func:`encode_packed`) and gets them back on every read (:func:`row_plain`); the sealing sends
+it as it sends any such chunk.
+
 Device identity + patient reference (the *context*), and boot ids, change rarely, so a row
 holds a small integer reference to an encrypted ``refs`` row, encoded here (see
 :mod:`agent.buffer.refs`). Both use the same framing: a first byte saying plain msgpack or
@@ -164,8 +169,8 @@ def encode_packed(r: Reading, observations: list[Any], context_ref: int, boot_re
     frames of its samples (:func:`dho_protocol.rawframes.canonical_frames`, checked here byte
     for byte) is stored without them, framed :data:`REBUILT_PLAIN` (or :data:`REBUILT_ZSTD`):
     a 60-sample chunk is 188 bytes instead of about 292, and its sealed row fits four to a
-    1 KiB page instead of two (``docs/buffer.md``, "Layout"). Every other reading is the
-    protocol's row as it is."""
+    1 KiB page instead of two (``docs/buffer.md``, "Storage format"). Every other reading is
+    the protocol's row as it is."""
     s = r.samples
     if s is None or not r.raw or r.decode_error is not None:
         return _encode_packed(r, observations, context_ref, boot_ref)

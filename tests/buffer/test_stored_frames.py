@@ -2,9 +2,9 @@
 
 A chunk whose raw 0x2A5F frames are exactly what rebuild scheme 1 makes of its samples
 (:mod:`dho_protocol.rawframes`) is stored framed ``REBUILT_PLAIN`` (or ``REBUILT_ZSTD``),
-without the frames (``docs/buffer.md``, "Layout"). The properties (hypothesis): every reading
-reads back from the store exactly, frames and all; a stored row restores byte for byte to the
-protocol's row; a frame that is not exactly the canonical one is never left out; and the
+without the frames (``docs/buffer.md``, "Storage format"). The properties (hypothesis): every
+reading reads back from the store exactly, frames and all; a stored row restores byte for byte
+to the protocol's row; a frame that is not exactly the canonical one is never left out; and the
 sealing makes the same payload of the stored rows as of the protocol's rows, in every batch
 version, so the wire does not change. Then the real store, claim to receiver, and the
 receiver's refusal of the store's framings on the wire.
@@ -99,7 +99,7 @@ def test_the_wire_is_the_same_whether_the_frames_were_stored_or_not(chunks, spot
 
 def test_a_60_second_chunk_is_stored_in_188_bytes_not_about_290():
     """The bench's chunks (a drifting SpO2 and pulse, 1 % dropouts): 188 bytes each, sealed
-    216, four rows to a 1 KiB page (``docs/buffer.md``, "Layout")."""
+    216, four rows to a 1 KiB page (``docs/buffer.md``, "Storage format")."""
     make = ReadingFactory(seed=2)
     for _ in range(20):
         r = make.oximetry_chunk(60)
