@@ -60,6 +60,11 @@ _PENDING_OF_LANE: Final = {
 assert int(Lane.CONTINUOUS) == 2  # the literal of m006's partial index
 
 
+BATCH_BLOCK: Final = 64
+"""Batch numbers reserved by one write of ``meta.next_batch`` (claims are kept in memory)."""
+MAX_BATCHES_KEPT: Final = 4096
+"""Batches whose rows are remembered for a late acknowledgement by batch."""
+
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 
@@ -173,8 +178,21 @@ class Outbox:
         self.deleted = False
         """Rows were deleted or rewritten (purge, compaction) since the owner last reset this:
         their old ciphertext may linger in the WAL until a checkpoint truncates it."""
+        self.unpurged = 0
+        """Rows deleted on their acknowledgement since the last purge (their ciphertext may
+        linger in the WAL until the purge's checkpoint truncates it)."""
         self._anchored = (-1, 0.0)
         self._inflight: dict[uuid.UUID, int] = {}
+        self._claimed: dict[int, tuple[int, Lane]] = {}
+        """Rows claimed by this process, ``seq -> (batch, lane)``: in memory only. A claim
+        writes nothing to the card (an open turns every claim back into pending anyway, and
+        the receiver de-duplicates by reading id); the rows stay pending in the file."""
+        self._batches: dict[int, list[int]] = {}
+        """The rows each batch of this process was given, also after a release (a late
+        acknowledgement by batch still finds them); dropped on its acknowledgement."""
+        self._batch_ceiling = 0
+        """``meta.next_batch``: the batch numbers below it are reserved, handed out by claims
+        without a write; an open starts at it, so no number is ever handed out twice."""
 
     def _tag(self, seq: int, state: int, batch: int | None) -> bytes:
         return state_tag(self._keyring, seq, state, batch)
@@ -226,7 +244,27 @@ class Outbox:
         counts.quarantined = conn.execute(
             "SELECT count(*) FROM quarantine WHERE source = 'readings'"
         ).fetchone()[0]
+        # Rows claimed in memory are pending in the file.
+        for seq, _, _, _, _ in self._rows_of(list(self._claimed), "AND state = 0"):
+            lane = self._claimed[seq][1]
+            counts.rows[lane, PENDING] -= 1
+            counts.rows[lane, CLAIMED] += 1
         return counts
+
+    def _rows_of(
+        self, seqs: Sequence[int], where: str = "AND state != 2"
+    ) -> list[tuple[int, object, object, object, object]]:
+        """``(seq, lane, state, batch, tag)`` of the rows of ``seqs`` still in the table."""
+        rows: list[tuple[int, object, object, object, object]] = []
+        for i in range(0, len(seqs), 500):
+            part = seqs[i : i + 500]
+            marks = ",".join("?" * len(part))
+            rows += self._db.conn.execute(
+                f"SELECT seq, lane, state, batch, tag FROM readings WHERE seq IN ({marks})"  # noqa: S608
+                f" {where}",
+                part,
+            ).fetchall()
+        return rows
 
     def _write_ledger(self, ledger: Ledger) -> None:
         body, mac = ledger.pack(self._keyring)
@@ -498,6 +536,7 @@ class Outbox:
         candidates = [1]
         if meta is not None and type(meta[0]) is int:
             candidates.append(meta[0])
+            self._batch_ceiling = meta[0]
         if type(top_batch) is int:
             candidates.append(top_batch + 1)
         if stored is not None:
@@ -678,9 +717,16 @@ class Outbox:
             for lane in CLAIM_ORDER:
                 if full or len(selected) >= max_readings:
                     break
+                # Rows claimed in memory are pending in the file: step over them (at most
+                # as many as this lane has claimed).
+                skip = self.counts.rows[lane, CLAIMED]
                 for seq, key_id, blob in conn.execute(
-                    _PENDING_OF_LANE[lane], (int(lane), max_readings - len(selected))
+                    _PENDING_OF_LANE[lane], (int(lane), max_readings - len(selected) + skip)
                 ):
+                    if seq in self._claimed:
+                        continue
+                    if len(selected) >= max_readings:
+                        break
                     n = len(blob) if type(blob) is bytes else 0
                     if max_bytes is not None and selected and size + n > max_bytes:
                         full = True
@@ -691,16 +737,15 @@ class Outbox:
                 return None
             taken: list[tuple[_T, int]] = []
             failed: list[RowAuthenticationError] = []
-            claimed: list[tuple[int, bytes, int]] = []
+            claimed: list[tuple[int, Lane]] = []
             ids: list[uuid.UUID] = []
             delta = Delta()
             moved: dict[Lane, int] = {}
-            tag = self._tag
             for seq, lane, key_id, blob in selected:
                 try:
                     item = take(seq, lane, key_id, blob)
                     taken.append((item, seq))
-                    claimed.append((batch_id, tag(seq, CLAIMED, batch_id), seq))
+                    claimed.append((seq, lane))
                     moved[lane] = moved.get(lane, 0) + 1
                 except RowAuthenticationError as exc:
                     self.quarantine(tx, delta, seq, lane, PENDING, key_id, exc.reason, blob)
@@ -711,23 +756,36 @@ class Outbox:
                     failed.append(err)
             for lane, n in moved.items():
                 delta.move(lane, PENDING, CLAIMED, n)
-            conn.executemany(
-                "UPDATE readings SET state = 1, batch = ?, tag = ? WHERE seq = ?", claimed
-            )
+            # The claim itself is kept in memory (``_claimed``): the rows are not rewritten.
+            # Only a batch number at the reserved ceiling writes (``meta.next_batch``, a block
+            # of BATCH_BLOCK numbers ahead), and a quarantined row.
             self.next_batch = batch_id + 1
             tx.on_rollback(lambda: setattr(self, "next_batch", batch_id))
-            # UPDATE, not INSERT OR REPLACE: a replace deletes and re-inserts the row, which
-            # also rewrites meta's primary-key index (one more page in the WAL per claim).
-            if not conn.execute(
-                "UPDATE meta SET v = ? WHERE k = 'next_batch'", (self.next_batch,)
-            ).rowcount:
-                conn.execute("INSERT INTO meta (k, v) VALUES ('next_batch', ?)", (self.next_batch,))
-            self._commit(tx, delta)
+            wrote = bool(failed)
+            if batch_id >= self._batch_ceiling:
+                ceiling = batch_id + BATCH_BLOCK
+                # UPDATE, not INSERT OR REPLACE: a replace deletes and re-inserts the row,
+                # which also rewrites meta's primary-key index (one more page in the WAL).
+                if not conn.execute(
+                    "UPDATE meta SET v = ? WHERE k = 'next_batch'", (ceiling,)
+                ).rowcount:
+                    conn.execute("INSERT INTO meta (k, v) VALUES ('next_batch', ?)", (ceiling,))
+                tx.after_commit(lambda: setattr(self, "_batch_ceiling", ceiling))
+                wrote = True
+            if wrote:
+                self._commit(tx, delta)
+            else:  # nothing the ledger counts changed: no write at all
+                tx.after_commit(lambda: self.counts.apply(delta))
             ids = [_reading_id(item) for item, _ in taken]
 
             def track() -> None:
                 for rid, (_, s) in zip(ids, taken, strict=True):
                     self._inflight[rid] = s
+                for s, ln in claimed:
+                    self._claimed[s] = (batch_id, ln)
+                self._batches[batch_id] = [s for s, _ in claimed]
+                while len(self._batches) > MAX_BATCHES_KEPT:  # released, never acknowledged
+                    del self._batches[next(iter(self._batches))]
 
             tx.after_commit(track)
         if failed:
@@ -774,7 +832,16 @@ class Outbox:
         """Move a claimed batch that can never be delivered to the quarantine."""
         conn = self._db.conn
         with self._db.tx() as tx:
-            rows = conn.execute(
+            mine = self._claimed_of(batch_id)
+            rows: list[tuple[int, object, object, object]] = []
+            for i in range(0, len(mine), 500):
+                part = mine[i : i + 500]
+                marks = ",".join("?" * len(part))
+                rows += conn.execute(
+                    f"SELECT seq, lane, key_id, blob FROM readings WHERE seq IN ({marks})",  # noqa: S608
+                    part,
+                ).fetchall()
+            rows += conn.execute(  # claimed in the file (before claims were kept in memory)
                 "SELECT seq, lane, key_id, blob FROM readings WHERE batch = ? AND state = 1",
                 (batch_id,),
             ).fetchall()
@@ -784,8 +851,10 @@ class Outbox:
                 self.quarantine(
                     tx, delta, seq, lane, CLAIMED, key_id, reason, blob, lane_value=lane_value
                 )
-            self._commit(tx, delta)
+            if rows:
+                self._commit(tx, delta)
             tx.after_commit(lambda: self._forget_inflight({r[0] for r in rows}))
+            tx.after_commit(lambda: self._batches.pop(batch_id, None))
         if rows:
             _LOGGER.error("%d undeliverable readings quarantined: %s", len(rows), reason)
         return len(rows)
@@ -800,55 +869,79 @@ class Outbox:
         """
         conn = self._db.conn
         with self._db.tx() as tx:
-            rows = conn.execute(
-                "SELECT seq, lane, state, batch, tag FROM readings WHERE batch = ? AND state != 2",
-                (batch_id,),
-            ).fetchall()
-            return self._mark_acked(tx, rows)
+            mine = self._rows_of(self._batches.get(batch_id, []))
+            known = {r[0] for r in mine}
+            # Rows given this batch in the file (claimed or released before claims were kept
+            # in memory): their state tags must say so.
+            filed = [
+                r
+                for r in conn.execute(
+                    "SELECT seq, lane, state, batch, tag FROM readings"
+                    " WHERE batch = ? AND state != 2",
+                    (batch_id,),
+                ).fetchall()
+                if r[0] not in known
+            ]
+            done = self._mark_acked(tx, mine, filed)
+            tx.after_commit(lambda: self._batches.pop(batch_id, None))
+            return done
 
     def ack_ids(self, ids: Iterable[uuid.UUID]) -> int:
         """Mark readings delivered by id (they must have been claimed by this process)."""
         seqs = [s for i in ids if (s := self._inflight.get(i, 0))]
         if not seqs:
             return 0
-        conn = self._db.conn
         with self._db.tx() as tx:
-            rows: list[tuple[int, object, object, object, object]] = []
-            for i in range(0, len(seqs), 500):
-                part = seqs[i : i + 500]
-                marks = ",".join("?" * len(part))
-                rows += conn.execute(
-                    f"SELECT seq, lane, state, batch, tag FROM readings WHERE seq IN ({marks})"  # noqa: S608
-                    " AND state != 2",
-                    part,
-                ).fetchall()
-            done = self._mark_acked(tx, rows)
+            done = self._mark_acked(tx, self._rows_of(seqs), [])
             tx.after_commit(lambda: self._forget_inflight(set(seqs)))
         return done
 
     def _mark_acked(
-        self, tx: Tx, rows: Sequence[tuple[int, object, object, object, object]]
+        self,
+        tx: Tx,
+        mine: Sequence[tuple[int, object, object, object, object]],
+        filed: Sequence[tuple[int, object, object, object, object]],
     ) -> int:
+        """Delete delivered rows: ``mine`` were claimed by this process (in memory), ``filed``
+        were given the batch in the file and count only when their state tag says so."""
         kr = self._keyring
-        good = [r for r in rows if tag_ok(kr, r[0], r[2], r[3], r[4])]
-        if len(good) < len(rows):
+        good = list(mine) + [r for r in filed if tag_ok(kr, r[0], r[2], r[3], r[4])]
+        if len(good) < len(mine) + len(filed):
             _LOGGER.error(
                 "%d rows named in an acknowledgement were not given that batch: left as they are",
-                len(rows) - len(good),
+                len(mine) + len(filed) - len(good),
             )
             self.raise_sticky(tx, "rows.state-altered")
-        self._db.conn.executemany(
-            "UPDATE readings SET state = 2, tag = ? WHERE seq = ?",
-            [
-                (self._tag(seq, ACKED, batch if type(batch) is int else None), seq)
-                for seq, _, _, batch, _ in good
-            ],
-        )
+        # Delivered rows are deleted here, in the pages the acknowledgement had to rewrite
+        # anyway (secure_delete zeroes them), instead of being marked delivered here and
+        # deleted by the next purge: each row's pages are written once, not twice, and the
+        # purge's checkpoint copies a database of pending rows only ("Flash" in
+        # docs/buffer.md). The ciphertext may linger in the WAL until that purge truncates
+        # it: ``unpurged`` counts these rows until then (``stats().acknowledged``).
+        if good:
+            # Deleting the top rows lowers max(seq): keep the floor, as purge_rows does (no
+            # page is written when the floor is already there).
+            self._db.conn.execute(
+                "UPDATE meta SET v = ? WHERE k = 'seq_floor' AND v < ?",
+                (self.next_seq - 1, self.next_seq - 1),
+            )
+        self._db.conn.executemany("DELETE FROM readings WHERE seq = ?", [(r[0],) for r in good])
         delta = Delta()
-        for _, lane_value, state, _, _ in good:
-            delta.move(lane_of(lane_value), state if state in STATES else None, ACKED)
+        for seq, lane_value, state, _, _ in good:
+            was = CLAIMED if seq in self._claimed else state if state in STATES else None
+            delta.move(lane_of(lane_value), was, None)
         self._commit(tx, delta)
-        tx.after_commit(lambda: self._forget_inflight({r[0] for r in good}))
+        gone = {r[0] for r in good}
+
+        def done() -> None:
+            self._forget_inflight(gone)
+            for seq in gone:
+                self._claimed.pop(seq, None)
+            if gone:
+                self.unpurged += len(gone)
+                self.deleted = True
+
+        tx.after_commit(done)
         return len(good)
 
     def _forget_inflight(self, seqs: set[int]) -> None:
@@ -858,28 +951,52 @@ class Outbox:
     def release(self, batch_id: int) -> int:
         """Give a batch back to pending (its acknowledgement did not come in time)."""
         conn = self._db.conn
-        with self._db.tx() as tx:
-            rows = conn.execute(
-                "SELECT seq, lane FROM readings WHERE batch = ? AND state = 1", (batch_id,)
-            ).fetchall()
-            conn.executemany(
-                "UPDATE readings SET state = 0, tag = ? WHERE seq = ?",
-                [(self._tag(seq, PENDING, batch_id), seq) for seq, _ in rows],
-            )
-            delta = Delta()
-            for _, lane_value in rows:
-                delta.move(lane_of(lane_value), CLAIMED, PENDING)
-            self._commit(tx, delta)
-        return len(rows)
+        rows = conn.execute(  # claimed in the file (before claims were kept in memory)
+            "SELECT seq, lane FROM readings WHERE batch = ? AND state = 1", (batch_id,)
+        ).fetchall()
+        if rows:
+            with self._db.tx() as tx:
+                conn.executemany(
+                    "UPDATE readings SET state = 0, tag = ? WHERE seq = ?",
+                    [(self._tag(seq, PENDING, batch_id), seq) for seq, _ in rows],
+                )
+                delta = Delta()
+                for _, lane_value in rows:
+                    delta.move(lane_of(lane_value), CLAIMED, PENDING)
+                self._commit(tx, delta)
+        # A claim in memory: its rows are pending in the file already, nothing to write.
+        mine = self._claimed_of(batch_id)
+        delta = Delta()
+        for seq in mine:
+            delta.move(self._claimed.pop(seq)[1], CLAIMED, PENDING)
+        self.counts.apply(delta)
+        return len(rows) + len(mine)
+
+    def _claimed_of(self, batch_id: int) -> list[int]:
+        """The rows of ``batch_id`` still claimed by it (in memory)."""
+        return [
+            s for s in self._batches.get(batch_id, ()) if self._claimed.get(s, (0,))[0] == batch_id
+        ]
 
     # -- purge and compaction -----------------------------------------------------------
 
     def purge_rows(self) -> int:
         """Delete delivered rows, old de-duplication keys and unused retired data keys.
 
-        A row is deleted only when its state tag says it was delivered; one whose ``state``
-        column says so without a matching tag goes back to pending instead.
+        Returns the delivered rows gone since the last purge: those an acknowledgement
+        deleted (:attr:`unpurged`) and rows marked delivered (state 2, by a release before
+        acknowledgements deleted rows) deleted now. A row is deleted only when its state tag
+        says it was delivered; one whose ``state`` column says so without a matching tag goes
+        back to pending instead.
         """
+        earlier, self.unpurged = self.unpurged, 0
+        try:
+            return earlier + self._purge_rows()
+        except BaseException:
+            self.unpurged += earlier
+            raise
+
+    def _purge_rows(self) -> int:
         conn = self._db.conn
         kr = self._keyring
         with self._db.tx() as tx:
@@ -950,6 +1067,8 @@ class Outbox:
                 rewritten = quarantined = 0
                 for seq, key_id, blob in rows:
                     last_seq = seq
+                    if seq in self._claimed:  # in flight: its plaintext is in a batch
+                        continue
                     try:
                         reading, packed = self.decode_packed(seq, lane, key_id, blob)
                     except (RowAuthenticationError, codec.FormatError) as exc:

@@ -441,7 +441,7 @@ class Buffer:
         return BufferStats(
             pending_by_lane={lane.name.lower(): c.pending(lane) for lane in Lane},
             claimed=c.state(CLAIMED),
-            acknowledged=c.state(ACKED),
+            acknowledged=c.state(ACKED) + self._outbox.unpurged,
             quarantined=c.quarantined,
             used_bytes=self.used_bytes(),
             file_bytes=file_bytes,

@@ -5,7 +5,11 @@ must keep after any kill:
 
     A <reading id hex> <digest>   append returned: the reading is durable
     U <reading id hex> <digest>   append returned, but skipped some readings as duplicates
+    k <batch id> <id hex>...      an ack is under way: these readings may be gone (delivered)
     K <batch id> <id hex>...      ack returned: these readings are delivered
+
+An acknowledgement deletes the rows it delivers, so after a kill inside an ack its readings are
+either all there or all gone; the ``k`` line printed before it says which may be gone.
 
 Every child's cuff starts its clock at the same device time, so a record of an earlier child
 can come again with the same time and values: the buffer rightly keeps one (its natural key),
@@ -45,10 +49,11 @@ def main() -> None:
         out.flush()
         if rng.random() < 0.3 and (claim := buf.claim(rng.randint(1, 60))) is not None:
             if rng.random() < 0.8:
+                ids = " ".join(r.id.hex for r in claim.readings)
+                out.write(f"k {claim.batch_id} {ids}\n")
+                out.flush()
                 buf.ack(claim.batch_id)
-                out.write(
-                    f"K {claim.batch_id} " + " ".join(r.id.hex for r in claim.readings) + "\n"
-                )
+                out.write(f"K {claim.batch_id} {ids}\n")
                 out.flush()
             else:
                 buf.release(claim.batch_id)

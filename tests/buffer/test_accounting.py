@@ -32,6 +32,15 @@ def _recount(buf: Buffer) -> dict[str, Any]:
         elif state == 2:
             acked += n
     quarantined = con.execute("SELECT count(*) FROM quarantine").fetchone()[0]
+    # A claim is kept in memory: its rows are pending in the file.
+    for seq, (_, lane) in buf._outbox._claimed.items():
+        row = con.execute("SELECT state FROM readings WHERE seq = ?", (seq,)).fetchone()
+        if row is not None and row[0] == 0:
+            pending[lane.name.lower()] -= 1
+            claimed += 1
+    # An acknowledgement deletes its rows; until the next purge they count as "acknowledged,
+    # not purged" (their ciphertext may linger in the WAL).
+    acked += buf._outbox.unpurged
     return {"pending": pending, "claimed": claimed, "acked": acked, "quarantined": quarantined}
 
 

@@ -89,6 +89,7 @@ class _Checker:
         self.intent: dict[str, str] = {}  # an append was attempted with this reading
         self.promised: set[str] = set()  # ... and returned
         self.delivered: set[str] = set()  # its ack returned
+        self.acking: set[str] = set()  # an ack was under way (it deletes what it delivers)
 
     def boot_lines(self, boot: int, lines: list[str]) -> None:
         stored: dict[str, tuple[str, int]] = {}
@@ -108,6 +109,8 @@ class _Checker:
                 ids = rest.split()
                 self.promised.update(ids)
                 self.r.appended += len(ids)
+            elif kind == "k":
+                self.acking.update(rest.split()[1:])
             elif kind == "K":
                 ids = rest.split()[1:]
                 self.delivered.update(ids)
@@ -123,6 +126,9 @@ class _Checker:
     ) -> None:
         r = self.r
         r.max_rows = max(r.max_rows, len(stored))
+        # An ack cut after its commit took its rows (all of them: one transaction).
+        self.delivered |= {i for i in self.acking if i not in stored}
+        self.acking.clear()
         lost = [i for i in self.promised if i not in stored and i not in self.delivered]
         altered = [i for i, (d, _) in stored.items() if i in self.intent and self.intent[i] != d]
         unexpected = [i for i in stored if i not in self.intent]

@@ -14,6 +14,7 @@ the operation it reports returned, so each is a promise the card must keep:
     H <json>                   the store's health after opening (alarms, set aside, integrity)
     a <id> <digest>            about to append this reading (it may or may not survive)
     A <id>...                  append returned: these readings are durable
+    k <batch> <id>...          about to acknowledge: these readings may be gone (delivered)
     K <batch> <id>...          ack returned: these readings are delivered
     L <label>                  the operation in progress when the power was cut
     CUT                        the card is dead; the boot ends (os._exit, no cleanup)
@@ -56,6 +57,7 @@ class Boot:
         self.unsafe = bool(spec.get("unsafe", False))
         self.out: TextIO = sys.stdout
         self.claimed: list[int] = []
+        self.claimed_ids: dict[int, list[str]] = {}  # the reading ids of each claim
         self.span: dict[str, int] = {}  # the most mutations one operation of a kind made
         self.armed = False
         self.drain = False  # the store grew: claim and acknowledge more than append
@@ -174,24 +176,19 @@ class Boot:
             claim = self.run_op("claim", lambda: buf.claim(self.rng.randint(1, most)))
             if claim is not None:
                 self.claimed.append(claim.batch_id)
+                self.claimed_ids[claim.batch_id] = [r.id.hex for r in claim.readings]
         elif roll < 0.88 and self.claimed:
             batch_id = self.claimed.pop(self.rng.randrange(len(self.claimed)))
-            ids = self._batch_ids(buf, batch_id)
+            ids = self.claimed_ids.pop(batch_id)
             if self.rng.random() < 0.85:
+                # An ack deletes what it delivers: cut inside it, its readings may be gone.
+                self.emit(f"k {batch_id} " + " ".join(ids))
                 self.run_op("ack", lambda: buf.ack(batch_id))
                 self.emit(f"K {batch_id} " + " ".join(ids))
             else:
                 self.run_op("release", lambda: buf.release(batch_id))
         elif roll < 0.95 or self.target == "purge":
             self.run_op("purge", buf.purge)
-
-    @staticmethod
-    def _batch_ids(buf: Buffer, batch_id: int) -> list[str]:
-        rows = buf._conn.execute(
-            "SELECT seq, lane, key_id, blob FROM readings WHERE batch = ? AND state = 1",
-            (batch_id,),
-        ).fetchall()
-        return [buf._decode_row(*row).id.hex for row in rows]
 
     def run(self) -> None:
         buf = self.open()
