@@ -180,8 +180,11 @@ class Pressure:
         """
         conn = self._db.conn
         try:
-            if conn.execute("PRAGMA freelist_count").fetchone()[0]:
-                conn.execute("PRAGMA incremental_vacuum")  # (rewrites page 1 even with none)
+            if (
+                conn.execute("PRAGMA auto_vacuum").fetchone()[0]
+                and conn.execute("PRAGMA freelist_count").fetchone()[0]
+            ):  # a store made with auto_vacuum=INCREMENTAL; it rewrites page 1 even with none
+                conn.execute("PRAGMA incremental_vacuum")
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.OperationalError as exc:
             if not is_full(exc):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from agent.errors import RowAuthenticationError
 from agent.model import Reading
@@ -92,6 +93,12 @@ class BufferConfig:
     # VACUUM, which no migration does). 1 KiB pages write about 2x less to the card per
     # patient-day than 4 KiB (a commit writes each page it touched whole); docs/buffer.md.
     page_size: int = 1024
+    # auto_vacuum of a new store: "none" (since 7 December 2026) or "incremental" (before).
+    # With "incremental" every commit that takes a page (a new leaf every 2-3 chunks) also
+    # wrote a pointer-map page, about 0.25 MB of the card per patient-day, so that a purge
+    # could give the freed pages back to the filesystem; with "none" they stay in the file
+    # (its size is its peak) and the next rows reuse them. An existing store keeps its mode.
+    auto_vacuum: Literal["none", "incremental"] = "none"
     # locking_mode=EXCLUSIVE: the WAL index in heap memory, no ``-shm`` file on the card. In
     # real time (a commit a minute) the kernel wrote the -shm pages each commit dirtied back
     # to the card after every commit, as much again as the WAL itself (docs/buffer.md,

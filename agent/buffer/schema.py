@@ -4,7 +4,10 @@ and what SQLite's errors mean for the store.
 
 Durability (``security-and-reliability.md`` section 4.3): WAL with ``synchronous=FULL``, so a
 returned ``COMMIT`` survives a power cut; ``secure_delete=ON`` so deleted rows are zeroed;
-``auto_vacuum=INCREMENTAL`` so freed pages can be given back to the filesystem.
+``auto_vacuum`` (``BufferConfig.auto_vacuum``) ``NONE`` for a new store since 7 December 2026:
+freed pages stay in the file and are reused by the next rows (no pointer-map page in every
+commit that grows the file); a store made before keeps ``INCREMENTAL``, which gives freed
+pages back to the filesystem at every purge.
 """
 
 from __future__ import annotations
@@ -129,7 +132,11 @@ def apply_pragmas(conn: sqlite3.Connection, cfg: BufferConfig) -> None:
         # touches 4 (row, pending index, ledger, de-duplication log); see
         # BufferConfig.page_size and docs/buffer.md, "Flash".
         conn.execute(f"PRAGMA page_size = {int(cfg.page_size)}")  # first: auto_vacuum fixes it
-        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        # NONE: no pointer map, whose page every commit that takes a new page also wrote
+        # (docs/buffer.md, "Flash"); a store keeps what it was made with (changing it needs a
+        # VACUUM, which no migration does).
+        mode = "INCREMENTAL" if cfg.auto_vacuum == "incremental" else "NONE"
+        conn.execute(f"PRAGMA auto_vacuum = {mode}")
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = FULL")
     conn.execute("PRAGMA secure_delete = ON")

@@ -371,20 +371,30 @@ def test_a_new_store_takes_the_page_size_and_an_old_one_keeps_its_own(
 ) -> None:
     """``page_size`` is set before the first table (and before auto_vacuum, which would fix
     it); 1 KiB is the default for a new store; a store made with other pages (4 KiB, the
-    default before) keeps them and works as it did: no migration VACUUMs a card."""
+    default before) keeps them and works as it did: no migration VACUUMs a card. The same for
+    ``auto_vacuum``: NONE for a new store, an INCREMENTAL one (before 7 December 2026) keeps it."""
     assert BufferConfig().page_size == 1024
     b = Buffer.open(store_path, keys, config=BufferConfig(reserve_bytes=0))
     assert b._conn.execute("PRAGMA page_size").fetchone()[0] == 1024
-    assert b._conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental, still
+    assert b._conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 0  # none
     b.close()
     old = store_path.with_name("old.db")
-    b = Buffer.open(old, keys, config=BufferConfig(reserve_bytes=0, page_size=4096))
+    made = BufferConfig(reserve_bytes=0, page_size=4096, auto_vacuum="incremental")
+    b = Buffer.open(old, keys, config=made)
     b.append([factory.bp() for _ in range(5)])
     b.close()
     b = Buffer.open(old, keys, config=BufferConfig(reserve_bytes=0))
     try:
         assert b._conn.execute("PRAGMA page_size").fetchone()[0] == 4096
+        assert b._conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental, still
         assert b.stats().pending == 5
+        b.append([factory.oximetry_chunk(60) for _ in range(40)])
+        c = b.claim(500)
+        assert c is not None
+        assert b.ack(c.batch_id) == 45
+        assert b.purge() == 45
+        assert b.stats().pending == 0
+        assert b.integrity_ok()
     finally:
         b.close()
 
