@@ -4,10 +4,13 @@ Row contents are sealed (AEAD); what is in the clear is the outbox's bookkeeping
 mechanisms cover it, all keyed with HMACs under the store's index key, so nobody without the
 KEK can make a change look legitimate:
 
-* **State tags.** Every row carries ``tag = HMAC(seq, state, batch)``. A row is marked
-  delivered only if its tag matches the state and batch it was given, and purged only if its
-  tag says "delivered": a pending row whose ``state`` or ``batch`` column was changed (a flipped
-  bit, an edit) goes back to pending instead of being deleted undelivered.
+* **State tags.** A row's ``tag = HMAC(seq, state, batch)`` is what makes a state in the
+  file count. Since 7 December 2026 the store writes no state into rows (a claim is kept in
+  memory, an acknowledgement deletes the rows of the batch it holds), so new rows are pending
+  with no tag; a row given a batch or marked delivered in the file (by an older release, or an
+  edit) is acknowledged only if its tag matches the batch, and purged only if its tag says
+  "delivered": one whose ``state`` or ``batch`` column was changed (a flipped bit, an edit) goes
+  back to pending instead of being deleted undelivered.
 * **The ledger.** One MAC'd row holds how many rows the outbox holds, how many are delivered,
   how many are quarantined, the next batch number and reference id (never reused: a reused
   reference id would give old readings a new device or patient) and a transaction counter;

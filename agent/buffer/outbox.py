@@ -2,13 +2,18 @@
 
 ::
 
-    append ──> pending (0) ──claim──> claimed (1, batch n) ──ack──> acknowledged (2) ──purge──> gone
-                  ^                        │
-                  └──── release / restart ─┘
+    append ──> pending (0) ──claim──> claimed (in memory, batch n) ──ack──> deleted
+                  ^                          │                                  │
+                  └──── release / restart ───┘               purge: out of the WAL
 
-Every transition is one transaction. The in-memory counters follow the database: a
-transaction's changes to them are collected in a :class:`Delta` and applied only after
-``COMMIT`` returned, so a transaction retried after SQLITE_FULL never counts twice.
+A claim is kept in memory (the rows stay pending in the file; an open turns every claim back
+into pending anyway), and an acknowledgement deletes the rows it delivers, so a row's pages are
+written by its append and its acknowledgement only (``docs/buffer.md``, "Flash"). Rows with a
+state in the file (1 claimed, 2 delivered: an older release) are still acknowledged, released,
+recovered and purged by their state tags. Every write is one transaction. The in-memory
+counters follow the database: a transaction's changes to them are collected in a
+:class:`Delta` and applied only after ``COMMIT`` returned, so a transaction retried after
+SQLITE_FULL never counts twice.
 """
 
 from __future__ import annotations
@@ -609,16 +614,18 @@ class Outbox:
                 plain.append((seq, lane, encode(r, obs, context, boot)))
                 lanes[lane] = lanes.get(lane, 0) + 1
                 seq += 1
-            # No state tag yet, only room for one: a pending row needs none (only rows given a
-            # batch are acknowledged, only rows whose tag says "delivered" are purged), and the
-            # claim then rewrites the row in place, also on a full disk.
+            # No state tag: a pending row needs none, and none is ever written now (a claim is
+            # kept in memory, an acknowledgement deletes the rows; only a row marked delivered
+            # in the file by an older release needs one that says so to be purged). Until 7
+            # December 2026 the row kept 16 bytes for the claim's tag (zeroblob(16)); without
+            # them more chunk rows share a 1 KiB leaf ("Flash" in docs/buffer.md).
             rows = kr.seal_rows("readings", plain)
             for lane, n in lanes.items():
                 delta.move(lane, None, PENDING, n)
             self._seen.add(tx, fresh, gen)
             self._db.conn.executemany(
                 "INSERT INTO readings (seq, lane, state, key_id, blob, tag)"
-                " VALUES (?, ?, 0, ?, ?, zeroblob(16))",
+                " VALUES (?, ?, 0, ?, ?, NULL)",
                 rows,
             )
             self._commit(tx, delta)
