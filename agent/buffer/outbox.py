@@ -67,8 +67,9 @@ assert int(Lane.CONTINUOUS) == 2  # the literal of m006's partial index
 
 BATCH_BLOCK: Final = 64
 """Batch numbers reserved by one write of ``meta.next_batch`` (claims are kept in memory)."""
-MAX_BATCHES_KEPT: Final = 4096
-"""Batches whose rows are remembered for a late acknowledgement by batch."""
+MAX_BATCHES_KEPT: Final = 256
+"""Released batches whose rows are remembered for a late acknowledgement by batch (the
+oldest are forgotten first; a late acknowledgement by reading id, ``ack_ids``, still works)."""
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -791,8 +792,11 @@ class Outbox:
                 for s, ln in claimed:
                     self._claimed[s] = (batch_id, ln)
                 self._batches[batch_id] = [s for s, _ in claimed]
-                while len(self._batches) > MAX_BATCHES_KEPT:  # released, never acknowledged
-                    del self._batches[next(iter(self._batches))]
+                if len(self._batches) > MAX_BATCHES_KEPT:  # released, never acknowledged
+                    for old in [b for b in self._batches if not self._claimed_of(b)]:
+                        del self._batches[old]
+                        if len(self._batches) <= MAX_BATCHES_KEPT:
+                            break
 
             tx.after_commit(track)
         if failed:

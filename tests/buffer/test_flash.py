@@ -395,3 +395,58 @@ def test_an_anchor_slot_of_another_store_is_replaced_first(
         assert all(a is not None and a.store_id == mine.store_id for a in slots)
     finally:
         b.close()
+
+
+def _wal_size(store_path: Path) -> int:
+    wal = store_path.with_name(store_path.name + "-wal")
+    return wal.stat().st_size if wal.exists() else 0
+
+
+def test_a_claim_writes_nothing_and_an_ack_deletes_what_it_delivers(
+    store_path: Path, keys: FileKeySource, config: BufferConfig, factory: ReadingFactory
+) -> None:
+    """Claims are kept in memory (only every BATCH_BLOCK-th batch number writes ``meta``), an
+    acknowledgement deletes its rows and counts them as acknowledged until the purge."""
+    from agent.buffer.outbox import BATCH_BLOCK
+
+    b = Buffer.open(store_path, keys, config=config)
+    try:
+        b.append([factory.oximetry_chunk(60) for _ in range(30)])
+        first = b.claim(5)  # reserves the block of batch numbers: one small write
+        assert first is not None
+        wal = _wal_size(store_path)
+        claims = [b.claim(5) for _ in range(3)]
+        assert all(c is not None for c in claims)
+        assert _wal_size(store_path) == wal  # nothing written
+        states = {r[0] for r in b._conn.execute("SELECT DISTINCT state FROM readings")}
+        assert states == {0}  # the file holds pending rows only
+        assert b.stats().claimed == 20
+        assert b.ack(first.batch_id) == 5
+        assert b._conn.execute("SELECT count(*) FROM readings").fetchone()[0] == 25
+        assert b.stats().acknowledged == 5  # until the purge truncated the WAL
+        # A released batch's late acknowledgement by batch still settles it, also after its
+        # rows were claimed again.
+        late = claims[0]
+        assert late is not None
+        assert b.release(late.batch_id) == 5
+        again = b.claim(5)
+        assert again is not None
+        assert {r.id for r in again.readings} == {r.id for r in late.readings}
+        assert b.ack(late.batch_id) == 5
+        assert b.ack(again.batch_id) == 0  # gone already
+        assert b.stats().claimed == 10
+        assert b.purge() == 10
+        assert b.stats().acknowledged == 0
+        top = max(c.batch_id for c in claims if c is not None)
+    finally:
+        b.close()
+    b = Buffer.open(store_path, keys, config=config)
+    try:
+        assert b.stats().claimed == 0  # claims back to pending
+        assert b.stats().pending == 20
+        c = b.claim(500)
+        assert c is not None
+        assert top < c.batch_id <= first.batch_id + BATCH_BLOCK  # never handed out twice
+        assert len(c.readings) == 20
+    finally:
+        b.close()
