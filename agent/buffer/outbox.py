@@ -873,10 +873,12 @@ class Outbox:
     # -- acknowledge and release --------------------------------------------------------
 
     def ack(self, batch_id: int) -> int:
-        """Mark a batch delivered (also a released batch whose acknowledgement came late).
+        """Delete a delivered batch's rows (also a released batch whose acknowledgement came
+        late, wherever its rows are now).
 
-        Only rows whose state tag says they were given this batch are marked: a pending row
-        whose ``batch`` column was changed to this number is not.
+        The rows are those this process gave the batch (in memory); rows given it in the file
+        (an older release) count only when their state tag says so: a pending row whose
+        ``batch`` column was changed to this number does not.
         """
         conn = self._db.conn
         with self._db.tx() as tx:
@@ -898,7 +900,7 @@ class Outbox:
             return done
 
     def ack_ids(self, ids: Iterable[uuid.UUID]) -> int:
-        """Mark readings delivered by id (they must have been claimed by this process)."""
+        """Delete delivered readings by id (they must have been claimed by this process)."""
         seqs = [s for i in ids if (s := self._inflight.get(i, 0))]
         if not seqs:
             return 0

@@ -9,7 +9,8 @@ live in their own modules (``docs/buffer.md`` has the reasoning and the numbers)
   ChaCha20-Poly1305 sealing with the row's position as associated data, blind indexes;
 * :mod:`~agent.buffer.refs`: device + patient and boot ids, stored once, encrypted;
 * :mod:`~agent.buffer.dedup`: the ``seen`` table (natural keys, or reading ids);
-* :mod:`~agent.buffer.outbox`: the state machine pending -> claimed -> acknowledged -> purged;
+* :mod:`~agent.buffer.outbox`: the state machine pending -> claimed (in memory) -> delivered
+  (deleted at the acknowledgement) -> purged (out of the WAL);
 * :mod:`~agent.buffer.pressure`: the cap, compaction and the reserve file;
 * :mod:`~agent.buffer.lanes`: the lane policy table.
 """
@@ -317,11 +318,13 @@ class Buffer:
         return self._outbox.decode_row(seq, Lane(lane), key_id, blob)
 
     def ack(self, batch_id: int) -> int:
-        """Mark a batch delivered (the service's signed acknowledgement arrived)."""
+        """Delete a batch's rows: delivered (the service's signed acknowledgement arrived).
+
+        They count as ``stats().acknowledged`` until the next purge truncated the WAL."""
         return self._maintenance(lambda: self._outbox.ack(batch_id))
 
     def ack_ids(self, ids: Iterable[uuid.UUID]) -> int:
-        """Mark readings delivered by id (they must have been claimed by this process)."""
+        """Delete delivered readings by id (they must have been claimed by this process)."""
         wanted = list(ids)
         return self._maintenance(lambda: self._outbox.ack_ids(wanted))
 
