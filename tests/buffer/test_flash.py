@@ -450,3 +450,45 @@ def test_a_claim_writes_nothing_and_an_ack_deletes_what_it_delivers(
         assert len(c.readings) == 20
     finally:
         b.close()
+
+
+def test_states_an_older_release_wrote_into_rows_still_count_by_their_tags(
+    store_path: Path, keys: FileKeySource, config: BufferConfig, factory: ReadingFactory
+) -> None:
+    """A store from before claims were kept in memory: rows it marked delivered are purged,
+    rows it had claimed are pending again at open and a late acknowledgement of their batch
+    still deletes them (their tags say they were given it); a forged batch is not obeyed."""
+    from agent.buffer.outbox import Delta
+
+    b = Buffer.open(store_path, keys, config=config)
+    readings = [factory.bp(100 + i) for i in range(8)]
+    b.append(readings)
+    tag = b._outbox._tag
+    con = b._conn
+    for seq in (1, 2):  # delivered, not yet purged
+        con.execute(
+            "UPDATE readings SET state = 2, batch = 1, tag = ? WHERE seq = ?", (tag(seq, 2, 1), seq)
+        )
+    for seq in (3, 4):  # claimed in batch 2 when the old agent stopped
+        con.execute(
+            "UPDATE readings SET state = 1, batch = 2, tag = ? WHERE seq = ?", (tag(seq, 1, 2), seq)
+        )
+    con.execute("UPDATE readings SET batch = 2 WHERE seq = 5")  # pending, no tag: forged
+    con.execute("UPDATE meta SET v = 3 WHERE k = 'next_batch'")
+    # The ledger as the old agent left it (8 rows, 2 of them delivered).
+    b._outbox.counts = b._outbox.count_rows()
+    with b._db.tx() as tx:
+        b._outbox._commit(tx, Delta())
+    b.close()
+    b = Buffer.open(store_path, keys, config=config)
+    try:
+        s = b.stats()
+        assert (s.acknowledged, s.claimed, s.pending, s.alarms) == (2, 0, 6, ())
+        assert b.ack(2) == 2  # rows 3 and 4 (their tags), not the forged row 5
+        assert b.purge() == 4  # 1 and 2 from the file, 3 and 4 deleted by the ack
+        c = b.claim(500)
+        assert c is not None
+        assert c.batch_id >= 3
+        assert {r.id for r in c.readings} == {r.id for r in readings[4:]}
+    finally:
+        b.close()
