@@ -143,6 +143,11 @@ class UplinkSettings:
     that a broker killed before it saved that ``online`` cannot leave the box ``offline``
     (``docs/uplink-protocol.md`` section 3). Too low a value brings that gap back; too high
     costs an ``online`` (about 250 bytes) on more reconnects."""
+    tcp_fastopen: Annotated[bool, Field(strict=True)] = True
+    """TCP Fast Open: a reconnect to the broker sends the TLS ClientHello in its SYN, one
+    round trip less (the central host enables the server side, ``docs/operations.md``, "TCP
+    Fast Open"; without it, or through a middlebox that drops SYNs with data, connections
+    are ordinary ones). Off: every connection an ordinary one."""
 
     @field_validator("host")
     @classmethod

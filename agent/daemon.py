@@ -472,6 +472,7 @@ def _load_uplink(cfg: AgentConfig, buffer: Any, commands: Any = None) -> Uplink:
         u.key_file,
         keepalive_s=u.keepalive_s,
         broker_autosave_s=u.broker_autosave_s,
+        tcp_fastopen=u.tcp_fastopen,
         fallback=Endpoint(u.ws_port, "websockets", u.ws_path) if u.websockets else None,
     )
     return Uplink(

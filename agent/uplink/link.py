@@ -128,6 +128,40 @@ def _uncork(sock: socket.socket) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, _CORK, 0)
 
 
+_FASTOPEN_CONNECT: Final = 30
+"""Linux's ``TCP_FASTOPEN_CONNECT`` (``include/uapi/linux/tcp.h``, kernel 4.11; Python's
+``socket`` does not name it)."""
+
+_TCPI_OPT_SYN_DATA: Final = 0x20
+"""``tcp_info.tcpi_options``: the SYN carried data and the peer acknowledged it."""
+
+
+def fastopen_socket(family: int, kind: int, proto: int) -> tuple[socket.socket, bool]:
+    """A TCP socket with ``TCP_FASTOPEN_CONNECT`` on, and whether the kernel took it.
+
+    With it, ``connect()`` to a server whose Fast Open cookie the kernel holds (from an
+    earlier connection to that address) returns at once and the first write goes in the
+    SYN; without a cookie it is an ordinary handshake whose SYN asks for one. A kernel
+    without it (before 4.11, or ``net.ipv4.tcp_fastopen`` without bit 0x1, which refuses
+    nothing but sends no data) answers ``ENOPROTOOPT``: then the socket is an ordinary one.
+    """
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, _FASTOPEN_CONNECT, 1)
+    except OSError:
+        return sock, False
+    return sock, True
+
+
+def syn_carried_data(sock: socket.socket) -> bool:
+    """Whether ``sock``'s SYN carried data the peer acknowledged (``TCP_INFO``)."""
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)
+    except OSError:
+        return False
+    return len(info) > 5 and bool(info[5] & _TCPI_OPT_SYN_DATA)
+
+
 _connect_properties: Callable[[int], Properties] = Properties
 """paho's ``Properties`` constructor, typed (paho leaves its ``__init__`` unannotated)."""
 
@@ -191,6 +225,12 @@ class LinkConfig:
         fallback: the other way to the broker (MQTT over WebSockets with TLS on 443), tried
             after ``fallback_after`` failed attempts or probes in a row on ``port``, and
             left again after as many on it (:class:`~agent.uplink.endpoints.EndpointChooser`).
+        tcp_fastopen: TCP Fast Open (RFC 7413) on the connection: a reconnect to a broker
+            the box has reached before (the kernel holds its cookie) sends the TLS
+            ClientHello in the SYN, one round trip less; the first attempt of a reconnect
+            then needs no bare TCP probe (:meth:`MqttLink._wait`). Needs the central host's
+            ``net.ipv4.tcp_fastopen`` server bits (``docs/operations.md``); without them, or
+            on a kernel without it, connections are ordinary ones.
     """
 
     host: str
@@ -214,6 +254,7 @@ class LinkConfig:
     stable_after_s: float = 60.0
     fallback: Endpoint | None = None
     fallback_after: int = 3
+    tcp_fastopen: bool = True
 
     @property
     def tls_files(self) -> TlsFiles:
@@ -392,6 +433,17 @@ class TlsClient(mqtt.Client):
     resumed = 0
     last_resumed = False
     """Whether the last handshake resumed a session."""
+    fastopen = False
+    """Open connections with TCP Fast Open (:attr:`LinkConfig.tcp_fastopen`)."""
+    fastopen_refused = False
+    """The kernel refused ``TCP_FASTOPEN_CONNECT`` (then connections are ordinary ones)."""
+    fastopen_sent = 0
+    """Handshakes whose ClientHello went in the SYN and was acknowledged there."""
+    last_fastopen = False
+    """Whether the last handshake's ClientHello went in the SYN."""
+    _fastopen_to: tuple[socket.socket, Any] | None = None
+    """The socket :meth:`_create_socket_connection` left unconnected for
+    :meth:`_ssl_wrap_socket` to connect (with the ClientHello in its SYN), and where to."""
 
     def tls_set_context(self, context: ssl.SSLContext | None = None) -> None:
         """As paho's, and keep the context for :meth:`_ssl_wrap_socket`."""
@@ -429,8 +481,36 @@ class TlsClient(mqtt.Client):
         leftover = self.take_probed()
         if leftover is not None:
             leftover.close()
+        self._fastopen_to = None
+        if self.fastopen and not self.fastopen_refused and not self._get_proxy():
+            deferred = self._fastopen_socket()
+            if deferred is not None:
+                return self._tuned(deferred)
         fresh: socket.socket = super()._create_socket_connection()
         return self._tuned(fresh)
+
+    def _fastopen_socket(self) -> socket.socket | None:
+        """An unconnected socket with ``TCP_FASTOPEN_CONNECT`` for :meth:`_ssl_wrap_socket`
+        to connect, or None (the kernel refused the option: paho's connect instead).
+
+        Not connected here: Python's ``ssl`` refuses to wrap a socket whose connect the
+        kernel deferred (``getpeername`` says ENOTCONN, and its check for data that came
+        before the handshake, CPython's fix of CVE-2023-40217, then fails with EAGAIN). So
+        the TLS socket is made first and connected itself (``SSLSocket.connect``), and its
+        first write, the ClientHello, goes in the SYN.
+        """
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            self.host, self.port, type=socket.SOCK_STREAM
+        )[0]
+        sock, on = fastopen_socket(family, kind, proto)
+        if not on:
+            sock.close()
+            self.fastopen_refused = True
+            _LOG.info("TCP Fast Open refused by the kernel: ordinary TCP connections")
+            return None
+        sock.settimeout(self.connect_timeout)
+        self._fastopen_to = (sock, addr)
+        return sock
 
     def _tuned(self, sock: socket.socket) -> socket.socket:
         """``TCP_NODELAY`` on the connection's TCP socket, which is kept in :attr:`tcp_socket`
@@ -459,16 +539,27 @@ class TlsClient(mqtt.Client):
                 tcp_sock.setsockopt(
                     socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, self.user_timeout_ms
                 )
-        tls = ctx.wrap_socket(
-            tcp_sock,
-            server_hostname=self.host,
-            do_handshake_on_connect=False,
-            session=self.tls_session,
-        )
+        deferred, self._fastopen_to = self._fastopen_to, None
+        if deferred is not None and deferred[0] is not tcp_sock:
+            deferred = None
+        try:
+            tls = ctx.wrap_socket(
+                tcp_sock,
+                server_hostname=self.host,
+                do_handshake_on_connect=False,
+                session=self.tls_session,
+            )
+        except BaseException:
+            tcp_sock.close()
+            raise
         # The TLS socket owns the descriptor now: the link corks it (TCP options of the TLS
         # socket are those of its TCP connection).
         self.tcp_socket = tls
         try:
+            if deferred is not None:
+                # With the kernel's cookie: returns at once, the ClientHello goes in the SYN.
+                # Without: an ordinary TCP handshake whose SYN asks for a cookie.
+                tls.connect(deferred[1])
             self._handshake(tls)
         except BaseException:
             tls.close()
@@ -478,6 +569,9 @@ class TlsClient(mqtt.Client):
         self.last_resumed = bool(tls.session_reused)
         if tls.session_reused:
             self.resumed += 1
+        self.last_fastopen = deferred is not None and syn_carried_data(tls)
+        if self.last_fastopen:
+            self.fastopen_sent += 1
         return tls
 
     def _handshake(self, tls: ssl.SSLSocket) -> None:
@@ -591,6 +685,8 @@ class MqttLink:
         self.online_unsaved = 0
         """``online`` sent again only because the broker may not have saved the one it
         acknowledged (a reconnect the will rules alone would have let skip it)."""
+        self._fast_attempt = True
+        """The next probe may be the attempt itself (:meth:`_instead_of_probe`)."""
         self._client = self._make_client()
 
     # -- paho set-up -------------------------------------------------------------------
@@ -604,6 +700,7 @@ class MqttLink:
         )
         client.connect_timeout = self.cfg.connect_timeout_s
         client.user_timeout_ms = int(self.cfg.user_timeout_s * 1000)
+        client.fastopen = self.cfg.tcp_fastopen
         client.max_inflight_messages_set(10)
         client.max_queued_messages_set(100)
         client.on_connect = self._cb_connect
@@ -951,6 +1048,10 @@ class MqttLink:
         back-off) or as soon as the network changes, then every few seconds. So a box in an
         outage sends a small SYN now and then instead of hanging in TLS attempts, and is
         connected within a probe interval of the network coming back.
+
+        With TCP Fast Open (:attr:`LinkConfig.tcp_fastopen`), the first probe after a lost
+        connection or a network change is the connection attempt itself
+        (:meth:`_instead_of_probe`).
         """
         self.state = LinkState.BACKING_OFF
         self.reason = self._describe_wait(wait)
@@ -976,6 +1077,7 @@ class MqttLink:
                     pass
                 else:
                     changed.clear()
+                    self._fast_attempt = True
                     _LOG.info(
                         "uplink %s: the network changed; settling %.2f s, then probing",
                         self.cfg.box_id,
@@ -983,6 +1085,14 @@ class MqttLink:
                     )
                     await asyncio.sleep(wait.settle_s)  # a fleet sees the same change
                     settle = 0.0
+            if self._instead_of_probe():
+                _LOG.info(
+                    "uplink %s: connecting now (TCP Fast Open: the SYN carries the "
+                    "ClientHello, no bare probe first)",
+                    self.cfg.box_id,
+                )
+                await asyncio.sleep(settle)
+                return
             started = time.monotonic()
             if await self._probe():
                 _LOG.info("uplink %s: the broker is reachable again", self.cfg.box_id)
@@ -990,6 +1100,24 @@ class MqttLink:
                 return
             await self._endpoint_failed()  # the next probe may go the other way
             next_probe = started + self.policy.probe_interval(time.monotonic())
+
+    def _instead_of_probe(self) -> bool:
+        """Whether the attempt itself is the probe: once after a lost connection or a
+        network change, with TCP Fast Open on and not refused by the kernel.
+
+        A bare probe costs the TCP handshake's round trip before the ClientHello can go; with
+        Fast Open the ClientHello rides in the SYN (when the kernel holds the broker's
+        cookie; without one the attempt's SYN is the probe's, and the round trips are the
+        same). What it costs: where the network change was not yet a working path, the one
+        attempt waits for the broker up to ``connect_timeout_s`` (the kernel resends the
+        SYN, without data, after 1, 3 and 7 s) where probes would have gone every few
+        seconds; its failure goes back to probing.
+        """
+        client = self._client
+        if not self._fast_attempt or not client.fastopen or client.fastopen_refused:
+            return False
+        self._fast_attempt = False
+        return True
 
     async def _probe(self, port: int | None = None) -> bool:
         """A bare TCP connection to the broker (no TLS): is it reachable at all? (On the
@@ -1170,8 +1298,10 @@ class MqttLink:
         self.connects += 1
         self.connected_since = time.monotonic()
         self.last_error = None
+        self._fast_attempt = True  # the attempt after losing this one needs no probe
         resumed = " (TLS session resumed)" if self._client.last_resumed else ""
-        self.reason = f"connected to {self._where}{resumed}"
+        fastopen = " (TCP Fast Open)" if self._client.last_fastopen else ""
+        self.reason = f"connected to {self._where}{resumed}{fastopen}"
         self._connected.set()
         _LOG.info("uplink %s: %s", self.cfg.box_id, self.reason)
         self._publish_online()

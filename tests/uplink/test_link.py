@@ -6,10 +6,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import json
+import os
 import queue
+import shutil
 import signal
 import socket
 import struct
+import subprocess
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +27,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 import dho_protocol as protocol
 from agent.errors import BrokerUnreachableError, CertificateRejectedError
+from agent.uplink import link as link_module
 from agent.uplink import netwatch
 from agent.uplink.link import LinkConfig, LinkHandlers, MqttLink, TlsClient
 from agent.uplink.policy import Attempts, Backoff, ReconnectPolicy
@@ -48,11 +54,11 @@ def test_paho_still_calls_the_tls_hook_the_link_overrides():
 
 
 @contextlib.asynccontextmanager
-async def _running_link(broker, box_id: str):
+async def _running_link(broker, box_id: str, **cfg):
     """A running :class:`MqttLink` through a :class:`FlakyProxy`, with the reason of each up."""
     proxy = FlakyProxy(broker.port)
     await proxy.start()
-    link = MqttLink(replace(link_config(broker, box_id), port=proxy.port))
+    link = MqttLink(replace(link_config(broker, box_id), port=proxy.port, **cfg))
     ups: list[str | None] = []
     link.bind(LinkHandlers(lambda t, p: None, lambda: ups.append(link.reason), lambda: None))
     task = asyncio.create_task(link.run())
@@ -120,7 +126,8 @@ def test_paho_still_opens_tcp_where_the_link_hands_it_the_probe():
 
 
 async def test_a_reconnect_uses_the_probes_tcp_connection(broker):
-    async with _running_link(broker, "box-0002") as (link, proxy, ups):
+    """Without TCP Fast Open (off, or refused by the kernel) a reconnect probes first."""
+    async with _running_link(broker, "box-0002", tcp_fastopen=False) as (link, proxy, ups):
         await wait_until(lambda: len(ups) == 1, 10, "connected")
         assert proxy.accepted == 1
         proxy.cut()
@@ -131,6 +138,90 @@ async def test_a_reconnect_uses_the_probes_tcp_connection(broker):
         assert proxy.accepted == 2
         assert link.tls.probed is None
     assert link.tls.probed is None
+
+
+async def test_with_fast_open_the_first_attempt_after_a_loss_is_the_probe(broker):
+    """With TCP Fast Open the attempt's SYN is the probe (and carries the ClientHello when
+    the kernel holds the broker's cookie, ``test_a_reconnect_to_a_fast_open_broker_...``)."""
+    async with _running_link(broker, "box-0012") as (link, proxy, ups):
+        await wait_until(lambda: len(ups) == 1, 10, "connected")
+        proxy.cut()
+        await wait_until(lambda: len(ups) == 2, 15, "reconnected")
+        assert link.tls.probes_used == 0
+        assert proxy.accepted == 2  # one TCP connection per connect, as with a probe
+        assert not link.tls.fastopen_refused
+
+
+def _fastopen_child(tmp_path: Path, sysctl: int) -> dict[str, object]:
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.skip("needs root and unshare (util-linux) for a network namespace")
+    out = subprocess.run(
+        [
+            "unshare",
+            "--net",
+            sys.executable,
+            "-m",
+            "tests.uplink.fastopen_child",
+            str(tmp_path),
+            str(sysctl),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).parents[2],
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    got: dict[str, object] = json.loads(out.stdout.splitlines()[-1])
+    return got
+
+
+def test_a_reconnect_to_a_fast_open_broker_sends_the_client_hello_in_the_syn(tmp_path):
+    """A real Mosquitto in a network namespace of its own whose ``net.ipv4.tcp_fastopen`` is
+    1027 (0x403, ``docs/operations.md``): the first connection gets the broker's cookie, the
+    reconnect's SYN carries the ClientHello, and the kernel's counters (this namespace's)
+    say both ends did Fast Open."""
+    got = _fastopen_child(tmp_path, 1027)
+    before, after = got["before"], got["after"]
+    assert isinstance(before, dict)
+    assert isinstance(after, dict)
+    assert before["TCPFastOpenCookieReqd"] >= 1  # the first SYN asked for a cookie
+    assert not got["first_fastopen"]
+    assert got["second_fastopen"]
+    assert got["fastopen_sent"] == 1
+    assert after["TCPFastOpenActive"] - before["TCPFastOpenActive"] == 1
+    assert after["TCPFastOpenPassive"] - before["TCPFastOpenPassive"] == 1
+    assert after["TCPFastOpenActiveFail"] == before["TCPFastOpenActiveFail"]
+    assert got["probes_used"] == 0
+    assert "TCP Fast Open" in str(got["reason"])
+
+
+def test_a_broker_without_fast_open_gets_ordinary_connections(tmp_path):
+    """The server bits off (``net.ipv4.tcp_fastopen`` 1, the kernel's default): the SYN asks
+    for a cookie, none comes, and the reconnect is an ordinary one that works."""
+    got = _fastopen_child(tmp_path, 1)
+    before, after = got["before"], got["after"]
+    assert isinstance(before, dict)
+    assert isinstance(after, dict)
+    assert not got["first_fastopen"]
+    assert not got["second_fastopen"]
+    assert got["fastopen_sent"] == 0
+    assert not got["fastopen_refused"]
+    assert after["TCPFastOpenActive"] == before["TCPFastOpenActive"] == 0
+    assert after["TCPFastOpenCookieReqd"] - before["TCPFastOpenCookieReqd"] == 1
+
+
+async def test_a_kernel_that_refuses_fast_open_connects_as_before(broker, monkeypatch):
+    """``TCP_FASTOPEN_CONNECT`` refused (a kernel before 4.11 answers ENOPROTOOPT; an option
+    number no kernel has stands in for it): paho's own connect, and probes on a reconnect."""
+    monkeypatch.setattr(link_module, "_FASTOPEN_CONNECT", 0x7FFF)
+    async with _running_link(broker, "box-0013") as (link, proxy, ups):
+        await wait_until(lambda: len(ups) == 1, 10, "connected")
+        assert link.tls.fastopen_refused
+        _check_socket_options(link)
+        proxy.cut()
+        await wait_until(lambda: len(ups) == 2, 15, "reconnected")
+        assert link.tls.probes_used == 1
+        assert link.tls.fastopen_sent == 0
 
 
 async def test_a_probe_not_used_is_closed(tmp_path):
