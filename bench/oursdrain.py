@@ -11,7 +11,13 @@ counting), and splits the time before the first stored batch by the box's log:
 * ``settle_s``: the random settle delay the box drew (``settling`` in its log);
 * ``change_to_connect_s``: the change to the start of the connection attempt (settle, and
   the bare TCP probe when there is one);
-* ``connect_s``: TCP + TLS + MQTT CONNECT/CONNACK;
+* ``connect_s``: TCP + TLS + MQTT CONNECT/CONNACK from the attempt's start (after the bare
+  probe when there is one: the probe's TCP handshake is the connection's, and is then in
+  ``change_to_connect_s``);
+* ``syn_to_publish_s``, ``syn_to_connack_s``: from the end of the settle (the first SYN: the
+  probe's, or with TCP Fast Open the attempt's, which carries the ClientHello) to the first
+  batch handed to the link, and to CONNACK: the connect time that compares with and without
+  a probe;
 * ``connack_to_publish_s``: CONNACK to the first batch handed to the link;
 * ``publish_to_ack_s``: that batch to its signed acknowledgement;
 * ``first_stored_s`` (the bench's count of the receiver's store), ``drain_s``, ``floor_s``,
@@ -87,14 +93,23 @@ def breakdown(log: str, up_unix: float) -> dict[str, float | None]:
         return round(at[b] - at[a], 3) if a in at and b in at else None
 
     at["up"] = up_unix
+    if "change" in at and settle is not None:
+        at["syn"] = at["change"] + settle
     return {
         "route_to_change_s": d("up", "change"),
         "settle_s": settle,
         "change_to_connect_s": d("change", "connecting"),
         "connect_s": d("connecting", "connected"),
         "connack_to_publish_s": d("connected", "publish"),
+        "syn_to_connack_s": d("syn", "connected"),
+        "syn_to_publish_s": d("syn", "publish"),
         "publish_to_ack_s": d("publish", "ack"),
     }
+
+
+def _median(rows: list[dict[str, Any]], key: str) -> float | None:
+    got = [x[key] for x in rows if x.get(key) is not None]
+    return round(statistics.median(got), 3) if got else None
 
 
 def _load() -> float:
@@ -171,6 +186,10 @@ def run(runs: int | None = None) -> dict[str, Any]:
         "drain_over_floor_1mbit_min": min(ratios, default=None),
         "drain_over_floor_1mbit_max": max(ratios, default=None),
         "first_stored_s_median": round(statistics.median(firsts), 3) if firsts else None,
+        "syn_to_publish_s_median": _median(rows, "syn_to_publish_s"),
+        "syn_to_connack_s_median": _median(rows, "syn_to_connack_s"),
+        "box_tcp_fastopen": relay.box_fastopen(),
+        "syn_rtt_ms": os.environ.get(relay.SYN_RTT_ENV) or "2 x one-way",
         "lost": sum(x["produced"] - x["delivered"] for x in rows),
         "duplicates": sum(x["duplicates"] for x in rows),
         "load_1min_before": load_before,

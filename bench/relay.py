@@ -33,6 +33,19 @@ bandwidth from the kernel:
 What the relay does not do: it terminates TCP, so the delay is in every application round
 trip (TLS and MQTT handshakes, publish to acknowledgement) but TCP's own congestion control
 sees the short veth round trip; and it does not lose packets (use :meth:`Topology.drop`).
+Nor does it delay the TCP handshake (the kernel answers the SYN before the relay sees the
+connection): :meth:`Topology.delay_syns` holds the home side's data-less SYNs for the round
+trip (:mod:`bench.syndelay`), so a connection whose first byte must wait for the handshake
+pays it as on the real link, and one whose SYN carries its first bytes (TCP Fast Open) does
+not.
+
+TCP Fast Open: the relay's listener takes it (``TCP_FASTOPEN``), and
+:meth:`Topology.fastopen_server` sets the server bit (0x2) of ``net.ipv4.tcp_fastopen``
+where the central end lives (the bit is per network namespace; a central end in the root
+namespace gets it for the topology's life and the old value back after). The box then gets a
+cookie on its first connection and sends its ClientHello in the SYN of every later one. The
+relay's upstream leg to the broker is loopback without delay: a Fast Open there would save
+nothing measurable, and it is not used.
 """
 
 from __future__ import annotations
@@ -47,6 +60,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -77,6 +91,10 @@ _B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 _TOPOLOGIES = count()
 _OPEN: dict[str, Topology] = {}
 """Every topology of this process not yet closed, by tag."""
+
+_FASTOPEN_SYSCTL = Path("/proc/sys/net/ipv4/tcp_fastopen")
+"""This process's namespace's ``net.ipv4.tcp_fastopen`` (the root namespace's for a central
+end that stays there)."""
 
 _CHUNK = 65_536
 _HELD_LIMIT = 4 * 1024 * 1024
@@ -161,10 +179,15 @@ class Relay:
         target: tuple[str, int],
         one_way_ms: float,
         listen: tuple[str, int] = ("127.0.0.1", 0),
+        *,
+        fastopen: bool = True,
     ) -> None:
         self.target = target
         self.delay_s = one_way_ms / 1000.0
         self.listen = listen
+        self.fastopen = fastopen
+        """The listener takes TCP Fast Open (``TCP_FASTOPEN``; the namespace's
+        ``net.ipv4.tcp_fastopen`` needs its server bit, :meth:`Topology.fastopen_server`)."""
         self.bytes_up = 0
         """Bytes carried from the connecting side to the target."""
         self.bytes_down = 0
@@ -184,9 +207,15 @@ class Relay:
 
     async def start(self) -> None:
         """Listen (on the running event loop)."""
-        self._server = await asyncio.start_server(
-            self._accept, self.listen[0], self.listen[1], reuse_address=True
-        )
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.fastopen:
+            with contextlib.suppress(OSError):  # no Fast Open here: ordinary connections
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_FASTOPEN, 64)
+        sock.bind(self.listen)
+        sock.listen(128)
+        sock.setblocking(False)
+        self._server = await asyncio.start_server(self._accept, sock=sock)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -323,9 +352,9 @@ def unavailable_reason() -> str | None:
     """Why a :class:`Topology` cannot be made here, or ``None``."""
     if os.geteuid() != 0:
         return "network namespaces need root"
-    for tool in ("ip", "tc", "nft"):
+    for tool in ("ip", "tc", "nft", "iptables"):
         if shutil.which(tool) is None:
-            return f"{tool} is missing (Debian packages iproute2, nftables)"
+            return f"{tool} is missing (Debian packages iproute2, nftables, iptables)"
     return None
 
 
@@ -475,6 +504,11 @@ class Topology:
         self.burst_bytes = burst_bytes
         self._made: list[str] = []
         self._root_link = False
+        self._procs: list[subprocess.Popen[str]] = []
+        """Programs this topology started in its namespaces (:meth:`delay_syns`)."""
+        self._root_fastopen: tuple[int, int] | None = None
+        """The root namespace's ``net.ipv4.tcp_fastopen`` before :meth:`fastopen_server`,
+        and what it set."""
 
     # -- set-up --------------------------------------------------------------------------
 
@@ -547,6 +581,18 @@ class Topology:
     def close(self) -> None:
         """Delete the namespaces (the veth pair and the nftables table go with them); at
         most once, and also for a topology left open at interpreter exit."""
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
+        self._procs.clear()
+        if self._root_fastopen is not None:
+            old, mine = self._root_fastopen
+            self._root_fastopen = None
+            with contextlib.suppress(OSError):
+                if int(_FASTOPEN_SYSCTL.read_text()) == mine:  # nobody changed it since
+                    _FASTOPEN_SYSCTL.write_text(str(old))
         for ns in reversed(self._made):
             _run(["ip", "netns", "del", ns], check=False)
         self._made.clear()
@@ -576,6 +622,73 @@ class Topology:
     def central_run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run a command where the central end of the link is."""
         return self.ns_run(self.central, *args, check=check)
+
+    # -- the TCP handshake and Fast Open ----------------------------------------------------
+
+    def delay_syns(self, rtt_ms: float, queue: int = 0) -> None:
+        """Hold every data-less SYN the home side sends to the central end ``rtt_ms``
+        (:mod:`bench.syndelay`): a TCP handshake then costs the link's round trip, while a
+        SYN that carries data (TCP Fast Open) goes at once. Stops with the topology."""
+        proc = subprocess.Popen(
+            [
+                *self.prefix(self.home),
+                sys.executable,
+                "-m",
+                "bench.syndelay",
+                str(queue),
+                str(rtt_ms),
+            ],
+            cwd=Path(__file__).resolve().parents[1],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self._procs.append(proc)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line.startswith("SYNDELAY"):
+            raise RuntimeError(f"bench.syndelay did not start: {line!r}")
+        # nftables' own ``queue`` expression is not in every kernel (not in this one:
+        # CONFIG_NFT_QUEUE unset); iptables' NFQUEUE target (through nft_compat) is.
+        self.home_run(
+            *f"iptables -t mangle -A OUTPUT -d {self.central_ip} -p tcp --tcp-flags SYN,ACK SYN"
+            f" -j NFQUEUE --queue-num {queue}".split()
+        )
+
+    def fastopen_server(self) -> None:
+        """Set the TCP Fast Open server bit (0x2) of ``net.ipv4.tcp_fastopen`` where the
+        central end is: the relay's listener (``TCP_FASTOPEN``) then hands out cookies and
+        takes data in SYNs. In a central namespace of its own: 0x3 there. In the root
+        namespace: the bit added for the topology's life (only listeners that set the socket
+        option are affected; Mosquitto sets none) and the old value back at :meth:`close`."""
+        if self.central is not None:
+            self.central_run("sysctl", "-q", "-w", "net.ipv4.tcp_fastopen=3")
+            return
+        old = int(_FASTOPEN_SYSCTL.read_text())
+        if old & 0x2:
+            return
+        _FASTOPEN_SYSCTL.write_text(str(old | 0x3))
+        self._root_fastopen = (old, old | 0x3)
+
+    def prime_fastopen(self, host: str, port: int) -> bool:
+        """One TCP connection from the home side to ``host:port`` asking for a Fast Open
+        cookie (what the box's connection before an outage does), closed at once; returns
+        whether the home namespace's kernel now holds a cookie for ``host``
+        (``ip tcp_metrics``)."""
+        code = (
+            "import socket,sys\n"
+            "s=socket.socket()\n"
+            "s.setsockopt(socket.IPPROTO_TCP,30,1)\n"
+            "s.settimeout(5)\n"
+            "s.connect((sys.argv[1],int(sys.argv[2])))\n"
+            "s.close()\n"
+        )
+        self.home_run(sys.executable, "-c", code, host, str(port))
+        return self.fastopen_cookie(host)
+
+    def fastopen_cookie(self, host: str) -> bool:
+        """Whether the home namespace's kernel holds a Fast Open cookie for ``host``."""
+        out = self.home_run("ip", "tcp_metrics", "show", host, check=False).stdout
+        return "fo_cookie" in out
 
     # -- the link ------------------------------------------------------------------------
 
@@ -621,6 +734,44 @@ class Topology:
         else:
             return
         self.home_run("nft", "add", "rule", "inet", self.table, "out", *rule)
+
+
+# -- the benches' handshake model ---------------------------------------------------------
+
+SYN_RTT_ENV = "BENCH_SYN_RTT_MS"
+"""The round trip a data-less SYN is held (:meth:`Topology.delay_syns`); ``0``: not held (the
+benches before TCP Fast Open, whose TCP handshakes cost the veth's fraction of a millisecond).
+Unset: twice the relay's one-way delay."""
+TFO_ENV = "BENCH_TFO"
+"""``0``: the bench's boxes connect without TCP Fast Open (``[uplink] tcp_fastopen``)."""
+
+
+def box_fastopen() -> bool:
+    """Whether the bench's boxes use TCP Fast Open (:data:`TFO_ENV`)."""
+    return os.environ.get(TFO_ENV, "1") != "0"
+
+
+def model_handshake(topo: Topology, relay_address: tuple[str, int], one_way_ms: float) -> None:
+    """A bench's central side as a Fast Open broker, and the handshake's round trip.
+
+    The server bit where the central end is (:meth:`Topology.fastopen_server`; the relays
+    listen with ``TCP_FASTOPEN``), one connection from the home side to ``relay_address`` so
+    the kernel there holds the broker's cookie as a box that was connected before an outage
+    does (:meth:`Topology.prime_fastopen`), then the SYN hold (:data:`SYN_RTT_ENV`). Says on
+    stderr what it set up.
+    """
+    topo.fastopen_server()
+    cookie = topo.prime_fastopen(*relay_address)
+    rtt = float(os.environ.get(SYN_RTT_ENV) or 2 * one_way_ms)
+    if rtt > 0:
+        topo.delay_syns(rtt)
+    print(
+        f"bench network: central net.ipv4.tcp_fastopen server bit on, home holds a Fast Open "
+        f"cookie for {relay_address[0]}: {cookie}; data-less SYNs held {rtt:.0f} ms; "
+        f"the box's TCP Fast Open {'on' if box_fastopen() else 'off'}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 # -- a broker certificate for the link's address ------------------------------------------

@@ -247,6 +247,7 @@ def stack(root: Path, rate_kbit: int) -> Iterator[Stack]:
         peer_relay = ex.enter_context(
             relay.RelayThread(("127.0.0.1", peer_port), ONE_WAY_MS, listen=(topo.central_ip, 0))
         )
+        relay.model_handshake(topo, ours.address, ONE_WAY_MS)
         st = Stack(
             root, topo, pki, broker, receiver, db, signing, ours, central, peer_port, peer_relay
         )
@@ -315,6 +316,7 @@ def _box_files(st: Stack, state: Path) -> Path:
                 f'service_key_file = "{etc / "service.pub"}"',
                 # as `dho-provision enroll` writes it for a box on a metered subscription
                 *(f"{k} = {v}" for k, v in _uplink_settings().items()),
+                *_fastopen_line(),
             ]
         )
         + "\n"
@@ -331,6 +333,11 @@ def _uplink_settings() -> dict[str, float]:
     if linger:
         out["linger_s"] = float(linger)
     return out
+
+
+def _fastopen_line() -> list[str]:
+    """``tcp_fastopen = false`` when the bench runs its boxes without it (``BENCH_TFO=0``)."""
+    return [] if relay.box_fastopen() else ["tcp_fastopen = false"]
 
 
 def _fill(toml: Path, readings: Sequence[Reading]) -> None:

@@ -160,6 +160,7 @@ async def main(cfg: dict[str, Any]) -> int:
         key_file=Path(cfg["key_file"]),
         will_topic=protocol.status_topic(box_id),
         subscriptions=(protocol.ack_topic(box_id), protocol.command_topic(box_id)),
+        tcp_fastopen=bool(cfg.get("tcp_fastopen", True)),
     )
     ucfg = UplinkConfig(
         link=link_cfg,

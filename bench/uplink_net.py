@@ -148,6 +148,7 @@ def _stack(root: Path, rate_kbit: int) -> Iterator[_Stack]:
             with relay.RelayThread(
                 ("127.0.0.1", broker.port), ONE_WAY_MS, listen=(topo.central_ip, 0)
             ) as rt:
+                relay.model_handshake(topo, rt.address, ONE_WAY_MS)
                 yield _Stack(root, topo, rt, key_file, pki, service_pub)
         finally:
             if receiver is not None:
@@ -178,6 +179,7 @@ def _box(stack: _Stack, state: Path, box_id: str = BOX, **extra: Any) -> subproc
         "cert_file": str(cert),
         "key_file": str(key),
         "service_pub": stack.service_pub,
+        "tcp_fastopen": relay.box_fastopen(),
         **extra,
     }
     cfg_file = state / "box.json"

@@ -14,6 +14,7 @@ needs=(
   "fusermount3:fuse3"
   "nft:nftables"      # the uplink benchmark blocks a link with it (an honest outage)
   "tc:iproute2"       # ... and shapes it with tbf between network namespaces
+  "iptables:iptables" # ... and holds its SYNs for the round trip (NFQUEUE, bench/syndelay.py)
   "faketime:faketime" # the fault campaign jumps the agent's clock (libfaketime, its process only)
 )
 missing=()

@@ -26,8 +26,30 @@ def test_breakdown_reads_the_marks_after_the_route_came_back() -> None:
         "change_to_connect_s": 0.665,
         "connect_s": 0.46,
         "connack_to_publish_s": 0.01,
+        "syn_to_connack_s": 0.465,
+        "syn_to_publish_s": 0.475,
         "publish_to_ack_s": 0.23,
     }
+
+
+FAST_OPEN_LOG = (
+    "2026-12-03 13:37:21,005 INFO link: uplink box-1: the network changed; settling 0.50 s,"
+    " then probing\n"
+    "2026-12-03 13:37:21,506 INFO link: uplink box-1: connecting now (TCP Fast Open: the SYN"
+    " carries the ClientHello, no bare probe first)\n"
+    "2026-12-03 13:37:21,905 INFO link: uplink box-1: connected to 198.18.0.2:8883 (TCP Fast"
+    " Open)\n"
+    "2026-12-03 13:37:21,915 INFO sender: uplink box-1: sent batch 1f seq 1 (50 readings)\n"
+)
+
+
+def test_breakdown_of_a_fast_open_reconnect_starts_the_connect_at_the_settle() -> None:
+    up = datetime(2026, 12, 3, 13, 37, 21, 0).timestamp()
+    got = breakdown(FAST_OPEN_LOG, up)
+    assert got["change_to_connect_s"] == 0.501
+    assert got["connect_s"] == 0.399
+    assert got["syn_to_connack_s"] == 0.4
+    assert got["syn_to_publish_s"] == 0.41
 
 
 def test_breakdown_of_a_log_without_the_marks_is_empty() -> None:
