@@ -685,8 +685,9 @@ class MqttLink:
         self.online_unsaved = 0
         """``online`` sent again only because the broker may not have saved the one it
         acknowledged (a reconnect the will rules alone would have let skip it)."""
-        self._fast_attempt = True
-        """The next probe may be the attempt itself (:meth:`_instead_of_probe`)."""
+        self._fast_attempt = False
+        """The next probe may be the attempt itself (:meth:`_instead_of_probe`): after a
+        lost connection or a network change, not after a first attempt that failed."""
         self._client = self._make_client()
 
     # -- paho set-up -------------------------------------------------------------------
