@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import logging
 import socket
 import ssl
@@ -685,6 +686,8 @@ class MqttLink:
         self.online_unsaved = 0
         """``online`` sent again only because the broker may not have saved the one it
         acknowledged (a reconnect the will rules alone would have let skip it)."""
+        self._attempts = 0
+        """Connection attempts begun (:meth:`_close_late` closes only the last one's)."""
         self._fast_attempt = False
         """The next probe may be the attempt itself (:meth:`_instead_of_probe`): after a
         lost connection or a network change, not after a first attempt that failed."""
@@ -1190,8 +1193,9 @@ class MqttLink:
         # connection's SUBSCRIBE as this one's (it would then not subscribe at all).
         self._subscribe_sent = False
         self._last_log_error = ""
-        try:
-            await asyncio.to_thread(
+        self._attempts += 1
+        job = asyncio.ensure_future(
+            asyncio.to_thread(
                 client.connect,
                 self.cfg.host,
                 ep.port,
@@ -1203,6 +1207,14 @@ class MqttLink:
                 clean_start=self.connects == 0,
                 properties=props,
             )
+        )
+        try:
+            await asyncio.shield(job)
+        except asyncio.CancelledError:
+            # The thread cannot be stopped: it goes on, and a connection it completes
+            # after this would stay open (and watched) with nobody to close it.
+            job.add_done_callback(functools.partial(self._close_late, self._attempts))
+            raise
         except (OSError, ValueError) as err:
             raise classify_connect_error(err, replace(self.cfg, port=ep.port)) from err
         finally:
@@ -1235,6 +1247,14 @@ class MqttLink:
                     f"the broker refused box {self.cfg.box_id}: {name}; check its enrolment"
                 )
             raise UplinkError(f"the broker refused the connection: {name}")
+
+    def _close_late(self, attempt: int, job: asyncio.Future[Any]) -> None:
+        """A connect whose awaiting task was cancelled has finished in its thread: close
+        what it opened, unless a newer attempt has begun since (its socket is not ours)."""
+        if not job.cancelled():
+            job.exception()  # retrieved: a connect that failed after the cancel is no news
+        if attempt == self._attempts:
+            self._close_socket()
 
     def _open_early(self) -> bool:
         """Right after CONNECT: subscribe, and let the user publish, without waiting for

@@ -709,3 +709,44 @@ async def test_a_link_that_keeps_failing_and_probing_stops_when_cancelled(tmp_pa
             task, _ = await _cancel_after(link.run, k)
             assert task.cancelled(), f"cancelled after {k} loop turns: {_outcome(task)}"
             assert link.state == ("idle" if k == 0 else "stopped")  # k 0: cancelled unstarted
+
+
+def _sockets_to(port: int) -> int:
+    """This process's open TCP sockets whose far end is ``port`` on loopback."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[2].split(":")[1], 16) == port:
+            inodes.add(fields[9])
+    ours = 0
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:[") and target[8:-1] in inodes:
+                ours += 1
+    return ours
+
+
+async def test_a_connect_cancelled_in_its_thread_leaves_no_socket_open(broker):
+    """paho's connect (TCP, TLS) runs in a worker thread that a cancel cannot stop: the
+    connection it completes after the link stopped must be closed, not left open (and
+    watched by the event loop) with nobody to close it."""
+    from bench.relay import Relay
+
+    slow = Relay(("127.0.0.1", broker.port), 300.0)  # the handshake takes 0.6 s
+    await slow.start()
+    try:
+        port = slow.address[1]
+        link = MqttLink(replace(link_config(broker, "box-0014"), port=port))
+        task = asyncio.create_task(link.run())
+        await wait_until(lambda: slow.connections == 1, 10, "the connect's TCP connection")
+        await asyncio.sleep(0.1)  # the thread waits in the TLS handshake
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert link.state == "stopped"
+        await asyncio.sleep(2.0)  # the thread finishes its handshake and CONNECT
+        assert _sockets_to(port) == 0
+        assert link._watched == set()
+    finally:
+        await slow.aclose()
