@@ -416,7 +416,10 @@ class TlsClient(mqtt.Client):
     It also overrides ``_create_socket_connection`` (paho's TCP connect, called from
     ``_create_socket``; ``tests/uplink/test_link.py`` checks that too): when a probe has just
     reached the broker (:attr:`probed`), the connection runs on the probe's TCP connection
-    instead of opening a second one.
+    instead of opening a second one; otherwise, with :attr:`fastopen`, it opens the TCP
+    socket itself, unconnected, with ``TCP_FASTOPEN_CONNECT``, and :meth:`_ssl_wrap_socket`
+    connects the TLS socket so that the ClientHello goes in the SYN (paho's ``_get_proxy``
+    says whether a proxy is set: then paho's own connect).
     """
 
     tls_context: ssl.SSLContext | None = None

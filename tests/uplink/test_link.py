@@ -123,6 +123,7 @@ def test_paho_still_opens_tcp_where_the_link_hands_it_the_probe():
     assert list(inspect.signature(mqtt.Client._create_socket_connection).parameters) == ["self"]
     assert "self._create_socket_connection()" in inspect.getsource(mqtt.Client._create_socket)
     assert TlsClient._create_socket_connection is not mqtt.Client._create_socket_connection
+    assert callable(mqtt.Client._get_proxy)  # TCP Fast Open only without a proxy
 
 
 async def test_a_reconnect_uses_the_probes_tcp_connection(broker):
