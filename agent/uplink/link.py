@@ -565,9 +565,15 @@ class TlsClient(mqtt.Client):
                 # Without: an ordinary TCP handshake whose SYN asks for a cookie.
                 tls.connect(deferred[1])
             self._handshake(tls)
-        except BaseException:
+        except BaseException as err:
             tls.close()
-            self.tls_session = None  # never offer a session twice to a failing broker
+            # Never offer a session twice to a failing broker. With Fast Open the TCP
+            # connect happens in here too: a path that is down (refused, unreachable, no
+            # answer to the SYN) is not the broker failing TLS, and the session is kept for
+            # the reconnect after the outage (a full handshake costs the certificate chain).
+            network = isinstance(err, OSError) and not isinstance(err, ssl.SSLError)
+            if deferred is None or not network:
+                self.tls_session = None
             raise
         self.handshakes += 1
         self.last_resumed = bool(tls.session_reused)

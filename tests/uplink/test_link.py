@@ -751,3 +751,20 @@ async def test_a_connect_cancelled_in_its_thread_leaves_no_socket_open(broker):
         assert link._watched == set()
     finally:
         await slow.aclose()
+
+
+async def test_a_fast_open_connect_that_fails_at_tcp_keeps_the_tls_session(broker):
+    """With Fast Open the TCP connect runs inside the TLS hook: a path that is down must not
+    cost the session (the reconnect after an outage would send the certificate chain)."""
+    async with _running_link(broker, "box-0015") as (link, _proxy, ups):
+        await wait_until(lambda: len(ups) == 1, 10, "connected")
+        await wait_until(lambda: link.tls.tls_session is not None, 5, "a session ticket")
+    client = link.tls
+    session = client.tls_session
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    client._port = closed
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.to_thread(client._create_socket)
+    assert client.tls_session is session
