@@ -495,6 +495,8 @@ class Uplink:
 
         def puback(f: asyncio.Future[bool | None]) -> None:
             if not f.cancelled() and f.exception() is None and f.result() is not None:
+                # DEBUG: tests wait for it to know the broker holds the batch (no patient data).
+                _LOG.debug("uplink %s: broker has batch %s", self.box_id, d.batch_id)
                 self._events.put_nowait(s.Puback(d.batch_id, bool(f.result())))
 
         fut.add_done_callback(puback)

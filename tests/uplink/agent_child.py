@@ -72,4 +72,5 @@ async def main(cfg: dict[str, object]) -> int:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
+    logging.getLogger("agent.uplink.sender").setLevel(logging.DEBUG)  # "broker has batch"
     sys.exit(asyncio.run(main(json.loads(Path(sys.argv[1]).read_text()))))
