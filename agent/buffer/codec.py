@@ -191,11 +191,11 @@ def row_plain(data: bytes) -> bytes:
     Raises:
         FormatError: a rebuilt row that does not rebuild (bad zstd, not a row of scheme 1).
     """
-    body = rows.rebuilt_body(data)
-    if body is None:
-        return data
     try:
-        return b"\x00" + rawframes.restore(body, rows.MAX_ROW_BYTES)
+        body = rows.rebuilt_body(data)  # None: not a rebuilt row, nothing decompressed
+        if body is None:
+            return data
+        return bytes((PLAIN,)) + rawframes.restore(body, rows.MAX_ROW_BYTES)
     except FormatError:
         raise
     except (MalformedMessageError, MessageTooLargeError) as err:

@@ -169,3 +169,14 @@ def test_dropping_ids_still_works_on_rows_stored_without_frames():
     assert schemes == b"\x01"
     assert short.rows[0][0] == rows.PLAIN
     assert len(rowpayload.drop_id(short.rows[0], r.id)) == len(short.rows[0]) - 17
+
+
+def test_a_stored_row_too_large_or_not_zstd_is_a_format_error() -> None:
+    """Every way a rebuilt row fails to rebuild is the store's typed error (the outbox
+    quarantines on it), also a body that would decompress past the row limit."""
+    huge = zstandard.ZstdCompressor().compress(bytes(rows.MAX_ROW_BYTES + 1))
+    for bad in (bytes([rows.REBUILT_ZSTD]) + huge, bytes([rows.REBUILT_ZSTD]) + b"junk"):
+        with pytest.raises(rows.FormatError):
+            codec.row_plain(bad)
+        with pytest.raises(rows.FormatError):
+            codec.decode_reading(bad)
